@@ -1,0 +1,270 @@
+//! `hostenv check`: validate, resolve and render in memory, touching no host.
+//! `prepare` is also the first half of every action that does touch hosts.
+
+use std::collections::BTreeMap;
+
+use crate::catalog::Catalog;
+use crate::contract::{self, Contract};
+use crate::error::{Error, ErrorKind, Result};
+use crate::report::{
+    ContractReport, DeploymentReport, HostReport, HostStatus, KeyReport, RenderedReport, Report,
+    SharedKeyReport, Summary,
+};
+use crate::request::{Deployment, Rotation};
+use crate::resolve::{self, Resolution};
+use crate::secret::{EnvLookup, ExposeSecret};
+use crate::settings::Settings;
+
+/// A deployment checked, resolved and rendered: everything known before any host.
+pub struct Prepared {
+    pub settings: Settings,
+    pub contract: Contract,
+    pub resolution: Resolution,
+}
+
+impl Prepared {
+    pub fn contract_report(&self) -> ContractReport {
+        ContractReport {
+            path: self.contract.path.clone(),
+            keys: self.resolution.keys.clone(),
+        }
+    }
+
+    /// The key problems as one error, when there are any.
+    pub fn key_problems(&self) -> Option<Error> {
+        key_problems(&self.resolution.problems(), "")
+    }
+
+    /// Per-host `check` entries.
+    pub fn checked_hosts(&self) -> Vec<HostReport> {
+        self.resolution
+            .files
+            .iter()
+            .map(|file| HostReport {
+                host: file.host.clone(),
+                status: HostStatus::Checked,
+                changed: false,
+                rendered: Some(RenderedReport {
+                    path: self.settings.target.path.clone(),
+                    keys: file.values.iter().map(|(key, _)| key.clone()).collect(),
+                    host_keys: file.host_keys.clone(),
+                    bytes: file.text.expose_secret().len(),
+                }),
+                error: None,
+            })
+            .collect()
+    }
+}
+
+/// Validates settings, loads the contract and resolves every key. Key problems
+/// are not an error here: they are in `resolution.keys` for the caller to report.
+pub fn prepare(
+    deployment: &Deployment,
+    at: &str,
+    env: &dyn EnvLookup,
+    catalog: &Catalog,
+) -> Result<Prepared> {
+    let settings = Settings::from_request(deployment, at, catalog)?;
+    let contract = contract::load(&deployment.contract)?;
+    let resolution = resolve::resolve(deployment, at, &contract, env)?;
+    Ok(Prepared {
+        settings,
+        contract,
+        resolution,
+    })
+}
+
+/// One error naming every key with a problem (`within`: a deployment's service, for Rotations).
+pub fn key_problems(problems: &[&KeyReport], within: &str) -> Option<Error> {
+    if problems.is_empty() {
+        return None;
+    }
+    let listed: Vec<String> = problems
+        .iter()
+        .map(|key| match &key.host {
+            Some(host) => format!("`{}` on `{host}` ({})", key.name, status_word(key)),
+            None => format!("`{}` ({})", key.name, status_word(key)),
+        })
+        .collect();
+    let count = problems.len();
+    let noun = if count == 1 {
+        "key has a problem"
+    } else {
+        "keys have problems"
+    };
+    let message = format!(
+        "{count} {noun}{within}: {}; see `contract.keys`",
+        listed.join(", ")
+    );
+    Some(Error::KeyProblems(message))
+}
+
+fn status_word(key: &KeyReport) -> String {
+    serde_json::to_value(key.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub fn check_deploy(
+    deployment: &Deployment,
+    env: &dyn EnvLookup,
+    catalog: &Catalog,
+    report: &mut Report,
+) -> Result<()> {
+    report.service = Some(deployment.service.clone());
+    report.environment = deployment.environment.clone();
+    let prepared = prepare(deployment, "", env, catalog)?;
+    report.contract = Some(prepared.contract_report());
+    if let Some(error) = prepared.key_problems() {
+        return Err(error);
+    }
+    report.hosts = prepared.checked_hosts();
+    report.summary = Summary::of(&report.hosts);
+    Ok(())
+}
+
+pub fn check_rotation(
+    rotation: &Rotation,
+    env: &dyn EnvLookup,
+    catalog: &Catalog,
+    report: &mut Report,
+) -> Result<()> {
+    let prepared = prepare_rotation(rotation, env, catalog, report)?;
+    let mut deployments = Vec::new();
+    let mut summary = Summary::default();
+    for prepared in &prepared {
+        let hosts = prepared.checked_hosts();
+        let own = Summary::of(&hosts);
+        summary.add(&own);
+        deployments.push(DeploymentReport {
+            service: prepared.settings.service.clone(),
+            contract: prepared.contract_report(),
+            hosts,
+            summary: own,
+        });
+    }
+    report.deployments = Some(deployments);
+    report.summary = summary;
+    Ok(())
+}
+
+/// Prepares every deployment of a Rotation and checks its shared keys; the
+/// deployments' contract reports are put on `report` even when one fails.
+pub fn prepare_rotation(
+    rotation: &Rotation,
+    env: &dyn EnvLookup,
+    catalog: &Catalog,
+    report: &mut Report,
+) -> Result<Vec<Prepared>> {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (index, deployment) in rotation.deployments.iter().enumerate() {
+        if let Some(first) = seen.insert(deployment.service.as_str(), index) {
+            return Err(Error::invalid(
+                ErrorKind::InvalidSetting,
+                format!("/deployments/{index}/service"),
+                format!(
+                    "service `{}` appears twice (first at deployment {first}); one window deploys each service once",
+                    deployment.service
+                ),
+            ));
+        }
+    }
+    for (index, key) in rotation.shared.iter().enumerate() {
+        if !contract::is_valid_key_name(key) {
+            return Err(Error::invalid(
+                ErrorKind::InvalidSetting,
+                format!("/shared/{index}"),
+                format!("`{key}` is not a valid variable name"),
+            ));
+        }
+    }
+    let mut all = Vec::new();
+    let mut first_error = None;
+    for (index, deployment) in rotation.deployments.iter().enumerate() {
+        match prepare(deployment, &format!("/deployments/{index}"), env, catalog) {
+            Ok(prepared) => all.push(prepared),
+            Err(error) => {
+                first_error = Some(error);
+                break;
+            }
+        }
+    }
+    report.deployments = Some(
+        all.iter()
+            .map(|prepared| DeploymentReport {
+                service: prepared.settings.service.clone(),
+                contract: prepared.contract_report(),
+                hosts: Vec::new(),
+                summary: Summary::default(),
+            })
+            .collect(),
+    );
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    let problems: Vec<(String, Vec<&KeyReport>)> = all
+        .iter()
+        .map(|p| (p.settings.service.clone(), p.resolution.problems()))
+        .filter(|(_, problems)| !problems.is_empty())
+        .collect();
+    if let Some((service, problems)) = problems.first() {
+        let within = format!(" in `{service}`");
+        return Err(key_problems(problems, &within).expect("non-empty"));
+    }
+    report.shared = Some(check_shared(&rotation.shared, &all)?);
+    Ok(all)
+}
+
+/// Every shared key must hold one value across every host of every deployment that has it.
+fn check_shared(shared: &[String], all: &[Prepared]) -> Result<Vec<SharedKeyReport>> {
+    let mut reports = Vec::new();
+    for (index, key) in shared.iter().enumerate() {
+        let services: Vec<String> = all
+            .iter()
+            .filter(|p| p.contract.has(key))
+            .map(|p| p.settings.service.clone())
+            .collect();
+        if services.is_empty() {
+            return Err(Error::invalid(
+                ErrorKind::InvalidSetting,
+                format!("/shared/{index}"),
+                format!("`{key}` is in no deployment's contract"),
+            ));
+        }
+        let mut first: Option<(&str, &str)> = None;
+        let mut differing: Vec<String> = Vec::new();
+        for prepared in all {
+            for file in &prepared.resolution.files {
+                let Some((_, value)) = file.values.iter().find(|(name, _)| name == key) else {
+                    continue;
+                };
+                match first {
+                    None => first = Some((&prepared.settings.service, value.expose_secret())),
+                    Some((first_service, first_value)) => {
+                        if first_value != value.expose_secret() {
+                            for service in [first_service, prepared.settings.service.as_str()] {
+                                if !differing.iter().any(|s| s == service) {
+                                    differing.push(service.to_string());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !differing.is_empty() {
+            let names: Vec<String> = differing.iter().map(|s| format!("`{s}`")).collect();
+            return Err(Error::SharedKeyMismatch {
+                key: key.clone(),
+                services: names.join(" and "),
+            });
+        }
+        reports.push(SharedKeyReport {
+            key: key.clone(),
+            services,
+            identical: true,
+        });
+    }
+    Ok(reports)
+}

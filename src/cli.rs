@@ -1,0 +1,287 @@
+//! The command line: subcommands, and turning an action's outcome into the one
+//! JSON document on stdout, a short summary on stderr, and the exit code.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::intake;
+use crate::report::{Action, HostStatus, KeyStatus, Report, EXIT_OK, EXIT_REJECTED};
+use crate::request::{Kind, Request, API_VERSION};
+use crate::secret::EnvLookup;
+use crate::{build_env, check, schema};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hostenv",
+    version,
+    about = "Deploy-time secrets onto servers: check, render and install a service's .env",
+    long_about = "Reads one JSON request (stdin or --request FILE) and prints one JSON result on stdout.\n\
+                  Exit codes: 0 success, 1 a host failed, 2 request rejected, 3 a host needs a person, 4 differences found."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate, resolve and render in memory; touches no host (Deploy, Rotation, BuildEnv).
+    Check(RequestArgs),
+    /// Write the console's build-time .env for Vite (BuildEnv).
+    BuildEnv(RequestArgs),
+    /// Print the JSON Schema of requests or results.
+    Schema {
+        #[arg(value_enum)]
+        which: SchemaKind,
+    },
+    /// Print the version and the supported apiVersions.
+    Version {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    /// Read the request from FILE instead of stdin.
+    #[arg(long, value_name = "FILE")]
+    pub request: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SchemaKind {
+    Request,
+    Result,
+}
+
+/// What the process prints on stdout and exits with.
+pub struct Outcome {
+    pub stdout: String,
+    pub exit_code: i32,
+}
+
+/// Parses the arguments and runs; a usage error is answered with a result document too.
+pub fn main_with_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+    env: &dyn EnvLookup,
+) -> Outcome {
+    match Cli::try_parse_from(args) {
+        Ok(cli) => run(cli, env),
+        Err(error) if !error.use_stderr() => Outcome {
+            stdout: error.to_string(),
+            exit_code: EXIT_OK,
+        },
+        Err(error) => {
+            eprint!("{error}");
+            let usage = Error::Usage(first_line(&error.to_string()));
+            let mut report = Report::new(Action::Check);
+            report.fail(&usage);
+            Outcome {
+                stdout: to_json(&report),
+                exit_code: EXIT_REJECTED,
+            }
+        }
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
+pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
+    match cli.command {
+        Command::Check(args) => run_action(Action::Check, &args, env),
+        Command::BuildEnv(args) => run_action(Action::BuildEnv, &args, env),
+        Command::Schema { which } => {
+            let schema = match which {
+                SchemaKind::Request => schema::request_schema(),
+                SchemaKind::Result => schema::result_schema(),
+            };
+            Outcome {
+                stdout: pretty(&schema),
+                exit_code: EXIT_OK,
+            }
+        }
+        Command::Version { json } => Outcome {
+            stdout: if json {
+                pretty(&serde_json::json!({
+                    "apiVersion": API_VERSION,
+                    "kind": "Version",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "apiVersions": [API_VERSION],
+                }))
+            } else {
+                format!("hostenv {}\n", env!("CARGO_PKG_VERSION"))
+            },
+            exit_code: EXIT_OK,
+        },
+    }
+}
+
+fn run_action(action: Action, args: &RequestArgs, env: &dyn EnvLookup) -> Outcome {
+    let started = Instant::now();
+    let mut report = Report::new(action);
+    let result = intake::read_request(args.request.as_deref())
+        .and_then(|bytes| intake::parse_request(&bytes))
+        .and_then(|request| dispatch(action, &request, env, &mut report));
+    if let Err(error) = result {
+        report.fail(&error);
+    }
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    eprint!("{}", human_summary(&report));
+    Outcome {
+        stdout: to_json(&report),
+        exit_code: report.exit_code,
+    }
+}
+
+fn dispatch(
+    action: Action,
+    request: &Request,
+    env: &dyn EnvLookup,
+    report: &mut Report,
+) -> Result<()> {
+    let catalog = Catalog::builtin();
+    match (action, request) {
+        (Action::Check, Request::Deploy(deployment)) => {
+            check::check_deploy(deployment, env, &catalog, report)
+        }
+        (Action::Check, Request::Rotation(rotation)) => {
+            check::check_rotation(rotation, env, &catalog, report)
+        }
+        (Action::Check, Request::BuildEnv(build)) => {
+            build_env::prepare(build, env, report).map(|_| ())
+        }
+        (Action::BuildEnv, Request::BuildEnv(build)) => {
+            let rendered = build_env::prepare(build, env, report)?;
+            build_env::write(&rendered, report)
+        }
+        (action, request) => Err(Error::WrongKind {
+            action: action_name(action),
+            kind: request.kind().name().to_string(),
+        }),
+    }
+}
+
+fn action_name(action: Action) -> String {
+    serde_json::to_value(action)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A few lines for the CI log: what was checked, or why not. Names only, never values.
+fn human_summary(report: &Report) -> String {
+    let mut out = String::new();
+    let action = action_name(report.action);
+    let subject = report
+        .service
+        .clone()
+        .or_else(|| {
+            report.deployments.as_ref().map(|d| {
+                d.iter()
+                    .map(|d| d.service.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            })
+        })
+        .or_else(|| report.output.as_ref().map(|o| o.path.clone()))
+        .unwrap_or_default();
+    let mut hosts: Vec<(&str, HostStatus)> = report
+        .hosts
+        .iter()
+        .map(|h| (h.host.as_str(), h.status))
+        .collect();
+    if let Some(deployments) = &report.deployments {
+        hosts.extend(
+            deployments
+                .iter()
+                .flat_map(|d| d.hosts.iter().map(|h| (h.host.as_str(), h.status))),
+        );
+    }
+    for (host, status) in &hosts {
+        out.push_str(&format!(
+            "hostenv {action}: {host}: {}\n",
+            status_name(*status)
+        ));
+    }
+    if let Some(output) = &report.output {
+        let verb = if output.written {
+            "wrote"
+        } else {
+            "would write"
+        };
+        out.push_str(&format!(
+            "hostenv {action}: {verb} `{}` ({} keys)\n",
+            output.path,
+            output.keys.len()
+        ));
+    }
+    let contracts = report
+        .contract
+        .iter()
+        .chain(report.deployments.iter().flatten().map(|d| &d.contract));
+    for contract in contracts {
+        for key in contract.keys.iter().filter(|k| k.status.is_problem()) {
+            let host = key
+                .host
+                .as_ref()
+                .map(|h| format!(" on `{h}`"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "hostenv {action}: key `{}`{host}: {}\n",
+                key.name,
+                key.message
+                    .clone()
+                    .unwrap_or_else(|| status_key(key.status))
+            ));
+        }
+    }
+    match &report.error {
+        None => out.push_str(&format!("hostenv {action} {subject}: ok\n")),
+        Some(error) => out.push_str(&format!("hostenv {action} {subject}: {}\n", error.message)),
+    }
+    out
+}
+
+fn status_name(status: HostStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn status_key(status: KeyStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn to_json(report: &Report) -> String {
+    pretty(&serde_json::to_value(report).unwrap_or_default())
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// Kinds accepted by each action, for documentation and tests.
+pub fn accepted_kinds(action: Action) -> &'static [Kind] {
+    match action {
+        Action::Check => &[Kind::Deploy, Kind::Rotation, Kind::BuildEnv],
+        Action::BuildEnv => &[Kind::BuildEnv],
+        _ => &[Kind::Deploy, Kind::Rotation],
+    }
+}

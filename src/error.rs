@@ -1,0 +1,191 @@
+//! The one error type. Every variant names what was wrong (field, key, path,
+//! line) and never a value: a value may be a secret.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+/// Stable identifiers for every error hostenv reports, in `error.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ErrorKind {
+    /// The command line was not understood.
+    Usage,
+    /// The request could not be read (file missing, not UTF-8, I/O error).
+    RequestUnreadable,
+    /// The request is larger than 1 MiB.
+    RequestTooLarge,
+    /// The request is not well-formed JSON.
+    InvalidJson,
+    /// `apiVersion` is missing or not one this binary speaks.
+    UnsupportedApiVersion,
+    /// `kind` is missing or not one of Deploy, Rotation, BuildEnv.
+    UnknownKind,
+    /// The request is of a kind this action does not take.
+    WrongKind,
+    /// The request does not match the schema: a wrong type, an unknown or missing field.
+    InvalidRequest,
+    /// A key's source does not name exactly one of `value`, `secretEnv`, `secretFileEnv`.
+    InvalidSource,
+    /// `service` is not a plain name.
+    InvalidServiceName,
+    /// A host name, port or user cannot be used safely.
+    InvalidHost,
+    /// A systemd unit or instance name is invalid.
+    InvalidUnitName,
+    /// A path that must be absolute and plain is not.
+    InvalidPath,
+    /// `target.mode` is not an octal file mode.
+    InvalidMode,
+    /// `target.mode` would let others read the file.
+    InsecureMode,
+    /// A user or group name is invalid.
+    InvalidName,
+    /// A verify URL is not a usable http URL template.
+    InvalidUrl,
+    /// A setting is out of range or contradicts another.
+    InvalidSetting,
+    /// A service outside the catalog lacks `target`, `restart` or `verify`.
+    ServiceDefaultsMissing,
+    /// The `.env.example` contract cannot be read.
+    ContractUnreadable,
+    /// The `.env.example` contract has a syntax error.
+    ContractInvalid,
+    /// One or more keys have problems; each is listed in `contract.keys`.
+    KeyProblems,
+    /// A whole-file `envFile` source cannot be used.
+    EnvFileInvalid,
+    /// A key listed in `shared` resolves to different values across deployments.
+    SharedKeyMismatch,
+    /// `VITE_*` variables are set in the build environment and would override the file.
+    BuildEnvOverride,
+    /// A `.env.local` / `.env.<mode>` file beside the output would override it.
+    OverridingEnvFile,
+    /// The brand file given in `from` cannot be used.
+    BrandFileInvalid,
+    /// The output file could not be written.
+    OutputWriteFailed,
+    /// A bug in hostenv.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read the request from {from}: {reason}")]
+    RequestUnreadable { from: String, reason: String },
+    #[error("the request is {size} bytes; the limit is {limit} bytes")]
+    RequestTooLarge { size: u64, limit: u64 },
+    #[error("the request is not valid JSON: {reason} at line {line}, column {column}")]
+    InvalidJson {
+        reason: &'static str,
+        line: usize,
+        column: usize,
+    },
+    #[error("{message}")]
+    UnsupportedApiVersion { message: String },
+    #[error("{message}")]
+    UnknownKind { message: String },
+    #[error("`hostenv {action}` does not take a `{kind}` request")]
+    WrongKind { action: String, kind: String },
+    #[error("`{field}`: {message}")]
+    Invalid {
+        kind: ErrorKind,
+        field: String,
+        message: String,
+    },
+    #[error("service `{service}` is not in the catalog, so the request must set {missing}")]
+    ServiceDefaultsMissing { service: String, missing: String },
+    #[error("cannot read the contract `{path}`: {reason}")]
+    ContractUnreadable { path: String, reason: String },
+    #[error("contract `{path}` line {line}: {reason}")]
+    ContractInvalid {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("{0}")]
+    KeyProblems(String),
+    #[error("`{field}` line {line}: {reason}")]
+    EnvFileInvalid {
+        field: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("shared key `{key}` resolves to different values in {services}")]
+    SharedKeyMismatch { key: String, services: String },
+    #[error("{names} set in the build environment would override the file Vite reads; unset them for the build")]
+    BuildEnvOverride { names: String },
+    #[error("`{path}` exists and would override the generated file in Vite's mode `{mode}`")]
+    OverridingEnvFile { path: String, mode: String },
+    #[error("brand file `{path}`: {reason}")]
+    BrandFileInvalid { path: String, reason: String },
+    #[error("cannot write `{path}`: {reason}")]
+    OutputWriteFailed { path: String, reason: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A request problem found by semantic validation, at a JSON pointer.
+    pub fn invalid(kind: ErrorKind, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            kind,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Usage(_) => ErrorKind::Usage,
+            Error::RequestUnreadable { .. } => ErrorKind::RequestUnreadable,
+            Error::RequestTooLarge { .. } => ErrorKind::RequestTooLarge,
+            Error::InvalidJson { .. } => ErrorKind::InvalidJson,
+            Error::UnsupportedApiVersion { .. } => ErrorKind::UnsupportedApiVersion,
+            Error::UnknownKind { .. } => ErrorKind::UnknownKind,
+            Error::WrongKind { .. } => ErrorKind::WrongKind,
+            Error::Invalid { kind, .. } => *kind,
+            Error::ServiceDefaultsMissing { .. } => ErrorKind::ServiceDefaultsMissing,
+            Error::ContractUnreadable { .. } => ErrorKind::ContractUnreadable,
+            Error::ContractInvalid { .. } => ErrorKind::ContractInvalid,
+            Error::KeyProblems(_) => ErrorKind::KeyProblems,
+            Error::EnvFileInvalid { .. } => ErrorKind::EnvFileInvalid,
+            Error::SharedKeyMismatch { .. } => ErrorKind::SharedKeyMismatch,
+            Error::BuildEnvOverride { .. } => ErrorKind::BuildEnvOverride,
+            Error::OverridingEnvFile { .. } => ErrorKind::OverridingEnvFile,
+            Error::BrandFileInvalid { .. } => ErrorKind::BrandFileInvalid,
+            Error::OutputWriteFailed { .. } => ErrorKind::OutputWriteFailed,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The JSON pointer of the offending request field, where there is one.
+    pub fn field(&self) -> Option<String> {
+        match self {
+            Error::Invalid { field, .. } | Error::EnvFileInvalid { field, .. } => {
+                Some(field.clone())
+            }
+            Error::ServiceDefaultsMissing { .. } => Some("/service".into()),
+            Error::ContractUnreadable { .. } | Error::ContractInvalid { .. } => {
+                Some("/contract".into())
+            }
+            Error::BrandFileInvalid { .. } => Some("/from".into()),
+            Error::OutputWriteFailed { .. } | Error::OverridingEnvFile { .. } => {
+                Some("/output".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// Everything but a failed write is found before any host is contacted
+    /// or any file written, so it is a rejection.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::OutputWriteFailed { .. } => crate::report::EXIT_FAILED,
+            _ => crate::report::EXIT_REJECTED,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,21 @@
+//! hostenv: deploy-time secrets onto servers. A JSON request in, one JSON result out.
+//!
+//! Request flow: `intake` (bytes → typed request) → `settings` (catalog merge,
+//! name checks) → `contract` + `resolve` (every key gets a value) → `render`
+//! (file bytes, read back before use) → the action (`check`, `build_env`).
+
+pub mod build_env;
+pub mod catalog;
+pub mod check;
+pub mod cli;
+pub mod contract;
+pub mod detect;
+pub mod error;
+pub mod intake;
+pub mod render;
+pub mod report;
+pub mod request;
+pub mod resolve;
+pub mod schema;
+pub mod secret;
+pub mod settings;

@@ -1,0 +1,384 @@
+//! Protocol types out: the one JSON document every action prints.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind};
+use crate::request::API_VERSION;
+
+/// Success, including nothing to change.
+pub const EXIT_OK: i32 = 0;
+/// A host failed (or, for `build-env`, the output could not be written).
+pub const EXIT_FAILED: i32 = 1;
+/// The request was rejected before any host was contacted.
+pub const EXIT_REJECTED: i32 = 2;
+/// A host is in an unknown state and needs a person.
+pub const EXIT_NEEDS_PERSON: i32 = 3;
+/// Differences found: `plan` would change something, `drift` found a difference, `lint` has findings.
+pub const EXIT_DIFFERENCES: i32 = 4;
+
+/// The action that produced a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Check,
+    Plan,
+    Deploy,
+    Rollback,
+    Drift,
+    BuildEnv,
+    Lint,
+}
+
+/// The result document: exactly one on stdout for every run, also on failure.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(title = "hostenv result", deny_unknown_fields)]
+pub struct Report {
+    /// Always `hostenv/v1`.
+    #[schemars(schema_with = "api_version_schema")]
+    pub api_version: &'static str,
+    /// Always `Result`.
+    #[schemars(schema_with = "result_kind_schema")]
+    pub kind: &'static str,
+    /// The action that ran.
+    pub action: Action,
+    /// True when the action succeeded (exit code 0).
+    pub ok: bool,
+    /// The process exit code: 0 ok, 1 a host failed, 2 rejected, 3 a host needs a person, 4 differences found.
+    pub exit_code: i32,
+    /// Wall time of the run in milliseconds.
+    pub duration_ms: u64,
+    /// The service of a Deploy request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The request's `environment`, when it set one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// The contract and the status of every key (Deploy, BuildEnv).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<ContractReport>,
+    /// One entry per host, in request order. Empty for a rejected request.
+    pub hosts: Vec<HostReport>,
+    /// Per deployment of a Rotation, in request order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployments: Option<Vec<DeploymentReport>>,
+    /// How the keys in a Rotation's `shared` list resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<Vec<SharedKeyReport>>,
+    /// The file `build-env` wrote (or, for `check`, would write).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputReport>,
+    /// Host counts by status.
+    pub summary: Summary,
+    /// Why the action did not succeed; null when `ok` is true.
+    pub error: Option<ErrorReport>,
+}
+
+fn api_version_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "const": API_VERSION })
+}
+
+fn result_kind_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "const": "Result" })
+}
+
+/// The contract a request was checked against.
+#[derive(Debug, Default, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractReport {
+    /// Path of the `.env.example` as the request gave it.
+    pub path: String,
+    /// Every key of the contract, then any key the request sources that the contract lacks.
+    /// Per-host sources get their own entry with `host` set.
+    pub keys: Vec<KeyReport>,
+}
+
+/// Where a key's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SourceKind {
+    /// A literal in the request.
+    Value,
+    /// An environment variable holding the secret.
+    SecretEnv,
+    /// An environment variable holding the path of a file with the secret.
+    SecretFileEnv,
+    /// A whole `.env` file (Jenkins secret file).
+    EnvFile,
+    /// The BuildEnv brand file named by `from`.
+    BrandFile,
+    /// No source.
+    None,
+}
+
+/// The state of one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum KeyStatus {
+    /// Resolved and representable.
+    Ok,
+    /// Listed in `optional` and given no source: left out of the file.
+    Omitted,
+    /// In the contract, not in `optional`, and given no source.
+    Missing,
+    /// The named environment variable is not set.
+    Unset,
+    /// The value is empty (an empty literal is allowed; an empty secret is not).
+    Empty,
+    /// `encoding: base64` but the variable is not valid base64.
+    BadBase64,
+    /// The file named by `secretFileEnv` cannot be read, is not a regular file, is over 1 MiB, or holds NUL.
+    Unreadable,
+    /// The request gives a source for a key the contract does not declare.
+    NotInContract,
+    /// The value cannot be written faithfully (NUL, invalid UTF-8, or a character the file grammar cannot carry).
+    Unrepresentable,
+    /// `KEY=VALUE` is longer than 131,071 bytes.
+    TooLong,
+    /// A literal `value` looks like a credential.
+    LooksLikeSecret,
+    /// A secret source where only literals are allowed (BuildEnv).
+    SecretNotAllowed,
+}
+
+impl KeyStatus {
+    pub fn is_problem(self) -> bool {
+        !matches!(self, KeyStatus::Ok | KeyStatus::Omitted)
+    }
+}
+
+/// One key and how it resolved. Never a secret value.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyReport {
+    /// The variable name.
+    pub name: String,
+    /// Set when this entry is a per-host source (`hosts[].env` / `hosts[].envFile`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Where the value comes from.
+    pub source: SourceKind,
+    /// The environment variable named by `secretEnv` / `secretFileEnv`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// The credential id, as recorded in the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+    /// The literal value, for `value` sources that passed every check; never for secrets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The outcome.
+    pub status: KeyStatus,
+    /// What is wrong, in words, for a problem status. Never the value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What happened on one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum HostStatus {
+    /// `check`: the host's file rendered; no host was contacted.
+    Checked,
+    Deployed,
+    Unchanged,
+    Planned,
+    InSync,
+    Drifted,
+    RolledBack,
+    RollbackFailed,
+    Unhealthy,
+    Unknown,
+    Failed,
+    Skipped,
+}
+
+/// The per-host entry of a result.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostReport {
+    /// The host as the request named it.
+    pub host: String,
+    /// The outcome on this host.
+    pub status: HostStatus,
+    /// Whether the host's file was changed by this run.
+    pub changed: bool,
+    /// The file this host gets: key names and size, never content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rendered: Option<RenderedReport>,
+    /// Why this host did not succeed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorReport>,
+}
+
+/// The shape of a rendered file.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RenderedReport {
+    /// The target path on the host.
+    pub path: String,
+    /// The keys written, in file order.
+    pub keys: Vec<String>,
+    /// Keys whose source is specific to this host.
+    pub host_keys: Vec<String>,
+    /// Size of the file in bytes.
+    pub bytes: usize,
+}
+
+/// One deployment of a Rotation.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentReport {
+    pub service: String,
+    pub contract: ContractReport,
+    pub hosts: Vec<HostReport>,
+    pub summary: Summary,
+}
+
+/// A key a Rotation declares as shared.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedKeyReport {
+    /// The key name.
+    pub key: String,
+    /// Services of the Rotation whose file carries the key.
+    pub services: Vec<String>,
+    /// True when every deployment resolves the key to the same value.
+    pub identical: bool,
+}
+
+/// The file `build-env` writes.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputReport {
+    /// The output path as the request gave it.
+    pub path: String,
+    /// Whether the file was written by this run (false for `check`, and when identical bytes were already there).
+    pub written: bool,
+    /// Keys in file order.
+    pub keys: Vec<String>,
+    /// Size in bytes.
+    pub bytes: usize,
+}
+
+/// Host counts by status.
+#[derive(Debug, Default, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub hosts: usize,
+    pub checked: usize,
+    pub deployed: usize,
+    pub unchanged: usize,
+    pub planned: usize,
+    pub in_sync: usize,
+    pub drifted: usize,
+    pub rolled_back: usize,
+    pub rollback_failed: usize,
+    pub unhealthy: usize,
+    pub unknown: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+impl Summary {
+    pub fn of(hosts: &[HostReport]) -> Summary {
+        let mut summary = Summary {
+            hosts: hosts.len(),
+            ..Summary::default()
+        };
+        for host in hosts {
+            *summary.count_for(host.status) += 1;
+        }
+        summary
+    }
+
+    pub fn add(&mut self, other: &Summary) {
+        self.hosts += other.hosts;
+        self.checked += other.checked;
+        self.deployed += other.deployed;
+        self.unchanged += other.unchanged;
+        self.planned += other.planned;
+        self.in_sync += other.in_sync;
+        self.drifted += other.drifted;
+        self.rolled_back += other.rolled_back;
+        self.rollback_failed += other.rollback_failed;
+        self.unhealthy += other.unhealthy;
+        self.unknown += other.unknown;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+    }
+
+    fn count_for(&mut self, status: HostStatus) -> &mut usize {
+        match status {
+            HostStatus::Checked => &mut self.checked,
+            HostStatus::Deployed => &mut self.deployed,
+            HostStatus::Unchanged => &mut self.unchanged,
+            HostStatus::Planned => &mut self.planned,
+            HostStatus::InSync => &mut self.in_sync,
+            HostStatus::Drifted => &mut self.drifted,
+            HostStatus::RolledBack => &mut self.rolled_back,
+            HostStatus::RollbackFailed => &mut self.rollback_failed,
+            HostStatus::Unhealthy => &mut self.unhealthy,
+            HostStatus::Unknown => &mut self.unknown,
+            HostStatus::Failed => &mut self.failed,
+            HostStatus::Skipped => &mut self.skipped,
+        }
+    }
+}
+
+/// An error, with a stable kind and a message that never holds a secret.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorReport {
+    /// Stable identifier.
+    pub kind: ErrorKind,
+    /// Human-readable; names fields, keys, paths and lines, never values.
+    pub message: String,
+    /// JSON pointer of the offending request field, where there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl From<&Error> for ErrorReport {
+    fn from(error: &Error) -> Self {
+        ErrorReport {
+            kind: error.kind(),
+            message: error.to_string(),
+            field: error.field(),
+        }
+    }
+}
+
+impl Report {
+    pub fn new(action: Action) -> Report {
+        Report {
+            api_version: API_VERSION,
+            kind: "Result",
+            action,
+            ok: true,
+            exit_code: EXIT_OK,
+            duration_ms: 0,
+            service: None,
+            environment: None,
+            contract: None,
+            hosts: Vec::new(),
+            deployments: None,
+            shared: None,
+            output: None,
+            summary: Summary::default(),
+            error: None,
+        }
+    }
+
+    /// Marks the report as failed by `error`; hosts are left out of a rejection.
+    pub fn fail(&mut self, error: &Error) {
+        self.ok = false;
+        self.exit_code = error.exit_code();
+        if self.exit_code == EXIT_REJECTED {
+            self.hosts.clear();
+            self.summary = Summary::default();
+        }
+        self.error = Some(ErrorReport::from(error));
+    }
+}

@@ -1,0 +1,423 @@
+//! Resolution: every contract key of every host gets a value, or a problem
+//! status, and every problem of the request is found in the same run.
+//!
+//! Sources come in scopes: the top level (`env` or `envFile`), then per host
+//! a whole-file replacement (`hosts[].envFile`) and overrides (`hosts[].env`).
+//! Each scope's sources are resolved once; a host's file is its merge.
+
+use std::collections::BTreeMap;
+
+use crate::contract::Contract;
+use crate::detect::credential_reason;
+use crate::error::{Error, Result};
+use crate::render::systemd;
+use crate::report::{KeyReport, KeyStatus, SourceKind};
+use crate::request::{Deployment, Encoding, EnvFileSource, Source};
+use crate::secret::{self, EnvLookup, ExposeSecret, Problem, SecretString};
+
+/// The file one host gets, rendered and read back.
+pub struct HostFile {
+    pub host: String,
+    /// Keys in file (contract) order, each with its value.
+    pub values: Vec<(String, SecretString)>,
+    /// Keys whose source is specific to this host.
+    pub host_keys: Vec<String>,
+    /// The exact bytes to install.
+    pub text: SecretString,
+}
+
+pub struct Resolution {
+    /// Every key report, grouped by key in contract order.
+    pub keys: Vec<KeyReport>,
+    /// One file per host, in request order; empty when any key has a problem.
+    pub files: Vec<HostFile>,
+}
+
+impl Resolution {
+    pub fn problems(&self) -> Vec<&KeyReport> {
+        self.keys.iter().filter(|k| k.status.is_problem()).collect()
+    }
+}
+
+/// A resolved value, or the report explaining why there is none.
+struct Resolved {
+    report: KeyReport,
+    value: Option<SecretString>,
+}
+
+/// One scope's sources, resolved.
+#[derive(Default)]
+struct Scope {
+    entries: BTreeMap<String, Resolved>,
+}
+
+impl Scope {
+    fn get(&self, key: &str) -> Option<&Resolved> {
+        self.entries.get(key)
+    }
+}
+
+pub fn resolve(
+    deployment: &Deployment,
+    at: &str,
+    contract: &Contract,
+    env: &dyn EnvLookup,
+) -> Result<Resolution> {
+    let top = match (&deployment.env, &deployment.env_file) {
+        (Some(sources), _) => source_scope(sources, None, contract, env),
+        (None, Some(file)) => env_file_scope(file, &format!("{at}/envFile"), None, contract, env)?,
+        (None, None) => Scope::default(),
+    };
+    let mut host_scopes = Vec::new();
+    for (index, spec) in deployment.hosts.iter().enumerate() {
+        let host = spec.name().to_string();
+        let entry = spec.entry();
+        let file = match entry.and_then(|e| e.env_file.as_ref()) {
+            Some(file) => Some(env_file_scope(
+                file,
+                &format!("{at}/hosts/{index}/envFile"),
+                Some(&host),
+                contract,
+                env,
+            )?),
+            None => None,
+        };
+        let overrides = entry
+            .and_then(|e| e.env.as_ref())
+            .map(|sources| source_scope(sources, Some(&host), contract, env))
+            .unwrap_or_default();
+        host_scopes.push((host, file, overrides));
+    }
+
+    let mut keys: Vec<KeyReport> = Vec::new();
+    keys.extend(top.entries.values().map(|r| r.report.clone()));
+    for (_, file, overrides) in &host_scopes {
+        if let Some(file) = file {
+            keys.extend(file.entries.values().map(|r| r.report.clone()));
+        }
+        keys.extend(overrides.entries.values().map(|r| r.report.clone()));
+    }
+    for name in &deployment.optional {
+        if !contract.has(name) {
+            keys.push(bare_report(
+                name,
+                None,
+                KeyStatus::NotInContract,
+                Some(not_in_contract(name)),
+            ));
+        }
+    }
+
+    let mut files = Vec::new();
+    for key in contract.names() {
+        let lacking: Vec<&str> = host_scopes
+            .iter()
+            .filter(|(_, file, overrides)| {
+                let base = file.as_ref().unwrap_or(&top);
+                base.get(key).is_none() && overrides.get(key).is_none()
+            })
+            .map(|(host, _, _)| host.as_str())
+            .collect();
+        let optional = deployment.optional.iter().any(|name| name == key);
+        let everywhere = lacking.len() == host_scopes.len();
+        let (status, message) = if optional {
+            (KeyStatus::Omitted, None)
+        } else {
+            (
+                KeyStatus::Missing,
+                Some(format!(
+                    "`{key}` is in the contract but has no source and is not listed in `optional`"
+                )),
+            )
+        };
+        if everywhere {
+            if top.get(key).is_none() {
+                keys.push(bare_report(key, None, status, message));
+            }
+        } else {
+            for host in lacking {
+                keys.push(bare_report(key, Some(host), status, message.clone()));
+            }
+        }
+    }
+    let position = |name: &str| {
+        contract
+            .keys
+            .iter()
+            .position(|k| k.name == name)
+            .unwrap_or(usize::MAX)
+    };
+    keys.sort_by_key(|report| position(&report.name));
+
+    if keys.iter().all(|k| !k.status.is_problem()) {
+        for (host, file, overrides) in &host_scopes {
+            let base = file.as_ref().unwrap_or(&top);
+            let mut values = Vec::new();
+            let mut host_keys = Vec::new();
+            for key in contract.names() {
+                let (resolved, host_specific) = match overrides.get(key) {
+                    Some(resolved) => (Some(resolved), true),
+                    None => (base.get(key), file.is_some()),
+                };
+                if let Some(value) = resolved.and_then(|r| r.value.as_ref()) {
+                    values.push((key.to_string(), value.clone()));
+                    if host_specific {
+                        host_keys.push(key.to_string());
+                    }
+                }
+            }
+            let text = render_checked(&values)?;
+            files.push(HostFile {
+                host: host.clone(),
+                values,
+                host_keys,
+                text,
+            });
+        }
+    }
+    Ok(Resolution { keys, files })
+}
+
+/// Renders, then reads back with the independent reader: the bytes are used only
+/// if they give exactly the values that went in.
+fn render_checked(values: &[(String, SecretString)]) -> Result<SecretString> {
+    let text = systemd::render(values.iter().map(|(k, v)| (k.as_str(), v.expose_secret())));
+    let parsed = systemd::parse(&text);
+    let same = parsed.lines_without_assignment.is_empty()
+        && parsed.assignments.len() == values.len()
+        && parsed
+            .assignments
+            .iter()
+            .zip(values)
+            .all(|(read, (key, value))| read.key == *key && read.value == value.expose_secret());
+    if same {
+        Ok(SecretString::from(text))
+    } else {
+        let key = parsed
+            .assignments
+            .iter()
+            .zip(values)
+            .find(|(read, (key, value))| read.key != *key || read.value != value.expose_secret())
+            .map(|(_, (key, _))| key.clone())
+            .unwrap_or_default();
+        Err(Error::Internal(format!(
+            "the rendered file does not read back exactly (first difference at key `{key}`)"
+        )))
+    }
+}
+
+fn not_in_contract(name: &str) -> String {
+    format!("`{name}` is not in the contract; add it to the `.env.example` in the same change as its source")
+}
+
+fn bare_report(
+    name: &str,
+    host: Option<&str>,
+    status: KeyStatus,
+    message: Option<String>,
+) -> KeyReport {
+    KeyReport {
+        name: name.to_string(),
+        host: host.map(str::to_string),
+        source: SourceKind::None,
+        env: None,
+        credential_id: None,
+        value: None,
+        status,
+        message,
+    }
+}
+
+fn source_scope(
+    sources: &BTreeMap<String, Source>,
+    host: Option<&str>,
+    contract: &Contract,
+    env: &dyn EnvLookup,
+) -> Scope {
+    let mut scope = Scope::default();
+    for (key, source) in sources {
+        scope.entries.insert(
+            key.clone(),
+            resolve_source(key, source, host, contract, env),
+        );
+    }
+    scope
+}
+
+fn resolve_source(
+    key: &str,
+    source: &Source,
+    host: Option<&str>,
+    contract: &Contract,
+    env: &dyn EnvLookup,
+) -> Resolved {
+    let (kind, env_name) = match (&source.value, &source.secret_env, &source.secret_file_env) {
+        (Some(_), _, _) => (SourceKind::Value, None),
+        (_, Some(name), _) => (SourceKind::SecretEnv, Some(name.clone())),
+        (_, _, Some(name)) => (SourceKind::SecretFileEnv, Some(name.clone())),
+        _ => (SourceKind::None, None),
+    };
+    let mut report = KeyReport {
+        name: key.to_string(),
+        host: host.map(str::to_string),
+        source: kind,
+        env: env_name,
+        credential_id: source.credential_id.clone(),
+        value: None,
+        status: KeyStatus::Ok,
+        message: None,
+    };
+    let outcome = if !contract.has(key) {
+        Err(Problem::new(KeyStatus::NotInContract, not_in_contract(key)))
+    } else {
+        read_source(key, source, env)
+    };
+    match outcome {
+        Ok(value) => {
+            if kind == SourceKind::Value {
+                report.value = Some(value.expose_secret().to_string());
+            }
+            Resolved {
+                report,
+                value: Some(value),
+            }
+        }
+        Err(problem) => {
+            report.status = problem.status;
+            report.message = Some(problem.message);
+            Resolved {
+                report,
+                value: None,
+            }
+        }
+    }
+}
+
+fn read_source(key: &str, source: &Source, env: &dyn EnvLookup) -> Result<SecretString, Problem> {
+    let value = if let Some(literal) = &source.value {
+        if let Some(reason) = credential_reason(literal) {
+            return Err(Problem::new(
+                KeyStatus::LooksLikeSecret,
+                format!("the literal value looks like a credential ({reason}); bind it with `secretEnv` instead"),
+            ));
+        }
+        SecretString::from(literal.clone())
+    } else if let Some(name) = &source.secret_env {
+        secret::from_env(env, name, source.encoding == Some(Encoding::Base64))?
+    } else if let Some(name) = &source.secret_file_env {
+        secret::from_file_env(env, name)?
+    } else {
+        return Err(Problem::new(KeyStatus::Missing, "no source"));
+    };
+    check_representable(key, value)
+}
+
+fn check_representable(key: &str, value: SecretString) -> Result<SecretString, Problem> {
+    match systemd::check(key, value.expose_secret()) {
+        Ok(()) => Ok(value),
+        Err(unfit @ systemd::Unfit::Nul) => {
+            Err(Problem::new(KeyStatus::Unrepresentable, unfit.describe()))
+        }
+        Err(unfit @ systemd::Unfit::TooLong { .. }) => {
+            Err(Problem::new(KeyStatus::TooLong, unfit.describe()))
+        }
+    }
+}
+
+/// A whole `.env` shipped as one secret file, parsed in systemd's grammar.
+fn env_file_scope(
+    file: &EnvFileSource,
+    field: &str,
+    host: Option<&str>,
+    contract: &Contract,
+    env: &dyn EnvLookup,
+) -> Result<Scope> {
+    let variable = &file.secret_file_env;
+    let fail = |line: usize, reason: String| Error::EnvFileInvalid {
+        field: field.to_string(),
+        line,
+        reason,
+    };
+    let path = secret::file_path_from_env(env, variable).map_err(|p| fail(0, p.message))?;
+    let text = SecretString::from(
+        secret::read_secret_file(&path, variable).map_err(|p| fail(0, p.message))?,
+    );
+    let parsed = systemd::parse(text.expose_secret());
+    if let Some(line) = parsed.lines_without_assignment.first() {
+        return Err(fail(
+            *line,
+            "the line has no `=` (systemd would ignore it)".into(),
+        ));
+    }
+    // A key name from a secret file is shown only when it cannot be a fragment
+    // of a secret: a contract key, or a name that does not look like one.
+    let shown = |name: &str, line: usize| {
+        if contract.has(name)
+            || (crate::contract::is_valid_key_name(name) && credential_reason(name).is_none())
+        {
+            name.to_string()
+        } else {
+            format!("line {line}")
+        }
+    };
+    let mut scope = Scope::default();
+    let mut first_line: BTreeMap<String, usize> = BTreeMap::new();
+    for assignment in parsed.assignments {
+        let name = shown(&assignment.key, assignment.line);
+        if !crate::contract::is_valid_key_name(&assignment.key) {
+            return Err(fail(
+                assignment.line,
+                "the key is not a valid variable name".into(),
+            ));
+        }
+        if let Some(first) = first_line.insert(assignment.key.clone(), assignment.line) {
+            return Err(fail(
+                assignment.line,
+                format!("`{name}` is set twice (first at line {first})"),
+            ));
+        }
+        let mut report = KeyReport {
+            name: name.clone(),
+            host: host.map(str::to_string),
+            source: crate::report::SourceKind::EnvFile,
+            env: Some(variable.clone()),
+            credential_id: file.credential_id.clone(),
+            value: None,
+            status: KeyStatus::Ok,
+            message: None,
+        };
+        let value = SecretString::from(assignment.value);
+        let outcome = if !contract.has(&assignment.key) {
+            Err(Problem::new(
+                KeyStatus::NotInContract,
+                format!(
+                    "{} (line {} of the env file)",
+                    not_in_contract(&name),
+                    assignment.line
+                ),
+            ))
+        } else if value.expose_secret().is_empty() {
+            Err(Problem::new(
+                KeyStatus::Empty,
+                format!(
+                    "line {} of the env file sets an empty value",
+                    assignment.line
+                ),
+            ))
+        } else {
+            check_representable(&assignment.key, value)
+        };
+        let value = match outcome {
+            Ok(value) => Some(value),
+            Err(problem) => {
+                report.status = problem.status;
+                report.message = Some(problem.message);
+                None
+            }
+        };
+        scope
+            .entries
+            .insert(assignment.key, Resolved { report, value });
+    }
+    Ok(scope)
+}

@@ -1,0 +1,244 @@
+//! The JSON Schemas of the protocol, generated from the Rust types, and request
+//! validation against them with errors that name a JSON pointer, never a value.
+
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::ValidationError;
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::report::Report;
+use crate::request::{BuildEnv, Deployment, Kind, Rotation, API_VERSION};
+
+const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
+
+fn generator() -> SchemaGenerator {
+    SchemaSettings::draft2020_12().into_generator()
+}
+
+/// The schema of a request body of `kind`, without the envelope fields, inlined.
+fn body_schema(kind: Kind, generator: &mut SchemaGenerator) -> Schema {
+    match kind {
+        Kind::Deploy => Deployment::json_schema(generator),
+        Kind::Rotation => Rotation::json_schema(generator),
+        Kind::BuildEnv => BuildEnv::json_schema(generator),
+    }
+}
+
+fn with_definitions(mut schema: Value, mut generator: SchemaGenerator) -> Value {
+    let definitions = generator.take_definitions(true);
+    if !definitions.is_empty() {
+        schema["$defs"] = Value::Object(definitions);
+    }
+    schema
+}
+
+/// The published request schema: any of the three kinds, each with its envelope.
+pub fn request_schema() -> Value {
+    let mut generator = generator();
+    let variants: Vec<Value> = Kind::ALL
+        .into_iter()
+        .map(|kind| {
+            let mut body = body_schema(kind, &mut generator).to_value();
+            add_envelope(&mut body, kind);
+            body
+        })
+        .collect();
+    let schema = json!({
+        "$schema": DRAFT,
+        "$id": "https://hostenv.dev/schema/v1/request.schema.json",
+        "title": "hostenv request",
+        "description": "One request, read on stdin or from --request FILE. Field names are camelCase; unknown fields are rejected.",
+        "oneOf": variants,
+    });
+    with_definitions(schema, generator)
+}
+
+/// The published result schema.
+pub fn result_schema() -> Value {
+    let mut generator = generator();
+    let mut body = Report::json_schema(&mut generator).to_value();
+    if let Value::Object(map) = &mut body {
+        map.insert("$schema".into(), json!(DRAFT));
+        map.insert(
+            "$id".into(),
+            json!("https://hostenv.dev/schema/v1/result.schema.json"),
+        );
+    }
+    with_definitions(body, generator)
+}
+
+fn add_envelope(body: &mut Value, kind: Kind) {
+    let Value::Object(map) = body else { return };
+    let mut properties = Map::new();
+    properties.insert(
+        "apiVersion".into(),
+        json!({"description": "The protocol version.", "const": API_VERSION}),
+    );
+    properties.insert(
+        "kind".into(),
+        json!({"description": "The kind of request.", "const": kind.name()}),
+    );
+    if let Some(Value::Object(rest)) = map.remove("properties") {
+        properties.extend(rest);
+    }
+    map.insert("properties".into(), Value::Object(properties));
+    let mut required = vec![json!("apiVersion"), json!("kind")];
+    if let Some(Value::Array(rest)) = map.remove("required") {
+        required.extend(rest);
+    }
+    map.insert("required".into(), Value::Array(required));
+}
+
+/// Checks a request body (envelope removed) against its kind's schema.
+pub fn validate_body(kind: Kind, body: &Value) -> Result<()> {
+    let mut generator = generator();
+    let schema = with_definitions(body_schema(kind, &mut generator).to_value(), generator);
+    let validator = jsonschema::validator_for(&schema)
+        .map_err(|error| Error::Internal(format!("request schema does not compile: {error}")))?;
+    let problems: Vec<Problem> = validator.iter_errors(body).map(|e| describe(&e)).collect();
+    let Some(first) = problems.first() else {
+        return Ok(());
+    };
+    let mut message = first.message.clone();
+    if problems.len() > 1 {
+        let others: Vec<String> = problems[1..]
+            .iter()
+            .take(4)
+            .map(|problem| {
+                format!(
+                    "`{}` {}",
+                    display_pointer(&problem.pointer),
+                    problem.message
+                )
+            })
+            .collect();
+        message = format!("{message}; also {}", others.join("; "));
+        if problems.len() > 5 {
+            message.push_str(&format!(" (and {} more)", problems.len() - 5));
+        }
+    }
+    Err(Error::invalid(
+        ErrorKind::InvalidRequest,
+        first.pointer.clone(),
+        message,
+    ))
+}
+
+fn display_pointer(pointer: &str) -> &str {
+    if pointer.is_empty() {
+        "/"
+    } else {
+        pointer
+    }
+}
+
+struct Problem {
+    pointer: String,
+    message: String,
+}
+
+/// Words for one schema error. jsonschema's own messages quote the offending
+/// value, which may be a secret, so they are never used.
+fn describe(error: &ValidationError<'_>) -> Problem {
+    let pointer = error.instance_path().to_string();
+    let at = |name: &str| format!("{pointer}/{}", escape_pointer_token(name));
+    match error.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected }
+        | ValidationErrorKind::UnevaluatedProperties { unexpected } => Problem {
+            pointer: unexpected
+                .first()
+                .map(|name| at(name))
+                .unwrap_or(pointer.clone()),
+            message: format!("unknown field {}", quoted_list(unexpected)),
+        },
+        ValidationErrorKind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            Problem {
+                pointer: at(name),
+                message: format!("missing required field `{name}`"),
+            }
+        }
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            // Report the alternative that got furthest: the one whose first
+            // error is not a plain type mismatch at this very place.
+            let best = context.iter().find(|branch| {
+                branch.first().is_some_and(|first| {
+                    !(matches!(first.kind(), ValidationErrorKind::Type { .. })
+                        && first.instance_path().to_string() == pointer)
+                })
+            });
+            match best.and_then(|branch| branch.first()) {
+                Some(inner) => describe(inner),
+                None => Problem {
+                    pointer,
+                    message: "does not match any of the allowed forms".into(),
+                },
+            }
+        }
+        kind => Problem {
+            message: describe_kind(kind),
+            pointer,
+        },
+    }
+}
+
+fn describe_kind(kind: &ValidationErrorKind) -> String {
+    match kind {
+        ValidationErrorKind::Type { kind } => format!("must be {}", type_words(kind)),
+        ValidationErrorKind::Enum { options } => match options.as_array() {
+            Some(options) => format!("must be one of {}", quoted_values(options)),
+            None => "is not an allowed value".into(),
+        },
+        ValidationErrorKind::Constant { expected_value } => {
+            format!("must be `{}`", plain(expected_value))
+        }
+        ValidationErrorKind::MinItems { limit } => format!("must have at least {limit} item(s)"),
+        ValidationErrorKind::MaxItems { limit } => format!("must have at most {limit} item(s)"),
+        ValidationErrorKind::Minimum { limit } => format!("must be at least {limit}"),
+        ValidationErrorKind::Maximum { limit } => format!("must be at most {limit}"),
+        ValidationErrorKind::ExclusiveMinimum { limit } => format!("must be more than {limit}"),
+        ValidationErrorKind::ExclusiveMaximum { limit } => format!("must be less than {limit}"),
+        ValidationErrorKind::MinLength { limit } => format!("must be at least {limit} characters"),
+        ValidationErrorKind::MaxLength { limit } => format!("must be at most {limit} characters"),
+        ValidationErrorKind::Pattern { pattern } => format!("must match `{pattern}`"),
+        ValidationErrorKind::UniqueItems => "must not repeat items".into(),
+        _ => "is not valid here".into(),
+    }
+}
+
+fn type_words(kind: &TypeKind) -> String {
+    match kind {
+        TypeKind::Single(single) => format!("a {single}"),
+        TypeKind::Multiple(set) => {
+            let names: Vec<String> = set.iter().map(|t| t.to_string()).collect();
+            format!("one of: {}", names.join(", "))
+        }
+    }
+}
+
+fn plain(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn quoted_values(values: &[Value]) -> String {
+    let names: Vec<String> = values.iter().map(plain).collect();
+    quoted_list(&names)
+}
+
+fn quoted_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// RFC 6901: `~` and `/` inside a reference token.
+pub fn escape_pointer_token(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
