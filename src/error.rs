@@ -88,7 +88,7 @@ pub enum Error {
     UnknownKind { message: String },
     #[error("`hostenv {action}` does not take a `{kind}` request")]
     WrongKind { action: String, kind: String },
-    #[error("`{field}`: {message}")]
+    #[error("{}", at_field(field, message))]
     Invalid {
         kind: ErrorKind,
         field: String,
@@ -124,6 +124,14 @@ pub enum Error {
     OutputWriteFailed { path: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn at_field(field: &str, message: &str) -> String {
+    if field.is_empty() {
+        message.to_string()
+    } else {
+        format!("`{field}`: {message}")
+    }
 }
 
 impl Error {

@@ -17,6 +17,37 @@ fn generator() -> SchemaGenerator {
     SchemaSettings::draft2020_12().into_generator()
 }
 
+/// In a request an optional field is left out, never `null`: schemars allows
+/// `null` for every `Option`, so it is taken out again.
+fn without_null(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Array(types)) = map.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let only = types.remove(0);
+                    map.insert("type".into(), only);
+                }
+            }
+            if let Some(Value::Array(alternatives)) = map.get_mut("anyOf") {
+                alternatives.retain(|a| a != &json!({"type": "null"}));
+                if alternatives.len() == 1 {
+                    if let Value::Object(only) = alternatives.remove(0) {
+                        map.remove("anyOf");
+                        map.extend(only);
+                    }
+                }
+            }
+            if map.get("default") == Some(&Value::Null) {
+                map.remove("default");
+            }
+            map.values_mut().for_each(without_null);
+        }
+        Value::Array(items) => items.iter_mut().for_each(without_null),
+        _ => {}
+    }
+}
+
 /// The schema of a request body of `kind`, without the envelope fields, inlined.
 fn body_schema(kind: Kind, generator: &mut SchemaGenerator) -> Schema {
     match kind {
@@ -47,12 +78,14 @@ pub fn request_schema() -> Value {
         .collect();
     let schema = json!({
         "$schema": DRAFT,
-        "$id": "https://hostenv.dev/schema/v1/request.schema.json",
+        "$id": "urn:hostenv:v1:request",
         "title": "hostenv request",
         "description": "One request, read on stdin or from --request FILE. Field names are camelCase; unknown fields are rejected.",
         "oneOf": variants,
     });
-    with_definitions(schema, generator)
+    let mut schema = with_definitions(schema, generator);
+    without_null(&mut schema);
+    schema
 }
 
 /// The published result schema.
@@ -61,10 +94,7 @@ pub fn result_schema() -> Value {
     let mut body = Report::json_schema(&mut generator).to_value();
     if let Value::Object(map) = &mut body {
         map.insert("$schema".into(), json!(DRAFT));
-        map.insert(
-            "$id".into(),
-            json!("https://hostenv.dev/schema/v1/result.schema.json"),
-        );
+        map.insert("$id".into(), json!("urn:hostenv:v1:result"));
     }
     with_definitions(body, generator)
 }
@@ -94,7 +124,8 @@ fn add_envelope(body: &mut Value, kind: Kind) {
 /// Checks a request body (envelope removed) against its kind's schema.
 pub fn validate_body(kind: Kind, body: &Value) -> Result<()> {
     let mut generator = generator();
-    let schema = with_definitions(body_schema(kind, &mut generator).to_value(), generator);
+    let mut schema = with_definitions(body_schema(kind, &mut generator).to_value(), generator);
+    without_null(&mut schema);
     let validator = jsonschema::validator_for(&schema)
         .map_err(|error| Error::Internal(format!("request schema does not compile: {error}")))?;
     let problems: Vec<Problem> = validator.iter_errors(body).map(|e| describe(&e)).collect();
@@ -210,10 +241,10 @@ fn describe_kind(kind: &ValidationErrorKind) -> String {
 
 fn type_words(kind: &TypeKind) -> String {
     match kind {
-        TypeKind::Single(single) => format!("a {single}"),
+        TypeKind::Single(single) => format!("of type {single}"),
         TypeKind::Multiple(set) => {
             let names: Vec<String> = set.iter().map(|t| t.to_string()).collect();
-            format!("one of: {}", names.join(", "))
+            format!("of one of the types {}", names.join(", "))
         }
     }
 }

@@ -1,0 +1,195 @@
+//! JSON-driven cases: `tests/cases/<name>/` holds `case.json` (the command line
+//! and the environment to bind), the request, the contract and other inputs, and
+//! `expected.json`, the whole result with `durationMs` set to 0. Files under
+//! `expected-files/` must exist with those bytes after the run. Every
+//! environment value and every file under `secrets/` is a canary that must not
+//! appear in stdout or stderr in any form.
+//!
+//! `HOSTENV_BLESS=1 cargo test cases` rewrites `expected.json` from the actual
+//! output, for review in the diff.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::common::{assert_no_leak, copy_dir, repo_root, run_hostenv, TempDir};
+
+const MIN_CANARY_LEN: usize = 8;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    #[allow(dead_code)]
+    description: String,
+    #[serde(default = "default_args")]
+    args: Vec<String>,
+    /// Feed this file on stdin instead of passing `--request`.
+    #[serde(default)]
+    stdin: Option<String>,
+    /// The environment bound for the run; `{case}` is the case's working directory.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Environment values that are not secrets (paths, names) and so not canaries.
+    #[serde(default)]
+    public_env: Vec<String>,
+    /// Further secrets, such as credential-looking literals in the request.
+    #[serde(default)]
+    canaries: Vec<String>,
+}
+
+fn default_args() -> Vec<String> {
+    vec!["check".into(), "--request".into(), "request.json".into()]
+}
+
+fn normalise(mut result: Value) -> Value {
+    if let Some(duration) = result.get_mut("durationMs") {
+        *duration = Value::from(0);
+    }
+    result
+}
+
+fn canaries(case: &Case, dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = case
+        .env
+        .iter()
+        .filter(|(name, _)| !case.public_env.contains(name))
+        .map(|(_, value)| value.clone())
+        .chain(case.canaries.iter().cloned())
+        .collect();
+    let secrets = dir.join("secrets");
+    if secrets.is_dir() {
+        for entry in std::fs::read_dir(&secrets).unwrap() {
+            let text = String::from_utf8_lossy(&std::fs::read(entry.unwrap().path()).unwrap())
+                .into_owned();
+            found.extend(
+                text.lines()
+                    .filter(|l| l.len() >= MIN_CANARY_LEN)
+                    .map(str::to_string),
+            );
+            found.push(text.trim_end().to_string());
+        }
+    }
+    found.retain(|c| !c.is_empty());
+    for canary in &found {
+        assert!(
+            canary.len() >= MIN_CANARY_LEN,
+            "canary {canary:?} is too short to search for; mark it public_env or make it longer"
+        );
+    }
+    found
+}
+
+fn result_validator() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("schema/result.schema.json")).unwrap(),
+    )
+    .unwrap();
+    jsonschema::validator_for(&schema).expect("result schema compiles")
+}
+
+fn run_case(name: &str, source: &Path, validator: &jsonschema::Validator) -> Result<(), String> {
+    let case: Case =
+        serde_json::from_str(&std::fs::read_to_string(source.join("case.json")).unwrap())
+            .map_err(|e| format!("case.json: {e}"))?;
+    let work = TempDir::new(name);
+    copy_dir(source, work.path());
+    let dir = work.path().to_str().unwrap().to_string();
+    let env: BTreeMap<String, String> = case
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.replace("{case}", &dir)))
+        .collect();
+    let stdin = case
+        .stdin
+        .as_ref()
+        .map(|file| std::fs::read(source.join(file)).unwrap());
+    let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
+    let run = run_hostenv(&args, work.path(), &env, stdin.as_deref());
+    let actual = normalise(run.json());
+
+    let canaries = canaries(&case, source);
+    assert_no_leak(&format!("stdout of case {name}"), &run.stdout, &canaries);
+    assert_no_leak(&format!("stderr of case {name}"), &run.stderr, &canaries);
+    if run.stderr.trim().is_empty() {
+        return Err("stderr has no human summary".into());
+    }
+    if let Some(error) = validator.iter_errors(&actual).next() {
+        return Err(format!(
+            "result does not match schema/result.schema.json: {error}"
+        ));
+    }
+    if actual["exitCode"] != run.code {
+        return Err(format!(
+            "exit code {} but result says {}",
+            run.code, actual["exitCode"]
+        ));
+    }
+
+    let expected_path = source.join("expected.json");
+    if std::env::var_os("HOSTENV_BLESS").is_some() {
+        let mut text = serde_json::to_string_pretty(&actual).unwrap();
+        text.push('\n');
+        std::fs::write(&expected_path, text).unwrap();
+    }
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(&expected_path).map_err(|e| format!("expected.json: {e}"))?,
+    )
+    .map_err(|e| format!("expected.json: {e}"))?;
+    if expected != actual {
+        return Err(format!(
+            "{}",
+            pretty_assertions::Comparison::new(&expected, &actual)
+        ));
+    }
+    let expected_files = source.join("expected-files");
+    if expected_files.is_dir() {
+        for entry in std::fs::read_dir(&expected_files).unwrap() {
+            let entry = entry.unwrap();
+            let want = std::fs::read(entry.path()).unwrap();
+            let got = std::fs::read(work.path().join(entry.file_name()))
+                .map_err(|e| format!("{:?} was not written: {e}", entry.file_name()))?;
+            if want != got {
+                return Err(format!(
+                    "{:?} differs:\n{}",
+                    entry.file_name(),
+                    pretty_assertions::Comparison::new(
+                        &String::from_utf8_lossy(&want),
+                        &String::from_utf8_lossy(&got)
+                    )
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn json_driven_cases() {
+    let root = repo_root().join("tests/cases");
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 30,
+        "expected at least 30 cases, found {}",
+        names.len()
+    );
+    let validator = result_validator();
+    let mut failures = Vec::new();
+    for name in &names {
+        if let Err(why) = run_case(name, &root.join(name), &validator) {
+            failures.push(format!("case {name}: {why}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        names.len(),
+        failures.join("\n\n")
+    );
+}
