@@ -14,7 +14,7 @@ use crate::render::dotenv;
 use crate::report::{ContractReport, KeyReport, KeyStatus, OutputReport, Report, SourceKind};
 use crate::request::BuildEnv;
 use crate::secret::EnvLookup;
-use crate::settings::check_source_map;
+use crate::settings::{check_key_names, check_source_map};
 
 const DEFAULT_OUTPUT: &str = ".env";
 const DEFAULT_MODE: &str = "production";
@@ -30,15 +30,7 @@ pub struct Rendered {
 /// Everything `check` does for a BuildEnv; `build-env` then writes the file.
 pub fn prepare(request: &BuildEnv, env: &dyn EnvLookup, report: &mut Report) -> Result<Rendered> {
     check_source_map(&request.env, "/env")?;
-    for (index, name) in request.optional.iter().enumerate() {
-        if !contract::is_valid_key_name(name) {
-            return Err(Error::invalid(
-                ErrorKind::InvalidSource,
-                format!("/optional/{index}"),
-                format!("`{name}` is not a valid variable name"),
-            ));
-        }
-    }
+    check_key_names(&request.optional, "/optional", ErrorKind::InvalidSource)?;
     let mode = request.mode.as_deref().unwrap_or(DEFAULT_MODE);
     check_mode(mode)?;
     let output = PathBuf::from(request.output.as_deref().unwrap_or(DEFAULT_OUTPUT));
@@ -114,14 +106,7 @@ pub fn prepare(request: &BuildEnv, env: &dyn EnvLookup, report: &mut Report) -> 
             });
         }
     }
-    let position = |name: &str| {
-        contract
-            .keys
-            .iter()
-            .position(|k| k.name == name)
-            .unwrap_or(usize::MAX)
-    };
-    keys.sort_by_key(|k| position(&k.name));
+    keys.sort_by_key(|k| contract.position(&k.name));
     report.contract = Some(ContractReport {
         path: contract.path.clone(),
         keys: keys.clone(),

@@ -13,7 +13,7 @@ use crate::report::{
 use crate::request::{Deployment, Rotation};
 use crate::resolve::{self, Resolution};
 use crate::secret::{EnvLookup, ExposeSecret};
-use crate::settings::Settings;
+use crate::settings::{check_key_names, Settings};
 
 /// A deployment checked, resolved and rendered: everything known before any host.
 pub struct Prepared {
@@ -170,15 +170,7 @@ pub fn prepare_rotation(
             ));
         }
     }
-    for (index, key) in rotation.shared.iter().enumerate() {
-        if !contract::is_valid_key_name(key) {
-            return Err(Error::invalid(
-                ErrorKind::InvalidSetting,
-                format!("/shared/{index}"),
-                format!("`{key}` is not a valid variable name"),
-            ));
-        }
-    }
+    check_key_names(&rotation.shared, "/shared", ErrorKind::InvalidSetting)?;
     let mut all = Vec::new();
     let mut first_error = None;
     for (index, deployment) in rotation.deployments.iter().enumerate() {

@@ -29,6 +29,14 @@ impl Contract {
         self.keys.iter().any(|key| key.name == name)
     }
 
+    /// Where `name` stands in the contract; keys it lacks sort last.
+    pub fn position(&self, name: &str) -> usize {
+        self.keys
+            .iter()
+            .position(|key| key.name == name)
+            .unwrap_or(usize::MAX)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|key| key.name.as_str())
     }

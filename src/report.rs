@@ -21,12 +21,19 @@ pub const EXIT_DIFFERENCES: i32 = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
+    /// Validate, resolve and render in memory.
     Check,
+    /// Report what a deploy would change on each host.
     Plan,
+    /// The whole deploy.
     Deploy,
+    /// Restore the previous version.
     Rollback,
+    /// Compare the hosts with what the request would write.
     Drift,
+    /// Write a build-time `.env` (console).
     BuildEnv,
+    /// Check a service repository's hygiene.
     Lint,
 }
 
@@ -181,16 +188,27 @@ pub struct KeyReport {
 pub enum HostStatus {
     /// `check`: the host's file rendered; no host was contacted.
     Checked,
+    /// The new file is installed, the units restarted and verified.
     Deployed,
+    /// The host already had the file; nothing was written.
     Unchanged,
+    /// `plan`: a deploy would change this host.
     Planned,
+    /// `drift`: the host holds what the request would write.
     InSync,
+    /// `drift`: the host differs from what the request would write.
     Drifted,
+    /// Verification failed and the previous file is back and healthy.
     RolledBack,
+    /// Verification failed and so did the rollback: needs a person.
     RollbackFailed,
+    /// Verification failed; the new file was left in place (`rollbackOnFailure: false`).
     Unhealthy,
+    /// Switched, but the outcome could not be confirmed: needs a person.
     Unknown,
+    /// Nothing was changed on this host.
     Failed,
+    /// Not attempted; the error says why.
     Skipped,
 }
 
@@ -230,9 +248,13 @@ pub struct RenderedReport {
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentReport {
+    /// The deployment's service.
     pub service: String,
+    /// Its contract and key statuses.
     pub contract: ContractReport,
+    /// Its hosts, in request order.
     pub hosts: Vec<HostReport>,
+    /// Its host counts by status.
     pub summary: Summary,
 }
 
@@ -266,18 +288,31 @@ pub struct OutputReport {
 #[derive(Debug, Default, Clone, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
+    /// All hosts.
     pub hosts: usize,
+    /// Hosts with status `checked`.
     pub checked: usize,
+    /// Hosts with status `deployed`.
     pub deployed: usize,
+    /// Hosts with status `unchanged`.
     pub unchanged: usize,
+    /// Hosts with status `planned`.
     pub planned: usize,
+    /// Hosts with status `inSync`.
     pub in_sync: usize,
+    /// Hosts with status `drifted`.
     pub drifted: usize,
+    /// Hosts with status `rolledBack`.
     pub rolled_back: usize,
+    /// Hosts with status `rollbackFailed`.
     pub rollback_failed: usize,
+    /// Hosts with status `unhealthy`.
     pub unhealthy: usize,
+    /// Hosts with status `unknown`.
     pub unknown: usize,
+    /// Hosts with status `failed`.
     pub failed: usize,
+    /// Hosts with status `skipped`.
     pub skipped: usize,
 }
 

@@ -140,14 +140,7 @@ pub fn resolve(
             }
         }
     }
-    let position = |name: &str| {
-        contract
-            .keys
-            .iter()
-            .position(|k| k.name == name)
-            .unwrap_or(usize::MAX)
-    };
-    keys.sort_by_key(|report| position(&report.name));
+    keys.sort_by_key(|report| contract.position(&report.name));
 
     if keys.iter().all(|k| !k.status.is_problem()) {
         for (host, file, overrides) in &host_scopes {

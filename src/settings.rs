@@ -266,11 +266,20 @@ fn check_sources(deployment: &Deployment, at: &str) -> Result<()> {
             }
         }
     }
-    for (index, name) in deployment.optional.iter().enumerate() {
+    check_key_names(
+        &deployment.optional,
+        &format!("{at}/optional"),
+        ErrorKind::InvalidSource,
+    )
+}
+
+/// Every name of a list such as `optional` or `shared` must be a variable name.
+pub fn check_key_names(names: &[String], at: &str, kind: ErrorKind) -> Result<()> {
+    for (index, name) in names.iter().enumerate() {
         if !is_valid_key_name(name) {
             return Err(Error::invalid(
-                ErrorKind::InvalidSource,
-                format!("{at}/optional/{index}"),
+                kind,
+                format!("{at}/{index}"),
                 format!("`{name}` is not a valid variable name"),
             ));
         }
@@ -420,15 +429,20 @@ pub fn is_template(unit: &str) -> bool {
     unit.contains("@.")
 }
 
-fn check_service_name(name: &str, here: &str) -> Result<()> {
-    let plain = !name.is_empty()
+/// Letters, digits, `.`, `_`, `-`; not starting with `.` or `-`, no `..`: safe
+/// as a path component, a lock name or a command argument.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['.', '-'])
         && !name.contains("..")
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if plain {
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+fn check_service_name(name: &str, here: &str) -> Result<()> {
+    if is_plain_name(name) {
         Ok(())
     } else {
         Err(Error::invalid(
@@ -478,13 +492,7 @@ fn check_account_name(name: &str, here: &str) -> Result<()> {
 }
 
 fn check_plain_name(name: &str, here: &str, what: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
+    if is_plain_name(name) {
         Ok(())
     } else {
         Err(Error::invalid(
