@@ -350,7 +350,7 @@ fn env_file_scope(
         {
             name.to_string()
         } else {
-            format!("line {line}")
+            format!("(envFile line {line})")
         }
     };
     let mut scope = Scope::default();
