@@ -7,8 +7,8 @@ use crate::catalog::Catalog;
 use crate::contract::{self, Contract};
 use crate::error::{Error, ErrorKind, Result};
 use crate::report::{
-    ContractReport, DeploymentReport, HostReport, HostStatus, KeyReport, RenderedReport, Report,
-    SharedKeyReport, Summary,
+    wire_name, ContractReport, DeploymentReport, HostReport, HostStatus, KeyReport, RenderedReport,
+    Report, SharedKeyReport, Summary,
 };
 use crate::request::{Deployment, Rotation};
 use crate::resolve::{self, Resolution};
@@ -41,16 +41,13 @@ impl Prepared {
             .files
             .iter()
             .map(|file| HostReport {
-                host: file.host.clone(),
-                status: HostStatus::Checked,
-                changed: false,
                 rendered: Some(RenderedReport {
                     path: self.settings.target.path.clone(),
                     keys: file.values.iter().map(|(key, _)| key.clone()).collect(),
                     host_keys: file.host_keys.clone(),
                     bytes: file.text.expose_secret().len(),
                 }),
-                error: None,
+                ..HostReport::new(&file.host, HostStatus::Checked)
             })
             .collect()
     }
@@ -82,8 +79,8 @@ pub fn key_problems(problems: &[&KeyReport], within: &str) -> Option<Error> {
     let listed: Vec<String> = problems
         .iter()
         .map(|key| match &key.host {
-            Some(host) => format!("`{}` on `{host}` ({})", key.name, status_word(key)),
-            None => format!("`{}` ({})", key.name, status_word(key)),
+            Some(host) => format!("`{}` on `{host}` ({})", key.name, wire_name(&key.status)),
+            None => format!("`{}` ({})", key.name, wire_name(&key.status)),
         })
         .collect();
     let count = problems.len();
@@ -97,13 +94,6 @@ pub fn key_problems(problems: &[&KeyReport], within: &str) -> Option<Error> {
         listed.join(", ")
     );
     Some(Error::KeyProblems(message))
-}
-
-fn status_word(key: &KeyReport) -> String {
-    serde_json::to_value(key.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 pub fn check_deploy(

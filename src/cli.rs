@@ -9,10 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::intake;
-use crate::report::{Action, HostStatus, KeyStatus, Report, EXIT_OK, EXIT_REJECTED};
+use crate::report::{wire_name, Action, HostStatus, Report, EXIT_OK, EXIT_REJECTED};
 use crate::request::{Kind, Request, API_VERSION};
 use crate::secret::EnvLookup;
-use crate::{build_env, check, schema};
+use crate::{build_env, check, deploy, schema};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Validate, resolve and render in memory; touches no host (Deploy, Rotation, BuildEnv).
     Check(RequestArgs),
+    /// Install the rendered .env on every host, restart, verify, roll back what fails (Deploy).
+    Deploy(RequestArgs),
     /// Write the console's build-time .env for Vite (BuildEnv).
     BuildEnv(RequestArgs),
     /// Print the JSON Schema of requests or results.
@@ -100,6 +102,7 @@ fn first_line(text: &str) -> String {
 pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
     match cli.command {
         Command::Check(args) => run_action(Action::Check, &args, env),
+        Command::Deploy(args) => run_action(Action::Deploy, &args, env),
         Command::BuildEnv(args) => run_action(Action::BuildEnv, &args, env),
         Command::Schema { which } => {
             let schema = match which {
@@ -161,28 +164,24 @@ fn dispatch(
         (Action::Check, Request::BuildEnv(build)) => {
             build_env::prepare(build, env, report).map(|_| ())
         }
+        (Action::Deploy, Request::Deploy(deployment)) => {
+            deploy::deploy(deployment, env, &catalog, report)
+        }
         (Action::BuildEnv, Request::BuildEnv(build)) => {
             let rendered = build_env::prepare(build, env, report)?;
             build_env::write(&rendered, report)
         }
         (action, request) => Err(Error::WrongKind {
-            action: action_name(action),
+            action: wire_name(&action),
             kind: request.kind().name().to_string(),
         }),
     }
 }
 
-fn action_name(action: Action) -> String {
-    serde_json::to_value(action)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 /// A few lines for the CI log: what was checked, or why not. Names only, never values.
 fn human_summary(report: &Report) -> String {
     let mut out = String::new();
-    let action = action_name(report.action);
+    let action = wire_name(&report.action);
     let subject = report
         .service
         .clone()
@@ -211,7 +210,7 @@ fn human_summary(report: &Report) -> String {
     for (host, status) in &hosts {
         out.push_str(&format!(
             "hostenv {action}: {host}: {}\n",
-            status_name(*status)
+            wire_name(status)
         ));
     }
     if let Some(output) = &report.output {
@@ -242,7 +241,7 @@ fn human_summary(report: &Report) -> String {
                 key.name,
                 key.message
                     .clone()
-                    .unwrap_or_else(|| status_key(key.status))
+                    .unwrap_or_else(|| wire_name(&key.status))
             ));
         }
     }
@@ -251,20 +250,6 @@ fn human_summary(report: &Report) -> String {
         Some(error) => out.push_str(&format!("hostenv {action} {subject}: {}\n", error.message)),
     }
     out
-}
-
-fn status_name(status: HostStatus) -> String {
-    serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-fn status_key(status: KeyStatus) -> String {
-    serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 fn to_json(report: &Report) -> String {

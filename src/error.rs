@@ -66,6 +66,52 @@ pub enum ErrorKind {
     OutputWriteFailed,
     /// A bug in hostenv.
     Internal,
+    /// Some hosts did not end deployed or unchanged; each host's own error says why.
+    HostsFailed,
+    /// The TCP connection or SSH handshake failed or timed out.
+    ConnectFailed,
+    /// The host offered a key that no known_hosts entry records (policy `strict`).
+    HostKeyUnknown,
+    /// The host offered a key other than the one known_hosts records for it.
+    HostKeyChanged,
+    /// The SSH credentials were refused, or could not be loaded.
+    AuthFailed,
+    /// The SSH connection failed or timed out during a step.
+    ConnectionLost,
+    /// `sudo -n` refused a command: the login user lacks the right.
+    SudoRefused,
+    /// A command on the host failed.
+    RemoteCommandFailed,
+    /// The host's current file cannot be read or used.
+    CurrentFileInvalid,
+    /// The new file would change the value of a key another service shares.
+    SharedKeyChange,
+    /// A templated unit has no instances on the host.
+    NoInstances,
+    /// `systemctl restart` failed.
+    RestartFailed,
+    /// A unit hit systemd's start limit.
+    StartLimitHit,
+    /// A health check did not pass before its deadline.
+    HealthCheckFailed,
+    /// The run's `deadlineMs` passed.
+    DeadlineExceeded,
+}
+
+/// What went wrong on one host: a stable kind and words that never hold a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl HostError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> HostError {
+        HostError {
+            kind,
+            message: message.into(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +170,8 @@ pub enum Error {
     OutputWriteFailed { path: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{message}")]
+    HostsFailed { message: String, exit_code: i32 },
 }
 
 fn at_field(field: &str, message: &str) -> String {
@@ -165,6 +213,7 @@ impl Error {
             Error::BrandFileInvalid { .. } => ErrorKind::BrandFileInvalid,
             Error::OutputWriteFailed { .. } => ErrorKind::OutputWriteFailed,
             Error::Internal(_) => ErrorKind::Internal,
+            Error::HostsFailed { .. } => ErrorKind::HostsFailed,
         }
     }
 
@@ -186,11 +235,12 @@ impl Error {
         }
     }
 
-    /// Everything but a failed write is found before any host is contacted
-    /// or any file written, so it is a rejection.
+    /// Everything but a failed write or failed hosts is found before any host
+    /// is contacted or any file written, so it is a rejection.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::OutputWriteFailed { .. } => crate::report::EXIT_FAILED,
+            Error::HostsFailed { exit_code, .. } => *exit_code,
             _ => crate::report::EXIT_REJECTED,
         }
     }

@@ -6,6 +6,14 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind};
 use crate::request::API_VERSION;
 
+/// The name a unit enum value has on the wire (`rolledBack`, `healthCheckFailed`...).
+pub fn wire_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// Success, including nothing to change.
 pub const EXIT_OK: i32 = 0;
 /// A host failed (or, for `build-env`, the output could not be written).
@@ -225,9 +233,107 @@ pub struct HostReport {
     /// The file this host gets: key names and size, never content.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rendered: Option<RenderedReport>,
+    /// Key names added, removed and changed against the host's current file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeyChanges>,
+    /// The units of this host and whether they were restarted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<UnitReport>,
+    /// Health checks, in order (those of a rollback included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckReport>,
+    /// Each step taken on the host, with its outcome and duration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepReport>,
+    /// What a rollback did, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackAction>,
     /// Why this host did not succeed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorReport>,
+}
+
+impl HostReport {
+    pub fn new(host: &str, status: HostStatus) -> HostReport {
+        HostReport {
+            host: host.to_string(),
+            status,
+            changed: false,
+            rendered: None,
+            keys: None,
+            units: Vec::new(),
+            checks: Vec::new(),
+            steps: Vec::new(),
+            rollback: None,
+            error: None,
+        }
+    }
+}
+
+/// Key names that differ between the host's current file and the new one. Never values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyChanges {
+    /// Keys the new file adds.
+    pub added: Vec<String>,
+    /// Keys the new file no longer has.
+    pub removed: Vec<String>,
+    /// Keys whose value changes.
+    pub changed: Vec<String>,
+    /// How many keys keep their value.
+    pub unchanged: usize,
+}
+
+/// One unit on a host.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitReport {
+    /// The unit, with its instance for templates.
+    pub unit: String,
+    /// Whether this run restarted it (the last restart, for a rollback).
+    pub restarted: bool,
+}
+
+/// One health check.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    /// The URL polled.
+    pub url: String,
+    /// Whether it answered the expected status enough times in a row.
+    pub ok: bool,
+    /// Requests made.
+    pub attempts: u32,
+    /// The last HTTP status received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// Why the last request got no answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Time taken in milliseconds.
+    pub ms: u64,
+}
+
+/// One step on a host.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepReport {
+    /// connect, read, units, stage, switch, restart, verify, rollback.
+    pub name: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Duration in milliseconds.
+    pub ms: u64,
+}
+
+/// What a rollback put back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RollbackAction {
+    /// The previous file is back in place.
+    RestoredPrevious,
+    /// There was no previous file, so the new one was removed.
+    RemovedNewFile,
 }
 
 /// The shape of a rendered file.

@@ -285,9 +285,9 @@ pub struct Target {
     /// `0600` (default) or `0640`; anything readable by others is refused.
     #[serde(default)]
     pub mode: Option<String>,
-    /// How many previous versions to keep (default 5).
+    /// How many previous versions to keep (default 5; at least 1, which a rollback uses).
     #[serde(default)]
-    #[schemars(range(max = 100))]
+    #[schemars(range(min = 1, max = 100))]
     pub backups: Option<u32>,
     /// hostenv's root-owned 0700 directory on the host for backups and the audit log
     /// (default `/var/lib/hostenv/<service>`).
@@ -315,7 +315,7 @@ pub struct Restart {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Verify {
-    /// URL template: `{host}` is the host's name, `{instance}` a unit instance (checked per instance).
+    /// URL template (plain `http://`): `{host}` is the host's name, `{instance}` a unit instance (checked per instance).
     pub url: String,
     /// The status that counts as healthy (default 200).
     #[serde(default)]

@@ -2,7 +2,9 @@
 
 mod cases;
 mod common;
+mod deploy;
 mod intake;
 mod round_trip;
 mod schema_files;
+mod testbed;
 mod vite;

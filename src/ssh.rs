@@ -1,0 +1,449 @@
+//! The SSH transport: connect with timeouts, check the host key, authenticate,
+//! and run commands whose stdin may carry secret bytes. One session per host,
+//! reused for every step. Only this module and `health` touch the network.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use ssh2::{CheckResult, HashType, KnownHostFileKind, KnownHostKeyFormat, MethodType, Session};
+
+use crate::error::{Error, ErrorKind, HostError, Result};
+use crate::request::{HostKeyPolicy, Ssh};
+use crate::secret::{self, EnvLookup, ExposeSecret, SecretString};
+use crate::settings::HostSettings;
+
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_IO_TIMEOUT_MS: u64 = 30_000;
+
+/// How hostenv proves who it is.
+pub enum Auth {
+    KeyFile {
+        path: PathBuf,
+        passphrase: Option<SecretString>,
+    },
+    KeyContent {
+        key: SecretString,
+        passphrase: Option<SecretString>,
+    },
+    Agent,
+}
+
+/// Where known host keys come from.
+pub enum KnownHosts {
+    File(PathBuf),
+    Content(String),
+}
+
+/// Everything needed to reach any host of a deployment, resolved before the first connection.
+pub struct SshConfig {
+    pub auth: Auth,
+    pub known_hosts: KnownHosts,
+    pub policy: HostKeyPolicy,
+    pub connect_timeout: Duration,
+    pub io_timeout: Duration,
+}
+
+impl SshConfig {
+    /// Reads the credentials the request names; a problem rejects the request.
+    pub fn from_request(ssh: Option<&Ssh>, at: &str, env: &dyn EnvLookup) -> Result<SshConfig> {
+        let ssh = ssh.cloned().unwrap_or_default();
+        let variable = |field: &str, name: &str| -> Result<SecretString> {
+            secret::from_env(env, name, false).map_err(|problem| {
+                Error::invalid(
+                    ErrorKind::InvalidSetting,
+                    format!("{at}/ssh/{field}"),
+                    problem.message,
+                )
+            })
+        };
+        let passphrase = match &ssh.passphrase_env {
+            Some(name) => Some(variable("passphraseEnv", name)?),
+            None => None,
+        };
+        let auth = match (&ssh.identity_file_env, &ssh.identity_env, ssh.agent) {
+            (Some(name), None, None | Some(false)) => Auth::KeyFile {
+                path: PathBuf::from(variable("identityFileEnv", name)?.expose_secret()),
+                passphrase,
+            },
+            (None, Some(name), None | Some(false)) => {
+                let encoded = variable("identityEnv", name)?;
+                let key = secret::decode_base64(encoded.expose_secret())
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            ErrorKind::InvalidSetting,
+                            format!("{at}/ssh/identityEnv"),
+                            format!("environment variable `{name}` is not a base64 private key"),
+                        )
+                    })?;
+                Auth::KeyContent {
+                    key: SecretString::from(key),
+                    passphrase,
+                }
+            }
+            (None, None, Some(true)) => Auth::Agent,
+            _ => {
+                return Err(Error::invalid(
+                    ErrorKind::InvalidSetting,
+                    format!("{at}/ssh"),
+                    "set exactly one of `identityFileEnv`, `identityEnv` and `agent: true`",
+                ))
+            }
+        };
+        let known_hosts = match (&ssh.known_hosts, &ssh.known_hosts_env) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    ErrorKind::InvalidSetting,
+                    format!("{at}/ssh/knownHostsEnv"),
+                    "set at most one of `knownHosts` and `knownHostsEnv`",
+                ))
+            }
+            (Some(path), None) => KnownHosts::File(PathBuf::from(path)),
+            (None, Some(name)) => {
+                let encoded = variable("knownHostsEnv", name)?;
+                let content = secret::decode_base64(encoded.expose_secret())
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            ErrorKind::InvalidSetting,
+                            format!("{at}/ssh/knownHostsEnv"),
+                            format!(
+                                "environment variable `{name}` is not base64 known_hosts content"
+                            ),
+                        )
+                    })?;
+                KnownHosts::Content(content)
+            }
+            (None, None) => {
+                let home = env
+                    .get("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("/root"));
+                KnownHosts::File(home.join(".ssh/known_hosts"))
+            }
+        };
+        Ok(SshConfig {
+            auth,
+            known_hosts,
+            policy: ssh.host_key_policy.unwrap_or(HostKeyPolicy::Strict),
+            connect_timeout: Duration::from_millis(
+                ssh.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
+            ),
+            io_timeout: Duration::from_millis(ssh.io_timeout_ms.unwrap_or(DEFAULT_IO_TIMEOUT_MS)),
+        })
+    }
+}
+
+/// What a remote command returned.
+pub struct Output {
+    pub status: i32,
+    /// May hold secret bytes (a file read back); never logged.
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+/// An authenticated session to one host.
+pub struct Connection {
+    session: Session,
+    io_timeout: Duration,
+}
+
+fn lost(host: &str, what: &str, error: impl std::fmt::Display) -> HostError {
+    HostError::new(
+        ErrorKind::ConnectionLost,
+        format!("`{host}`: {what}: {error}"),
+    )
+}
+
+impl Connection {
+    pub fn open(host: &HostSettings, config: &SshConfig) -> Result<Connection, HostError> {
+        let name = &host.name;
+        let failed =
+            |what: String| HostError::new(ErrorKind::ConnectFailed, format!("`{name}`: {what}"));
+        let address = (name.as_str(), host.port)
+            .to_socket_addrs()
+            .map_err(|e| failed(format!("cannot resolve: {e}")))?
+            .next()
+            .ok_or_else(|| failed("resolves to no address".into()))?;
+        let tcp = TcpStream::connect_timeout(&address, config.connect_timeout)
+            .map_err(|e| failed(format!("cannot connect to port {}: {e}", host.port)))?;
+        let mut session = Session::new().map_err(|e| failed(e.to_string()))?;
+        session.set_tcp_stream(tcp);
+        session.set_timeout(millis(config.connect_timeout));
+
+        let text = match &config.known_hosts {
+            KnownHosts::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
+            KnownHosts::Content(content) => content.clone(),
+        };
+        if let Some(preference) = host_key_preference(&text, name, host.port) {
+            session
+                .method_pref(MethodType::HostKey, &preference)
+                .map_err(|e| failed(format!("host key preference: {e}")))?;
+        }
+        session
+            .handshake()
+            .map_err(|e| failed(format!("SSH handshake failed: {e}")))?;
+        check_host_key(&session, name, host.port, config, &text)?;
+
+        session.set_timeout(millis(config.io_timeout));
+        let user = &host.user;
+        let refused = |e: ssh2::Error| {
+            HostError::new(
+                ErrorKind::AuthFailed,
+                format!(
+                    "`{name}`: the key for `{user}` was refused: {}",
+                    e.message()
+                ),
+            )
+        };
+        match &config.auth {
+            Auth::KeyFile { path, passphrase } => session
+                .userauth_pubkey_file(
+                    user,
+                    None,
+                    path,
+                    passphrase.as_ref().map(|p| p.expose_secret()),
+                )
+                .map_err(refused)?,
+            Auth::KeyContent { key, passphrase } => session
+                .userauth_pubkey_memory(
+                    user,
+                    None,
+                    key.expose_secret(),
+                    passphrase.as_ref().map(|p| p.expose_secret()),
+                )
+                .map_err(refused)?,
+            Auth::Agent => session.userauth_agent(user).map_err(refused)?,
+        }
+        if !session.authenticated() {
+            return Err(HostError::new(
+                ErrorKind::AuthFailed,
+                format!("`{name}`: not authenticated as `{user}`"),
+            ));
+        }
+        Ok(Connection {
+            session,
+            io_timeout: config.io_timeout,
+        })
+    }
+
+    /// Runs `command` with `stdin`; the command line itself never holds a secret.
+    pub fn exec(&self, host: &str, command: &str, stdin: &[u8]) -> Result<Output, HostError> {
+        self.exec_with_timeout(host, command, stdin, self.io_timeout)
+    }
+
+    /// Like `exec`, with a longer bound for commands that take their time (restarts).
+    pub fn exec_with_timeout(
+        &self,
+        host: &str,
+        command: &str,
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> Result<Output, HostError> {
+        self.session.set_timeout(millis(timeout));
+        let result = self.run(host, command, stdin);
+        self.session.set_timeout(millis(self.io_timeout));
+        result
+    }
+
+    fn run(&self, host: &str, command: &str, stdin: &[u8]) -> Result<Output, HostError> {
+        let mut channel = self
+            .session
+            .channel_session()
+            .map_err(|e| lost(host, "cannot open a channel", e))?;
+        channel
+            .exec(command)
+            .map_err(|e| lost(host, "cannot start a command", e))?;
+        if !stdin.is_empty() {
+            channel
+                .write_all(stdin)
+                .map_err(|e| lost(host, "sending data", e))?;
+        }
+        channel
+            .send_eof()
+            .map_err(|e| lost(host, "sending data", e))?;
+        let mut stdout = Vec::new();
+        channel
+            .read_to_end(&mut stdout)
+            .map_err(|e| lost(host, "reading output", e))?;
+        let mut stderr = String::new();
+        let _ = channel.stderr().read_to_string(&mut stderr);
+        channel
+            .wait_close()
+            .map_err(|e| lost(host, "closing a command", e))?;
+        let status = channel
+            .exit_status()
+            .map_err(|e| lost(host, "reading an exit status", e))?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+fn millis(duration: Duration) -> u32 {
+    duration.as_millis().min(u32::MAX as u128) as u32
+}
+
+/// The key types known_hosts records for this host, as libssh2 method names, so
+/// the server is asked for a key we can check (libssh2 reports "mismatch" when
+/// the only entry is of another type than the one offered).
+fn host_key_preference(known_hosts: &str, host: &str, port: u16) -> Option<String> {
+    let bracketed = format!("[{host}]:{port}");
+    let mut methods: Vec<&str> = Vec::new();
+    for line in known_hosts.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(names), Some(kind)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let matches = names
+            .split(',')
+            .any(|n| (port == 22 && n == host) || n == bracketed);
+        if !matches {
+            continue;
+        }
+        let names: &[&str] = match kind {
+            "ssh-ed25519" => &["ssh-ed25519"],
+            "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384" | "ecdsa-sha2-nistp521" => &[
+                "ecdsa-sha2-nistp256",
+                "ecdsa-sha2-nistp384",
+                "ecdsa-sha2-nistp521",
+            ],
+            "ssh-rsa" => &["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"],
+            _ => &[],
+        };
+        for name in names {
+            if !methods.contains(name) {
+                methods.push(name);
+            }
+        }
+    }
+    (!methods.is_empty()).then(|| methods.join(","))
+}
+
+fn fingerprint(session: &Session) -> String {
+    session
+        .host_key_hash(HashType::Sha256)
+        .map(|hash| {
+            format!(
+                "SHA256:{}",
+                base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash)
+            )
+        })
+        .unwrap_or_else(|| "an unknown fingerprint".into())
+}
+
+fn check_host_key(
+    session: &Session,
+    host: &str,
+    port: u16,
+    config: &SshConfig,
+    text: &str,
+) -> Result<(), HostError> {
+    let (key, key_type) = session.host_key().ok_or_else(|| {
+        HostError::new(
+            ErrorKind::ConnectFailed,
+            format!("`{host}` offered no host key"),
+        )
+    })?;
+    let mut known = session
+        .known_hosts()
+        .map_err(|e| HostError::new(ErrorKind::ConnectFailed, format!("`{host}`: {e}")))?;
+    // libssh2 reads one known_hosts line per call.
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        known
+            .read_str(line, KnownHostFileKind::OpenSSH)
+            .map_err(|e| {
+                HostError::new(
+                    ErrorKind::HostKeyUnknown,
+                    format!(
+                        "known_hosts line {} cannot be read: {}",
+                        number + 1,
+                        e.message()
+                    ),
+                )
+            })?;
+    }
+    match known.check_port(host, port, key) {
+        CheckResult::Match => Ok(()),
+        CheckResult::Mismatch => Err(HostError::new(
+            ErrorKind::HostKeyChanged,
+            format!(
+                "`{host}` offered a host key ({}) other than the one known_hosts records; refusing",
+                fingerprint(session)
+            ),
+        )),
+        CheckResult::NotFound if config.policy == HostKeyPolicy::AcceptNew => {
+            record_new_key(&mut known, host, port, key, key_type, config).map_err(|e| {
+                HostError::new(
+                    ErrorKind::HostKeyUnknown,
+                    format!("`{host}`: cannot record its key: {e}"),
+                )
+            })
+        }
+        CheckResult::NotFound => Err(HostError::new(
+            ErrorKind::HostKeyUnknown,
+            format!(
+                "`{host}` offered a host key ({}) that known_hosts does not record",
+                fingerprint(session)
+            ),
+        )),
+        CheckResult::Failure => Err(HostError::new(
+            ErrorKind::HostKeyUnknown,
+            format!("`{host}`: the host key check failed"),
+        )),
+    }
+}
+
+fn record_new_key(
+    known: &mut ssh2::KnownHosts,
+    host: &str,
+    port: u16,
+    key: &[u8],
+    key_type: ssh2::HostKeyType,
+    config: &SshConfig,
+) -> std::result::Result<(), String> {
+    let format = match key_type {
+        ssh2::HostKeyType::Rsa => KnownHostKeyFormat::SshRsa,
+        ssh2::HostKeyType::Dss => KnownHostKeyFormat::SshDss,
+        ssh2::HostKeyType::Ecdsa256 => KnownHostKeyFormat::Ecdsa256,
+        ssh2::HostKeyType::Ecdsa384 => KnownHostKeyFormat::Ecdsa384,
+        ssh2::HostKeyType::Ecdsa521 => KnownHostKeyFormat::Ecdsa521,
+        ssh2::HostKeyType::Ed25519 => KnownHostKeyFormat::Ed25519,
+        ssh2::HostKeyType::Unknown => return Err("unknown key type".into()),
+    };
+    let name = if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    known
+        .add(&name, key, "added by hostenv (acceptNew)", format)
+        .map_err(|e| e.to_string())?;
+    if let KnownHosts::File(path) = &config.known_hosts {
+        // Appended, not rewritten: other runs may be recording their hosts too.
+        let line = known
+            .hosts()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|h| h.name() == Some(name.as_str()))
+            .find_map(|h| known.write_string(&h, KnownHostFileKind::OpenSSH).ok());
+        if let Some(line) = line {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| e.to_string())?;
+            writeln!(file, "{}", line.trim_end()).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Units on a host: which ones to restart (templates expand to their
+//! instances), restarting them within a bound, and telling a start-limit hit
+//! from any other failure. Unit and instance names are validated in
+//! settings.rs before they reach a command line.
+
+use std::time::Duration;
+
+use crate::error::{ErrorKind, HostError};
+use crate::remote::Remote;
+use crate::settings::is_template;
+
+const INSTANCES: &str = r#"systemctl list-units --all --plain --no-legend --no-pager -- "$1""#;
+
+const RESTART: &str = r#"unit=$1 seconds=$2
+timeout -- "$seconds" systemctl restart -- "$unit" && exit 0
+code=$?
+echo "result=$(systemctl show -p Result --value -- "$unit" 2>/dev/null)"
+exit "$code"
+"#;
+
+const RESET_FAILED: &str = r#"systemctl reset-failed -- "$1" 2>/dev/null || true"#;
+
+const STARTED_AT: &str =
+    r#"systemctl show -p ExecMainStartTimestamp --timestamp=unix --value -- "$1""#;
+
+/// The units to restart on a host: plain units as they are, a template
+/// (`name@.service`) as the given instances, or else the loaded instances
+/// that are active, activating or failed.
+pub fn units_on_host(
+    remote: &Remote,
+    units: &[String],
+    instances: Option<&[String]>,
+) -> Result<Vec<String>, HostError> {
+    let mut out = Vec::new();
+    for unit in units {
+        if !is_template(unit) {
+            out.push(unit.clone());
+            continue;
+        }
+        let (prefix, suffix) = unit.split_once("@.").expect("template has @.");
+        let found: Vec<String> = match instances {
+            Some(instances) => instances
+                .iter()
+                .map(|instance| format!("{prefix}@{instance}.{suffix}"))
+                .collect(),
+            None => {
+                let pattern = format!("{prefix}@*.{suffix}");
+                let output = remote.run("units", INSTANCES, &[&pattern], &[])?;
+                String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .filter_map(|line| {
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        match fields.as_slice() {
+                            [name, "loaded", "active" | "activating" | "failed", ..] => {
+                                Some(name.to_string())
+                            }
+                            _ => None,
+                        }
+                    })
+                    .collect()
+            }
+        };
+        if found.is_empty() {
+            return Err(HostError::new(
+                ErrorKind::NoInstances,
+                format!("`{}`: `{unit}` has no instances to restart", remote.host),
+            ));
+        }
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+/// `systemctl restart`, bounded by `timeout`; the unit's own words on failure,
+/// with any secret redacted by the caller's `redact`.
+pub fn restart(
+    remote: &Remote,
+    unit: &str,
+    timeout: Duration,
+    redact: &dyn Fn(&str) -> String,
+) -> Result<(), HostError> {
+    let seconds = timeout.as_secs().max(1).to_string();
+    let command = remote.command_line("restart", RESTART, &[unit, &seconds]);
+    let output = remote.connection.exec_with_timeout(
+        remote.host,
+        &command,
+        &[],
+        timeout + Duration::from_secs(10),
+    )?;
+    if output.status == 0 {
+        return Ok(());
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if stdout.lines().any(|line| line == "result=start-limit-hit") {
+        return Err(HostError::new(
+            ErrorKind::StartLimitHit,
+            format!(
+                "`{}`: `{unit}` hit systemd's start limit (too many starts in a short time)",
+                remote.host
+            ),
+        ));
+    }
+    match remote.check("restart", output) {
+        Err(error) if error.kind == ErrorKind::SudoRefused => Err(error),
+        Err(error) => Err(HostError::new(
+            ErrorKind::RestartFailed,
+            redact(&format!("`{unit}` did not restart: {}", error.message)),
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Clears a failed state (and the start-limit counter) before a rollback restart.
+pub fn reset_failed(remote: &Remote, unit: &str) {
+    let _ = remote.run("reset-failed", RESET_FAILED, &[unit], &[]);
+}
+
+/// When the unit's main process last started, in seconds since the epoch.
+pub fn started_at(remote: &Remote, unit: &str) -> Result<Option<i64>, HostError> {
+    let output = remote.run("started-at", STARTED_AT, &[unit], &[])?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text.trim().strip_prefix('@').and_then(|s| s.parse().ok()))
+}

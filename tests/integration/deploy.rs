@@ -1,0 +1,543 @@
+//! `hostenv deploy` against the testbed's real hosts: real sshd, real systemd,
+//! real files, real units and real health endpoints (DESIGN.md §6).
+//!
+//! The testbed comes up once for this test and the scenarios run in order on
+//! it, each leaving the hosts as the next one expects.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use pretty_assertions::assert_eq;
+use serde_json::{json, Value};
+
+use crate::common::{assert_no_leak, run_hostenv, Run, TempDir};
+use crate::testbed::{TestHost, Testbed};
+
+const VOXBRIDGE_CONTRACT: &str =
+    "JWT_SECRET=\nMONGODB_URI=\nMONGODB_DB=voxbridge\nREDIS_URL=\nLOG_LEVEL=info\nHEALTH_MODE=ok\n";
+
+/// The secrets a scenario binds, as Jenkins would.
+fn secrets(generation: &str) -> BTreeMap<String, String> {
+    [
+        ("JWT_SECRET", format!("CANARY-jwt-{generation}-\"$quote'")),
+        ("MONGODB_URI", format!("CANARY-mongo-{generation}://u:p@db")),
+        (
+            "REDIS_URL",
+            format!("CANARY-redis-{generation}\nsecond line"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn voxbridge_request(testbed: &Testbed, hosts: &[&TestHost], user: &str, extra: Value) -> Value {
+    let mut request = json!({
+        "apiVersion": "hostenv/v1",
+        "kind": "Deploy",
+        "service": "voxbridge",
+        "contract": "voxbridge.env.example",
+        "hosts": hosts.iter().map(|h| h.addr.clone()).collect::<Vec<_>>(),
+        "env": {
+            "JWT_SECRET": {"secretEnv": "JWT_SECRET"},
+            "MONGODB_URI": {"secretEnv": "MONGODB_URI"},
+            "REDIS_URL": {"secretEnv": "REDIS_URL"},
+            "MONGODB_DB": {"value": "voxbridge"},
+            "LOG_LEVEL": {"value": "info"}
+        },
+        "optional": ["HEALTH_MODE"],
+        "ssh": testbed.ssh_settings(user),
+        "verify": [{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 8000, "consecutive": 2}],
+        "restart": {"timeoutMs": 20000}
+    });
+    if let (Value::Object(map), Value::Object(extra)) = (&mut request, extra) {
+        map.extend(extra);
+    }
+    request
+}
+
+struct Deployer<'a> {
+    testbed: &'a Testbed,
+    work: TempDir,
+}
+
+impl Deployer<'_> {
+    fn run(&self, action: &str, request: &Value, secrets: &BTreeMap<String, String>) -> Run {
+        let mut env = secrets.clone();
+        env.insert(
+            "TESTBED_SSH_KEY".into(),
+            self.testbed.client_key.to_str().unwrap().into(),
+        );
+        let run = run_hostenv(
+            &[action],
+            self.work.path(),
+            &env,
+            Some(request.to_string().as_bytes()),
+        );
+        let canaries: Vec<String> = secrets.values().cloned().collect();
+        assert_no_leak("stdout", &run.stdout, &canaries);
+        assert_no_leak("stderr", &run.stderr, &canaries);
+        run
+    }
+}
+
+fn fingerprint(value: &str) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)[..16].to_string()
+}
+
+fn health(host: &TestHost, port: u16, path: &str) -> Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(3)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(&format!("http://{}:{port}{path}", host.addr))
+        .call()
+        .expect("health endpoint answers");
+    serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+fn statuses(result: &Value) -> Vec<String> {
+    result["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The file on a host: `owner:group mode` and its bytes.
+fn file_on(testbed: &Testbed, host: &TestHost, path: &str) -> (String, String) {
+    let meta = testbed.sh_ok(host, &format!("stat -c '%U:%G %a' {path}"));
+    let bytes = testbed.sh_ok(host, &format!("cat {path}"));
+    (meta.trim().to_string(), bytes)
+}
+
+fn expected_voxbridge_file(secrets: &BTreeMap<String, String>) -> String {
+    let quoted = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('`', "\\`")
+            .replace('$', "\\$")
+    };
+    format!(
+        "# Managed by hostenv: edits on this host are overwritten by the next deploy.\n\
+         JWT_SECRET=\"{}\"\nMONGODB_URI=\"{}\"\nMONGODB_DB=\"voxbridge\"\nREDIS_URL=\"{}\"\nLOG_LEVEL=\"info\"\n",
+        quoted(&secrets["JWT_SECRET"]),
+        quoted(&secrets["MONGODB_URI"]),
+        quoted(&secrets["REDIS_URL"]),
+    )
+}
+
+#[test]
+fn deploy_on_the_testbed() {
+    let testbed = Testbed::start(3);
+    let work = TempDir::new("deploy");
+    std::fs::write(
+        work.path().join("voxbridge.env.example"),
+        VOXBRIDGE_CONTRACT,
+    )
+    .unwrap();
+    let deployer = Deployer {
+        testbed: &testbed,
+        work,
+    };
+    let hosts: Vec<&TestHost> = testbed.hosts.iter().collect();
+
+    first_deploy_installs_and_restarts(&deployer, &hosts);
+    same_request_changes_nothing(&deployer, &hosts);
+    failing_health_check_rolls_back(&deployer, &hosts);
+    shared_key_change_is_refused(&deployer, &hosts);
+    a_switched_file_without_restart_converges(&deployer, &hosts);
+    a_missing_variable_fails_the_restart_and_rolls_back(&deployer, &hosts);
+    one_host_down_fails_alone(&deployer, &hosts);
+    wrong_key_and_unknown_or_changed_host_keys_are_refused(&deployer, &hosts);
+    the_deploy_user_works_through_sudo(&deployer, &hosts);
+    voxcore_instances_restart_on_two_hosts(&deployer, &hosts);
+}
+
+/// A run killed between switch and restart leaves the new file with the old
+/// process; the next run sees the unit started before the file and restarts it.
+fn a_switched_file_without_restart_converges(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let host = hosts[2];
+    let next = secrets("three");
+    let pid_before = testbed.sh_ok(
+        host,
+        "systemctl show -p ExecMainPID --value voxbridge.service",
+    );
+    // What the killed run had done: the new file in place, nothing restarted.
+    testbed.put(
+        host,
+        "/opt/voxbridge/.env.switched",
+        &expected_voxbridge_file(&next),
+    );
+    testbed.sh_ok(
+        host,
+        "sleep 1.1; chown voxbridge:voxbridge /opt/voxbridge/.env.switched; chmod 600 /opt/voxbridge/.env.switched; \
+         mv -f /opt/voxbridge/.env.switched /opt/voxbridge/.env",
+    );
+    let request = voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    let run = deployer.run("deploy", &request, &next);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["unchanged"]);
+    assert_eq!(
+        result["hosts"][0]["units"],
+        json!([{"unit": "voxbridge.service", "restarted": true}])
+    );
+    let pid_after = testbed.sh_ok(
+        host,
+        "systemctl show -p ExecMainPID --value voxbridge.service",
+    );
+    assert_ne!(pid_before, pid_after);
+    assert_eq!(
+        health(host, 8080, "/health")["fingerprints"]["JWT_SECRET"],
+        fingerprint(&next["JWT_SECRET"])
+    );
+    // And now it is settled: nothing more to do.
+    let again = deployer.run("deploy", &request, &next).json();
+    assert_eq!(again["hosts"][0]["units"][0]["restarted"], false);
+}
+
+/// The service needs REDIS_URL; a contract that dropped it yields a file the
+/// service refuses at start (Type=notify), so the restart fails and the
+/// previous file goes back.
+fn a_missing_variable_fails_the_restart_and_rolls_back(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let host = hosts[0];
+    std::fs::write(
+        deployer.work.path().join("no-redis.env.example"),
+        "JWT_SECRET=\nMONGODB_URI=\nMONGODB_DB=\nLOG_LEVEL=\n",
+    )
+    .unwrap();
+    let (_, before) = file_on(testbed, host, "/opt/voxbridge/.env");
+    let mut request = voxbridge_request(
+        testbed,
+        &[host],
+        "root",
+        json!({"contract": "no-redis.env.example"}),
+    );
+    request["env"].as_object_mut().unwrap().remove("REDIS_URL");
+    request["optional"] = json!([]);
+    let run = deployer.run("deploy", &request, &secrets("one"));
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["rolledBack"]);
+    assert_eq!(
+        result["hosts"][0]["error"]["kind"], "restartFailed",
+        "{result:#}"
+    );
+    assert_eq!(result["hosts"][0]["keys"]["removed"], json!(["REDIS_URL"]));
+    let (_, after) = file_on(testbed, host, "/opt/voxbridge/.env");
+    assert_eq!(before, after);
+    assert_eq!(health(host, 8080, "/health")["status"], 200);
+    testbed.sh_ok(host, "systemctl is-active voxbridge.service");
+}
+
+fn one_host_down_fails_alone(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    testbed.sh_ok(hosts[1], "systemctl stop testbed-sshd.service");
+    let next = secrets("four");
+    let request = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
+    let run = deployer.run("deploy", &request, &next);
+    testbed.sh_ok(hosts[1], "systemctl start testbed-sshd.service");
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["deployed", "failed", "deployed"]);
+    assert_eq!(result["hosts"][1]["error"]["kind"], "connectFailed");
+    assert_eq!(result["summary"]["deployed"], 2);
+    assert_eq!(result["summary"]["failed"], 1);
+    for host in [hosts[0], hosts[2]] {
+        assert_eq!(
+            file_on(testbed, host, "/opt/voxbridge/.env").1,
+            expected_voxbridge_file(&next)
+        );
+    }
+}
+
+fn wrong_key_and_unknown_or_changed_host_keys_are_refused(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let host = hosts[0];
+    let (_, before) = file_on(testbed, host, "/opt/voxbridge/.env");
+    let next = secrets("five");
+
+    let mut env = next.clone();
+    env.insert(
+        "TESTBED_SSH_KEY".into(),
+        testbed.stranger_key.to_str().unwrap().into(),
+    );
+    let request = voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    let run = run_hostenv(
+        &["deploy"],
+        deployer.work.path(),
+        &env,
+        Some(request.to_string().as_bytes()),
+    );
+    assert_eq!(
+        run.json()["hosts"][0]["error"]["kind"],
+        "authFailed",
+        "{}",
+        run.stdout
+    );
+
+    let empty = deployer.work.path().join("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let mut request =
+        voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    request["ssh"]["knownHosts"] = json!(empty.to_str().unwrap());
+    let result = deployer.run("deploy", &request, &next).json();
+    assert_eq!(result["hosts"][0]["error"]["kind"], "hostKeyUnknown");
+    assert!(result["hosts"][0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("SHA256:"));
+
+    // Another host's key recorded for this address: a changed key.
+    let known = std::fs::read_to_string(&testbed.known_hosts).unwrap();
+    let other_key = known.lines().nth(1).unwrap().split_once(' ').unwrap().1;
+    let changed = deployer.work.path().join("changed_known_hosts");
+    std::fs::write(&changed, format!("{} {other_key}\n", host.addr)).unwrap();
+    request["ssh"]["knownHosts"] = json!(changed.to_str().unwrap());
+    request["ssh"]["hostKeyPolicy"] = json!("acceptNew");
+    let result = deployer.run("deploy", &request, &next).json();
+    assert_eq!(result["hosts"][0]["error"]["kind"], "hostKeyChanged");
+    let message = result["hosts"][0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&host.addr) && message.contains("SHA256:"),
+        "{message}"
+    );
+
+    // acceptNew records a host that has no entry at all, and deploys.
+    request["ssh"]["knownHosts"] = json!(empty.to_str().unwrap());
+    let run = deployer.run("deploy", &request, &next);
+    assert_eq!(statuses(&run.json()), ["deployed"], "{}", run.stdout);
+    let recorded = std::fs::read_to_string(&empty).unwrap();
+    assert!(
+        recorded.starts_with(&format!("{} ssh-ed25519 ", host.addr)),
+        "{recorded}"
+    );
+    assert_ne!(before, file_on(testbed, host, "/opt/voxbridge/.env").1);
+}
+
+fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let next = secrets("six");
+    let request = voxbridge_request(
+        testbed,
+        &hosts[..2],
+        "deploy",
+        json!({"allowSharedChange": true}),
+    );
+    let run = deployer.run("deploy", &request, &next);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(statuses(&run.json()), ["deployed", "deployed"]);
+    for host in &hosts[..2] {
+        let (meta, bytes) = file_on(testbed, host, "/opt/voxbridge/.env");
+        assert_eq!(meta, "voxbridge:voxbridge 600");
+        assert_eq!(bytes, expected_voxbridge_file(&next));
+    }
+    // Without sudo the deploy user cannot even read the file: a clear refusal.
+    let mut request = voxbridge_request(
+        testbed,
+        &hosts[..1],
+        "deploy",
+        json!({"allowSharedChange": true}),
+    );
+    request["ssh"]["sudo"] = json!("never");
+    let result = deployer.run("deploy", &request, &secrets("seven")).json();
+    assert_eq!(result["hosts"][0]["status"], "failed");
+    assert_eq!(result["hosts"][0]["error"]["kind"], "remoteCommandFailed");
+}
+
+fn voxcore_instances_restart_on_two_hosts(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    std::fs::write(
+        deployer.work.path().join("voxcore.env.example"),
+        "VOXCORE_SECRET=\nOPENAI_API_KEY=\nLOG_LEVEL=info\n",
+    )
+    .unwrap();
+    let secrets: BTreeMap<String, String> = [
+        ("VOXCORE_SECRET", "CANARY-voxcore-secret-1"),
+        ("OPENAI_API_KEY", "CANARY-openai-key-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let request = json!({
+        "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxcore",
+        "contract": "voxcore.env.example",
+        "hosts": [{"host": hosts[0].addr, "instances": ["sock1", "sock2"]}, {"host": hosts[1].addr, "instances": ["sock1"]}],
+        "env": {"VOXCORE_SECRET": {"secretEnv": "VOXCORE_SECRET"}, "OPENAI_API_KEY": {"secretEnv": "OPENAI_API_KEY"},
+                "LOG_LEVEL": {"value": "info"}},
+        "ssh": testbed.ssh_settings("root"),
+        "verify": [{"url": "http://{host}:9000/health/fleet", "intervalMs": 100, "deadlineMs": 8000, "consecutive": 2}]
+    });
+    let run = deployer.run("deploy", &request, &secrets);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["deployed", "deployed"]);
+    assert_eq!(
+        result["hosts"][0]["units"],
+        json!([{"unit": "voxcore@sock1.service", "restarted": true}, {"unit": "voxcore@sock2.service", "restarted": true}])
+    );
+    let active = testbed.sh_ok(
+        testbed.host(0),
+        "systemctl is-active voxcore@sock1.service voxcore@sock2.service",
+    );
+    assert_eq!(active, "active\nactive\n");
+    // Without `instances`, the running instances are found on the host.
+    let mut request = request.clone();
+    request["hosts"] = json!([hosts[0].addr]);
+    request["restart"] = json!({"force": true});
+    let result = deployer.run("deploy", &request, &secrets).json();
+    assert_eq!(statuses(&result), ["unchanged"]);
+    assert_eq!(
+        result["hosts"][0]["units"].as_array().unwrap().len(),
+        2,
+        "{result}"
+    );
+    // A host with no instance of the template cannot be restarted.
+    request["hosts"] = json!([hosts[2].addr]);
+    let result = deployer.run("deploy", &request, &secrets).json();
+    assert_eq!(result["hosts"][0]["error"]["kind"], "noInstances");
+}
+
+fn shared_key_change_is_refused(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let mut changed = secrets("one");
+    changed.insert("MONGODB_URI".into(), "CANARY-mongo-rotated://u:p@db".into());
+    let request = voxbridge_request(testbed, &hosts[1..2], "root", json!({}));
+    let run = deployer.run("deploy", &request, &changed);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["failed"]);
+    assert_eq!(result["hosts"][0]["error"]["kind"], "sharedKeyChange");
+    let (_, bytes) = file_on(testbed, hosts[1], "/opt/voxbridge/.env");
+    assert_eq!(
+        bytes,
+        expected_voxbridge_file(&secrets("one")),
+        "nothing was written"
+    );
+}
+
+fn first_deploy_installs_and_restarts(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let secrets = secrets("one");
+    let request = voxbridge_request(testbed, hosts, "root", json!({}));
+    let run = deployer.run("deploy", &request, &secrets);
+    let result = run.json();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(statuses(&result), ["deployed", "deployed", "deployed"]);
+    for host in hosts {
+        let (meta, bytes) = file_on(testbed, host, "/opt/voxbridge/.env");
+        assert_eq!(meta, "voxbridge:voxbridge 600");
+        assert_eq!(bytes, expected_voxbridge_file(&secrets));
+        let health = health(host, 8080, "/health");
+        for key in ["JWT_SECRET", "MONGODB_URI", "REDIS_URL"] {
+            assert_eq!(
+                health["fingerprints"][key],
+                fingerprint(&secrets[key]),
+                "{key} on {}",
+                host.addr
+            );
+        }
+        let state = testbed.sh_ok(host, "stat -c '%U %a' /var/lib/hostenv/voxbridge");
+        assert_eq!(state.trim(), "root 700");
+    }
+    let first = &result["hosts"][0];
+    assert_eq!(first["changed"], true);
+    assert_eq!(first["keys"]["added"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        first["units"],
+        json!([{"unit": "voxbridge.service", "restarted": true}])
+    );
+}
+
+fn same_request_changes_nothing(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let secrets = secrets("one");
+    let before: Vec<String> = hosts
+        .iter()
+        .map(|h| testbed.sh_ok(h, "systemctl show -p ExecMainPID --value voxbridge.service"))
+        .collect();
+    let request = voxbridge_request(testbed, hosts, "root", json!({}));
+    let run = deployer.run("deploy", &request, &secrets);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["unchanged", "unchanged", "unchanged"]);
+    assert_eq!(result["hosts"][0]["changed"], false);
+    let after: Vec<String> = hosts
+        .iter()
+        .map(|h| testbed.sh_ok(h, "systemctl show -p ExecMainPID --value voxbridge.service"))
+        .collect();
+    assert_eq!(before, after, "no unit restarted");
+    for host in hosts {
+        let backups = testbed.sh_ok(host, "ls /var/lib/hostenv/voxbridge");
+        assert_eq!(
+            backups.trim(),
+            "",
+            "the first deploy had no previous file to keep"
+        );
+    }
+}
+
+fn failing_health_check_rolls_back(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let good = secrets("one");
+    let mut bad_secrets = secrets("two");
+    bad_secrets.insert("HEALTH_MODE_VALUE".into(), "fail-CANARY".into());
+    let mut request = voxbridge_request(
+        testbed,
+        &hosts[..1],
+        "root",
+        json!({
+            "verify": [{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 1500, "consecutive": 1}],
+            "allowSharedChange": true
+        }),
+    );
+    request["env"]["HEALTH_MODE"] = json!({"value": "fail"});
+    let run = deployer.run("deploy", &request, &bad_secrets);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["rolledBack"]);
+    let host = &result["hosts"][0];
+    assert_eq!(host["error"]["kind"], "healthCheckFailed");
+    assert_eq!(host["rollback"], "restoredPrevious");
+    assert_eq!(result["error"]["kind"], "hostsFailed");
+    let (meta, bytes) = file_on(testbed, hosts[0], "/opt/voxbridge/.env");
+    assert_eq!(meta, "voxbridge:voxbridge 600");
+    assert_eq!(
+        bytes,
+        expected_voxbridge_file(&good),
+        "the previous file is back"
+    );
+    let health = health(hosts[0], 8080, "/health");
+    assert_eq!(health["status"], 200);
+    assert_eq!(
+        health["fingerprints"]["JWT_SECRET"],
+        fingerprint(&good["JWT_SECRET"])
+    );
+    let backup = testbed.sh_ok(
+        hosts[0],
+        "stat -c '%U:%G %a' /var/lib/hostenv/voxbridge/env.1",
+    );
+    assert_eq!(backup.trim(), "voxbridge:voxbridge 600");
+}

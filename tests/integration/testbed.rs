@@ -1,0 +1,424 @@
+//! Real hosts on this one machine (DESIGN.md §6): each testbed host is real
+//! systemd as PID 1 in its own PID, mount, UTS and cgroup namespaces, with
+//! OpenSSH on its own loopback address, real unit files for the Vox services,
+//! and `tests/testbed/service.py` behind them. Everything is stopped by PID and
+//! removed when the `Testbed` is dropped.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::repo_root;
+
+/// Where the hosts listen: `<prefix><2..>`. Override with HOSTENV_TESTBED_PREFIX.
+fn address_prefix() -> String {
+    std::env::var("HOSTENV_TESTBED_PREFIX").unwrap_or_else(|_| "127.77.0.".to_string())
+}
+
+const INOTIFY_INSTANCES: &str = "/proc/sys/fs/inotify/max_user_instances";
+const WANTED_INOTIFY_INSTANCES: u64 = 1024;
+
+/// Service users and the non-root deploy user, in every host's own /etc/passwd.
+const ACCOUNTS: &[(&str, u32, &str, &str)] = &[
+    ("voxbridge", 61001, "/opt/voxbridge", "/usr/sbin/nologin"),
+    ("voxcore", 61002, "/opt/voxcore", "/usr/sbin/nologin"),
+    ("voxdialler", 61003, "/opt/voxdialler", "/usr/sbin/nologin"),
+    ("deploy", 61010, "/tmp", "/bin/bash"),
+];
+
+pub struct TestHost {
+    /// The address, which requests use as the host name.
+    pub addr: String,
+    pub hostname: String,
+    launcher: Child,
+    pub pid1: u32,
+}
+
+pub struct Testbed {
+    pub dir: PathBuf,
+    pub hosts: Vec<TestHost>,
+    pub known_hosts: PathBuf,
+    /// Authorized for root and deploy on every host.
+    pub client_key: PathBuf,
+    /// Authorized nowhere.
+    pub stranger_key: PathBuf,
+    inotify_before: Option<String>,
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn keygen(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    run(Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "hostenv-testbed",
+            "-f",
+        ])
+        .arg(path));
+}
+
+impl Testbed {
+    /// Brings up `count` hosts and waits until each one's sshd answers.
+    pub fn start(count: usize) -> Testbed {
+        for tool in [
+            "/usr/sbin/sshd",
+            "/usr/lib/systemd/systemd",
+            "/usr/bin/python3",
+            "/usr/bin/sudo",
+        ] {
+            assert!(
+                Path::new(tool).exists(),
+                "{tool} is missing: run scripts/test.sh, which installs the testbed's packages"
+            );
+        }
+        let dir = PathBuf::from(format!("/var/tmp/hostenv-testbed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        std::fs::copy(
+            repo_root().join("tests/testbed/service.py"),
+            dir.join("service.py"),
+        )
+        .unwrap();
+        std::fs::copy(
+            repo_root().join("tests/testbed/launch.sh"),
+            dir.join("launch.sh"),
+        )
+        .unwrap();
+        write(&dir.join("bashrc"), "# plain testbed .bashrc\n");
+        for target in [
+            "sysinit",
+            "basic",
+            "multi-user",
+            "default",
+            "sockets",
+            "timers",
+            "paths",
+            "slices",
+            "local-fs",
+            "network",
+            "network-online",
+            "shutdown",
+            "emergency",
+            "rescue",
+        ] {
+            write(
+                &dir.join(format!("stub/{target}.target")),
+                &format!("[Unit]\nDescription=testbed stub {target}\n"),
+            );
+        }
+        write(
+            &dir.join("stub/testbed.target"),
+            "[Unit]\nDescription=testbed host\nWants=testbed-sshd.service\n",
+        );
+        let client_key = dir.join("keys/client");
+        let stranger_key = dir.join("keys/stranger");
+        keygen(&client_key);
+        keygen(&stranger_key);
+        let client_public = std::fs::read_to_string(dir.join("keys/client.pub")).unwrap();
+        write(&dir.join("authorized/root"), &client_public);
+        write(&dir.join("authorized/deploy"), &client_public);
+
+        let inotify_before = std::fs::read_to_string(INOTIFY_INSTANCES).ok();
+        if inotify_before
+            .as_deref()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|v| v < WANTED_INOTIFY_INSTANCES)
+        {
+            std::fs::write(INOTIFY_INSTANCES, WANTED_INOTIFY_INSTANCES.to_string()).unwrap();
+        }
+        let mut testbed = Testbed {
+            known_hosts: dir.join("known_hosts"),
+            dir,
+            hosts: Vec::new(),
+            client_key,
+            stranger_key,
+            inotify_before,
+        };
+        let mut known_hosts = String::new();
+        for index in 0..count {
+            let addr = format!("{}{}", address_prefix(), index + 2);
+            let hostname = format!("tb-{}", index + 1);
+            known_hosts.push_str(&testbed.prepare_host(&hostname, &addr));
+        }
+        write(&testbed.known_hosts, &known_hosts);
+        for index in 0..count {
+            let addr = format!("{}{}", address_prefix(), index + 2);
+            let hostname = format!("tb-{}", index + 1);
+            let host = testbed.launch(&hostname, addr);
+            testbed.hosts.push(host);
+        }
+        testbed
+    }
+
+    /// Writes the host's accounts, sudo rules, units and sshd config; returns its known_hosts line.
+    fn prepare_host(&self, hostname: &str, addr: &str) -> String {
+        let host_dir = self.dir.join("hosts").join(hostname);
+        let dir = self.dir.display();
+        keygen(&host_dir.join("ssh_host_ed25519_key"));
+        let host_public =
+            std::fs::read_to_string(host_dir.join("ssh_host_ed25519_key.pub")).unwrap();
+
+        let mut passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        let mut group = std::fs::read_to_string("/etc/group").unwrap();
+        let mut shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+        for (name, id, home, shell) in ACCOUNTS {
+            passwd.push_str(&format!("{name}:x:{id}:{id}::{home}:{shell}\n"));
+            group.push_str(&format!("{name}:x:{id}:\n"));
+            shadow.push_str(&format!("{name}:*:20000:0:99999:7:::\n"));
+        }
+        write(&host_dir.join("etc/passwd"), &passwd);
+        write(&host_dir.join("etc/group"), &group);
+        write(&host_dir.join("etc/shadow"), &shadow);
+        write(&host_dir.join("etc/hostname"), &format!("{hostname}\n"));
+        let sudoers = std::fs::read_to_string("/etc/sudoers").unwrap_or_default();
+        write(
+            &host_dir.join("etc/sudoers"),
+            &format!(
+                "{sudoers}\n# hostenv testbed: the deploy user's rights (README: sudo)\n{}\n",
+                DEPLOY_SUDOERS
+            ),
+        );
+        write(
+            &host_dir.join("sshd_config"),
+            &format!(
+                "ListenAddress {addr}:22\nHostKey {}\nUsePAM no\nStrictModes no\nPidFile none\n\
+                 MaxStartups 200:30:400\nSubsystem sftp internal-sftp\nPermitRootLogin prohibit-password\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nAuthorizedKeysFile {dir}/authorized/%u\n",
+                host_dir.join("ssh_host_ed25519_key").display()
+            ),
+        );
+        let units = host_dir.join("units");
+        write(
+            &units.join("testbed-sshd.service"),
+            &format!(
+                "[Unit]\nDescription=OpenSSH (testbed)\n[Service]\nRuntimeDirectory=sshd\n\
+                 ExecStart=/usr/sbin/sshd -D -e -f {}\n",
+                host_dir.join("sshd_config").display()
+            ),
+        );
+        let service = |name: &str, instance: &str, port: u16, path: &str, required: &str| {
+            format!(
+                "[Unit]\nDescription=Vox {name} (testbed)\n[Service]\nType=notify\nNotifyAccess=main\n\
+                 User={name}\nEnvironmentFile=/opt/{name}/.env\n\
+                 Environment=TESTBED_SERVICE={name} TESTBED_INSTANCE={instance} TESTBED_BIND={addr} \
+                 TESTBED_PORT={port} TESTBED_HEALTH_PATH={path} TESTBED_REQUIRED={required}\n\
+                 ExecStart=/usr/bin/python3 {dir}/service.py\nTimeoutStartSec=15\n"
+            )
+        };
+        write(
+            &units.join("voxbridge.service"),
+            &service(
+                "voxbridge",
+                "",
+                8080,
+                "/health",
+                "JWT_SECRET,MONGODB_URI,MONGODB_DB,REDIS_URL",
+            ),
+        );
+        write(
+            &units.join("voxcore@.service"),
+            &service(
+                "voxcore",
+                "%i",
+                9000,
+                "/health/fleet",
+                "VOXCORE_SECRET,OPENAI_API_KEY",
+            ),
+        );
+        write(
+            &units.join("voxdialler.service"),
+            &service(
+                "voxdialler",
+                "",
+                8090,
+                "/health",
+                "VOXCORE_SECRET,LIVEKIT_API_KEY,LIVEKIT_API_SECRET,MONGODB_URI",
+            ),
+        );
+        let mut setup = String::from("set -e\n");
+        for (name, _, _, _) in &ACCOUNTS[..3] {
+            setup.push_str(&format!(
+                "mkdir -p /opt/{name}\nchown {name}:{name} /opt/{name}\n"
+            ));
+        }
+        write(&host_dir.join("setup.sh"), &setup);
+        let mut fields = host_public.split_whitespace();
+        let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+        format!("{addr} {kind} {key}\n")
+    }
+
+    fn launch(&self, hostname: &str, addr: String) -> TestHost {
+        let log = std::fs::File::create(self.dir.join(format!("{hostname}.log"))).unwrap();
+        let launcher = Command::new("bash")
+            .arg(self.dir.join("launch.sh"))
+            .arg(&self.dir)
+            .arg(hostname)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("launch a testbed host");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let socket: SocketAddr = format!("{addr}:22").parse().unwrap();
+        let pid1 = loop {
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", launcher.id()))
+                    .unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().next() {
+                if TcpStream::connect_timeout(&socket, Duration::from_millis(200)).is_ok() {
+                    break pid.parse().unwrap();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "testbed host {hostname} did not come up; see {}",
+                self.dir.join(format!("{hostname}.log")).display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        TestHost {
+            addr,
+            hostname: hostname.to_string(),
+            launcher,
+            pid1,
+        }
+    }
+
+    pub fn host(&self, index: usize) -> &TestHost {
+        &self.hosts[index]
+    }
+
+    /// Runs a shell command as root inside a host, outside of SSH and hostenv.
+    pub fn sh(&self, host: &TestHost, script: &str) -> Output {
+        Command::new("nsenter")
+            .args([
+                "-t",
+                &host.pid1.to_string(),
+                "-m",
+                "-p",
+                "-u",
+                "-C",
+                "--",
+                "/bin/sh",
+                "-c",
+                script,
+            ])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .expect("nsenter")
+    }
+
+    /// Like `sh`, but panics unless the command succeeds; returns stdout.
+    pub fn sh_ok(&self, host: &TestHost, script: &str) -> String {
+        let output = self.sh(host, script);
+        assert!(
+            output.status.success(),
+            "`{script}` on {} failed: {}",
+            host.hostname,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Writes `content` to `path` on a host (root-owned unless chowned after).
+    pub fn put(&self, host: &TestHost, path: &str, content: &str) {
+        let mut child = Command::new("nsenter")
+            .args([
+                "-t",
+                &host.pid1.to_string(),
+                "-m",
+                "-p",
+                "--",
+                "/bin/sh",
+                "-c",
+                "cat > \"$1\"",
+                "sh",
+                path,
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(content.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+
+    /// The SSH settings a request needs to reach these hosts as `user`.
+    pub fn ssh_settings(&self, user: &str) -> serde_json::Value {
+        serde_json::json!({
+            "user": user,
+            "knownHosts": self.known_hosts.to_str().unwrap(),
+            "identityFileEnv": "TESTBED_SSH_KEY",
+            "connectTimeoutMs": 5000,
+            "ioTimeoutMs": 20000
+        })
+    }
+}
+
+/// Granted to `deploy` on every host; the README documents the same lines.
+pub const DEPLOY_SUDOERS: &str = "deploy ALL=(root) NOPASSWD: /bin/sh -c *";
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for host in &mut self.hosts {
+            // Killing PID 1 of a PID namespace kills every process in it.
+            let _ = Command::new("kill")
+                .args(["-KILL", &host.pid1.to_string()])
+                .status();
+            let _ = host.launcher.kill();
+            let _ = host.launcher.wait();
+            let cgroup = PathBuf::from(format!(
+                "/sys/fs/cgroup/unified/hostenv-{}-{}",
+                self.dir.file_name().unwrap().to_str().unwrap(),
+                host.hostname
+            ));
+            remove_cgroup(&cgroup, Instant::now() + Duration::from_secs(5));
+        }
+        if let Some(before) = &self.inotify_before {
+            let _ = std::fs::write(INOTIFY_INSTANCES, before.trim());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes a cgroup tree bottom-up, retrying while its last processes exit.
+fn remove_cgroup(path: &Path, deadline: Instant) {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&entry.path(), deadline);
+            }
+        }
+    }
+    while path.exists() && std::fs::remove_dir(path).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
