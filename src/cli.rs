@@ -12,6 +12,7 @@ use crate::intake;
 use crate::report::{wire_name, Action, HostStatus, Report, EXIT_OK, EXIT_REJECTED};
 use crate::request::{Kind, Request, API_VERSION};
 use crate::secret::EnvLookup;
+use crate::settings::Settings;
 use crate::{build_env, check, deploy, schema};
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,14 @@ pub enum Command {
     Deploy(RequestArgs),
     /// Write the console's build-time .env for Vite (BuildEnv).
     BuildEnv(RequestArgs),
+    /// Print the exact sudo rules a non-root deploy user needs for a Deploy request.
+    Sudoers {
+        #[command(flatten)]
+        request: RequestArgs,
+        /// The deploy user (default: the request's `ssh.user`, else `deploy`).
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Print the JSON Schema of requests or results.
     Schema {
         #[arg(value_enum)]
@@ -104,6 +113,7 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
         Command::Check(args) => run_action(Action::Check, &args, env),
         Command::Deploy(args) => run_action(Action::Deploy, &args, env),
         Command::BuildEnv(args) => run_action(Action::BuildEnv, &args, env),
+        Command::Sudoers { request, user } => sudoers(&request, user.as_deref()),
         Command::Schema { which } => {
             let schema = match which {
                 SchemaKind::Request => schema::request_schema(),
@@ -127,6 +137,41 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
             },
             exit_code: EXIT_OK,
         },
+    }
+}
+
+/// The rules on stdout; a problem with the request is answered with a result document.
+fn sudoers(args: &RequestArgs, user: Option<&str>) -> Outcome {
+    let rules = intake::read_request(args.request.as_deref())
+        .and_then(|bytes| intake::parse_request(&bytes))
+        .and_then(|request| match request {
+            Request::Deploy(deployment) => {
+                let settings = Settings::from_request(&deployment, "", &Catalog::builtin())?;
+                let user = user
+                    .map(str::to_string)
+                    .or_else(|| deployment.ssh.as_ref().and_then(|s| s.user.clone()))
+                    .unwrap_or_else(|| "deploy".to_string());
+                Ok(crate::sudoers::rules(&settings, &user))
+            }
+            other => Err(Error::WrongKind {
+                action: "sudoers".into(),
+                kind: other.kind().name().into(),
+            }),
+        });
+    match rules {
+        Ok(rules) => Outcome {
+            stdout: rules,
+            exit_code: EXIT_OK,
+        },
+        Err(error) => {
+            let mut report = Report::new(Action::Deploy);
+            report.fail(&error);
+            eprintln!("hostenv sudoers: {error}");
+            Outcome {
+                stdout: to_json(&report),
+                exit_code: report.exit_code,
+            }
+        }
     }
 }
 

@@ -339,13 +339,13 @@ fn converge(
         return Ok(HostStatus::Unchanged);
     }
 
-    let staged = steps
+    steps
         .run("stage", || remote.stage(target, &file.text))
         .map_err(failed)?;
-    let had_previous = match steps.run("switch", || remote.switch(target, &staged)) {
+    let had_previous = match steps.run("switch", || remote.switch(target)) {
         Ok(had_previous) => had_previous,
         Err(error) => {
-            remote.discard(&staged);
+            remote.discard(target);
             return Err(failed(error));
         }
     };

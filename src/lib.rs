@@ -23,4 +23,5 @@ pub mod schema;
 pub mod secret;
 pub mod settings;
 pub mod ssh;
+pub mod sudoers;
 pub mod systemd;

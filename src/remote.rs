@@ -1,83 +1,175 @@
 //! Remote file operations built on the SSH transport: read what is there,
 //! stage the new file, switch it in keeping the previous one, put it back.
 //!
-//! Each operation is a constant POSIX sh script run as
-//! `[sudo -n] /bin/sh -c SCRIPT hostenv-STEP ARGS...`: the script text never
-//! varies, arguments are names and paths already held to plain character sets
-//! (settings.rs) and quoted anyway, and secret bytes travel only on stdin
-//! (staging) or stdout (reading back).
+//! Each privileged operation is an [`Invocation`]: a constant one-line POSIX sh
+//! script run as `[sudo -n] /bin/sh -c SCRIPT hostenv-STEP ARGS...`. The script
+//! text never varies and every argument follows from the request alone (no
+//! random names), so `hostenv sudoers` can grant exactly these command lines
+//! and nothing else. Arguments are names and paths already held to plain
+//! character sets (settings.rs) and quoted anyway; secret bytes travel only on
+//! stdin (staging) or stdout (reading back).
 
 use crate::error::{ErrorKind, HostError};
 use crate::secret::{ExposeSecret, SecretString};
 use crate::settings::TargetSettings;
 use crate::ssh::{Connection, Output};
 
-const READ: &str = r#"set -eu
-path=$1 owner=$2 group=$3
-uid=$(id -u "$owner" 2>/dev/null) || { echo "hostenv: there is no user $owner on this host" >&2; exit 3; }
-gid=$(getent group "$group" | cut -d: -f3)
-[ -n "$gid" ] || { echo "hostenv: there is no group $group on this host" >&2; exit 3; }
-if [ -e "$path" ]; then
-  [ -f "$path" ] || { echo "hostenv: $path is not a regular file" >&2; exit 3; }
-  printf 'present %s %s %s\n' "$uid" "$gid" "$(stat -c '%u %g %a %Y' -- "$path")"
-  cat -- "$path"
-else
-  printf 'absent %s %s\n' "$uid" "$gid"
-fi
-"#;
+// One line each, so that sudoers can name them exactly; no backslash and no
+// character sudoers would read as a wildcard.
+const READ: &str = concat!(
+    r#"set -eu; path=$1; owner=$2; group=$3; "#,
+    r#"uid=$(id -u "$owner" 2>/dev/null) || { echo "hostenv: there is no user $owner on this host" >&2; exit 3; }; "#,
+    r#"gid=$(getent group "$group" | cut -d: -f3); "#,
+    r#"[ -n "$gid" ] || { echo "hostenv: there is no group $group on this host" >&2; exit 3; }; "#,
+    r#"if [ -e "$path" ]; then "#,
+    r#"[ -f "$path" ] || { echo "hostenv: $path is not a regular file" >&2; exit 3; }; "#,
+    r#"echo "present $uid $gid $(stat -c '%u %g %a %Y' -- "$path")"; cat -- "$path"; "#,
+    r#"else echo "absent $uid $gid"; fi"#,
+);
 
-const STAGE: &str = r#"set -eu
-umask 077
-staged=$1 owner=$2 group=$3 mode=$4
-dir=$(dirname -- "$staged")
-[ -d "$dir" ] || { echo "hostenv: the directory $dir does not exist" >&2; exit 3; }
-set -C
-cat > "$staged" || { rm -f -- "$staged"; echo "hostenv: cannot write $staged" >&2; exit 4; }
-set +C
-chown -- "$owner:$group" "$staged" && chmod -- "$mode" "$staged" && sync -- "$staged" \
-  || { rm -f -- "$staged"; echo "hostenv: cannot set up $staged" >&2; exit 4; }
-"#;
+const STAGE: &str = concat!(
+    r#"set -eu; umask 077; staged=$1; owner=$2; group=$3; mode=$4; "#,
+    r#"dir=$(dirname -- "$staged"); "#,
+    r#"[ -d "$dir" ] || { echo "hostenv: the directory $dir does not exist" >&2; exit 3; }; "#,
+    r#"rm -f -- "$staged"; set -C; "#,
+    r#"cat > "$staged" || { rm -f -- "$staged"; echo "hostenv: cannot write $staged" >&2; exit 4; }; "#,
+    r#"set +C; "#,
+    r#"{ chown -- "$owner:$group" "$staged" && chmod -- "$mode" "$staged" && sync -- "$staged"; } "#,
+    r#"|| { rm -f -- "$staged"; echo "hostenv: cannot set up $staged" >&2; exit 4; }"#,
+);
 
-const SWITCH: &str = r#"set -eu
-umask 077
-staged=$1 target=$2 state=$3 keep=$4
-mkdir -p -- "$state"
-chmod 700 -- "$state"
-if [ -e "$target" ]; then
-  n=$keep
-  while [ "$n" -gt 1 ]; do
-    p=$((n - 1))
-    if [ -e "$state/env.$p" ]; then mv -f -- "$state/env.$p" "$state/env.$n"; fi
-    n=$p
-  done
-  cp -p -- "$target" "$state/env.1"
-  sync -- "$state/env.1"
-  echo previous
-else
-  echo none
-fi
-mv -f -- "$staged" "$target"
-sync -- "$(dirname -- "$target")"
-"#;
+const SWITCH: &str = concat!(
+    r#"set -eu; umask 077; staged=$1; target=$2; state=$3; keep=$4; "#,
+    r#"mkdir -p -- "$state"; chmod 700 -- "$state"; "#,
+    r#"if [ -e "$target" ]; then n=$keep; "#,
+    r#"while [ "$n" -gt 1 ]; do p=$((n - 1)); "#,
+    r#"if [ -e "$state/env.$p" ]; then mv -f -- "$state/env.$p" "$state/env.$n"; fi; n=$p; done; "#,
+    r#"cp -p -- "$target" "$state/env.1"; sync -- "$state/env.1"; echo previous; "#,
+    r#"else echo none; fi; "#,
+    r#"mv -f -- "$staged" "$target"; sync -- "$(dirname -- "$target")""#,
+);
 
-const RESTORE: &str = r#"set -eu
-umask 077
-target=$1 state=$2 previous=$3
-if [ "$previous" = yes ]; then
-  rm -f -- "$target.hostenv-restore"
-  cp -p -- "$state/env.1" "$target.hostenv-restore"
-  mv -f -- "$target.hostenv-restore" "$target"
-else
-  rm -f -- "$target"
-fi
-sync -- "$(dirname -- "$target")"
-"#;
+const RESTORE: &str = concat!(
+    r#"set -eu; umask 077; target=$1; state=$2; previous=$3; "#,
+    r#"if [ "$previous" = yes ]; then "#,
+    r#"rm -f -- "$target.hostenv-restore"; cp -p -- "$state/env.1" "$target.hostenv-restore"; "#,
+    r#"mv -f -- "$target.hostenv-restore" "$target"; "#,
+    r#"else rm -f -- "$target"; fi; "#,
+    r#"sync -- "$(dirname -- "$target")""#,
+);
 
 const DISCARD: &str = r#"rm -f -- "$1""#;
+
+/// One run of a constant script with its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub step: &'static str,
+    pub script: &'static str,
+    pub args: Vec<String>,
+}
+
+impl Invocation {
+    pub fn new(step: &'static str, script: &'static str, args: &[&str]) -> Invocation {
+        Invocation {
+            step,
+            script,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    fn argv(&self) -> Vec<String> {
+        let mut argv = vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            self.script.to_string(),
+            format!("hostenv-{}", self.step),
+        ];
+        argv.extend(self.args.iter().cloned());
+        argv
+    }
+
+    /// The command line for the remote shell.
+    pub fn shell_line(&self, sudo: bool) -> String {
+        let line = self
+            .argv()
+            .iter()
+            .map(|a| quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        if sudo {
+            format!("sudo -n {line}")
+        } else {
+            line
+        }
+    }
+
+    /// The command as a sudoers rule names it, arguments escaped for sudoers.
+    /// `*` is the one character left as a wildcard: it appears only in a
+    /// template's any-instance unit name (`voxcore@*.service`).
+    pub fn sudoers_command(&self) -> String {
+        self.argv()
+            .iter()
+            .map(|a| sudoers_escape(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
 
 /// Single-quotes an argument for the remote shell.
 pub fn quote(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', r"'\''"))
+}
+
+/// sudoers treats `\ , : =` as syntax and `* ? [ ]` as wildcards; a unit's
+/// `@*.` (any instance) is kept as a wildcard on purpose.
+fn sudoers_escape(arg: &str) -> String {
+    let mut out = String::new();
+    for c in arg.chars() {
+        if matches!(c, '\\' | ',' | ':' | '=' | '?' | '[' | ']' | '!' | '#') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn read(target: &TargetSettings) -> Invocation {
+    Invocation::new("read", READ, &[&target.path, &target.owner, &target.group])
+}
+
+pub fn staged_path(target: &TargetSettings) -> String {
+    format!("{}.hostenv-new", target.path)
+}
+
+pub fn stage(target: &TargetSettings) -> Invocation {
+    let mode = format!("{:o}", target.mode);
+    Invocation::new(
+        "stage",
+        STAGE,
+        &[&staged_path(target), &target.owner, &target.group, &mode],
+    )
+}
+
+pub fn switch(target: &TargetSettings) -> Invocation {
+    let keep = target.backups.max(1).to_string();
+    Invocation::new(
+        "switch",
+        SWITCH,
+        &[&staged_path(target), &target.path, &target.state_dir, &keep],
+    )
+}
+
+pub fn restore(target: &TargetSettings, had_previous: bool) -> Invocation {
+    let previous = if had_previous { "yes" } else { "no" };
+    Invocation::new(
+        "restore",
+        RESTORE,
+        &[&target.path, &target.state_dir, previous],
+    )
+}
+
+pub fn discard(target: &TargetSettings) -> Invocation {
+    Invocation::new("discard", DISCARD, &[&staged_path(target)])
 }
 
 /// What the host has at the target path now.
@@ -102,34 +194,20 @@ pub struct Remote<'a> {
 }
 
 impl Remote<'_> {
-    /// The exact command line a step runs.
-    pub fn command_line(&self, step: &str, script: &str, args: &[&str]) -> String {
-        let mut line = String::new();
-        if self.sudo {
-            line.push_str("sudo -n ");
-        }
-        line.push_str("/bin/sh -c ");
-        line.push_str(&quote(script));
-        line.push_str(&format!(" hostenv-{step}"));
-        for arg in args {
-            line.push(' ');
-            line.push_str(&quote(arg));
-        }
-        line
+    /// Runs a privileged invocation; a non-zero exit is that step's error.
+    pub fn run(&self, invocation: &Invocation, stdin: &[u8]) -> Result<Output, HostError> {
+        let output = self
+            .connection
+            .exec(self.host, &invocation.shell_line(self.sudo), stdin)?;
+        self.check(invocation.step, output)
     }
 
-    /// Runs a step's script; a non-zero exit is that step's error.
-    pub fn run(
-        &self,
-        step: &str,
-        script: &str,
-        args: &[&str],
-        stdin: &[u8],
-    ) -> Result<Output, HostError> {
-        let output =
-            self.connection
-                .exec(self.host, &self.command_line(step, script, args), stdin)?;
-        self.check(step, output)
+    /// Runs a read-only query that needs no privilege, never through sudo.
+    pub fn query(&self, invocation: &Invocation) -> Result<Output, HostError> {
+        let output = self
+            .connection
+            .exec(self.host, &invocation.shell_line(false), &[])?;
+        self.check(invocation.step, output)
     }
 
     pub fn check(&self, step: &str, output: Output) -> Result<Output, HostError> {
@@ -140,7 +218,8 @@ impl Remote<'_> {
             return Err(HostError::new(
                 ErrorKind::SudoRefused,
                 format!(
-                    "`{}`: sudo refused the `{step}` step (`sudo -n /bin/sh -c …`): {}",
+                    "`{}`: sudo refused the `{step}` step (`sudo -n /bin/sh -c … hostenv-{step} …`); \
+                     grant the lines `hostenv sudoers` prints: {}",
                     self.host,
                     first_line(&output.stderr)
                 ),
@@ -158,140 +237,91 @@ impl Remote<'_> {
     }
 
     pub fn read_current(&self, target: &TargetSettings) -> Result<Current, HostError> {
-        let output = self.run(
-            "read",
-            READ,
-            &[&target.path, &target.owner, &target.group],
-            &[],
-        )?;
-        let invalid = || {
+        let output = self.run(&read(target), &[])?;
+        parse_current(&output.stdout).ok_or_else(|| {
             HostError::new(
                 ErrorKind::CurrentFileInvalid,
                 format!(
-                    "`{}`: unexpected answer reading `{}`",
+                    "`{}`: `{}` could not be read back (not UTF-8, or an unexpected answer)",
                     self.host, target.path
                 ),
             )
-        };
-        let newline = output
-            .stdout
-            .iter()
-            .position(|b| *b == b'\n')
-            .ok_or_else(invalid)?;
-        let header = std::str::from_utf8(&output.stdout[..newline]).map_err(|_| invalid())?;
-        let fields: Vec<&str> = header.split(' ').collect();
-        let number = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<i64>().ok())
-                .ok_or_else(invalid)
-        };
-        let (want_uid, want_gid) = (number(1)? as u32, number(2)? as u32);
-        match fields.first() {
-            Some(&"absent") => Ok(Current {
-                content: None,
-                uid: 0,
-                gid: 0,
-                mode: 0,
-                mtime: 0,
-                want_uid,
-                want_gid,
-            }),
-            Some(&"present") => {
-                let content =
-                    String::from_utf8(output.stdout[newline + 1..].to_vec()).map_err(|_| {
-                        HostError::new(
-                            ErrorKind::CurrentFileInvalid,
-                            format!("`{}`: `{}` is not UTF-8", self.host, target.path),
-                        )
-                    })?;
-                Ok(Current {
-                    content: Some(SecretString::from(content)),
-                    uid: number(3)? as u32,
-                    gid: number(4)? as u32,
-                    mode: u32::from_str_radix(fields.get(5).ok_or_else(invalid)?, 8)
-                        .map_err(|_| invalid())?,
-                    mtime: number(6)?,
-                    want_uid,
-                    want_gid,
-                })
-            }
-            _ => Err(invalid()),
-        }
+        })
     }
 
-    /// Writes the new file beside the target under a fresh name; returns that name.
-    pub fn stage(
-        &self,
-        target: &TargetSettings,
-        content: &SecretString,
-    ) -> Result<String, HostError> {
-        let staged = format!("{}.hostenv-{}", target.path, nonce());
-        let mode = format!("{:o}", target.mode);
-        self.run(
-            "stage",
-            STAGE,
-            &[&staged, &target.owner, &target.group, &mode],
-            content.expose_secret().as_bytes(),
-        )?;
-        Ok(staged)
+    /// Writes the new file beside the target, mode 600 from its first byte.
+    pub fn stage(&self, target: &TargetSettings, content: &SecretString) -> Result<(), HostError> {
+        self.run(&stage(target), content.expose_secret().as_bytes())
+            .map(|_| ())
     }
 
     /// Keeps the current file as backup 1 and renames the staged one over it.
     /// Returns whether there was a previous file.
-    pub fn switch(&self, target: &TargetSettings, staged: &str) -> Result<bool, HostError> {
-        let keep = target.backups.max(1).to_string();
-        let output = self.run(
-            "switch",
-            SWITCH,
-            &[staged, &target.path, &target.state_dir, &keep],
-            &[],
-        )?;
+    pub fn switch(&self, target: &TargetSettings) -> Result<bool, HostError> {
+        let output = self.run(&switch(target), &[])?;
         Ok(String::from_utf8_lossy(&output.stdout).starts_with("previous"))
     }
 
     /// Puts the previous file back (backup 1), or removes the new one when there was none.
     pub fn restore(&self, target: &TargetSettings, had_previous: bool) -> Result<(), HostError> {
-        let previous = if had_previous { "yes" } else { "no" };
-        self.run(
-            "restore",
-            RESTORE,
-            &[&target.path, &target.state_dir, previous],
-            &[],
-        )
-        .map(|_| ())
+        self.run(&restore(target, had_previous), &[]).map(|_| ())
     }
 
     /// Removes a staged file that will not be switched in.
-    pub fn discard(&self, staged: &str) {
-        let _ = self.run("discard", DISCARD, &[staged], &[]);
+    pub fn discard(&self, target: &TargetSettings) {
+        let _ = self.run(&discard(target), &[]);
+    }
+}
+
+/// `present UID GID FILE_UID FILE_GID MODE MTIME` or `absent UID GID`, then the bytes.
+fn parse_current(stdout: &[u8]) -> Option<Current> {
+    let newline = stdout.iter().position(|b| *b == b'\n')?;
+    let header = std::str::from_utf8(&stdout[..newline]).ok()?;
+    let fields: Vec<&str> = header.split(' ').collect();
+    let number = |i: usize| fields.get(i).and_then(|f| f.parse::<i64>().ok());
+    let (want_uid, want_gid) = (number(1)? as u32, number(2)? as u32);
+    match *fields.first()? {
+        "absent" => Some(Current {
+            content: None,
+            uid: 0,
+            gid: 0,
+            mode: 0,
+            mtime: 0,
+            want_uid,
+            want_gid,
+        }),
+        "present" => Some(Current {
+            content: Some(SecretString::from(
+                String::from_utf8(stdout[newline + 1..].to_vec()).ok()?,
+            )),
+            uid: number(3)? as u32,
+            gid: number(4)? as u32,
+            mode: u32::from_str_radix(fields.get(5)?, 8).ok()?,
+            mtime: number(6)?,
+            want_uid,
+            want_gid,
+        }),
+        _ => None,
     }
 }
 
 fn is_sudo_refusal(stderr: &str) -> bool {
-    stderr.starts_with("sudo:")
-        && (stderr.contains("password is required")
-            || stderr.contains("not allowed")
-            || stderr.contains("may not run")
-            || stderr.contains("not in the sudoers"))
+    stderr.lines().any(|line| {
+        line.starts_with("sudo:")
+            && (line.contains("password is required")
+                || line.contains("not allowed")
+                || line.contains("may not run")
+                || line.contains("not in the sudoers"))
+    })
 }
 
 fn first_line(text: &str) -> String {
     let line = text
         .lines()
-        .find(|l| !l.trim().is_empty())
+        .find(|l| !l.trim().is_empty() && !l.contains("unable to resolve host"))
         .unwrap_or("no message")
         .trim();
     line.chars().take(300).collect()
-}
-
-/// A name no other run will pick: time and process id, hex.
-fn nonce() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("{:x}{:x}", nanos as u64, std::process::id())
 }
 
 #[cfg(test)]
@@ -302,5 +332,28 @@ mod tests {
     fn quoting_survives_single_quotes() {
         assert_eq!(quote("plain"), "'plain'");
         assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn scripts_are_one_line_without_sudoers_wildcards() {
+        for script in [READ, STAGE, SWITCH, RESTORE, DISCARD] {
+            assert!(
+                !script.contains(['\n', '\\', '*', '?', '!', '#']),
+                "{script}"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_the_header_and_keeps_the_bytes() {
+        let current =
+            parse_current(b"present 61001 61001 61001 61001 600 1700000000\nA=\"1\"\n").unwrap();
+        assert_eq!(current.content.unwrap().expose_secret(), "A=\"1\"\n");
+        assert_eq!(
+            (current.mode, current.mtime, current.want_uid),
+            (0o600, 1_700_000_000, 61001)
+        );
+        assert!(parse_current(b"absent 1 2\n").unwrap().content.is_none());
+        assert!(parse_current(b"garbage\n").is_none());
     }
 }

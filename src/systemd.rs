@@ -6,22 +6,30 @@
 use std::time::Duration;
 
 use crate::error::{ErrorKind, HostError};
-use crate::remote::Remote;
+use crate::remote::{Invocation, Remote};
 use crate::settings::is_template;
 
+// Queries, run without sudo.
 const INSTANCES: &str = r#"systemctl list-units --all --plain --no-legend --no-pager -- "$1""#;
-
-const RESTART: &str = r#"unit=$1 seconds=$2
-timeout -- "$seconds" systemctl restart -- "$unit" && exit 0
-code=$?
-echo "result=$(systemctl show -p Result --value -- "$unit" 2>/dev/null)"
-exit "$code"
-"#;
-
-const RESET_FAILED: &str = r#"systemctl reset-failed -- "$1" 2>/dev/null || true"#;
-
 const STARTED_AT: &str =
     r#"systemctl show -p ExecMainStartTimestamp --timestamp=unix --value -- "$1""#;
+
+// Privileged, one line each (see remote.rs).
+const RESTART: &str = concat!(
+    r#"unit=$1; seconds=$2; "#,
+    r#"timeout -- "$seconds" systemctl restart -- "$unit" && exit 0; "#,
+    r#"echo "result=$(systemctl show -p Result --value -- "$unit" 2>/dev/null)"; exit 1"#,
+);
+const RESET_FAILED: &str = r#"systemctl reset-failed -- "$1" 2>/dev/null || true"#;
+
+pub fn restart_invocation(unit: &str, timeout: Duration) -> Invocation {
+    let seconds = timeout.as_secs().max(1).to_string();
+    Invocation::new("restart", RESTART, &[unit, &seconds])
+}
+
+pub fn reset_failed_invocation(unit: &str) -> Invocation {
+    Invocation::new("reset-failed", RESET_FAILED, &[unit])
+}
 
 /// The units to restart on a host: plain units as they are, a template
 /// (`name@.service`) as the given instances, or else the loaded instances
@@ -45,7 +53,7 @@ pub fn units_on_host(
                 .collect(),
             None => {
                 let pattern = format!("{prefix}@*.{suffix}");
-                let output = remote.run("units", INSTANCES, &[&pattern], &[])?;
+                let output = remote.query(&Invocation::new("units", INSTANCES, &[&pattern]))?;
                 String::from_utf8_lossy(&output.stdout)
                     .lines()
                     .filter_map(|line| {
@@ -79,8 +87,7 @@ pub fn restart(
     timeout: Duration,
     redact: &dyn Fn(&str) -> String,
 ) -> Result<(), HostError> {
-    let seconds = timeout.as_secs().max(1).to_string();
-    let command = remote.command_line("restart", RESTART, &[unit, &seconds]);
+    let command = restart_invocation(unit, timeout).shell_line(remote.sudo);
     let output = remote.connection.exec_with_timeout(
         remote.host,
         &command,
@@ -112,12 +119,27 @@ pub fn restart(
 
 /// Clears a failed state (and the start-limit counter) before a rollback restart.
 pub fn reset_failed(remote: &Remote, unit: &str) {
-    let _ = remote.run("reset-failed", RESET_FAILED, &[unit], &[]);
+    let _ = remote.run(&reset_failed_invocation(unit), &[]);
 }
 
 /// When the unit's main process last started, in seconds since the epoch.
 pub fn started_at(remote: &Remote, unit: &str) -> Result<Option<i64>, HostError> {
-    let output = remote.run("started-at", STARTED_AT, &[unit], &[])?;
+    let output = remote.query(&Invocation::new("started-at", STARTED_AT, &[unit]))?;
     let text = String::from_utf8_lossy(&output.stdout);
     Ok(text.trim().strip_prefix('@').and_then(|s| s.parse().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privileged_scripts_are_one_line_without_sudoers_wildcards() {
+        for script in [RESTART, RESET_FAILED] {
+            assert!(
+                !script.contains(['\n', '\\', '*', '?', '!', '#']),
+                "{script}"
+            );
+        }
+    }
 }

@@ -346,6 +346,36 @@ fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&TestHost]) 
         "deploy",
         json!({"allowSharedChange": true}),
     );
+
+    // Before any grant, sudo refuses and the error says which step and what to do.
+    let result = deployer.run("deploy", &request, &next).json();
+    assert_eq!(
+        result["hosts"][0]["error"]["kind"], "sudoRefused",
+        "{result:#}"
+    );
+    assert!(result["hosts"][0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("hostenv sudoers"));
+
+    let rules = run_hostenv(
+        &["sudoers"],
+        deployer.work.path(),
+        &BTreeMap::new(),
+        Some(request.to_string().as_bytes()),
+    );
+    assert_eq!(rules.code, 0, "{}", rules.stdout);
+    assert!(
+        rules
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("deploy ALL=(root) NOPASSWD: /bin/sh -c "))
+            .count()
+            >= 8
+    );
+    for host in &hosts[..2] {
+        testbed.grant_sudo(host, &rules.stdout);
+    }
     let run = deployer.run("deploy", &request, &next);
     assert_eq!(run.code, 0, "{}", run.stdout);
     assert_eq!(statuses(&run.json()), ["deployed", "deployed"]);
@@ -354,17 +384,30 @@ fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&TestHost]) 
         assert_eq!(meta, "voxbridge:voxbridge 600");
         assert_eq!(bytes, expected_voxbridge_file(&next));
     }
-    // Without sudo the deploy user cannot even read the file: a clear refusal.
-    let mut request = voxbridge_request(
-        testbed,
-        &hosts[..1],
-        "deploy",
-        json!({"allowSharedChange": true}),
+
+    // The rules are narrow: nothing but those exact command lines.
+    let anything = testbed.sh(hosts[0], "su -s /bin/sh deploy -c 'sudo -n /bin/sh -c id'");
+    assert!(
+        !anything.status.success(),
+        "deploy may run any shell as root"
     );
-    request["ssh"]["sudo"] = json!("never");
+    let other_file = testbed.sh(
+        hosts[0],
+        "su -s /bin/sh deploy -c 'sudo -n /bin/sh -c \"rm -f -- \\\"\\$1\\\"\" hostenv-discard /etc/passwd'",
+    );
+    assert!(
+        !other_file.status.success(),
+        "deploy may remove other files as root"
+    );
+    // A request whose settings differ from the granted ones is refused at its first privileged step.
+    let mut request = request.clone();
+    request["target"] = json!({"backups": 3});
     let result = deployer.run("deploy", &request, &secrets("seven")).json();
-    assert_eq!(result["hosts"][0]["status"], "failed");
-    assert_eq!(result["hosts"][0]["error"]["kind"], "remoteCommandFailed");
+    assert_eq!(result["hosts"][0]["error"]["kind"], "sudoRefused");
+    assert_eq!(
+        file_on(testbed, hosts[0], "/opt/voxbridge/.env").1,
+        expected_voxbridge_file(&next)
+    );
 }
 
 fn voxcore_instances_restart_on_two_hosts(deployer: &Deployer, hosts: &[&TestHost]) {

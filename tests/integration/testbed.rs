@@ -193,13 +193,18 @@ impl Testbed {
         write(&host_dir.join("etc/group"), &group);
         write(&host_dir.join("etc/shadow"), &shadow);
         write(&host_dir.join("etc/hostname"), &format!("{hostname}\n"));
+        // The deploy user starts with no sudo rights; tests grant what `hostenv sudoers` prints.
         let sudoers = std::fs::read_to_string("/etc/sudoers").unwrap_or_default();
+        write(&host_dir.join("etc/sudoers"), &sudoers);
+        std::fs::set_permissions(
+            host_dir.join("etc/sudoers"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o440),
+        )
+        .unwrap();
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
         write(
-            &host_dir.join("etc/sudoers"),
-            &format!(
-                "{sudoers}\n# hostenv testbed: the deploy user's rights (README: sudo)\n{}\n",
-                DEPLOY_SUDOERS
-            ),
+            &host_dir.join("etc/hosts"),
+            &format!("{hosts}\n{addr} {hostname}\n"),
         );
         write(
             &host_dir.join("sshd_config"),
@@ -371,6 +376,14 @@ impl Testbed {
         assert!(child.wait().unwrap().success());
     }
 
+    /// Replaces the host's extra sudo rules with `rules` (checked by visudo).
+    pub fn grant_sudo(&self, host: &TestHost, rules: &str) {
+        let base = std::fs::read_to_string("/etc/sudoers").unwrap_or_default();
+        self.put(host, "/tmp/sudoers.new", &format!("{base}\n{rules}"));
+        // In place: /etc/sudoers is a bind mount, which cannot be renamed over.
+        self.sh_ok(host, "visudo -c -q -f /tmp/sudoers.new && cat /tmp/sudoers.new > /etc/sudoers && rm /tmp/sudoers.new");
+    }
+
     /// The SSH settings a request needs to reach these hosts as `user`.
     pub fn ssh_settings(&self, user: &str) -> serde_json::Value {
         serde_json::json!({
@@ -382,9 +395,6 @@ impl Testbed {
         })
     }
 }
-
-/// Granted to `deploy` on every host; the README documents the same lines.
-pub const DEPLOY_SUDOERS: &str = "deploy ALL=(root) NOPASSWD: /bin/sh -c *";
 
 impl Drop for Testbed {
     fn drop(&mut self) {

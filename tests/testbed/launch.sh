@@ -24,7 +24,7 @@ for dir in /opt /etc/systemd/system /run /tmp /var/lib /var/log; do
 done
 chmod 1777 /tmp
 # The host's own accounts and sudo rules; the machine's files are untouched.
-for file in passwd group shadow sudoers hostname; do
+for file in passwd group shadow sudoers hostname hosts; do
   mount --bind "$host_dir/etc/$file" "/etc/$file"
 done
 # This machine's root .bashrc runs `pyenv init`, which slows and races SSH logins.
