@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Python for the stand-in services. Node runs the real Vite readers.
 missing=()
 for need in /usr/lib/systemd/systemd:systemd /usr/sbin/sshd:openssh-server /usr/bin/sudo:sudo \
-            /usr/bin/python3:python3 /usr/bin/nsenter:util-linux; do
+            /usr/bin/python3:python3 /usr/bin/nsenter:util-linux /usr/bin/strace:strace; do
   [ -e "${need%%:*}" ] || missing+=("${need##*:}")
 done
 command -v node >/dev/null || missing+=(nodejs)

@@ -23,7 +23,7 @@ fn secrets(generation: &str) -> BTreeMap<String, String> {
         ("MONGODB_URI", format!("CANARY-mongo-{generation}://u:p@db")),
         (
             "REDIS_URL",
-            format!("CANARY-redis-{generation}\nsecond line"),
+            format!("CANARY-redis-{generation}\nCANARY-redis-line-two-{generation}"),
         ),
     ]
     .into_iter()
@@ -168,6 +168,186 @@ fn deploy_on_the_testbed() {
     wrong_key_and_unknown_or_changed_host_keys_are_refused(&deployer, &hosts);
     the_deploy_user_works_through_sudo(&deployer, &hosts);
     voxcore_instances_restart_on_two_hosts(&deployer, &hosts);
+    secrets_stay_in_the_target_files(&deployer, &hosts);
+    a_rejected_request_opens_no_connection(&deployer);
+}
+
+/// A listener stands where the host would be; a request rejected before any
+/// host (an unset secret, an unset SSH key variable) never knocks.
+fn a_rejected_request_opens_no_connection(deployer: &Deployer) {
+    let testbed = deployer.testbed;
+    let listener =
+        std::net::TcpListener::bind(("127.77.0.250", 2222)).expect("bind a stand-in host");
+    listener.set_nonblocking(true).unwrap();
+    let mut request = voxbridge_request(testbed, &[], "root", json!({}));
+    request["hosts"] = json!([{"host": "127.77.0.250", "port": 2222}]);
+    let mut unset = secrets("rejected");
+    unset.remove("JWT_SECRET");
+    let run = deployer.run("deploy", &request, &unset);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert_eq!(run.json()["error"]["kind"], "keyProblems");
+    assert_eq!(run.json()["hosts"], json!([]));
+    request["ssh"]["identityFileEnv"] = json!("NO_SUCH_KEY_VARIABLE");
+    let run = deployer.run("deploy", &request, &secrets("rejected"));
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert_eq!(run.json()["error"]["field"], "/ssh/identityFileEnv");
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a rejected request connected to the host: {other:?}"),
+    }
+}
+
+/// Canary secrets go through a deploy, a failed deploy with rollback, and a
+/// sudo deploy; afterwards they are nowhere but in the target files, their
+/// backups and the services' own environments: not in any command line or
+/// environment executed on the hosts (execve traced from sshd), not in the
+/// journals, not in any other file on the hosts or in the working directory,
+/// not in any other process's environment, not in stdout or stderr.
+fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let good = secrets("contained");
+    let mut bad = secrets("rolled-back");
+    bad.insert("MONGODB_URI".into(), good["MONGODB_URI"].clone());
+    let canaries: Vec<String> = good.values().chain(bad.values()).cloned().collect();
+
+    let tracers: Vec<(std::process::Child, std::path::PathBuf)> = hosts
+        .iter()
+        .map(|host| {
+            let sshd = testbed.sshd_pid(host);
+            let out = testbed.dir.join(format!("execve-{}.trace", host.hostname));
+            let child = Command::new("strace")
+                .args([
+                    "-f",
+                    "-qq",
+                    "-v",
+                    "-s",
+                    "1000000",
+                    "-e",
+                    "trace=execve",
+                    "-o",
+                ])
+                .arg(&out)
+                .args(["-p", &sshd.to_string()])
+                .spawn()
+                .expect("strace");
+            (child, out)
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let request = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
+    let run = deployer.run("deploy", &request, &good);
+    assert_eq!(
+        statuses(&run.json()),
+        ["deployed", "deployed", "deployed"],
+        "{}",
+        run.stdout
+    );
+    let mut failing = voxbridge_request(
+        testbed,
+        &hosts[..1],
+        "root",
+        json!({"verify": [{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 1000, "consecutive": 1}]}),
+    );
+    failing["env"]["HEALTH_MODE"] = json!({"value": "fail"});
+    let run = deployer.run("deploy", &failing, &bad);
+    assert_eq!(statuses(&run.json()), ["rolledBack"], "{}", run.stdout);
+    let sudo_request = voxbridge_request(
+        testbed,
+        &hosts[1..2],
+        "deploy",
+        json!({"allowSharedChange": true}),
+    );
+    let run = deployer.run("deploy", &sudo_request, &bad);
+    assert_eq!(statuses(&run.json()), ["deployed"], "{}", run.stdout);
+    let run = deployer.run("deploy", &sudo_request, &good);
+    assert_eq!(statuses(&run.json()), ["deployed"], "{}", run.stdout);
+
+    for (mut tracer, out) in tracers {
+        let _ = Command::new("kill")
+            .args(["-INT", &tracer.id().to_string()])
+            .status();
+        let _ = tracer.wait();
+        let trace = std::fs::read_to_string(&out).unwrap_or_default();
+        assert!(
+            trace.contains("hostenv-stage"),
+            "the trace saw no deploy: {}",
+            out.display()
+        );
+        assert_no_leak(
+            &format!("commands executed on the host ({})", out.display()),
+            &trace,
+            &canaries,
+        );
+    }
+
+    let patterns = testbed.dir.join("canary-patterns");
+    // grep reads one pattern per line, so a multi-line form is searched line by line.
+    let forms: Vec<String> = canaries
+        .iter()
+        .flat_map(|c| crate::common::leak_forms(c))
+        .flat_map(|form| form.lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    std::fs::write(&patterns, forms.join("\n") + "\n").unwrap();
+    let patterns = patterns.display();
+    for host in hosts {
+        let journal = testbed.sh_ok(host, "journalctl --no-pager -o verbose");
+        assert!(
+            journal.contains("hostenv"),
+            "the journal saw no deploy on {}",
+            host.addr
+        );
+        assert_no_leak(
+            &format!("the journal of {}", host.addr),
+            &journal,
+            &canaries,
+        );
+        let files = testbed.sh(
+            host,
+            &format!(
+                "grep -rlF -f {patterns} /opt /run /tmp /var/lib /var/log /etc/systemd/system 2>/dev/null"
+            ),
+        );
+        let files = String::from_utf8_lossy(&files.stdout).into_owned();
+        // The search works: it finds the target file itself.
+        assert!(files.lines().any(|f| f == "/opt/voxbridge/.env"), "{files}");
+        let elsewhere: Vec<&str> = files
+            .lines()
+            .filter(|f| {
+                *f != "/opt/voxbridge/.env" && !f.starts_with("/var/lib/hostenv/voxbridge/env.")
+            })
+            .collect();
+        assert!(
+            elsewhere.is_empty(),
+            "files holding a secret on {}: {elsewhere:?}",
+            host.addr
+        );
+        let service = testbed.sh_ok(host, "systemctl show -p MainPID --value voxbridge.service");
+        let environments = testbed.sh(
+            host,
+            &format!(
+                "for p in /proc/[0-9]*; do [ \"${{p#/proc/}}\" = {} ] && continue; \
+                 grep -qaF -f {patterns} $p/environ 2>/dev/null && echo $p $(tr '\\0' ' ' < $p/cmdline); done",
+                service.trim()
+            ),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&environments.stdout),
+            "",
+            "processes holding a secret on {}",
+            host.addr
+        );
+    }
+    let local = Command::new("grep")
+        .args(["-rlF", "-f", &patterns.to_string()])
+        .arg(deployer.work.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&local.stdout),
+        "",
+        "files in the working directory holding a secret"
+    );
 }
 
 /// A run killed between switch and restart leaves the new file with the old

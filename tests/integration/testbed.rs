@@ -131,7 +131,22 @@ impl Testbed {
         }
         write(
             &dir.join("stub/testbed.target"),
-            "[Unit]\nDescription=testbed host\nWants=testbed-sshd.service\n",
+            "[Unit]\nDescription=testbed host\nWants=systemd-journald.service testbed-sshd.service\n",
+        );
+        // journald, so services log where they would in production and tests
+        // can search the journal; no /dev/log socket, as /dev is the machine's.
+        write(
+            &dir.join("stub/systemd-journald.socket"),
+            "[Unit]\nDescription=Journal socket (testbed)\nDefaultDependencies=no\nBefore=sockets.target\n\
+             [Socket]\nListenDatagram=/run/systemd/journal/socket\nListenStream=/run/systemd/journal/stdout\n\
+             PassCredentials=yes\nPassSecurity=yes\nSocketMode=0666\nService=systemd-journald.service\n",
+        );
+        write(
+            &dir.join("stub/systemd-journald.service"),
+            "[Unit]\nDescription=Journal (testbed)\nDefaultDependencies=no\nRequires=systemd-journald.socket\n\
+             After=systemd-journald.socket\n[Service]\nType=notify\nExecStart=/lib/systemd/systemd-journald\n\
+             Sockets=systemd-journald.socket\nRuntimeDirectory=systemd/journal\nRuntimeDirectoryPreserve=yes\n\
+             Restart=always\nRestartSec=0\n",
         );
         let client_key = dir.join("keys/client");
         let stranger_key = dir.join("keys/stranger");
@@ -374,6 +389,22 @@ impl Testbed {
             .write_all(content.as_bytes())
             .unwrap();
         assert!(child.wait().unwrap().success());
+    }
+
+    /// The machine-side PID of the host's sshd listener, for tracing.
+    pub fn sshd_pid(&self, host: &TestHost) -> u32 {
+        let config = self
+            .dir
+            .join("hosts")
+            .join(&host.hostname)
+            .join("sshd_config");
+        let output = run(Command::new("pgrep")
+            .args(["-o", "-f"])
+            .arg(format!("sshd -D -e -f {}", config.display())));
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("sshd pid")
     }
 
     /// Replaces the host's extra sudo rules with `rules` (checked by visudo).
