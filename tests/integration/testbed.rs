@@ -3,6 +3,8 @@
 //! OpenSSH on its own loopback address, real unit files for the Vox services,
 //! and `tests/testbed/service.py` behind them. Everything is stopped by PID and
 //! removed when the `Testbed` is dropped.
+//!
+//! Shared by the integration tests and `examples/local_deploy.rs`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -10,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::repo_root;
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
 
 /// Where the hosts listen: `<prefix><2..>`. Override with HOSTENV_TESTBED_PREFIX.
 fn address_prefix() -> String {

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what hostenv's examples and tests need on a fresh Debian machine of
+# this project's kind: systemd, OpenSSH, sudo, Python and strace for the
+# testbed hosts, Node for the Vite round-trip tests, and the Rust lints.
+set -euo pipefail
+
+missing=()
+for need in /usr/lib/systemd/systemd:systemd /usr/sbin/sshd:openssh-server /usr/bin/sudo:sudo \
+            /usr/bin/python3:python3 /usr/bin/nsenter:util-linux /usr/bin/strace:strace; do
+  [ -e "${need%%:*}" ] || missing+=("${need##*:}")
+done
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
