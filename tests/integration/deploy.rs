@@ -170,6 +170,122 @@ fn deploy_on_the_testbed() {
     voxcore_instances_restart_on_two_hosts(&deployer, &hosts);
     secrets_stay_in_the_target_files(&deployer, &hosts);
     a_rejected_request_opens_no_connection(&deployer);
+    without_rollback_a_failed_host_is_left_unhealthy(&deployer, &hosts);
+    a_host_without_a_previous_file_gets_the_new_one_removed(&deployer, &hosts);
+    a_start_limit_hit_is_named_and_the_rollback_still_restarts(&deployer, &hosts);
+    the_key_can_come_as_base64_content(&deployer, &hosts);
+}
+
+fn without_rollback_a_failed_host_is_left_unhealthy(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let host = hosts[2];
+    let mut request = voxbridge_request(
+        testbed,
+        &[host],
+        "root",
+        json!({
+            "rollbackOnFailure": false, "allowSharedChange": true,
+            "verify": [{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 800, "consecutive": 1}]
+        }),
+    );
+    request["env"]["HEALTH_MODE"] = json!({"value": "fail"});
+    let run = deployer.run("deploy", &request, &secrets("unhealthy"));
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["unhealthy"]);
+    assert_eq!(result["hosts"][0]["changed"], true);
+    assert!(file_on(testbed, host, "/opt/voxbridge/.env")
+        .1
+        .contains("HEALTH_MODE=\"fail\""));
+    assert_eq!(health(host, 8080, "/health")["status"], 503);
+    // The next good deploy repairs it.
+    let request = voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    let run = deployer.run("deploy", &request, &secrets("repaired"));
+    assert_eq!(statuses(&run.json()), ["deployed"], "{}", run.stdout);
+}
+
+fn a_host_without_a_previous_file_gets_the_new_one_removed(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let host = hosts[2];
+    std::fs::write(
+        deployer.work.path().join("voxdialler.env.example"),
+        "VOXCORE_SECRET=\nLIVEKIT_API_KEY=\nLIVEKIT_API_SECRET=\nMONGODB_URI=\nHEALTH_MODE=ok\n",
+    )
+    .unwrap();
+    let secrets: BTreeMap<String, String> = [
+        ("VOXCORE_SECRET", "CANARY-dialler-voxcore-1"),
+        ("LIVEKIT_API_KEY", "CANARY-livekit-key-1"),
+        ("LIVEKIT_API_SECRET", "CANARY-livekit-secret-1"),
+        ("MONGODB_URI", "CANARY-dialler-mongo-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let request = json!({
+        "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxdialler",
+        "contract": "voxdialler.env.example", "hosts": [host.addr],
+        "env": {
+            "VOXCORE_SECRET": {"secretEnv": "VOXCORE_SECRET"}, "LIVEKIT_API_KEY": {"secretEnv": "LIVEKIT_API_KEY"},
+            "LIVEKIT_API_SECRET": {"secretEnv": "LIVEKIT_API_SECRET"}, "MONGODB_URI": {"secretEnv": "MONGODB_URI"},
+            "HEALTH_MODE": {"value": "fail"}
+        },
+        "ssh": testbed.ssh_settings("root"),
+        "verify": [{"url": "http://{host}:8090/health", "intervalMs": 100, "deadlineMs": 800, "consecutive": 1}]
+    });
+    let run = deployer.run("deploy", &request, &secrets);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["rolledBack"]);
+    assert_eq!(result["hosts"][0]["rollback"], "removedNewFile");
+    let gone = testbed.sh(host, "test -e /opt/voxdialler/.env");
+    assert!(!gone.status.success(), "the new file was left behind");
+    testbed.sh_ok(host, "systemctl stop voxdialler.service");
+}
+
+fn a_start_limit_hit_is_named_and_the_rollback_still_restarts(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let host = hosts[0];
+    let (_, before) = file_on(testbed, host, "/opt/voxbridge/.env");
+    // Five starts within ten seconds use up systemd's default start limit.
+    testbed.sh_ok(host, "systemctl reset-failed voxbridge.service; for i in 1 2 3 4 5; do systemctl restart voxbridge.service; done");
+    let request = voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    let run = deployer.run("deploy", &request, &secrets("limited"));
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["rolledBack"], "{result:#}");
+    assert_eq!(result["hosts"][0]["error"]["kind"], "startLimitHit");
+    assert_eq!(file_on(testbed, host, "/opt/voxbridge/.env").1, before);
+    assert_eq!(health(host, 8080, "/health")["status"], 200);
+}
+
+fn the_key_can_come_as_base64_content(deployer: &Deployer, hosts: &[&TestHost]) {
+    use base64::Engine;
+    let testbed = deployer.testbed;
+    let key = std::fs::read(&testbed.client_key).unwrap();
+    let mut secrets = secrets("limited");
+    secrets.insert(
+        "SSH_KEY_B64".into(),
+        base64::engine::general_purpose::STANDARD.encode(key),
+    );
+    let mut request = voxbridge_request(
+        testbed,
+        &hosts[..1],
+        "root",
+        json!({"allowSharedChange": true}),
+    );
+    request["ssh"]
+        .as_object_mut()
+        .unwrap()
+        .remove("identityFileEnv");
+    request["ssh"]["identityEnv"] = json!("SSH_KEY_B64");
+    let run = deployer.run("deploy", &request, &secrets);
+    assert_eq!(statuses(&run.json()), ["deployed"], "{}", run.stdout);
 }
 
 /// A listener stands where the host would be; a request rejected before any
