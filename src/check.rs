@@ -96,19 +96,31 @@ pub fn key_problems(problems: &[&KeyReport], within: &str) -> Option<Error> {
     Some(Error::KeyProblems(message))
 }
 
+/// Prepares a Deploy request and puts what is known on the report; key
+/// problems are the error. The first half of `check` and of `deploy`.
+pub fn prepare_deploy(
+    deployment: &Deployment,
+    env: &dyn EnvLookup,
+    catalog: &Catalog,
+    report: &mut Report,
+) -> Result<Prepared> {
+    report.service = Some(deployment.service.clone());
+    report.environment = deployment.environment.clone();
+    let prepared = prepare(deployment, "", env, catalog)?;
+    report.contract = Some(prepared.contract_report());
+    match prepared.key_problems() {
+        Some(error) => Err(error),
+        None => Ok(prepared),
+    }
+}
+
 pub fn check_deploy(
     deployment: &Deployment,
     env: &dyn EnvLookup,
     catalog: &Catalog,
     report: &mut Report,
 ) -> Result<()> {
-    report.service = Some(deployment.service.clone());
-    report.environment = deployment.environment.clone();
-    let prepared = prepare(deployment, "", env, catalog)?;
-    report.contract = Some(prepared.contract_report());
-    if let Some(error) = prepared.key_problems() {
-        return Err(error);
-    }
+    let prepared = prepare_deploy(deployment, env, catalog, report)?;
     report.hosts = prepared.checked_hosts();
     report.summary = Summary::of(&report.hosts);
     Ok(())

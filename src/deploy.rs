@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::catalog::Catalog;
-use crate::check::{prepare, Prepared};
+use crate::check::{prepare_deploy, Prepared};
 use crate::error::{Error, ErrorKind, HostError, Result};
 use crate::health;
 use crate::remote::{Current, Remote};
@@ -48,14 +48,8 @@ pub fn deploy(
     catalog: &Catalog,
     report: &mut Report,
 ) -> Result<()> {
-    report.service = Some(deployment.service.clone());
-    report.environment = deployment.environment.clone();
     let started = Instant::now();
-    let prepared = prepare(deployment, "", env, catalog)?;
-    report.contract = Some(prepared.contract_report());
-    if let Some(error) = prepared.key_problems() {
-        return Err(error);
-    }
+    let prepared = prepare_deploy(deployment, env, catalog, report)?;
     let ssh = SshConfig::from_request(deployment.ssh.as_ref(), "", env)?;
     let guarded_keys = if deployment.allow_shared_change == Some(true) {
         Vec::new()
@@ -300,6 +294,13 @@ fn converge(
             )
         })
         .map_err(failed)?;
+    steps.report.units = units
+        .iter()
+        .map(|u| UnitReport {
+            unit: u.clone(),
+            restarted: false,
+        })
+        .collect();
 
     let same_file = current
         .content
@@ -324,13 +325,6 @@ fn converge(
             }
             stale
         };
-        steps.report.units = units
-            .iter()
-            .map(|u| UnitReport {
-                unit: u.clone(),
-                restarted: false,
-            })
-            .collect();
         if to_restart.is_empty() {
             return Ok(HostStatus::Unchanged);
         }
@@ -350,13 +344,6 @@ fn converge(
         }
     };
     steps.report.changed = true;
-    steps.report.units = units
-        .iter()
-        .map(|u| UnitReport {
-            unit: u.clone(),
-            restarted: false,
-        })
-        .collect();
     let error = match restart_and_verify(remote, host, &units, &units, plan, steps, &redact) {
         Ok(()) => return Ok(HostStatus::Deployed),
         Err(error) => error,
