@@ -32,6 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Validate, resolve and render in memory; touches no host (Deploy, Rotation, BuildEnv).
     Check(RequestArgs),
+    /// Connect and read every host; report what a deploy would change, writing nothing (Deploy).
+    Plan(RequestArgs),
     /// Install the rendered .env on every host, restart, verify, roll back what fails (Deploy).
     Deploy(RequestArgs),
     /// Write the console's build-time .env for Vite (BuildEnv).
@@ -111,6 +113,7 @@ fn first_line(text: &str) -> String {
 pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
     match cli.command {
         Command::Check(args) => run_action(Action::Check, &args, env),
+        Command::Plan(args) => run_action(Action::Plan, &args, env),
         Command::Deploy(args) => run_action(Action::Deploy, &args, env),
         Command::BuildEnv(args) => run_action(Action::BuildEnv, &args, env),
         Command::Sudoers { request, user } => sudoers(&request, user.as_deref()),
@@ -208,6 +211,9 @@ fn dispatch(
         }
         (Action::Check, Request::BuildEnv(build)) => {
             build_env::prepare(build, env, report).map(|_| ())
+        }
+        (Action::Plan, Request::Deploy(deployment)) => {
+            deploy::plan(deployment, env, &catalog, report)
         }
         (Action::Deploy, Request::Deploy(deployment)) => {
             deploy::deploy(deployment, env, &catalog, report)

@@ -1,26 +1,30 @@
-//! `hostenv deploy`: the only module that knows the order of the steps.
+//! `hostenv deploy` and `hostenv plan`: the only module that knows the order of
+//! the steps.
 //!
-//! Per host, over one SSH session: connect, read what is there and compare,
-//! then (when the file differs) stage, switch, restart, verify, and roll back
-//! what fails. Hosts run in parallel up to `rollout.parallel`; one host's
-//! failure never touches another.
+//! A run has phases. **Open**, on every host in parallel: connect, read what is
+//! there, and assess what a deploy would do. `plan` stops there and reports.
+//! **Apply**, batch by batch (canary first, then `rollout.batch` hosts at a
+//! time, `rollout.parallel` at once): stage, switch, restart, verify, roll back
+//! what fails, and append an audit line. Once the canary fails or more than
+//! `rollout.maxFailed` hosts have failed, no further batch starts and the hosts
+//! left are `skipped`. One host's failure never touches another.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::audit::{self, AuditLine};
 use crate::catalog::Catalog;
-use crate::check::{prepare_deploy, Prepared};
+use crate::check::prepare_deploy;
 use crate::error::{Error, ErrorKind, HostError, Result};
 use crate::health;
 use crate::remote::{Current, Remote};
 use crate::render::systemd as grammar;
 use crate::report::{
-    wire_name, ErrorReport, HostReport, HostStatus, KeyChanges, Report, RollbackAction, StepReport,
-    Summary, UnitReport, EXIT_FAILED, EXIT_NEEDS_PERSON,
+    wire_name, Action, ErrorReport, HostReport, HostStatus, KeyChanges, Report, RollbackAction,
+    StepReport, Summary, UnitReport, EXIT_DIFFERENCES, EXIT_FAILED, EXIT_NEEDS_PERSON,
 };
-use crate::request::{Deployment, SudoMode};
+use crate::request::{Amount, Deployment, SudoMode};
 use crate::resolve::HostFile;
 use crate::secret::{EnvLookup, ExposeSecret};
 use crate::settings::{HostSettings, Settings};
@@ -31,8 +35,10 @@ pub const DEFAULT_PARALLEL: u32 = 10;
 pub const DEFAULT_DEADLINE_MS: u64 = 600_000;
 
 /// What every host of one deployment shares.
-struct Plan<'a> {
+struct Context<'a> {
+    action: Action,
     settings: &'a Settings,
+    deployment: &'a Deployment,
     ssh: &'a SshConfig,
     sudo: SudoMode,
     rollback_on_failure: bool,
@@ -42,7 +48,28 @@ struct Plan<'a> {
     deadline: Instant,
 }
 
+/// `hostenv deploy` of a Deploy request.
 pub fn deploy(
+    deployment: &Deployment,
+    env: &dyn EnvLookup,
+    catalog: &Catalog,
+    report: &mut Report,
+) -> Result<()> {
+    run(Action::Deploy, deployment, env, catalog, report)
+}
+
+/// `hostenv plan` of a Deploy request: what a deploy would do, writing nothing.
+pub fn plan(
+    deployment: &Deployment,
+    env: &dyn EnvLookup,
+    catalog: &Catalog,
+    report: &mut Report,
+) -> Result<()> {
+    run(Action::Plan, deployment, env, catalog, report)
+}
+
+fn run(
+    action: Action,
     deployment: &Deployment,
     env: &dyn EnvLookup,
     catalog: &Catalog,
@@ -51,6 +78,7 @@ pub fn deploy(
     let started = Instant::now();
     let prepared = prepare_deploy(deployment, env, catalog, report)?;
     let ssh = SshConfig::from_request(deployment.ssh.as_ref(), "", env)?;
+    let rollout = Rollout::from_request(deployment, prepared.settings.hosts.len())?;
     let guarded_keys = if deployment.allow_shared_change == Some(true) {
         Vec::new()
     } else {
@@ -61,8 +89,10 @@ pub fn deploy(
             .map(str::to_string)
             .collect()
     };
-    let plan = Plan {
+    let context = Context {
+        action,
         settings: &prepared.settings,
+        deployment,
         ssh: &ssh,
         sudo: deployment
             .ssh
@@ -74,47 +104,160 @@ pub fn deploy(
         deadline: started
             + Duration::from_millis(deployment.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS)),
     };
-    let parallel = deployment
-        .rollout
-        .as_ref()
-        .and_then(|r| r.parallel)
-        .unwrap_or(DEFAULT_PARALLEL) as usize;
-    report.hosts = run_hosts(&prepared, &plan, parallel);
+    let mut runs: Vec<HostRun> = prepared
+        .settings
+        .hosts
+        .iter()
+        .zip(&prepared.resolution.files)
+        .map(|(host, file)| HostRun::new(host, file, &context))
+        .collect();
+
+    in_parallel(&mut runs, rollout.parallel, |run| run.open(&context));
+    match action {
+        Action::Plan => in_parallel(&mut runs, rollout.parallel, |run| run.plan(&context)),
+        _ => apply_in_batches(&mut runs, &rollout, &context),
+    }
+
+    report.hosts = runs.into_iter().map(HostRun::into_report).collect();
     report.summary = Summary::of(&report.hosts);
     match hosts_failed(&report.hosts) {
         Some(error) => Err(error),
+        None if action == Action::Plan && report.summary.planned > 0 => {
+            report.ok = false;
+            report.exit_code = EXIT_DIFFERENCES;
+            Ok(())
+        }
         None => Ok(()),
     }
 }
 
-fn run_hosts(prepared: &Prepared, plan: &Plan, parallel: usize) -> Vec<HostReport> {
-    let hosts = &plan.settings.hosts;
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<HostReport>>> = Mutex::new(vec![None; hosts.len()]);
+/// How the hosts are taken: canary, batch size, failures tolerated, parallelism.
+struct Rollout {
+    parallel: usize,
+    canary: usize,
+    batch: usize,
+    max_failed: usize,
+}
+
+impl Rollout {
+    fn from_request(deployment: &Deployment, hosts: usize) -> Result<Rollout> {
+        let rollout = deployment.rollout.clone().unwrap_or_default();
+        let canary = rollout.canary.unwrap_or(0) as usize;
+        if canary > hosts {
+            return Err(Error::invalid(
+                ErrorKind::InvalidSetting,
+                "/rollout/canary",
+                format!("there are only {hosts} hosts"),
+            ));
+        }
+        let batch = match &rollout.batch {
+            Some(amount) => hosts_in(amount, hosts, "/rollout/batch")?.max(1),
+            None => hosts.max(1),
+        };
+        let max_failed = match &rollout.max_failed {
+            Some(amount) => hosts_in(amount, hosts, "/rollout/maxFailed")?,
+            None => 0,
+        };
+        Ok(Rollout {
+            parallel: rollout.parallel.unwrap_or(DEFAULT_PARALLEL).max(1) as usize,
+            canary,
+            batch,
+            max_failed,
+        })
+    }
+
+    /// Index ranges, in request order: the canary hosts, then batches.
+    fn batches(&self, hosts: usize) -> Vec<std::ops::Range<usize>> {
+        let mut batches = Vec::new();
+        if self.canary > 0 {
+            batches.push(0..self.canary);
+        }
+        let mut start = self.canary;
+        while start < hosts {
+            let end = (start + self.batch).min(hosts);
+            batches.push(start..end);
+            start = end;
+        }
+        batches
+    }
+}
+
+/// A count, or `"N%"` of the hosts rounded up (at least 1).
+fn hosts_in(amount: &Amount, hosts: usize, field: &str) -> Result<usize> {
+    match amount {
+        Amount::Count(count) => Ok(*count as usize),
+        Amount::Percent(text) => {
+            let percent = text
+                .strip_suffix('%')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        ErrorKind::InvalidSetting,
+                        field,
+                        "must be a whole number of hosts or a percentage from `1%` to `100%`",
+                    )
+                })?;
+            Ok((hosts * percent).div_ceil(100).max(1))
+        }
+    }
+}
+
+fn apply_in_batches(runs: &mut [HostRun], rollout: &Rollout, context: &Context) {
+    let mut failed = 0;
+    let mut stop: Option<String> = None;
+    for (index, range) in rollout.batches(runs.len()).into_iter().enumerate() {
+        let batch = &mut runs[range];
+        if let Some(reason) = &stop {
+            for run in batch.iter_mut() {
+                run.skip(reason);
+            }
+            continue;
+        }
+        in_parallel(batch, rollout.parallel, |run| {
+            run.apply(context);
+            run.audit(context);
+        });
+        let failures = batch.iter().filter(|run| run.failed()).count();
+        failed += failures;
+        if index == 0 && rollout.canary > 0 && failures > 0 {
+            stop = Some("not attempted: the canary failed".into());
+        } else if failed > rollout.max_failed {
+            stop = Some(format!(
+                "not attempted: {failed} hosts failed, more than `rollout.maxFailed` ({}) allows",
+                rollout.max_failed
+            ));
+        }
+    }
+}
+
+/// Runs `work` on every item, at most `parallel` at once.
+fn in_parallel<T: Send>(items: &mut [T], parallel: usize, work: impl Fn(&mut T) + Sync) {
+    let queue = Mutex::new(items.iter_mut());
+    let workers = parallel.clamp(1, queue.lock().expect("fresh").len().max(1));
     std::thread::scope(|scope| {
-        for _ in 0..parallel.clamp(1, hosts.len().max(1)) {
+        for _ in 0..workers {
             scope.spawn(|| loop {
-                let index = next.fetch_add(1, Ordering::SeqCst);
-                let Some(host) = hosts.get(index) else { break };
-                let file = &prepared.resolution.files[index];
-                let report = deploy_host(host, file, plan);
-                results.lock().expect("no thread panics holding it")[index] = Some(report);
+                let next = queue.lock().expect("no worker panics holding it").next();
+                match next {
+                    Some(item) => work(item),
+                    None => break,
+                }
             });
         }
     });
-    results
-        .into_inner()
-        .expect("threads joined")
-        .into_iter()
-        .map(|r| r.expect("every host ran"))
-        .collect()
 }
 
-/// The run's error when any host did not end deployed or unchanged.
+/// The run's error when any host did not end as it should.
 fn hosts_failed(hosts: &[HostReport]) -> Option<Error> {
     let bad: Vec<&HostReport> = hosts
         .iter()
-        .filter(|h| !matches!(h.status, HostStatus::Deployed | HostStatus::Unchanged))
+        .filter(|h| {
+            !matches!(
+                h.status,
+                HostStatus::Deployed | HostStatus::Unchanged | HostStatus::Planned
+            )
+        })
         .collect();
     if bad.is_empty() {
         return None;
@@ -163,43 +306,80 @@ fn status_words(status: HostStatus) -> &'static str {
     }
 }
 
-/// Records steps as they finish and prints a progress line for each.
-struct Steps<'a> {
-    host: &'a str,
-    report: HostReport,
-    deadline: Instant,
+/// What the host has and what a deploy would do there, known before any write.
+struct Assessment {
+    current_values: BTreeMap<String, String>,
+    units: Vec<String>,
+    same_file: bool,
+    /// With an identical file: the units to restart anyway (`restart.force`, or
+    /// started before the file was written).
+    stale_units: Vec<String>,
 }
 
-impl Steps<'_> {
+/// One host through the phases, with its report as it grows.
+struct HostRun<'a> {
+    host: &'a HostSettings,
+    file: &'a HostFile,
+    report: HostReport,
+    label: &'static str,
+    deadline: Instant,
+    connection: Option<Connection>,
+    sudo: bool,
+    assessment: Option<Assessment>,
+    finished: bool,
+}
+
+type Outcome = std::result::Result<HostStatus, (HostStatus, HostError)>;
+
+impl<'a> HostRun<'a> {
+    fn new(host: &'a HostSettings, file: &'a HostFile, context: &Context) -> HostRun<'a> {
+        HostRun {
+            host,
+            file,
+            report: HostReport::new(&host.name, HostStatus::Failed),
+            label: if context.action == Action::Plan {
+                "plan"
+            } else {
+                "deploy"
+            },
+            deadline: context.deadline,
+            connection: None,
+            sudo: match context.sudo {
+                SudoMode::Always => true,
+                SudoMode::Never => false,
+                SudoMode::Auto => host.user != "root",
+            },
+            assessment: None,
+            finished: false,
+        }
+    }
+
+    fn remote(&self) -> Option<Remote<'_>> {
+        self.connection.as_ref().map(|connection| Remote {
+            connection,
+            host: &self.host.name,
+            sudo: self.sudo,
+        })
+    }
+
     fn check_deadline(&self, name: &str) -> Result<(), HostError> {
         if Instant::now() > self.deadline {
             return Err(HostError::new(
                 ErrorKind::DeadlineExceeded,
                 format!(
                     "`{}`: the run's deadline passed before the `{name}` step",
-                    self.host
+                    self.host.name
                 ),
             ));
         }
         Ok(())
     }
 
-    fn run<T>(
-        &mut self,
-        name: &str,
-        step: impl FnOnce() -> Result<T, HostError>,
-    ) -> Result<T, HostError> {
-        self.check_deadline(name)?;
-        let started = Instant::now();
-        let result = step();
-        self.record(name, result.is_ok(), started.elapsed().as_millis() as u64);
-        result
-    }
-
     fn record(&mut self, name: &str, ok: bool, ms: u64) {
         eprintln!(
-            "hostenv deploy: {}: {name} {} ({ms} ms)",
-            self.host,
+            "hostenv {}: {}: {name} {} ({ms} ms)",
+            self.label,
+            self.host.name,
             if ok { "ok" } else { "failed" }
         );
         self.report.steps.push(StepReport {
@@ -209,174 +389,336 @@ impl Steps<'_> {
         });
     }
 
-    fn finish(mut self, status: HostStatus, error: Option<HostError>) -> HostReport {
+    /// Runs one step on the host's remote side, timing and recording it.
+    fn step<T>(
+        &mut self,
+        name: &str,
+        work: impl FnOnce(&Remote) -> Result<T, HostError>,
+    ) -> Result<T, HostError> {
+        self.check_deadline(name)?;
+        let started = Instant::now();
+        let result = match self.remote() {
+            Some(remote) => work(&remote),
+            None => Err(HostError::new(
+                ErrorKind::ConnectionLost,
+                format!("`{}`: not connected", self.host.name),
+            )),
+        };
+        self.record(name, result.is_ok(), started.elapsed().as_millis() as u64);
+        result
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        let (status, error) = match outcome {
+            Ok(status) => (status, None),
+            Err((status, error)) => (status, Some(error)),
+        };
         self.report.status = status;
         self.report.error = error.map(|e| ErrorReport {
             kind: e.kind,
             message: e.message,
             field: None,
         });
-        self.report
+        self.finished = true;
     }
-}
 
-fn deploy_host(host: &HostSettings, file: &HostFile, plan: &Plan) -> HostReport {
-    let mut steps = Steps {
-        host: &host.name,
-        report: HostReport::new(&host.name, HostStatus::Failed),
-        deadline: plan.deadline,
-    };
-    let connection = match steps.run("connect", || Connection::open(host, plan.ssh)) {
-        Ok(connection) => connection,
-        Err(error) => return steps.finish(HostStatus::Failed, Some(error)),
-    };
-    let sudo = match plan.sudo {
-        SudoMode::Always => true,
-        SudoMode::Never => false,
-        SudoMode::Auto => host.user != "root",
-    };
-    let remote = Remote {
-        connection: &connection,
-        host: &host.name,
-        sudo,
-    };
-    match converge(&remote, host, file, plan, &mut steps) {
-        Ok(status) => steps.finish(status, None),
-        Err((status, error)) => steps.finish(status, Some(error)),
+    fn failed(&self) -> bool {
+        !matches!(
+            self.report.status,
+            HostStatus::Deployed | HostStatus::Unchanged
+        )
     }
-}
 
-type HostOutcome = std::result::Result<HostStatus, (HostStatus, HostError)>;
-
-fn converge(
-    remote: &Remote,
-    host: &HostSettings,
-    file: &HostFile,
-    plan: &Plan,
-    steps: &mut Steps,
-) -> HostOutcome {
-    let target = &plan.settings.target;
-    let failed = |error: HostError| (HostStatus::Failed, error);
-    let current = steps
-        .run("read", || remote.read_current(target))
-        .map_err(failed)?;
-    let current_values = parse_current(&current);
-    let secrets: Vec<String> = file
-        .values
-        .iter()
-        .map(|(_, v)| v.expose_secret().to_string())
-        .chain(current_values.values().cloned())
-        .collect();
-    let redact = |text: &str| redact(text, &secrets);
-    steps.report.keys = Some(key_changes(&current_values, file));
-    if let Some(key) = plan.guarded_keys.iter().find(|key| {
-        let new = file
-            .values
-            .iter()
-            .find(|(k, _)| k == *key)
-            .map(|(_, v)| v.expose_secret());
-        matches!((current_values.get(*key), new), (Some(old), Some(new)) if old != new)
-    }) {
-        return Err(failed(HostError::new(
-            ErrorKind::SharedKeyChange,
-            format!(
-                "`{}`: the new file changes `{key}`, which other services share; rotate it with a Rotation request, or set `allowSharedChange: true`",
-                host.name
-            ),
+    fn skip(&mut self, reason: &str) {
+        self.report.changed = false;
+        self.finish(Err((
+            HostStatus::Skipped,
+            HostError::new(ErrorKind::NotAttempted, reason),
         )));
     }
-    let units = steps
-        .run("units", || {
+
+    fn into_report(self) -> HostReport {
+        self.report
+    }
+
+    /// Connect, read and assess; a failure here finishes the host as `failed`.
+    fn open(&mut self, context: &Context) {
+        if let Err(error) = self.try_open(context) {
+            self.finish(Err((HostStatus::Failed, error)));
+        }
+    }
+
+    fn try_open(&mut self, context: &Context) -> Result<(), HostError> {
+        self.check_deadline("connect")?;
+        let started = Instant::now();
+        let connection = Connection::open(self.host, context.ssh);
+        self.record(
+            "connect",
+            connection.is_ok(),
+            started.elapsed().as_millis() as u64,
+        );
+        self.connection = Some(connection?);
+
+        let target = &context.settings.target;
+        let current = self.step("read", |remote| remote.read_current(target))?;
+        let current_values = parse_current(&current);
+        self.report.keys = Some(key_changes(&current_values, self.file));
+        if let Some(key) = context.guarded_keys.iter().find(|key| {
+            let new = self
+                .file
+                .values
+                .iter()
+                .find(|(k, _)| k == *key)
+                .map(|(_, v)| v.expose_secret());
+            matches!((current_values.get(*key), new), (Some(old), Some(new)) if old != new)
+        }) {
+            return Err(HostError::new(
+                ErrorKind::SharedKeyChange,
+                format!(
+                    "`{}`: the new file changes `{key}`, which other services share; rotate it with a Rotation request, or set `allowSharedChange: true`",
+                    self.host.name
+                ),
+            ));
+        }
+        let units = self.step("units", |remote| {
             systemd::units_on_host(
                 remote,
-                &plan.settings.restart.units,
-                host.instances.as_deref(),
+                &context.settings.restart.units,
+                self.host.instances.as_deref(),
             )
-        })
-        .map_err(failed)?;
-    steps.report.units = units
-        .iter()
-        .map(|u| UnitReport {
-            unit: u.clone(),
-            restarted: false,
-        })
-        .collect();
-
-    let same_file = current
-        .content
-        .as_ref()
-        .is_some_and(|c| c.expose_secret() == file.text.expose_secret())
-        && current.uid == current.want_uid
-        && current.gid == current.want_gid
-        && current.mode == target.mode;
-    if same_file {
-        let to_restart = if plan.settings.restart.force {
-            units.clone()
-        } else {
-            // A previous run may have switched the file and died before restarting.
-            let mut stale = Vec::new();
+        })?;
+        self.report.units = units
+            .iter()
+            .map(|u| UnitReport {
+                unit: u.clone(),
+                restarted: false,
+                will_restart: false,
+            })
+            .collect();
+        let same_file = current
+            .content
+            .as_ref()
+            .is_some_and(|c| c.expose_secret() == self.file.text.expose_secret())
+            && current.uid == current.want_uid
+            && current.gid == current.want_gid
+            && current.mode == target.mode;
+        let mut stale_units = Vec::new();
+        if same_file {
             for unit in &units {
-                let started = steps
-                    .run("started-at", || systemd::started_at(remote, unit))
-                    .map_err(failed)?;
-                if started.is_none_or(|at| at < current.mtime) {
-                    stale.push(unit.clone());
+                let started =
+                    self.step("started-at", |remote| systemd::started_at(remote, unit))?;
+                // A previous run may have switched the file and died before restarting.
+                if context.settings.restart.force || started.is_none_or(|at| at < current.mtime) {
+                    stale_units.push(unit.clone());
                 }
             }
-            stale
-        };
-        if to_restart.is_empty() {
-            return Ok(HostStatus::Unchanged);
         }
-        restart_and_verify(remote, host, &to_restart, &units, plan, steps, &redact)
-            .map_err(failed)?;
-        return Ok(HostStatus::Unchanged);
+        self.assessment = Some(Assessment {
+            current_values,
+            units,
+            same_file,
+            stale_units,
+        });
+        Ok(())
     }
 
-    steps
-        .run("stage", || remote.stage(target, &file.text))
-        .map_err(failed)?;
-    let had_previous = match steps.run("switch", || remote.switch(target)) {
-        Ok(had_previous) => had_previous,
-        Err(error) => {
-            remote.discard(target);
-            return Err(failed(error));
+    /// `plan`: report what a deploy would do, from the assessment alone.
+    fn plan(&mut self, _context: &Context) {
+        if self.finished {
+            return;
         }
-    };
-    steps.report.changed = true;
-    let error = match restart_and_verify(remote, host, &units, &units, plan, steps, &redact) {
-        Ok(()) => return Ok(HostStatus::Deployed),
-        Err(error) => error,
-    };
-    if error.kind == ErrorKind::ConnectionLost {
-        return Err((HostStatus::Unknown, error));
-    }
-    if !plan.rollback_on_failure {
-        return Err((HostStatus::Unhealthy, error));
-    }
-    let rolled_back = steps.run("rollback", || remote.restore(target, had_previous));
-    if let Err(rollback_error) = rolled_back {
-        return Err((HostStatus::RollbackFailed, combine(&error, &rollback_error)));
-    }
-    steps.report.changed = false;
-    steps.report.rollback = Some(if had_previous {
-        RollbackAction::RestoredPrevious
-    } else {
-        RollbackAction::RemovedNewFile
-    });
-    if !had_previous {
-        return Err((HostStatus::RolledBack, error));
-    }
-    for unit in &units {
-        systemd::reset_failed(remote, unit);
-    }
-    match restart_and_verify(remote, host, &units, &units, plan, steps, &redact) {
-        Ok(()) => Err((HostStatus::RolledBack, error)),
-        Err(again) if again.kind == ErrorKind::ConnectionLost => {
-            Err((HostStatus::Unknown, combine(&error, &again)))
+        let Some(assessment) = &self.assessment else {
+            return;
+        };
+        let restarting: &[String] = if assessment.same_file {
+            &assessment.stale_units
+        } else {
+            &assessment.units
+        };
+        for unit in &mut self.report.units {
+            unit.will_restart = restarting.contains(&unit.unit);
         }
-        Err(again) => Err((HostStatus::RollbackFailed, combine(&error, &again))),
+        let status = if assessment.same_file && restarting.is_empty() {
+            HostStatus::Unchanged
+        } else {
+            HostStatus::Planned
+        };
+        self.finish(Ok(status));
     }
+
+    /// Stage, switch, restart, verify, roll back what fails.
+    fn apply(&mut self, context: &Context) {
+        if self.finished {
+            return;
+        }
+        let outcome = self.converge(context);
+        self.finish(outcome);
+    }
+
+    fn converge(&mut self, context: &Context) -> Outcome {
+        let failed = |error: HostError| (HostStatus::Failed, error);
+        let target = &context.settings.target;
+        let assessment = self.assessment.take().expect("opened");
+        let secrets: Vec<String> = self
+            .file
+            .values
+            .iter()
+            .map(|(_, v)| v.expose_secret().to_string())
+            .chain(assessment.current_values.values().cloned())
+            .collect();
+        let redact = |text: &str| redact(text, &secrets);
+        let units = assessment.units.clone();
+
+        if assessment.same_file {
+            if !assessment.stale_units.is_empty() {
+                self.restart_and_verify(context, &assessment.stale_units, &redact)
+                    .map_err(failed)?;
+            }
+            return Ok(HostStatus::Unchanged);
+        }
+
+        self.step("stage", |remote| remote.stage(target, &self.file.text))
+            .map_err(failed)?;
+        let had_previous = match self.step("switch", |remote| remote.switch(target)) {
+            Ok(had_previous) => had_previous,
+            Err(error) => {
+                if let Some(remote) = self.remote() {
+                    remote.discard(target);
+                }
+                return Err(failed(error));
+            }
+        };
+        self.report.changed = true;
+        let error = match self.restart_and_verify(context, &units, &redact) {
+            Ok(()) => return Ok(HostStatus::Deployed),
+            Err(error) => error,
+        };
+        if error.kind == ErrorKind::ConnectionLost {
+            return Err((HostStatus::Unknown, error));
+        }
+        if !context.rollback_on_failure {
+            return Err((HostStatus::Unhealthy, error));
+        }
+        if let Err(rollback_error) =
+            self.step("rollback", |remote| remote.restore(target, had_previous))
+        {
+            return Err((HostStatus::RollbackFailed, combine(&error, &rollback_error)));
+        }
+        self.report.changed = false;
+        self.report.rollback = Some(if had_previous {
+            RollbackAction::RestoredPrevious
+        } else {
+            RollbackAction::RemovedNewFile
+        });
+        if !had_previous {
+            return Err((HostStatus::RolledBack, error));
+        }
+        if let Some(remote) = self.remote() {
+            for unit in &units {
+                systemd::reset_failed(&remote, unit);
+            }
+        }
+        match self.restart_and_verify(context, &units, &redact) {
+            Ok(()) => Err((HostStatus::RolledBack, error)),
+            Err(again) if again.kind == ErrorKind::ConnectionLost => {
+                Err((HostStatus::Unknown, combine(&error, &again)))
+            }
+            Err(again) => Err((HostStatus::RollbackFailed, combine(&error, &again))),
+        }
+    }
+
+    /// Restarts units one at a time. After each instance of a template, the
+    /// checks with `{instance}` run for it before the next restarts, so a host
+    /// never loses all its workers at once; the other checks run at the end.
+    fn restart_and_verify(
+        &mut self,
+        context: &Context,
+        units: &[String],
+        redact: &dyn Fn(&str) -> String,
+    ) -> Result<(), HostError> {
+        let timeout = Duration::from_millis(context.settings.restart.timeout_ms);
+        for unit in units {
+            self.step("restart", |remote| {
+                systemd::restart(remote, unit, timeout, redact)
+            })?;
+            if let Some(entry) = self.report.units.iter_mut().find(|u| &u.unit == unit) {
+                entry.restarted = true;
+            }
+            if let Some(instance) = instance_of(unit) {
+                for check in context
+                    .settings
+                    .verify
+                    .iter()
+                    .filter(|c| c.url.contains("{instance}"))
+                {
+                    self.verify(
+                        &health::expand(&check.url, &self.host.name, Some(instance)),
+                        check,
+                    )?;
+                }
+            }
+        }
+        for check in context
+            .settings
+            .verify
+            .iter()
+            .filter(|c| !c.url.contains("{instance}"))
+        {
+            self.verify(&health::expand(&check.url, &self.host.name, None), check)?;
+        }
+        Ok(())
+    }
+
+    fn verify(
+        &mut self,
+        url: &str,
+        check: &crate::settings::VerifySettings,
+    ) -> Result<(), HostError> {
+        self.check_deadline("verify")?;
+        let report = health::verify(url, check);
+        self.record("verify", report.ok, report.ms);
+        let failure = (!report.ok).then(|| {
+            let what = match (report.last_status, &report.last_error) {
+                (Some(status), _) => format!("answered {status}"),
+                (None, Some(error)) => error.clone(),
+                (None, None) => "did not answer".into(),
+            };
+            HostError::new(
+                ErrorKind::HealthCheckFailed,
+                format!(
+                    "`{url}` {what} after {} attempts in {} ms (wanted {} in a row of {})",
+                    report.attempts, report.ms, check.consecutive, check.expect_status
+                ),
+            )
+        });
+        self.report.checks.push(report);
+        match failure {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends this attempt to the host's audit log, when the host was reached.
+    fn audit(&mut self, context: &Context) {
+        if self.connection.is_none() || self.report.steps.iter().all(|s| s.name == "connect") {
+            return;
+        }
+        let line = AuditLine::for_host(
+            "deploy",
+            &self.report,
+            &context.settings.service,
+            context.deployment,
+        );
+        let state_dir = context.settings.target.state_dir.clone();
+        let _ = self.step("audit", |remote| audit::append(remote, &state_dir, &line));
+    }
+}
+
+fn instance_of(unit: &str) -> Option<&str> {
+    unit.split_once('@')
+        .and_then(|(_, rest)| rest.rsplit_once('.'))
+        .map(|(instance, _)| instance)
+        .filter(|instance| !instance.is_empty())
 }
 
 fn combine(first: &HostError, then: &HostError) -> HostError {
@@ -387,71 +729,6 @@ fn combine(first: &HostError, then: &HostError) -> HostError {
             first.message, then.message
         ),
     )
-}
-
-/// Restarts `to_restart` one at a time and runs every check; instance checks
-/// run for each instance of a templated unit.
-fn restart_and_verify(
-    remote: &Remote,
-    host: &HostSettings,
-    to_restart: &[String],
-    units: &[String],
-    plan: &Plan,
-    steps: &mut Steps,
-    redact: &dyn Fn(&str) -> String,
-) -> Result<(), HostError> {
-    let timeout = Duration::from_millis(plan.settings.restart.timeout_ms);
-    for unit in to_restart {
-        steps.run("restart", || {
-            systemd::restart(remote, unit, timeout, redact)
-        })?;
-        if let Some(entry) = steps.report.units.iter_mut().find(|u| &u.unit == unit) {
-            entry.restarted = true;
-        }
-    }
-    let instances: Vec<&str> = units
-        .iter()
-        .filter_map(|u| {
-            u.split_once('@')
-                .and_then(|(_, rest)| rest.rsplit_once('.'))
-                .map(|(i, _)| i)
-        })
-        .filter(|i| !i.is_empty())
-        .collect();
-    for check in &plan.settings.verify {
-        let urls: Vec<String> = if check.url.contains("{instance}") {
-            instances
-                .iter()
-                .map(|i| health::expand(&check.url, &host.name, Some(i)))
-                .collect()
-        } else {
-            vec![health::expand(&check.url, &host.name, None)]
-        };
-        for url in urls {
-            steps.check_deadline("verify")?;
-            let report = health::verify(&url, check);
-            steps.record("verify", report.ok, report.ms);
-            let failure = (!report.ok).then(|| {
-                let what = match (report.last_status, &report.last_error) {
-                    (Some(status), _) => format!("answered {status}"),
-                    (None, Some(error)) => error.clone(),
-                    (None, None) => "did not answer".into(),
-                };
-                HostError::new(
-                    ErrorKind::HealthCheckFailed,
-                    format!(
-                        "`{url}` {what} after {} attempts in {} ms (wanted {} in a row of {})",
-                        report.attempts, report.ms, check.consecutive, check.expect_status
-                    ),
-                )
-            });
-            steps.report.checks.push(report);
-            if let Some(failure) = failure {
-                return Err(failure);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The host's current file as systemd would read it; values are secrets.
@@ -503,5 +780,31 @@ mod tests {
     fn redaction_removes_every_secret() {
         let secrets = vec!["hunter2".to_string(), "ab".to_string()];
         assert_eq!(redact("pw hunter2 ab", &secrets), "pw [redacted] ab");
+    }
+
+    #[test]
+    fn batches_put_the_canary_alone_first() {
+        let rollout = Rollout {
+            parallel: 4,
+            canary: 1,
+            batch: 3,
+            max_failed: 0,
+        };
+        assert_eq!(rollout.batches(8), vec![0..1, 1..4, 4..7, 7..8]);
+        let no_canary = Rollout {
+            canary: 0,
+            ..rollout
+        };
+        assert_eq!(no_canary.batches(3), vec![0..3]);
+    }
+
+    #[test]
+    fn percentages_round_up_to_at_least_one_host() {
+        let percent = |p: &str, hosts| hosts_in(&Amount::Percent(p.into()), hosts, "/f").unwrap();
+        assert_eq!(percent("25%", 10), 3);
+        assert_eq!(percent("1%", 3), 1);
+        assert_eq!(percent("100%", 7), 7);
+        assert!(hosts_in(&Amount::Percent("0%".into()), 3, "/f").is_err());
+        assert!(hosts_in(&Amount::Percent("x%".into()), 3, "/f").is_err());
     }
 }

@@ -96,6 +96,8 @@ pub enum ErrorKind {
     HealthCheckFailed,
     /// The run's `deadlineMs` passed.
     DeadlineExceeded,
+    /// The host was not attempted (the canary failed, or `maxFailed` was exceeded).
+    NotAttempted,
 }
 
 /// What went wrong on one host: a stable kind and words that never hold a secret.

@@ -4,6 +4,7 @@
 //! name checks) → `contract` + `resolve` (every key gets a value) → `render`
 //! (file bytes, read back before use) → the action (`check`, `build_env`).
 
+pub mod audit;
 pub mod build_env;
 pub mod catalog;
 pub mod check;

@@ -292,6 +292,13 @@ pub struct UnitReport {
     pub unit: String,
     /// Whether this run restarted it (the last restart, for a rollback).
     pub restarted: bool,
+    /// `plan`: whether a deploy would restart it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub will_restart: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// One health check.

@@ -18,6 +18,7 @@ pub fn rules(settings: &Settings, user: &str) -> String {
         remote::restore(target, true),
         remote::restore(target, false),
         remote::discard(target),
+        crate::audit::invocation(&target.state_dir),
     ];
     let timeout = std::time::Duration::from_millis(settings.restart.timeout_ms);
     for unit in units(settings) {
