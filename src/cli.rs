@@ -64,6 +64,9 @@ pub struct RequestArgs {
     /// Read the request from FILE instead of stdin.
     #[arg(long, value_name = "FILE")]
     pub request: Option<PathBuf>,
+    /// Also write the result as JUnit XML to FILE (one testcase per host).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -188,6 +191,24 @@ fn run_action(action: Action, args: &RequestArgs, env: &dyn EnvLookup) -> Outcom
         report.fail(&error);
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
+    if let Some(path) = &args.junit {
+        if let Err(error) = std::fs::write(path, crate::junit::render(&report)) {
+            eprintln!(
+                "hostenv: cannot write the JUnit file `{}`: {error}",
+                path.display()
+            );
+            if report.exit_code == EXIT_OK {
+                report.ok = false;
+                report.exit_code = crate::report::EXIT_FAILED;
+                report.error = Some(crate::report::ErrorReport::from(
+                    &Error::OutputWriteFailed {
+                        path: path.display().to_string(),
+                        reason: error.to_string(),
+                    },
+                ));
+            }
+        }
+    }
     eprint!("{}", human_summary(&report));
     Outcome {
         stdout: to_json(&report),

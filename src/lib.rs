@@ -15,6 +15,7 @@ pub mod detect;
 pub mod error;
 pub mod health;
 pub mod intake;
+pub mod junit;
 pub mod remote;
 pub mod render;
 pub mod report;

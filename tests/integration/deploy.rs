@@ -63,13 +63,17 @@ struct Deployer<'a> {
 
 impl Deployer<'_> {
     fn run(&self, action: &str, request: &Value, secrets: &BTreeMap<String, String>) -> Run {
+        self.run_args(&[action], request, secrets)
+    }
+
+    fn run_args(&self, args: &[&str], request: &Value, secrets: &BTreeMap<String, String>) -> Run {
         let mut env = secrets.clone();
         env.insert(
             "TESTBED_SSH_KEY".into(),
             self.testbed.client_key.to_str().unwrap().into(),
         );
         let run = run_hostenv(
-            &[action],
+            args,
             self.work.path(),
             &env,
             Some(request.to_string().as_bytes()),
@@ -174,6 +178,193 @@ fn deploy_on_the_testbed() {
     a_host_without_a_previous_file_gets_the_new_one_removed(&deployer, &hosts);
     a_start_limit_hit_is_named_and_the_rollback_still_restarts(&deployer, &hosts);
     the_key_can_come_as_base64_content(&deployer, &hosts);
+    plan_reports_what_a_deploy_then_changes_and_writes_nothing(&deployer, &hosts);
+    a_failing_canary_stops_the_rollout(&deployer, &hosts);
+    exceeding_max_failed_stops_further_batches(&deployer, &hosts);
+    the_audit_log_records_each_attempt_without_values(&deployer, &hosts);
+}
+
+fn host_files(testbed: &Testbed, hosts: &[&TestHost]) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|h| {
+            testbed.sh_ok(
+                h,
+                "stat -c '%U:%G %a %Y' /opt/voxbridge/.env; cat /opt/voxbridge/.env; ls -l --time-style=+%s /var/lib/hostenv/voxbridge",
+            )
+        })
+        .collect()
+}
+
+fn plan_reports_what_a_deploy_then_changes_and_writes_nothing(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let settle = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
+    let current = secrets("planned-base");
+    assert_eq!(deployer.run("deploy", &settle, &current).code, 0);
+    let mut next = current.clone();
+    next.insert("JWT_SECRET".into(), "CANARY-jwt-planned-next".into());
+    let before = host_files(testbed, hosts);
+
+    let run = deployer.run("plan", &settle, &next);
+    assert_eq!(run.code, 4, "{}", run.stdout);
+    let plan = run.json();
+    assert_eq!(statuses(&plan), ["planned", "planned", "planned"]);
+    assert_eq!(plan["hosts"][0]["keys"]["changed"], json!(["JWT_SECRET"]));
+    assert_eq!(
+        plan["hosts"][0]["units"],
+        json!([{"unit": "voxbridge.service", "restarted": false, "willRestart": true}])
+    );
+    assert_eq!(host_files(testbed, hosts), before, "plan wrote nothing");
+
+    let run = deployer.run("deploy", &settle, &next);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let deployed = run.json();
+    for index in 0..hosts.len() {
+        assert_eq!(
+            deployed["hosts"][index]["keys"],
+            plan["hosts"][index]["keys"]
+        );
+    }
+    let run = deployer.run("plan", &settle, &next);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(
+        statuses(&run.json()),
+        ["unchanged", "unchanged", "unchanged"]
+    );
+}
+
+fn a_failing_canary_stops_the_rollout(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let before = host_files(testbed, &hosts[1..]);
+    let mut request = voxbridge_request(
+        testbed,
+        hosts,
+        "root",
+        json!({
+            "allowSharedChange": true,
+            "rollout": {"canary": 1, "batch": 1},
+            "verify": [{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 800, "consecutive": 1}]
+        }),
+    );
+    request["hosts"][0] = json!({"host": hosts[0].addr, "env": {"HEALTH_MODE": {"value": "fail"}}});
+    let junit = deployer.work.path().join("canary.junit.xml");
+    let run = deployer.run_args(
+        &["deploy", "--junit", junit.to_str().unwrap()],
+        &request,
+        &secrets("canary"),
+    );
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["rolledBack", "skipped", "skipped"]);
+    assert_eq!(result["hosts"][1]["error"]["kind"], "notAttempted");
+    assert!(result["hosts"][1]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("canary"));
+    assert_eq!(
+        host_files(testbed, &hosts[1..]),
+        before,
+        "skipped hosts are untouched"
+    );
+    let parsed = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, xml.etree.ElementTree as ET\n\
+             root = ET.parse(sys.argv[1]).getroot()\n\
+             cases = root.findall('./testsuite/testcase')\n\
+             print(len(cases), sum(1 for c in cases if c.find('failure') is not None), sum(1 for c in cases if c.find('skipped') is not None), root.find('testsuite').get('name'))",
+        )
+        .arg(&junit)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&parsed.stdout).trim(),
+        "3 1 2 voxbridge",
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+}
+
+fn exceeding_max_failed_stops_further_batches(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let before = host_files(testbed, &hosts[2..]);
+    let mut request = voxbridge_request(
+        testbed,
+        hosts,
+        "root",
+        json!({
+            "allowSharedChange": true,
+            "rollout": {"batch": 1, "maxFailed": 0, "parallel": 1},
+            "verify": [{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 800, "consecutive": 1}]
+        }),
+    );
+    request["hosts"][1] = json!({"host": hosts[1].addr, "env": {"HEALTH_MODE": {"value": "fail"}}});
+    let run = deployer.run("deploy", &request, &secrets("max-failed"));
+    let result = run.json();
+    assert_eq!(
+        statuses(&result),
+        ["deployed", "rolledBack", "skipped"],
+        "{result:#}"
+    );
+    assert!(result["hosts"][2]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("maxFailed"));
+    assert_eq!(host_files(testbed, &hosts[2..]), before);
+    // With one failure allowed, the last batch goes ahead.
+    request["rollout"]["maxFailed"] = json!(1);
+    let result = deployer
+        .run("deploy", &request, &secrets("max-failed-2"))
+        .json();
+    assert_eq!(
+        statuses(&result),
+        ["deployed", "rolledBack", "deployed"],
+        "{result:#}"
+    );
+}
+
+fn the_audit_log_records_each_attempt_without_values(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let mut request = voxbridge_request(
+        testbed,
+        &hosts[..1],
+        "root",
+        json!({"allowSharedChange": true}),
+    );
+    request["audit"] = json!({"buildUrl": "https://ci.example/job/deploy/42/", "by": "jenkins"});
+    request["environment"] = json!("production");
+    let secrets = secrets("audited");
+    assert_eq!(deployer.run("deploy", &request, &secrets).code, 0);
+    let meta = testbed.sh_ok(
+        hosts[0],
+        "stat -c '%U %a' /var/lib/hostenv/voxbridge/audit.log",
+    );
+    assert_eq!(meta.trim(), "root 600");
+    let log = testbed.sh_ok(hosts[0], "cat /var/lib/hostenv/voxbridge/audit.log");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect();
+    assert!(lines.len() >= 10, "one line per attempt: {}", lines.len());
+    let last = lines.last().unwrap();
+    assert_eq!(last["action"], "deploy");
+    assert_eq!(last["result"], "deployed");
+    assert_eq!(last["environment"], "production");
+    assert_eq!(last["buildUrl"], "https://ci.example/job/deploy/42/");
+    assert_eq!(last["by"], "jenkins");
+    assert_eq!(last["unitsRestarted"], json!(["voxbridge.service"]));
+    assert!(last["keysChanged"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("JWT_SECRET")));
+    assert!(lines
+        .iter()
+        .any(|l| l["result"] == "rolledBack" && l["error"] == "healthCheckFailed"));
+    let canaries: Vec<String> = secrets.values().cloned().collect();
+    assert_no_leak("the audit log", &log, &canaries);
 }
 
 fn without_rollback_a_failed_host_is_left_unhealthy(deployer: &Deployer, hosts: &[&TestHost]) {

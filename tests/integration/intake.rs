@@ -45,3 +45,32 @@ fn a_missing_request_file_is_its_own_error() {
     assert_eq!(run.code, 2);
     assert_eq!(run.json()["error"]["kind"], "requestUnreadable");
 }
+
+#[test]
+fn a_rejected_request_is_one_failing_junit_testcase() {
+    let dir = crate::common::TempDir::new("junit");
+    let junit = dir.path().join("result.xml");
+    let run = run_hostenv(
+        &["check", "--junit", junit.to_str().unwrap()],
+        dir.path(),
+        &BTreeMap::new(),
+        Some(br#"{"apiVersion": "hostenv/v1", "kind": "Deploy", "service": "a<b>"}"#),
+    );
+    assert_eq!(run.code, 2);
+    let parsed = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, xml.etree.ElementTree as ET\n\
+             case = ET.parse(sys.argv[1]).getroot().find('./testsuite/testcase')\n\
+             print(case.get('name'), case.find('failure').get('type'))",
+        )
+        .arg(&junit)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&parsed.stdout).trim(),
+        "request invalidRequest",
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+}
