@@ -157,7 +157,16 @@ fn sudoers(args: &RequestArgs, user: Option<&str>) -> Outcome {
                     .map(str::to_string)
                     .or_else(|| deployment.ssh.as_ref().and_then(|s| s.user.clone()))
                     .unwrap_or_else(|| "deploy".to_string());
-                Ok(crate::sudoers::rules(&settings, &user))
+                let lock_wait = deployment
+                    .rollout
+                    .as_ref()
+                    .and_then(|r| r.lock_wait_ms)
+                    .unwrap_or(crate::lock::DEFAULT_WAIT_MS);
+                Ok(crate::sudoers::rules(
+                    &settings,
+                    std::time::Duration::from_millis(lock_wait),
+                    &user,
+                ))
             }
             other => Err(Error::WrongKind {
                 action: "sudoers".into(),

@@ -18,7 +18,8 @@ use crate::catalog::Catalog;
 use crate::check::prepare_deploy;
 use crate::error::{Error, ErrorKind, HostError, Result};
 use crate::health;
-use crate::remote::{Current, Remote};
+use crate::lock;
+use crate::remote::{Current, Invocation, Remote};
 use crate::render::systemd as grammar;
 use crate::report::{
     wire_name, Action, ErrorReport, HostReport, HostStatus, KeyChanges, Report, RollbackAction,
@@ -46,6 +47,10 @@ struct Context<'a> {
     /// the request allows changing them.
     guarded_keys: Vec<String>,
     deadline: Instant,
+    lock: Invocation,
+    lock_wait: Duration,
+    /// Who holds the lock, for whoever waits for it next (no secrets).
+    holder: String,
 }
 
 /// `hostenv deploy` of a Deploy request.
@@ -103,6 +108,18 @@ fn run(
         guarded_keys,
         deadline: started
             + Duration::from_millis(deployment.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS)),
+        lock: lock::invocation(
+            &deployment.service,
+            deployment.environment.as_deref(),
+            if action == Action::Plan {
+                lock::Mode::Shared
+            } else {
+                lock::Mode::Exclusive
+            },
+            rollout.lock_wait,
+        ),
+        lock_wait: rollout.lock_wait,
+        holder: holder(action, deployment),
     };
     let mut runs: Vec<HostRun> = prepared
         .settings
@@ -112,7 +129,15 @@ fn run(
         .map(|(host, file)| HostRun::new(host, file, &context))
         .collect();
 
-    in_parallel(&mut runs, rollout.parallel, |run| run.open(&context));
+    // Locks are taken one host at a time in sorted order, so two runs over
+    // overlapping hosts cannot each hold what the other waits for.
+    in_parallel(&mut runs, rollout.parallel, |run| run.connect(&context));
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|a, b| runs[*a].host.name.cmp(&runs[*b].host.name));
+    for index in order {
+        runs[index].lock(&context);
+    }
+    in_parallel(&mut runs, rollout.parallel, |run| run.assess(&context));
     match action {
         Action::Plan => in_parallel(&mut runs, rollout.parallel, |run| run.plan(&context)),
         _ => apply_in_batches(&mut runs, &rollout, &context),
@@ -131,12 +156,25 @@ fn run(
     }
 }
 
+/// The lock file's note on who holds it: action, build, user, start time.
+fn holder(action: Action, deployment: &Deployment) -> String {
+    let audit = deployment.audit.clone().unwrap_or_default();
+    serde_json::json!({
+        "action": wire_name(&action),
+        "buildUrl": audit.build_url,
+        "by": audit.by,
+        "since": crate::audit::rfc3339(std::time::SystemTime::now()),
+    })
+    .to_string()
+}
+
 /// How the hosts are taken: canary, batch size, failures tolerated, parallelism.
 struct Rollout {
     parallel: usize,
     canary: usize,
     batch: usize,
     max_failed: usize,
+    lock_wait: Duration,
 }
 
 impl Rollout {
@@ -163,6 +201,7 @@ impl Rollout {
             canary,
             batch,
             max_failed,
+            lock_wait: Duration::from_millis(rollout.lock_wait_ms.unwrap_or(lock::DEFAULT_WAIT_MS)),
         })
     }
 
@@ -441,15 +480,11 @@ impl<'a> HostRun<'a> {
         self.report
     }
 
-    /// Connect, read and assess; a failure here finishes the host as `failed`.
-    fn open(&mut self, context: &Context) {
-        if let Err(error) = self.try_open(context) {
-            self.finish(Err((HostStatus::Failed, error)));
+    /// Connects; a failure finishes the host as `failed`.
+    fn connect(&mut self, context: &Context) {
+        if let Err(error) = self.check_deadline("connect") {
+            return self.finish(Err((HostStatus::Failed, error)));
         }
-    }
-
-    fn try_open(&mut self, context: &Context) -> Result<(), HostError> {
-        self.check_deadline("connect")?;
         let started = Instant::now();
         let connection = Connection::open(self.host, context.ssh);
         self.record(
@@ -457,8 +492,37 @@ impl<'a> HostRun<'a> {
             connection.is_ok(),
             started.elapsed().as_millis() as u64,
         );
-        self.connection = Some(connection?);
+        match connection {
+            Ok(connection) => self.connection = Some(connection),
+            Err(error) => self.finish(Err((HostStatus::Failed, error))),
+        }
+    }
 
+    /// Takes the host lock for the rest of the run.
+    fn lock(&mut self, context: &Context) {
+        if self.finished {
+            return;
+        }
+        let result = self.step("lock", |remote| {
+            lock::acquire(remote, &context.lock, &context.holder, context.lock_wait)
+        });
+        if let Err(error) = result {
+            self.finish(Err((HostStatus::Failed, error)));
+        }
+    }
+
+    /// Reads the current file and assesses what a deploy would do; a failure
+    /// finishes the host as `failed`.
+    fn assess(&mut self, context: &Context) {
+        if self.finished {
+            return;
+        }
+        if let Err(error) = self.try_assess(context) {
+            self.finish(Err((HostStatus::Failed, error)));
+        }
+    }
+
+    fn try_assess(&mut self, context: &Context) -> Result<(), HostError> {
         let target = &context.settings.target;
         let current = self.step("read", |remote| remote.read_current(target))?;
         let current_values = parse_current(&current);
@@ -675,7 +739,12 @@ impl<'a> HostRun<'a> {
         check: &crate::settings::VerifySettings,
     ) -> Result<(), HostError> {
         self.check_deadline("verify")?;
-        let report = health::verify(url, check);
+        let connection = self.connection.as_ref();
+        let report = health::verify(url, check, &|| {
+            if let Some(connection) = connection {
+                connection.beat();
+            }
+        });
         self.record("verify", report.ok, report.ms);
         let failure = (!report.ok).then(|| {
             let what = match (report.last_status, &report.last_error) {
@@ -789,6 +858,7 @@ mod tests {
             canary: 1,
             batch: 3,
             max_failed: 0,
+            lock_wait: Duration::from_secs(1),
         };
         assert_eq!(rollout.batches(8), vec![0..1, 1..4, 4..7, 7..8]);
         let no_canary = Rollout {

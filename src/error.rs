@@ -96,6 +96,8 @@ pub enum ErrorKind {
     HealthCheckFailed,
     /// The run's `deadlineMs` passed.
     DeadlineExceeded,
+    /// Another run held the host's lock for longer than `rollout.lockWaitMs`.
+    Locked,
     /// The host was not attempted (the canary failed, or `maxFailed` was exceeded).
     NotAttempted,
 }

@@ -16,7 +16,8 @@ pub fn expand(template: &str, host: &str, instance: Option<&str>) -> String {
 }
 
 /// Polls `url` as `check` says; never longer than `check.deadline_ms`.
-pub fn verify(url: &str, check: &VerifySettings) -> CheckReport {
+/// `between` runs while waiting between attempts (the host lock's heartbeat).
+pub fn verify(url: &str, check: &VerifySettings, between: &dyn Fn()) -> CheckReport {
     let started = Instant::now();
     let deadline = started + Duration::from_millis(check.deadline_ms);
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -53,6 +54,7 @@ pub fn verify(url: &str, check: &VerifySettings) -> CheckReport {
         if Instant::now() + pause >= deadline {
             break;
         }
+        between();
         std::thread::sleep(pause);
     }
     CheckReport {

@@ -16,6 +16,7 @@ pub mod error;
 pub mod health;
 pub mod intake;
 pub mod junit;
+pub mod lock;
 pub mod remote;
 pub mod render;
 pub mod report;

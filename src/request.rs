@@ -355,6 +355,10 @@ pub struct Rollout {
     /// Failed hosts tolerated before no further batch starts: a count or `"N%"` (default 0).
     #[serde(default)]
     pub max_failed: Option<Amount>,
+    /// How long to wait for a host lock another run holds, in milliseconds (default 60000).
+    #[serde(default)]
+    #[schemars(range(min = 1000))]
+    pub lock_wait_ms: Option<u64>,
 }
 
 /// A count of hosts or a percentage such as `"25%"`.

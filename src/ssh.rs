@@ -2,13 +2,16 @@
 //! and run commands whose stdin may carry secret bytes. One session per host,
 //! reused for every step. Only this module and `health` touch the network.
 
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
-use ssh2::{CheckResult, HashType, KnownHostFileKind, KnownHostKeyFormat, MethodType, Session};
+use ssh2::{
+    Channel, CheckResult, HashType, KnownHostFileKind, KnownHostKeyFormat, MethodType, Session,
+};
 
 use crate::error::{Error, ErrorKind, HostError, Result};
 use crate::request::{HostKeyPolicy, Ssh};
@@ -145,17 +148,36 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// An authenticated session to one host.
+/// An authenticated session to one host. After authentication it runs
+/// non-blocking, so that while a command runs, the host lock's heartbeat
+/// (see `lock.rs`) keeps going on its own channel of the same session.
 pub struct Connection {
     session: Session,
     io_timeout: Duration,
+    lock: RefCell<Option<Heartbeat>>,
 }
+
+/// The channel that holds a host lock, and when it last heard from us.
+struct Heartbeat {
+    channel: Channel,
+    last: Instant,
+}
+
+/// How often the lock holder on the host hears from hostenv; it gives up the
+/// lock after `lock::BEAT_TIMEOUT` without a beat.
+const BEAT_EVERY: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(1);
 
 fn lost(host: &str, what: &str, error: impl std::fmt::Display) -> HostError {
     HostError::new(
         ErrorKind::ConnectionLost,
         format!("`{host}`: {what}: {error}"),
     )
+}
+
+/// libssh2's "try again" in non-blocking mode.
+fn again(error: &ssh2::Error) -> bool {
+    error.code() == ssh2::ErrorCode::Session(-37)
 }
 
 impl Connection {
@@ -224,9 +246,11 @@ impl Connection {
                 format!("`{name}`: not authenticated as `{user}`"),
             ));
         }
+        session.set_blocking(false);
         Ok(Connection {
             session,
             io_timeout: config.io_timeout,
+            lock: RefCell::new(None),
         })
     }
 
@@ -235,7 +259,7 @@ impl Connection {
         self.exec_with_timeout(host, command, stdin, self.io_timeout)
     }
 
-    /// Like `exec`, with a longer bound for commands that take their time (restarts).
+    /// Like `exec`, with its own bound for commands that take their time (restarts).
     pub fn exec_with_timeout(
         &self,
         host: &str,
@@ -243,45 +267,176 @@ impl Connection {
         stdin: &[u8],
         timeout: Duration,
     ) -> Result<Output, HostError> {
-        self.session.set_timeout(millis(timeout));
-        let result = self.run(host, command, stdin);
-        self.session.set_timeout(millis(self.io_timeout));
-        result
-    }
-
-    fn run(&self, host: &str, command: &str, stdin: &[u8]) -> Result<Output, HostError> {
-        let mut channel = self
-            .session
-            .channel_session()
-            .map_err(|e| lost(host, "cannot open a channel", e))?;
-        channel
-            .exec(command)
-            .map_err(|e| lost(host, "cannot start a command", e))?;
-        if !stdin.is_empty() {
-            channel
-                .write_all(stdin)
-                .map_err(|e| lost(host, "sending data", e))?;
-        }
-        channel
-            .send_eof()
-            .map_err(|e| lost(host, "sending data", e))?;
-        let mut stdout = Vec::new();
-        channel
-            .read_to_end(&mut stdout)
-            .map_err(|e| lost(host, "reading output", e))?;
-        let mut stderr = String::new();
-        let _ = channel.stderr().read_to_string(&mut stderr);
-        channel
-            .wait_close()
-            .map_err(|e| lost(host, "closing a command", e))?;
+        let deadline = Instant::now() + timeout;
+        let mut channel = self.start(host, command, stdin, deadline)?;
+        self.retry(host, "sending data", deadline, || channel.send_eof())?;
+        let (stdout, stderr) = self.read_all(host, &mut channel, deadline)?;
+        self.retry(host, "closing a command", deadline, || channel.wait_close())?;
         let status = channel
             .exit_status()
             .map_err(|e| lost(host, "reading an exit status", e))?;
         Ok(Output {
             status,
             stdout,
-            stderr,
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
+    }
+
+    /// Starts `command` and writes `stdin` to it, leaving the channel open.
+    fn start(
+        &self,
+        host: &str,
+        command: &str,
+        stdin: &[u8],
+        deadline: Instant,
+    ) -> Result<Channel, HostError> {
+        let mut channel = self.retry(host, "cannot open a channel", deadline, || {
+            self.session.channel_session()
+        })?;
+        self.retry(host, "cannot start a command", deadline, || {
+            channel.exec(command)
+        })?;
+        let mut written = 0;
+        while written < stdin.len() {
+            match channel.write(&stdin[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.idle(host, deadline)?
+                }
+                Err(e) => return Err(lost(host, "sending data", e)),
+            }
+        }
+        Ok(channel)
+    }
+
+    /// Reads stdout and stderr to their end.
+    fn read_all(
+        &self,
+        host: &str,
+        channel: &mut Channel,
+        deadline: Instant,
+    ) -> Result<(Vec<u8>, Vec<u8>), HostError> {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            let mut progressed = false;
+            for (stream, into) in [(0, &mut stdout), (1, &mut stderr)] {
+                match channel.stream(stream).read(&mut buffer) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        into.extend_from_slice(&buffer[..n]);
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(lost(host, "reading output", e)),
+                }
+            }
+            if channel.eof() && !progressed {
+                return Ok((stdout, stderr));
+            }
+            if !progressed {
+                self.idle(host, deadline)?;
+            }
+        }
+    }
+
+    /// Retries a libssh2 call until it stops saying "again", beating meanwhile.
+    fn retry<T>(
+        &self,
+        host: &str,
+        what: &str,
+        deadline: Instant,
+        mut call: impl FnMut() -> Result<T, ssh2::Error>,
+    ) -> Result<T, HostError> {
+        loop {
+            match call() {
+                Ok(value) => return Ok(value),
+                Err(e) if again(&e) => self.idle(host, deadline)?,
+                Err(e) => return Err(lost(host, what, e)),
+            }
+        }
+    }
+
+    /// Waits a moment for the network, keeping the lock alive; fails past `deadline`.
+    fn idle(&self, host: &str, deadline: Instant) -> Result<(), HostError> {
+        if Instant::now() > deadline {
+            return Err(lost(host, "waiting for the host", "timed out"));
+        }
+        self.beat();
+        std::thread::sleep(POLL);
+        Ok(())
+    }
+
+    /// Sends the lock holder its heartbeat when one is due.
+    pub fn beat(&self) {
+        let mut lock = self.lock.borrow_mut();
+        if let Some(heartbeat) = lock.as_mut() {
+            if heartbeat.last.elapsed() >= BEAT_EVERY {
+                // A beat that would block is simply tried again at the next idle moment.
+                if heartbeat.channel.write(b"h").is_ok_and(|n| n == 1) {
+                    heartbeat.last = Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Runs the lock holder: its first line of output is the verdict, and the
+    /// channel stays open (holding the lock) until the connection ends.
+    pub fn hold(
+        &self,
+        host: &str,
+        command: &str,
+        holder: &str,
+        wait: Duration,
+    ) -> Result<Result<(), String>, HostError> {
+        let deadline = Instant::now() + wait + self.io_timeout;
+        let mut line = holder.to_string();
+        line.push('\n');
+        let channel = self.start(host, command, line.as_bytes(), deadline)?;
+        let mut answer = Vec::new();
+        let mut errors = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // stderr is drained too: libssh2 sees the end of the channel only once
+        // everything before it has been read.
+        while !answer.contains(&b'\n') {
+            let mut progressed = false;
+            for (stream, into) in [(0, &mut answer), (1, &mut errors)] {
+                match channel.stream(stream).read(&mut buffer) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        into.extend_from_slice(&buffer[..n]);
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(lost(host, "waiting for the lock", e)),
+                }
+            }
+            if channel.eof() && !progressed {
+                break;
+            }
+            if !progressed {
+                self.idle(host, deadline)?;
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let first = answer.lines().next().unwrap_or_default().to_string();
+        if first == "acquired" {
+            *self.lock.borrow_mut() = Some(Heartbeat {
+                channel,
+                last: Instant::now(),
+            });
+            return Ok(Ok(()));
+        }
+        let errors = String::from_utf8_lossy(&errors).into_owned();
+        Ok(Err(if first.is_empty() {
+            errors
+                .lines()
+                .find(|l| !l.contains("unable to resolve host"))
+                .unwrap_or("no answer")
+                .to_string()
+        } else {
+            first
+        }))
     }
 }
 

@@ -9,7 +9,7 @@ use crate::settings::{is_template, Settings};
 use crate::systemd;
 
 /// The rules for `user`, one per line, with a comment header.
-pub fn rules(settings: &Settings, user: &str) -> String {
+pub fn rules(settings: &Settings, lock_wait: std::time::Duration, user: &str) -> String {
     let target = &settings.target;
     let mut invocations = vec![
         remote::read(target),
@@ -20,6 +20,14 @@ pub fn rules(settings: &Settings, user: &str) -> String {
         remote::discard(target),
         crate::audit::invocation(&target.state_dir),
     ];
+    for mode in [crate::lock::Mode::Exclusive, crate::lock::Mode::Shared] {
+        invocations.push(crate::lock::invocation(
+            &settings.service,
+            settings.environment.as_deref(),
+            mode,
+            lock_wait,
+        ));
+    }
     let timeout = std::time::Duration::from_millis(settings.restart.timeout_ms);
     for unit in units(settings) {
         invocations.push(systemd::restart_invocation(&unit, timeout));

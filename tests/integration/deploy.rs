@@ -66,6 +66,35 @@ impl Deployer<'_> {
         self.run_args(&[action], request, secrets)
     }
 
+    /// Starts a run in the background; the caller waits for it or kills it.
+    fn spawn(
+        &self,
+        action: &str,
+        request: &Value,
+        secrets: &BTreeMap<String, String>,
+    ) -> std::process::Child {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hostenv"))
+            .arg(action)
+            .current_dir(self.work.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(secrets)
+            .env("TESTBED_SSH_KEY", &self.testbed.client_key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start hostenv");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(request.to_string().as_bytes())
+            .unwrap();
+        child
+    }
+
     fn run_args(&self, args: &[&str], request: &Value, secrets: &BTreeMap<String, String>) -> Run {
         let mut env = secrets.clone();
         env.insert(
@@ -182,6 +211,232 @@ fn deploy_on_the_testbed() {
     a_failing_canary_stops_the_rollout(&deployer, &hosts);
     exceeding_max_failed_stops_further_batches(&deployer, &hosts);
     the_audit_log_records_each_attempt_without_values(&deployer, &hosts);
+    two_runs_on_the_same_hosts_never_interleave(&deployer, &hosts);
+    a_killed_run_leaves_no_lock_behind(&deployer, &hosts);
+    a_silently_dropped_run_loses_its_lock(&deployer, &hosts);
+}
+
+/// A deploy that spends a few seconds verifying, holding its locks meanwhile.
+fn slow_request(testbed: &Testbed, hosts: &[&TestHost], wait_ms: u64) -> Value {
+    voxbridge_request(
+        testbed,
+        hosts,
+        "root",
+        json!({
+            "allowSharedChange": true,
+            "rollout": {"lockWaitMs": wait_ms},
+            "audit": {"buildUrl": "https://ci.example/job/slow/7/", "by": "first-run"},
+            "verify": [{"url": "http://{host}:8080/health", "intervalMs": 200, "deadlineMs": 20000, "consecutive": 30}]
+        }),
+    )
+}
+
+fn lock_wait_ms(result: &Value, host: usize) -> u64 {
+    result["hosts"][host]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "lock")
+        .map(|s| s["ms"].as_u64().unwrap())
+        .expect("a lock step")
+}
+
+fn two_runs_on_the_same_hosts_never_interleave(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    // A short wait: the second run gives up, naming the holder.
+    let first = deployer.spawn(
+        "deploy",
+        &slow_request(testbed, hosts, 60_000),
+        &secrets("first"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut second_request =
+        voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
+    second_request["rollout"] = json!({"lockWaitMs": 1000});
+    let second = deployer.run("deploy", &second_request, &secrets("second"));
+    let first = first.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    let second = second.json();
+    assert_eq!(
+        statuses(&second),
+        ["failed", "failed", "failed"],
+        "{second:#}"
+    );
+    assert_eq!(second["hosts"][0]["error"]["kind"], "locked");
+    let message = second["hosts"][0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("https://ci.example/job/slow/7/") && message.contains("first-run"),
+        "{message}"
+    );
+    for host in hosts {
+        assert_eq!(
+            file_on(testbed, host, "/opt/voxbridge/.env").1,
+            expected_voxbridge_file(&secrets("first"))
+        );
+    }
+
+    // A long wait: the second run waits its turn and then deploys.
+    let first = deployer.spawn(
+        "deploy",
+        &slow_request(testbed, hosts, 60_000),
+        &secrets("third"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    second_request["rollout"] = json!({"lockWaitMs": 60000});
+    let second = deployer
+        .run("deploy", &second_request, &secrets("fourth"))
+        .json();
+    assert!(first.wait_with_output().unwrap().status.success());
+    assert_eq!(
+        statuses(&second),
+        ["deployed", "deployed", "deployed"],
+        "{second:#}"
+    );
+    assert!(
+        lock_wait_ms(&second, 0) >= 1000,
+        "the second run did not wait: {second:#}"
+    );
+    for host in hosts {
+        assert_eq!(
+            file_on(testbed, host, "/opt/voxbridge/.env").1,
+            expected_voxbridge_file(&secrets("fourth"))
+        );
+        let log = testbed.sh_ok(host, "tail -n 2 /var/lib/hostenv/voxbridge/audit.log");
+        let last_two: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            last_two[0]["by"], "first-run",
+            "the first run finished before the second began"
+        );
+        assert_eq!(last_two[1]["by"], Value::Null);
+    }
+}
+
+fn a_killed_run_leaves_no_lock_behind(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let mut killed = deployer.spawn(
+        "deploy",
+        &slow_request(testbed, hosts, 60_000),
+        &secrets("killed"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let request = voxbridge_request(
+        testbed,
+        hosts,
+        "root",
+        json!({"allowSharedChange": true, "rollout": {"lockWaitMs": 60000}}),
+    );
+    let started = std::time::Instant::now();
+    let result = deployer
+        .run("deploy", &request, &secrets("after-kill"))
+        .json();
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(
+        statuses(&result),
+        ["deployed", "deployed", "deployed"],
+        "{result:#}"
+    );
+    assert!(
+        lock_wait_ms(&result, 0) < 5000,
+        "the lock outlived the killed run: {result:#}"
+    );
+}
+
+fn a_silently_dropped_run_loses_its_lock(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let host = hosts[0];
+    let dropped = deployer.spawn(
+        "deploy",
+        &slow_request(testbed, &[host], 60_000),
+        &secrets("dropped"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Every packet of that run's SSH connection now vanishes, without a reset.
+    let sockets = Command::new("ss")
+        .args([
+            "-tnpH",
+            "state",
+            "established",
+            "dst",
+            &format!("{}:22", host.addr),
+        ])
+        .output()
+        .unwrap();
+    let sockets = String::from_utf8_lossy(&sockets.stdout).into_owned();
+    let port = sockets
+        .lines()
+        .find(|l| l.contains(&format!("pid={},", dropped.id())))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|local| local.rsplit_once(':'))
+        .map(|(_, port)| port.to_string())
+        .unwrap_or_else(|| panic!("the first run's connection: {sockets}"));
+    let rules = [
+        vec![
+            "-p",
+            "tcp",
+            "--sport",
+            port.as_str(),
+            "--dport",
+            "22",
+            "-j",
+            "DROP",
+        ],
+        vec![
+            "-p",
+            "tcp",
+            "--sport",
+            "22",
+            "--dport",
+            port.as_str(),
+            "-j",
+            "DROP",
+        ],
+    ];
+    for rule in &rules {
+        assert!(Command::new("iptables")
+            .arg("-I")
+            .arg("INPUT")
+            .args(rule)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let request = voxbridge_request(
+        testbed,
+        &[host],
+        "root",
+        json!({"allowSharedChange": true, "rollout": {"lockWaitMs": 60000}}),
+    );
+    let started = std::time::Instant::now();
+    let result = deployer
+        .run("deploy", &request, &secrets("after-drop"))
+        .json();
+    let waited = started.elapsed();
+    for rule in &rules {
+        let _ = Command::new("iptables")
+            .arg("-D")
+            .arg("INPUT")
+            .args(rule)
+            .status();
+    }
+    let _ = dropped.wait_with_output();
+    assert_eq!(statuses(&result), ["deployed"], "{result:#}");
+    assert!(
+        waited < std::time::Duration::from_secs(60),
+        "took {waited:?}"
+    );
+    assert!(
+        lock_wait_ms(&result, 0) >= 10_000,
+        "the lock was not held across the drop: {result:#}"
+    );
 }
 
 fn host_files(testbed: &Testbed, hosts: &[&TestHost]) -> Vec<String> {
