@@ -7,6 +7,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::catalog::Catalog;
+use crate::deploy::RunOptions;
 use crate::error::{Error, Result};
 use crate::intake;
 use crate::report::{wire_name, Action, HostStatus, Report, EXIT_OK, EXIT_REJECTED};
@@ -67,6 +68,12 @@ pub struct RequestArgs {
     /// Also write the result as JUnit XML to FILE (one testcase per host).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// plan/deploy: the NAME of the environment variable holding the plan digest's HMAC key.
+    #[arg(long, value_name = "NAME")]
+    pub plan_key_env: Option<String>,
+    /// deploy: refuse, touching nothing, unless the plan digest is still DIGEST.
+    #[arg(long, value_name = "DIGEST", requires = "plan_key_env")]
+    pub expect_plan: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -193,9 +200,11 @@ fn sudoers(args: &RequestArgs, user: Option<&str>) -> Outcome {
 fn run_action(action: Action, args: &RequestArgs, env: &dyn EnvLookup) -> Outcome {
     let started = Instant::now();
     let mut report = Report::new(action);
-    let result = intake::read_request(args.request.as_deref())
-        .and_then(|bytes| intake::parse_request(&bytes))
-        .and_then(|request| dispatch(action, &request, env, &mut report));
+    let result = intake::read_request(args.request.as_deref()).and_then(|bytes| {
+        let request = intake::parse_request(&bytes)?;
+        let options = run_options(args, &bytes, env)?;
+        dispatch(action, &request, env, &options, &mut report)
+    });
     if let Err(error) = result {
         report.fail(&error);
     }
@@ -225,10 +234,27 @@ fn run_action(action: Action, args: &RequestArgs, env: &dyn EnvLookup) -> Outcom
     }
 }
 
+/// The digest flags, with the key read from the environment.
+fn run_options(args: &RequestArgs, bytes: &[u8], env: &dyn EnvLookup) -> Result<RunOptions> {
+    let plan_key = match &args.plan_key_env {
+        Some(name) => Some(
+            crate::secret::from_env(env, name, false)
+                .map_err(|problem| Error::Usage(format!("--plan-key-env: {}", problem.message)))?,
+        ),
+        None => None,
+    };
+    Ok(RunOptions {
+        plan_key,
+        expect_plan: args.expect_plan.clone(),
+        request: serde_json::from_slice(bytes).unwrap_or_default(),
+    })
+}
+
 fn dispatch(
     action: Action,
     request: &Request,
     env: &dyn EnvLookup,
+    options: &RunOptions,
     report: &mut Report,
 ) -> Result<()> {
     let catalog = Catalog::builtin();
@@ -243,10 +269,10 @@ fn dispatch(
             build_env::prepare(build, env, report).map(|_| ())
         }
         (Action::Plan, Request::Deploy(deployment)) => {
-            deploy::plan(deployment, env, &catalog, report)
+            deploy::plan(deployment, env, &catalog, options, report)
         }
         (Action::Deploy, Request::Deploy(deployment)) => {
-            deploy::deploy(deployment, env, &catalog, report)
+            deploy::deploy(deployment, env, &catalog, options, report)
         }
         (Action::BuildEnv, Request::BuildEnv(build)) => {
             let rendered = build_env::prepare(build, env, report)?;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::audit::{self, AuditLine};
 use crate::catalog::Catalog;
 use crate::check::prepare_deploy;
+use crate::digest;
 use crate::error::{Error, ErrorKind, HostError, Result};
 use crate::health;
 use crate::lock;
@@ -27,7 +28,7 @@ use crate::report::{
 };
 use crate::request::{Amount, Deployment, SudoMode};
 use crate::resolve::HostFile;
-use crate::secret::{EnvLookup, ExposeSecret};
+use crate::secret::{EnvLookup, ExposeSecret, SecretString};
 use crate::settings::{HostSettings, Settings};
 use crate::ssh::{Connection, SshConfig};
 use crate::systemd;
@@ -53,14 +54,24 @@ struct Context<'a> {
     holder: String,
 }
 
+/// What the command line adds to a request: the plan digest's key, the digest
+/// a deploy must find, and the request as sent (part of the digest).
+#[derive(Default)]
+pub struct RunOptions {
+    pub plan_key: Option<SecretString>,
+    pub expect_plan: Option<String>,
+    pub request: serde_json::Value,
+}
+
 /// `hostenv deploy` of a Deploy request.
 pub fn deploy(
     deployment: &Deployment,
     env: &dyn EnvLookup,
     catalog: &Catalog,
+    options: &RunOptions,
     report: &mut Report,
 ) -> Result<()> {
-    run(Action::Deploy, deployment, env, catalog, report)
+    run(Action::Deploy, deployment, env, catalog, options, report)
 }
 
 /// `hostenv plan` of a Deploy request: what a deploy would do, writing nothing.
@@ -68,9 +79,10 @@ pub fn plan(
     deployment: &Deployment,
     env: &dyn EnvLookup,
     catalog: &Catalog,
+    options: &RunOptions,
     report: &mut Report,
 ) -> Result<()> {
-    run(Action::Plan, deployment, env, catalog, report)
+    run(Action::Plan, deployment, env, catalog, options, report)
 }
 
 fn run(
@@ -78,6 +90,7 @@ fn run(
     deployment: &Deployment,
     env: &dyn EnvLookup,
     catalog: &Catalog,
+    options: &RunOptions,
     report: &mut Report,
 ) -> Result<()> {
     let started = Instant::now();
@@ -138,6 +151,28 @@ fn run(
         runs[index].lock(&context);
     }
     in_parallel(&mut runs, rollout.parallel, |run| run.assess(&context));
+
+    if let Some(key) = &options.plan_key {
+        let digest = plan_digest(key, &options.request, &runs);
+        match (action, &options.expect_plan) {
+            (Action::Plan, _) => report.plan_digest = digest,
+            (_, Some(expected)) if digest.as_ref() != Some(expected) => {
+                for run in runs.iter_mut().filter(|run| !run.finished) {
+                    run.finish(Err((
+                        HostStatus::Failed,
+                        HostError::new(
+                            ErrorKind::PlanMismatch,
+                            format!(
+                                "`{}`: the request or a host changed since the plan was made; nothing was touched, run `plan` again",
+                                run.host.name
+                            ),
+                        ),
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
     match action {
         Action::Plan => in_parallel(&mut runs, rollout.parallel, |run| run.plan(&context)),
         _ => apply_in_batches(&mut runs, &rollout, &context),
@@ -154,6 +189,26 @@ fn run(
         }
         None => Ok(()),
     }
+}
+
+/// The digest over every host, or None when a host could not be read.
+fn plan_digest(
+    key: &SecretString,
+    request: &serde_json::Value,
+    runs: &[HostRun],
+) -> Option<String> {
+    let states: Option<Vec<digest::HostState>> = runs
+        .iter()
+        .map(|run| {
+            let assessment = run.assessment.as_ref().filter(|_| !run.finished)?;
+            Some(digest::HostState {
+                host: &run.host.name,
+                rendered: &run.file.text,
+                current: &assessment.current,
+            })
+        })
+        .collect();
+    states.map(|states| digest::compute(key, request, &states))
 }
 
 /// The lock file's note on who holds it: action, build, user, start time.
@@ -347,6 +402,7 @@ fn status_words(status: HostStatus) -> &'static str {
 
 /// What the host has and what a deploy would do there, known before any write.
 struct Assessment {
+    current: Current,
     current_values: BTreeMap<String, String>,
     units: Vec<String>,
     same_file: bool,
@@ -578,6 +634,7 @@ impl<'a> HostRun<'a> {
             }
         }
         self.assessment = Some(Assessment {
+            current,
             current_values,
             units,
             same_file,

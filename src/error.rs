@@ -96,6 +96,8 @@ pub enum ErrorKind {
     HealthCheckFailed,
     /// The run's `deadlineMs` passed.
     DeadlineExceeded,
+    /// `--expect-plan` did not match: the request or a host changed since the plan.
+    PlanMismatch,
     /// Another run held the host's lock for longer than `rollout.lockWaitMs`.
     Locked,
     /// The host was not attempted (the canary failed, or `maxFailed` was exceeded).

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod contract;
 pub mod deploy;
 pub mod detect;
+pub mod digest;
 pub mod error;
 pub mod health;
 pub mod intake;

@@ -81,6 +81,9 @@ pub struct Report {
     /// How the keys in a Rotation's `shared` list resolved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared: Option<Vec<SharedKeyReport>>,
+    /// `plan --plan-key-env`: the HMAC of everything the deploy depends on, for `deploy --expect-plan`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan_digest: Option<String>,
     /// The file `build-env` wrote (or, for `check`, would write).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputReport>,
@@ -513,6 +516,7 @@ impl Report {
             hosts: Vec::new(),
             deployments: None,
             shared: None,
+            plan_digest: None,
             output: None,
             summary: Summary::default(),
             error: None,

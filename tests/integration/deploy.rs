@@ -208,6 +208,7 @@ fn deploy_on_the_testbed() {
     a_start_limit_hit_is_named_and_the_rollback_still_restarts(&deployer, &hosts);
     the_key_can_come_as_base64_content(&deployer, &hosts);
     plan_reports_what_a_deploy_then_changes_and_writes_nothing(&deployer, &hosts);
+    a_deploy_refuses_when_the_reviewed_plan_no_longer_holds(&deployer, &hosts);
     a_failing_canary_stops_the_rollout(&deployer, &hosts);
     exceeding_max_failed_stops_further_batches(&deployer, &hosts);
     the_audit_log_records_each_attempt_without_values(&deployer, &hosts);
@@ -445,7 +446,7 @@ fn host_files(testbed: &Testbed, hosts: &[&TestHost]) -> Vec<String> {
         .map(|h| {
             testbed.sh_ok(
                 h,
-                "stat -c '%U:%G %a %Y' /opt/voxbridge/.env; cat /opt/voxbridge/.env; ls -l --time-style=+%s /var/lib/hostenv/voxbridge",
+                "stat -c '%U:%G %a %Y' /opt/voxbridge/.env; cat /opt/voxbridge/.env; ls -l --time-style=+%s /var/lib/hostenv/voxbridge | grep -v -e audit.log -e '^total'",
             )
         })
         .collect()
@@ -489,6 +490,49 @@ fn plan_reports_what_a_deploy_then_changes_and_writes_nothing(
         statuses(&run.json()),
         ["unchanged", "unchanged", "unchanged"]
     );
+}
+
+fn a_deploy_refuses_when_the_reviewed_plan_no_longer_holds(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let request = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
+    let mut reviewed = secrets("reviewed");
+    reviewed.insert("PLAN_KEY".into(), "CANARY-plan-hmac-key".into());
+    let run = deployer.run_args(&["plan", "--plan-key-env", "PLAN_KEY"], &request, &reviewed);
+    assert_eq!(run.code, 4, "{}", run.stdout);
+    let digest = run.json()["planDigest"].as_str().unwrap().to_string();
+    assert!(
+        digest.starts_with("hmac-sha256:") && digest.len() == 12 + 64,
+        "{digest}"
+    );
+
+    // A bound value changed after the review: refused, nothing touched.
+    let before = host_files(testbed, hosts);
+    let mut changed = reviewed.clone();
+    changed.insert(
+        "JWT_SECRET".into(),
+        "CANARY-jwt-changed-after-review".into(),
+    );
+    let args = [
+        "deploy",
+        "--plan-key-env",
+        "PLAN_KEY",
+        "--expect-plan",
+        digest.as_str(),
+    ];
+    let run = deployer.run_args(&args, &request, &changed);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["failed", "failed", "failed"]);
+    assert_eq!(result["hosts"][0]["error"]["kind"], "planMismatch");
+    assert_eq!(host_files(testbed, hosts), before);
+
+    // As reviewed: it goes ahead.
+    let run = deployer.run_args(&args, &request, &reviewed);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(statuses(&run.json()), ["deployed", "deployed", "deployed"]);
 }
 
 fn a_failing_canary_stops_the_rollout(deployer: &Deployer, hosts: &[&TestHost]) {

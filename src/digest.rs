@@ -1,0 +1,125 @@
+//! The plan digest: an HMAC-SHA256, under a key the CI binds, of everything a
+//! deploy depends on — the request, each host's rendered file and each host's
+//! current file with its owner, mode and time. `plan` prints it; `deploy
+//! --expect-plan` recomputes it after taking every lock and refuses, touching
+//! nothing, when it differs. Keyed, so it reveals nothing about the values.
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::remote::Current;
+use crate::secret::{ExposeSecret, SecretString};
+
+pub const PREFIX: &str = "hmac-sha256:";
+
+/// One host's part: its name, the file a deploy would write, what it has now.
+pub struct HostState<'a> {
+    pub host: &'a str,
+    pub rendered: &'a SecretString,
+    pub current: &'a Current,
+}
+
+pub fn compute(key: &SecretString, request: &Value, hosts: &[HostState]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes())
+        .expect("HMAC takes keys of any length");
+    let mut field = |bytes: &[u8]| {
+        mac.update(&(bytes.len() as u64).to_be_bytes());
+        mac.update(bytes);
+    };
+    field(b"hostenv plan digest v1");
+    field(canonical(request).as_bytes());
+    for host in hosts {
+        field(host.host.as_bytes());
+        field(host.rendered.expose_secret().as_bytes());
+        match &host.current.content {
+            Some(content) => {
+                let meta = format!(
+                    "{} {} {:o} {}",
+                    host.current.uid, host.current.gid, host.current.mode, host.current.mtime
+                );
+                field(meta.as_bytes());
+                field(content.expose_secret().as_bytes());
+            }
+            None => field(b"absent"),
+        }
+    }
+    let bytes = mac.finalize().into_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{PREFIX}{hex}")
+}
+
+/// JSON with object keys sorted, so the same request always hashes the same.
+fn canonical(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical(&map[k])))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => {
+            format!(
+                "[{}]",
+                items.iter().map(canonical).collect::<Vec<_>>().join(",")
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn current(content: Option<&str>) -> Current {
+        Current {
+            content: content.map(|c| SecretString::from(c.to_string())),
+            uid: 1,
+            gid: 1,
+            mode: 0o600,
+            mtime: 5,
+            want_uid: 1,
+            want_gid: 1,
+        }
+    }
+
+    #[test]
+    fn any_change_changes_the_digest_and_key_order_does_not() {
+        let key = SecretString::from("k".to_string());
+        let rendered = SecretString::from("A=\"1\"\n".to_string());
+        let now = current(Some("A=\"0\"\n"));
+        let host = |c| {
+            vec![HostState {
+                host: "h",
+                rendered: &rendered,
+                current: c,
+            }]
+        };
+        let base = compute(&key, &json!({"a": 1, "b": 2}), &host(&now));
+        assert!(base.starts_with(PREFIX));
+        assert_eq!(base, compute(&key, &json!({"b": 2, "a": 1}), &host(&now)));
+        assert_ne!(base, compute(&key, &json!({"a": 1, "b": 3}), &host(&now)));
+        assert_ne!(
+            base,
+            compute(
+                &key,
+                &json!({"a": 1, "b": 2}),
+                &host(&current(Some("A=\"2\"\n")))
+            )
+        );
+        assert_ne!(
+            base,
+            compute(&key, &json!({"a": 1, "b": 2}), &host(&current(None)))
+        );
+        let other_key = SecretString::from("j".to_string());
+        assert_ne!(
+            base,
+            compute(&other_key, &json!({"a": 1, "b": 2}), &host(&now))
+        );
+    }
+}
