@@ -92,34 +92,26 @@ mod tests {
     fn any_change_changes_the_digest_and_key_order_does_not() {
         let key = SecretString::from("k".to_string());
         let rendered = SecretString::from("A=\"1\"\n".to_string());
-        let now = current(Some("A=\"0\"\n"));
-        let host = |c| {
-            vec![HostState {
+        let (now, edited, absent) = (
+            current(Some("A=\"0\"\n")),
+            current(Some("A=\"2\"\n")),
+            current(None),
+        );
+        let digest = |request: Value, current: &Current, key: &SecretString| {
+            let hosts = [HostState {
                 host: "h",
                 rendered: &rendered,
-                current: c,
-            }]
+                current,
+            }];
+            compute(key, &request, &hosts)
         };
-        let base = compute(&key, &json!({"a": 1, "b": 2}), &host(&now));
+        let base = digest(json!({"a": 1, "b": 2}), &now, &key);
         assert!(base.starts_with(PREFIX));
-        assert_eq!(base, compute(&key, &json!({"b": 2, "a": 1}), &host(&now)));
-        assert_ne!(base, compute(&key, &json!({"a": 1, "b": 3}), &host(&now)));
-        assert_ne!(
-            base,
-            compute(
-                &key,
-                &json!({"a": 1, "b": 2}),
-                &host(&current(Some("A=\"2\"\n")))
-            )
-        );
-        assert_ne!(
-            base,
-            compute(&key, &json!({"a": 1, "b": 2}), &host(&current(None)))
-        );
-        let other_key = SecretString::from("j".to_string());
-        assert_ne!(
-            base,
-            compute(&other_key, &json!({"a": 1, "b": 2}), &host(&now))
-        );
+        assert_eq!(base, digest(json!({"b": 2, "a": 1}), &now, &key));
+        assert_ne!(base, digest(json!({"a": 1, "b": 3}), &now, &key));
+        assert_ne!(base, digest(json!({"a": 1, "b": 2}), &edited, &key));
+        assert_ne!(base, digest(json!({"a": 1, "b": 2}), &absent, &key));
+        let other = SecretString::from("j".to_string());
+        assert_ne!(base, digest(json!({"a": 1, "b": 2}), &now, &other));
     }
 }
