@@ -797,7 +797,18 @@ impl<'a> HostRun<'a> {
     ) -> Result<(), HostError> {
         self.check_deadline("verify")?;
         let connection = self.connection.as_ref();
-        let report = health::verify(url, check, &|| {
+        let label = self.host.name.as_str();
+        let through_ssh = |url: &str, timeout: Duration| -> std::result::Result<u16, String> {
+            let (host, port, path) = health::split_url(url).ok_or("not an http URL")?;
+            let connection = connection.ok_or("not connected")?;
+            connection.http_get(label, &host, port, &path, timeout)
+        };
+        let probe: &health::Probe = if check.via_ssh {
+            &through_ssh
+        } else {
+            &health::direct
+        };
+        let report = health::verify(url, check, probe, &|| {
             if let Some(connection) = connection {
                 connection.beat();
             }

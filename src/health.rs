@@ -15,25 +15,54 @@ pub fn expand(template: &str, host: &str, instance: Option<&str>) -> String {
     }
 }
 
-/// Polls `url` as `check` says; never longer than `check.deadline_ms`.
-/// `between` runs while waiting between attempts (the host lock's heartbeat).
-pub fn verify(url: &str, check: &VerifySettings, between: &dyn Fn()) -> CheckReport {
-    let started = Instant::now();
-    let deadline = started + Duration::from_millis(check.deadline_ms);
+/// One HTTP GET: the status, or why there was none.
+pub type Probe<'a> = dyn Fn(&str, Duration) -> Result<u16, String> + 'a;
+
+/// A GET from this machine.
+pub fn direct(url: &str, timeout: Duration) -> Result<u16, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_millis(check.timeout_ms)))
+        .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .build()
         .into();
+    agent
+        .get(url)
+        .call()
+        .map(|response| response.status().as_u16())
+        .map_err(|error| describe(&error))
+}
+
+/// `http://host[:port][/path]` → (host, port, path), for probes through SSH.
+pub fn split_url(url: &str) -> Option<(String, u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') && port.chars().all(|c| c.is_ascii_digit()) => {
+            (host, port.parse().ok()?)
+        }
+        _ => (authority, 80),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_string(), port, path.to_string()))
+}
+
+/// Polls `url` with `probe` as `check` says; never longer than `check.deadline_ms`.
+/// `between` runs while waiting between attempts (the host lock's heartbeat).
+pub fn verify(url: &str, check: &VerifySettings, probe: &Probe, between: &dyn Fn()) -> CheckReport {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(check.deadline_ms);
+    let timeout = Duration::from_millis(check.timeout_ms);
     let mut attempts = 0;
     let mut in_a_row = 0;
     let mut last_status = None;
     let mut last_error: Option<String>;
     loop {
         attempts += 1;
-        match agent.get(url).call() {
-            Ok(response) => {
-                let status = response.status().as_u16();
+        match probe(url, timeout) {
+            Ok(status) => {
                 last_status = Some(status);
                 last_error = None;
                 if status == check.expect_status {
@@ -44,7 +73,7 @@ pub fn verify(url: &str, check: &VerifySettings, between: &dyn Fn()) -> CheckRep
             }
             Err(error) => {
                 in_a_row = 0;
-                last_error = Some(describe(&error));
+                last_error = Some(error);
             }
         }
         if in_a_row >= check.consecutive {
@@ -72,5 +101,24 @@ fn describe(error: &ureq::Error) -> String {
         ureq::Error::Io(io) => format!("connection failed: {}", io.kind()),
         ureq::Error::Timeout(_) => "timed out".to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_urls_for_probes_through_ssh() {
+        let split = |u| split_url(u).unwrap();
+        assert_eq!(
+            split("http://h:8080/health"),
+            ("h".into(), 8080, "/health".into())
+        );
+        assert_eq!(split("http://h"), ("h".into(), 80, "/".into()));
+        assert_eq!(
+            split("http://[::1]:9000/x?y=1"),
+            ("::1".into(), 9000, "/x?y=1".into())
+        );
     }
 }

@@ -240,6 +240,9 @@ pub struct Ssh {
     /// `auto` (default): `sudo -n` when the login user is not root; `always`; `never`.
     #[serde(default)]
     pub sudo: Option<SudoMode>,
+    /// Reach the hosts through this bastion (a direct-tcpip tunnel).
+    #[serde(default)]
+    pub jump: Option<Jump>,
     /// TCP connect and handshake timeout in milliseconds (default 10000).
     #[serde(default)]
     #[schemars(range(min = 1))]
@@ -248,6 +251,49 @@ pub struct Ssh {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub io_timeout_ms: Option<u64>,
+}
+
+/// A bastion host. Fields left out are taken from `ssh`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Jump {
+    /// The bastion's host name or address.
+    pub host: String,
+    /// Its SSH port (default 22).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// The login user on the bastion (default `ssh.user`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The NAME of the variable holding the bastion key's path (default: `ssh`'s key).
+    #[serde(default)]
+    pub identity_file_env: Option<String>,
+    /// The NAME of the variable holding the bastion key as base64.
+    #[serde(default)]
+    pub identity_env: Option<String>,
+    /// The NAME of the variable holding the bastion key's passphrase.
+    #[serde(default)]
+    pub passphrase_env: Option<String>,
+    /// Authenticate to the bastion with the ssh-agent.
+    #[serde(default)]
+    pub agent: Option<bool>,
+    /// known_hosts for the bastion (default `ssh.knownHosts`).
+    #[serde(default)]
+    pub known_hosts: Option<String>,
+    /// The NAME of the variable holding base64 known_hosts content for the bastion.
+    #[serde(default)]
+    pub known_hosts_env: Option<String>,
+}
+
+/// How a health check reaches the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum VerifyVia {
+    /// From the machine hostenv runs on (default).
+    Direct,
+    /// Through the host's own SSH session (direct-tcpip), for ports the CI cannot reach.
+    Ssh,
 }
 
 /// Host key policies.
@@ -336,6 +382,9 @@ pub struct Verify {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub consecutive: Option<u32>,
+    /// `direct` (default) or `ssh`: through the host's SSH session.
+    #[serde(default)]
+    pub via: Option<VerifyVia>,
 }
 
 /// Rollout control.

@@ -55,6 +55,7 @@ pub struct RestartSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifySettings {
     pub url: String,
+    pub via_ssh: bool,
     pub expect_status: u16,
     pub timeout_ms: u64,
     pub interval_ms: u64,
@@ -178,6 +179,12 @@ fn host_settings(deployment: &Deployment, at: &str, templated: bool) -> Result<V
     let ssh = deployment.ssh.clone().unwrap_or_default();
     let default_user = ssh.user.unwrap_or_else(|| DEFAULT_USER.to_string());
     check_account_name(&default_user, &format!("{at}/ssh/user"))?;
+    if let Some(jump) = &ssh.jump {
+        check_host_name(&jump.host, &format!("{at}/ssh/jump/host"))?;
+        if let Some(user) = &jump.user {
+            check_account_name(user, &format!("{at}/ssh/jump/user"))?;
+        }
+    }
     let mut seen: BTreeMap<(String, u16), usize> = BTreeMap::new();
     let mut hosts = Vec::new();
     for (index, spec) in deployment.hosts.iter().enumerate() {
@@ -353,6 +360,7 @@ fn verify_settings(check: &Verify, templated: bool, at: &str) -> Result<VerifySe
     check_url_template(&check.url, templated, &format!("{at}/url"))?;
     Ok(VerifySettings {
         url: check.url.clone(),
+        via_ssh: check.via == Some(crate::request::VerifyVia::Ssh),
         expect_status: check.expect_status.unwrap_or(200),
         timeout_ms: check.timeout_ms.unwrap_or(2_000),
         interval_ms: check.interval_ms.unwrap_or(500),

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -47,12 +48,48 @@ pub struct SshConfig {
     pub policy: HostKeyPolicy,
     pub connect_timeout: Duration,
     pub io_timeout: Duration,
+    /// The bastion to tunnel through, with its own settings.
+    pub jump: Option<Box<(HostSettings, SshConfig)>>,
 }
 
 impl SshConfig {
     /// Reads the credentials the request names; a problem rejects the request.
     pub fn from_request(ssh: Option<&Ssh>, at: &str, env: &dyn EnvLookup) -> Result<SshConfig> {
         let ssh = ssh.cloned().unwrap_or_default();
+        let jump = match &ssh.jump {
+            Some(jump) => {
+                // The bastion's own settings, each falling back to the hosts' ones.
+                let mut own = ssh.clone();
+                own.jump = None;
+                own.user = jump.user.clone().or(ssh.user.clone());
+                own.port = jump.port;
+                if jump.identity_file_env.is_some()
+                    || jump.identity_env.is_some()
+                    || jump.agent.is_some()
+                {
+                    own.identity_file_env = jump.identity_file_env.clone();
+                    own.identity_env = jump.identity_env.clone();
+                    own.agent = jump.agent;
+                    own.passphrase_env = jump.passphrase_env.clone();
+                }
+                if jump.known_hosts.is_some() || jump.known_hosts_env.is_some() {
+                    own.known_hosts = jump.known_hosts.clone();
+                    own.known_hosts_env = jump.known_hosts_env.clone();
+                }
+                let config = SshConfig::from_request(Some(&own), &format!("{at}/ssh/jump"), env)?;
+                let host = HostSettings {
+                    name: jump.host.clone(),
+                    port: jump.port.unwrap_or(22),
+                    user: own
+                        .user
+                        .clone()
+                        .unwrap_or_else(|| crate::settings::DEFAULT_USER.into()),
+                    instances: None,
+                };
+                Some(Box::new((host, config)))
+            }
+            None => None,
+        };
         let variable = |field: &str, name: &str| -> Result<SecretString> {
             secret::from_env(env, name, false).map_err(|problem| {
                 Error::invalid(
@@ -136,6 +173,7 @@ impl SshConfig {
                 ssh.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
             ),
             io_timeout: Duration::from_millis(ssh.io_timeout_ms.unwrap_or(DEFAULT_IO_TIMEOUT_MS)),
+            jump,
         })
     }
 }
@@ -185,15 +223,23 @@ impl Connection {
         let name = &host.name;
         let failed =
             |what: String| HostError::new(ErrorKind::ConnectFailed, format!("`{name}`: {what}"));
-        let address = (name.as_str(), host.port)
-            .to_socket_addrs()
-            .map_err(|e| failed(format!("cannot resolve: {e}")))?
-            .next()
-            .ok_or_else(|| failed("resolves to no address".into()))?;
-        let tcp = TcpStream::connect_timeout(&address, config.connect_timeout)
-            .map_err(|e| failed(format!("cannot connect to port {}: {e}", host.port)))?;
+        let resolve = || {
+            (name.as_str(), host.port)
+                .to_socket_addrs()
+                .map_err(|e| failed(format!("cannot resolve: {e}")))?
+                .next()
+                .ok_or_else(|| failed("resolves to no address".into()))
+        };
         let mut session = Session::new().map_err(|e| failed(e.to_string()))?;
-        session.set_tcp_stream(tcp);
+        match &config.jump {
+            None => {
+                let tcp = TcpStream::connect_timeout(&resolve()?, config.connect_timeout)
+                    .map_err(|e| failed(format!("cannot connect to port {}: {e}", host.port)))?;
+                session.set_tcp_stream(tcp);
+            }
+            // Behind a bastion, the bastion resolves and connects.
+            Some(jump) => session.set_tcp_stream(tunnel(&jump.0, &jump.1, name, host.port)?),
+        }
         session.set_timeout(millis(config.connect_timeout));
 
         let text = match &config.known_hosts {
@@ -438,6 +484,154 @@ impl Connection {
             first
         }))
     }
+}
+
+impl Connection {
+    /// `GET path` on `host:port` as seen from this host, through a direct-tcpip
+    /// channel; returns the HTTP status.
+    pub fn http_get(
+        &self,
+        label: &str,
+        host: &str,
+        port: u16,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<u16, String> {
+        let deadline = Instant::now() + timeout;
+        let mut channel = self
+            .retry(label, "opening a tunnel", deadline, || {
+                self.session.channel_direct_tcpip(host, port, None)
+            })
+            .map_err(|e| e.message)?;
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
+        let mut written = 0;
+        while written < request.len() {
+            match channel.write(&request.as_bytes()[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.idle(label, deadline).map_err(|e| e.message)?
+                }
+                Err(e) => return Err(format!("connection failed: {}", e.kind())),
+            }
+        }
+        let mut response = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !response.contains(&b'\n') {
+            match channel.read(&mut buffer) {
+                Ok(0) if channel.eof() => break,
+                Ok(0) => self
+                    .idle(label, deadline)
+                    .map_err(|_| "timed out".to_string())?,
+                Ok(n) => response.extend_from_slice(&buffer[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self
+                    .idle(label, deadline)
+                    .map_err(|_| "timed out".to_string())?,
+                Err(e) => return Err(format!("connection failed: {}", e.kind())),
+            }
+        }
+        let _ = channel.close();
+        let line = String::from_utf8_lossy(&response);
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| "connection failed: no HTTP answer".to_string())
+    }
+}
+
+/// A stream to `host:port` through the bastion: a socket pair whose far end a
+/// thread joins to a direct-tcpip channel of the bastion's session. The thread
+/// (and the bastion connection) ends when either side closes.
+fn tunnel(
+    bastion: &HostSettings,
+    config: &SshConfig,
+    host: &str,
+    port: u16,
+) -> Result<UnixStream, HostError> {
+    let via = Connection::open(bastion, config).map_err(|e| {
+        HostError::new(
+            e.kind,
+            format!("through the bastion `{}`: {}", bastion.name, e.message),
+        )
+    })?;
+    let deadline = Instant::now() + config.connect_timeout;
+    let channel = via
+        .retry(&bastion.name, "opening a tunnel", deadline, || {
+            via.session.channel_direct_tcpip(host, port, None)
+        })
+        .map_err(|e| {
+            HostError::new(
+                ErrorKind::ConnectFailed,
+                format!(
+                    "`{host}`: the bastion `{}` cannot reach port {port}: {}",
+                    bastion.name, e.message
+                ),
+            )
+        })?;
+    let (near, far) = UnixStream::pair()
+        .map_err(|e| HostError::new(ErrorKind::ConnectFailed, format!("`{host}`: {e}")))?;
+    far.set_nonblocking(true)
+        .map_err(|e| HostError::new(ErrorKind::ConnectFailed, format!("`{host}`: {e}")))?;
+    std::thread::spawn(move || relay(via, channel, far));
+    Ok(near)
+}
+
+/// Copies bytes both ways between a local socket and a channel until one closes.
+fn relay(via: Connection, mut channel: Channel, mut local: UnixStream) {
+    let mut to_remote: Vec<u8> = Vec::new();
+    let mut to_local: Vec<u8> = Vec::new();
+    let mut buffer = [0u8; 32 * 1024];
+    loop {
+        let mut progressed = false;
+        if to_remote.len() < buffer.len() {
+            match local.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    to_remote.extend_from_slice(&buffer[..n]);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        if !to_remote.is_empty() {
+            match channel.write(&to_remote) {
+                Ok(n) => {
+                    to_remote.drain(..n);
+                    progressed |= n > 0;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        if to_local.len() < buffer.len() {
+            match channel.read(&mut buffer) {
+                Ok(0) if channel.eof() => break,
+                Ok(0) => {}
+                Ok(n) => {
+                    to_local.extend_from_slice(&buffer[..n]);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        if !to_local.is_empty() {
+            match local.write(&to_local) {
+                Ok(n) => {
+                    to_local.drain(..n);
+                    progressed |= n > 0;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        if !progressed {
+            std::thread::sleep(POLL);
+        }
+    }
+    drop(channel);
+    drop(via);
 }
 
 fn millis(duration: Duration) -> u32 {

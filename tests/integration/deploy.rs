@@ -215,6 +215,162 @@ fn deploy_on_the_testbed() {
     two_runs_on_the_same_hosts_never_interleave(&deployer, &hosts);
     a_killed_run_leaves_no_lock_behind(&deployer, &hosts);
     a_silently_dropped_run_loses_its_lock(&deployer, &hosts);
+    instances_restart_one_at_a_time_each_checked_before_the_next(&deployer, &hosts);
+    a_host_behind_a_bastion_with_health_through_ssh(&deployer, &hosts);
+}
+
+fn instances_restart_one_at_a_time_each_checked_before_the_next(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let secrets: BTreeMap<String, String> = [
+        ("VOXCORE_SECRET", "CANARY-voxcore-ordered"),
+        ("OPENAI_API_KEY", "CANARY-openai-ordered"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let request = json!({
+        "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxcore",
+        "contract": "voxcore.env.example",
+        "hosts": [{"host": hosts[2].addr, "instances": ["1", "2"]}],
+        "env": {"VOXCORE_SECRET": {"secretEnv": "VOXCORE_SECRET"}, "OPENAI_API_KEY": {"secretEnv": "OPENAI_API_KEY"},
+                "LOG_LEVEL": {"value": "info"}},
+        "ssh": testbed.ssh_settings("root"),
+        "verify": [
+            {"url": "http://{host}:9000/health/fleet", "intervalMs": 100, "deadlineMs": 8000, "consecutive": 1},
+            {"url": "http://{host}:910{instance}/health/worker", "intervalMs": 100, "deadlineMs": 8000, "consecutive": 1}
+        ]
+    });
+    let run = deployer.run("deploy", &request, &secrets);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let result = run.json();
+    let steps: Vec<&str> = result["hosts"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .filter(|name| *name == "restart" || *name == "verify")
+        .collect();
+    assert_eq!(steps, ["restart", "verify", "restart", "verify", "verify"]);
+    let urls: Vec<&str> = result["hosts"][0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["url"].as_str().unwrap())
+        .collect();
+    let addr = &hosts[2].addr;
+    assert_eq!(
+        urls,
+        [
+            format!("http://{addr}:9101/health/worker"),
+            format!("http://{addr}:9102/health/worker"),
+            format!("http://{addr}:9000/health/fleet")
+        ]
+    );
+}
+
+/// iptables rules that keep root (hostenv) away from a host's SSH and health
+/// ports; the bastion's and the host's own sshd (running as the login user)
+/// still get through. Removed on drop.
+struct Firewall(Vec<Vec<String>>);
+
+impl Firewall {
+    fn close_to_root(addr: &str, ports: &[u16]) -> Firewall {
+        let rules: Vec<Vec<String>> = ports
+            .iter()
+            .map(|port| {
+                [
+                    "-p",
+                    "tcp",
+                    "-d",
+                    addr,
+                    "--dport",
+                    &port.to_string(),
+                    "-m",
+                    "owner",
+                    "--uid-owner",
+                    "0",
+                    "-j",
+                    "REJECT",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+            })
+            .collect();
+        for rule in &rules {
+            assert!(Command::new("iptables")
+                .arg("-I")
+                .arg("OUTPUT")
+                .args(rule)
+                .status()
+                .unwrap()
+                .success());
+        }
+        Firewall(rules)
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        for rule in &self.0 {
+            let _ = Command::new("iptables")
+                .arg("-D")
+                .arg("OUTPUT")
+                .args(rule)
+                .status();
+        }
+    }
+}
+
+fn a_host_behind_a_bastion_with_health_through_ssh(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let (target, bastion) = (hosts[0], hosts[2]);
+    let mut request = voxbridge_request(
+        testbed,
+        &[target],
+        "deploy",
+        json!({"allowSharedChange": true}),
+    );
+    let rules = run_hostenv(
+        &["sudoers"],
+        deployer.work.path(),
+        &BTreeMap::new(),
+        Some(request.to_string().as_bytes()),
+    );
+    testbed.grant_sudo(target, &rules.stdout);
+    let _firewall = Firewall::close_to_root(&target.addr, &[22, 8080]);
+
+    // Without the bastion the host is out of reach.
+    let result = deployer.run("deploy", &request, &secrets("bastion")).json();
+    assert_eq!(
+        result["hosts"][0]["error"]["kind"], "connectFailed",
+        "{result:#}"
+    );
+
+    request["ssh"]["jump"] = json!({"host": bastion.addr, "user": "deploy"});
+    request["verify"] = json!([{"url": "http://{host}:8080/health", "via": "ssh", "intervalMs": 100, "deadlineMs": 8000, "consecutive": 2}]);
+    let run = deployer.run("deploy", &request, &secrets("bastion"));
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(statuses(&run.json()), ["deployed"]);
+    assert_eq!(
+        file_on(testbed, target, "/opt/voxbridge/.env").1,
+        expected_voxbridge_file(&secrets("bastion"))
+    );
+
+    // The same check without `via: ssh` cannot reach the port.
+    request["verify"][0]["via"] = json!("direct");
+    request["verify"][0]["deadlineMs"] = json!(600);
+    request["rollbackOnFailure"] = json!(false);
+    let result = deployer
+        .run("deploy", &request, &secrets("bastion-direct"))
+        .json();
+    assert_eq!(
+        result["hosts"][0]["error"]["kind"], "healthCheckFailed",
+        "{result:#}"
+    );
 }
 
 /// A deploy that spends a few seconds verifying, holding its locks meanwhile.

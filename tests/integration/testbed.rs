@@ -264,12 +264,17 @@ impl Testbed {
         );
         write(
             &units.join("voxcore@.service"),
+            // A numbered instance also answers on 9100 + its number.
             &service(
                 "voxcore",
                 "%i",
                 9000,
                 "/health/fleet",
                 "VOXCORE_SECRET,OPENAI_API_KEY",
+            )
+            .replace(
+                "TESTBED_PORT=9000",
+                "TESTBED_PORT=9000 TESTBED_INSTANCE_PORT_BASE=9100",
             ),
         );
         write(

@@ -64,6 +64,20 @@ class Server(http.server.ThreadingHTTPServer):
 
 server = Server((os.environ["TESTBED_BIND"], int(os.environ["TESTBED_PORT"])), Health)
 
+# A numbered instance also answers on its own port, so a check can reach it alone.
+if instance.isdigit() and os.environ.get("TESTBED_INSTANCE_PORT_BASE"):
+    import threading
+
+    class Worker(Health):
+        def do_GET(self):
+            if self.path == "/health/worker":
+                self.path = health_path
+            super().do_GET()
+
+    own_port = int(os.environ["TESTBED_INSTANCE_PORT_BASE"]) + int(instance)
+    worker = Server((os.environ["TESTBED_BIND"], own_port), Worker)
+    threading.Thread(target=worker.serve_forever, daemon=True).start()
+
 notify = os.environ.get("NOTIFY_SOCKET")
 if notify:
     address = "\0" + notify[1:] if notify.startswith("@") else notify
