@@ -235,6 +235,8 @@ impl Connection {
             None => {
                 let tcp = TcpStream::connect_timeout(&resolve()?, config.connect_timeout)
                     .map_err(|e| failed(format!("cannot connect to port {}: {e}", host.port)))?;
+                // Small writes (a file, then end-of-file) must not wait for Nagle's delayed ACK.
+                let _ = tcp.set_nodelay(true);
                 session.set_tcp_stream(tcp);
             }
             // Behind a bastion, the bastion resolves and connects.

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The benchmark of BENCHMARKS.md: deploy voxbridge to 1, 10 and 50 testbed hosts
+# with hostenv (release build), with ansible-playbook (ansible-core from PyPI in a
+# local venv), and with bare parallel OpenSSH commands (the lower bound),
+# alternating them, several repetitions each. Run as root. Not part of CI.
+#   scripts/bench.sh [REPETITIONS]   (default 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+[ -x /usr/bin/time ] || { apt-get update; DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends time; }
+venv=target/bench/venv
+if [ ! -x "$venv/bin/ansible-playbook" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet "ansible-core==2.19.*"
+fi
+cargo build --release --quiet
+cargo run --release --quiet --example bench -- "${1:-5}"
