@@ -582,58 +582,66 @@ fn tunnel(
 fn relay(via: Connection, mut channel: Channel, mut local: UnixStream) {
     let mut to_remote: Vec<u8> = Vec::new();
     let mut to_local: Vec<u8> = Vec::new();
-    let mut buffer = [0u8; 32 * 1024];
+    let mut buffer = vec![0u8; 32 * 1024];
     loop {
-        let mut progressed = false;
-        if to_remote.len() < buffer.len() {
-            match local.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => {
-                    to_remote.extend_from_slice(&buffer[..n]);
-                    progressed = true;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => break,
+        let moved = (|| {
+            let from_local = pull(&mut local, &mut to_remote, &mut buffer)?;
+            let to_channel = push(&mut channel, &mut to_remote)?;
+            let from_channel = match pull(&mut channel, &mut to_local, &mut buffer)? {
+                Some(0) if channel.eof() => return Err(()),
+                other => other,
+            };
+            let to_socket = push(&mut local, &mut to_local)?;
+            if from_local == Some(0) {
+                return Err(());
             }
-        }
-        if !to_remote.is_empty() {
-            match channel.write(&to_remote) {
-                Ok(n) => {
-                    to_remote.drain(..n);
-                    progressed |= n > 0;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => break,
-            }
-        }
-        if to_local.len() < buffer.len() {
-            match channel.read(&mut buffer) {
-                Ok(0) if channel.eof() => break,
-                Ok(0) => {}
-                Ok(n) => {
-                    to_local.extend_from_slice(&buffer[..n]);
-                    progressed = true;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => break,
-            }
-        }
-        if !to_local.is_empty() {
-            match local.write(&to_local) {
-                Ok(n) => {
-                    to_local.drain(..n);
-                    progressed |= n > 0;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => break,
-            }
-        }
-        if !progressed {
-            std::thread::sleep(POLL);
+            Ok([from_local, to_channel, from_channel, to_socket]
+                .iter()
+                .any(|n| n.is_some_and(|n| n > 0)))
+        })();
+        match moved {
+            Err(()) => break,
+            Ok(false) => std::thread::sleep(POLL),
+            Ok(true) => {}
         }
     }
     drop(channel);
     drop(via);
+}
+
+/// Reads what is there into `into` (bounded): Some(bytes read, 0 at the end),
+/// None when nothing is ready, Err when the stream broke.
+fn pull(
+    source: &mut impl Read,
+    into: &mut Vec<u8>,
+    buffer: &mut [u8],
+) -> Result<Option<usize>, ()> {
+    if into.len() >= buffer.len() {
+        return Ok(None);
+    }
+    match source.read(buffer) {
+        Ok(n) => {
+            into.extend_from_slice(&buffer[..n]);
+            Ok(Some(n))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(_) => Err(()),
+    }
+}
+
+/// Writes what it can of `from`: Some(bytes written), None when nothing could go.
+fn push(sink: &mut impl Write, from: &mut Vec<u8>) -> Result<Option<usize>, ()> {
+    if from.is_empty() {
+        return Ok(None);
+    }
+    match sink.write(from) {
+        Ok(n) => {
+            from.drain(..n);
+            Ok(Some(n))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(_) => Err(()),
+    }
 }
 
 fn millis(duration: Duration) -> u32 {

@@ -31,6 +31,13 @@ fn secrets(generation: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 fn voxbridge_request(testbed: &Testbed, hosts: &[&TestHost], user: &str, extra: Value) -> Value {
     let mut request = json!({
         "apiVersion": "hostenv/v1",
@@ -224,13 +231,10 @@ fn instances_restart_one_at_a_time_each_checked_before_the_next(
     hosts: &[&TestHost],
 ) {
     let testbed = deployer.testbed;
-    let secrets: BTreeMap<String, String> = [
+    let secrets = map(&[
         ("VOXCORE_SECRET", "CANARY-voxcore-ordered"),
         ("OPENAI_API_KEY", "CANARY-openai-ordered"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     let request = json!({
         "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxcore",
         "contract": "voxcore.env.example",
@@ -861,15 +865,12 @@ fn a_host_without_a_previous_file_gets_the_new_one_removed(
         "VOXCORE_SECRET=\nLIVEKIT_API_KEY=\nLIVEKIT_API_SECRET=\nMONGODB_URI=\nHEALTH_MODE=ok\n",
     )
     .unwrap();
-    let secrets: BTreeMap<String, String> = [
+    let secrets = map(&[
         ("VOXCORE_SECRET", "CANARY-dialler-voxcore-1"),
         ("LIVEKIT_API_KEY", "CANARY-livekit-key-1"),
         ("LIVEKIT_API_SECRET", "CANARY-livekit-secret-1"),
         ("MONGODB_URI", "CANARY-dialler-mongo-1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     let request = json!({
         "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxdialler",
         "contract": "voxdialler.env.example", "hosts": [host.addr],
@@ -1359,13 +1360,10 @@ fn voxcore_instances_restart_on_two_hosts(deployer: &Deployer, hosts: &[&TestHos
         "VOXCORE_SECRET=\nOPENAI_API_KEY=\nLOG_LEVEL=info\n",
     )
     .unwrap();
-    let secrets: BTreeMap<String, String> = [
+    let secrets = map(&[
         ("VOXCORE_SECRET", "CANARY-voxcore-secret-1"),
         ("OPENAI_API_KEY", "CANARY-openai-key-1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     let request = json!({
         "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxcore",
         "contract": "voxcore.env.example",

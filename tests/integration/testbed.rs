@@ -98,6 +98,7 @@ impl Testbed {
                 "{tool} is missing: run scripts/test.sh, which installs the testbed's packages"
             );
         }
+        remove_stale_testbeds();
         let dir = PathBuf::from(format!("/var/tmp/hostenv-testbed-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("keys")).unwrap();
@@ -456,6 +457,40 @@ impl Drop for Testbed {
             let _ = std::fs::write(INOTIFY_INSTANCES, before.trim());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A run that was killed (not dropped) leaves its hosts running: stop every
+/// process in their cgroups and remove what they left, before starting anew.
+fn remove_stale_testbeds() {
+    let Ok(entries) = std::fs::read_dir("/var/tmp") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("hostenv-testbed-") else {
+            continue;
+        };
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+        if alive {
+            continue;
+        }
+        if let Ok(cgroups) = std::fs::read_dir("/sys/fs/cgroup/unified") {
+            for cgroup in cgroups.flatten() {
+                if cgroup
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("hostenv-{name}-"))
+                {
+                    let _ = std::fs::write(cgroup.path().join("cgroup.kill"), "1");
+                    remove_cgroup(&cgroup.path(), Instant::now() + Duration::from_secs(5));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
     }
 }
 
