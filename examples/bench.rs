@@ -44,8 +44,8 @@ impl Bench<'_> {
         self.testbed.hosts.iter().take(n).collect()
     }
 
-    /// Runs one tool on `n` hosts; returns (seconds, peak RSS in KiB for hostenv).
-    fn run(&self, tool: &str, n: usize, marker: &str) -> (f64, Option<u64>) {
+    /// Runs one tool on `n` hosts; returns (seconds, hostenv's peak RSS in KiB and CPU seconds).
+    fn run(&self, tool: &str, n: usize, marker: &str) -> (f64, Option<(u64, f64)>) {
         let started = Instant::now();
         let rss = match tool {
             "hostenv" => Some(self.hostenv(n, marker)),
@@ -69,7 +69,8 @@ impl Bench<'_> {
         (seconds, rss)
     }
 
-    fn hostenv(&self, n: usize, marker: &str) -> u64 {
+    /// Runs hostenv; returns (peak RSS in KiB, user + system CPU seconds).
+    fn hostenv(&self, n: usize, marker: &str) -> (u64, f64) {
         let request = serde_json::json!({
             "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxbridge",
             "contract": self.work.join("voxbridge.env.example"),
@@ -92,7 +93,7 @@ impl Bench<'_> {
             self.testbed.client_key.display().to_string(),
         );
         let output = Command::new("/usr/bin/time")
-            .args(["-f", "peak-rss-kib %M"])
+            .args(["-f", "peak-rss-kib %M cpu-seconds %U %S"])
             .arg(self.root.join("target/release/hostenv"))
             .args(["deploy", "--request"])
             .arg(&path)
@@ -107,11 +108,15 @@ impl Bench<'_> {
             "hostenv: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        String::from_utf8_lossy(&output.stderr)
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let fields: Vec<&str> = stderr
             .lines()
             .find_map(|l| l.strip_prefix("peak-rss-kib "))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("GNU time's peak RSS")
+            .expect("GNU time's report")
+            .split_whitespace()
+            .collect();
+        let number = |i: usize| fields[i].parse::<f64>().expect("a number");
+        (number(0) as u64, number(2) + number(3))
     }
 
     fn ansible(&self, n: usize, marker: &str) {
@@ -226,6 +231,7 @@ fn main() {
 
     let mut times: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
     let mut rss: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut cpu: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     // One untimed warm-up of each tool (first SSH logins, Python imports).
     for tool in TOOLS {
         bench.run(tool, 1, &format!("warmup-{tool}"));
@@ -237,19 +243,20 @@ fn main() {
                 let (seconds, peak) = bench.run(tool, n, &format!("bench-{tool}-{n}-{rep}"));
                 eprintln!(
                     "{n:>2} hosts  {tool:<8} {seconds:>7.2} s{}",
-                    peak.map(|p| format!("  peak RSS {} MiB", p / 1024))
+                    peak.map(|(p, c)| format!("  peak RSS {} MiB, CPU {c:.2} s", p / 1024))
                         .unwrap_or_default()
                 );
                 times.entry((n, tool)).or_default().push(seconds);
-                if let Some(peak) = peak {
+                if let Some((peak, seconds)) = peak {
                     let max = rss.entry(n).or_default();
                     *max = (*max).max(peak);
+                    cpu.entry(n).or_default().push(seconds);
                 }
             }
         }
     }
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+    let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
             c.lines()
@@ -259,20 +266,21 @@ fn main() {
         .unwrap_or_default();
     let mut out = format!(
         "Measured {} UTC on {} ({} cores), {repetitions} repetitions per cell, tools alternating.\n\n\
-         | hosts | hostenv (s) | ansible-playbook (s) | bare ssh (s) | ansible / hostenv | hostenv / bare ssh | hostenv peak RSS |\n\
-         |---|---|---|---|---|---|---|\n",
+         | hosts | hostenv (s) | ansible-playbook (s) | bare ssh (s) | ansible / hostenv | hostenv / bare ssh | hostenv peak RSS | hostenv CPU (s) |\n\
+         |---|---|---|---|---|---|---|---|\n",
         hostenv::audit::rfc3339(std::time::SystemTime::now()),
-        cpu,
+        model,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     for n in SIZES {
         let mut median_of = |tool| median(times.get_mut(&(n, tool)).unwrap());
         let (h, a, s) = (median_of("hostenv"), median_of("ansible"), median_of("ssh"));
         out.push_str(&format!(
-            "| {n} | {h:.2} | {a:.2} | {s:.2} | {:.1}x | {:.2}x | {:.1} MiB |\n",
+            "| {n} | {h:.2} | {a:.2} | {s:.2} | {:.1}x | {:.2}x | {:.1} MiB | {:.2} |\n",
             a / h,
             h / s,
-            rss[&n] as f64 / 1024.0
+            rss[&n] as f64 / 1024.0,
+            median(cpu.get_mut(&n).unwrap())
         ));
     }
     println!("{out}");
