@@ -6,6 +6,8 @@ use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -191,8 +193,25 @@ pub struct Output {
 /// (see `lock.rs`) keeps going on its own channel of the same session.
 pub struct Connection {
     session: Session,
+    /// The session's own socket, duplicated, to wait on without busy polling.
+    socket: Socket,
     io_timeout: Duration,
     lock: RefCell<Option<Heartbeat>>,
+}
+
+/// The transport under a session: a TCP connection, or a tunnel through a bastion.
+enum Socket {
+    Tcp(TcpStream),
+    Tunnel(UnixStream),
+}
+
+impl std::os::fd::AsFd for Socket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Socket::Tcp(tcp) => tcp.as_fd(),
+            Socket::Tunnel(unix) => unix.as_fd(),
+        }
+    }
 }
 
 /// The channel that holds a host lock, and when it last heard from us.
@@ -205,6 +224,8 @@ struct Heartbeat {
 /// lock after `lock::BEAT_TIMEOUT` without a beat.
 const BEAT_EVERY: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(1);
+/// The longest wait for the socket before looking again (and beating).
+const WAIT_AT_MOST: Duration = Duration::from_millis(20);
 
 fn lost(host: &str, what: &str, error: impl std::fmt::Display) -> HostError {
     HostError::new(
@@ -231,17 +252,25 @@ impl Connection {
                 .ok_or_else(|| failed("resolves to no address".into()))
         };
         let mut session = Session::new().map_err(|e| failed(e.to_string()))?;
-        match &config.jump {
+        let duplicate = |e: std::io::Error| failed(format!("cannot duplicate the socket: {e}"));
+        let socket = match &config.jump {
             None => {
                 let tcp = TcpStream::connect_timeout(&resolve()?, config.connect_timeout)
                     .map_err(|e| failed(format!("cannot connect to port {}: {e}", host.port)))?;
                 // Small writes (a file, then end-of-file) must not wait for Nagle's delayed ACK.
                 let _ = tcp.set_nodelay(true);
+                let ours = tcp.try_clone().map_err(duplicate)?;
                 session.set_tcp_stream(tcp);
+                Socket::Tcp(ours)
             }
             // Behind a bastion, the bastion resolves and connects.
-            Some(jump) => session.set_tcp_stream(tunnel(&jump.0, &jump.1, name, host.port)?),
-        }
+            Some(jump) => {
+                let tunnel = tunnel(&jump.0, &jump.1, name, host.port)?;
+                let ours = tunnel.try_clone().map_err(duplicate)?;
+                session.set_tcp_stream(tunnel);
+                Socket::Tunnel(ours)
+            }
+        };
         session.set_timeout(millis(config.connect_timeout));
 
         let text = match &config.known_hosts {
@@ -297,6 +326,7 @@ impl Connection {
         session.set_blocking(false);
         Ok(Connection {
             session,
+            socket,
             io_timeout: config.io_timeout,
             lock: RefCell::new(None),
         })
@@ -405,13 +435,30 @@ impl Connection {
         }
     }
 
-    /// Waits a moment for the network, keeping the lock alive; fails past `deadline`.
+    /// Waits until the socket is ready in the direction libssh2 is blocked on
+    /// (or a short while), keeping the lock alive; fails past `deadline`.
     fn idle(&self, host: &str, deadline: Instant) -> Result<(), HostError> {
-        if Instant::now() > deadline {
+        let now = Instant::now();
+        if now > deadline {
             return Err(lost(host, "waiting for the host", "timed out"));
         }
         self.beat();
-        std::thread::sleep(POLL);
+        let flags = match self.session.block_directions() {
+            ssh2::BlockDirections::Inbound => PollFlags::IN,
+            ssh2::BlockDirections::Outbound => PollFlags::OUT,
+            ssh2::BlockDirections::Both => PollFlags::IN | PollFlags::OUT,
+            ssh2::BlockDirections::None => {
+                std::thread::sleep(POLL);
+                return Ok(());
+            }
+        };
+        let wait = WAIT_AT_MOST.min(deadline - now);
+        let timeout = Timespec {
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: i64::from(wait.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(&self.socket, flags)];
+        let _ = poll(&mut fds, Some(&timeout));
         Ok(())
     }
 

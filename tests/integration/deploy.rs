@@ -199,31 +199,57 @@ fn deploy_on_the_testbed() {
     let hosts: Vec<&TestHost> = testbed.hosts.iter().collect();
 
     first_deploy_installs_and_restarts(&deployer, &hosts);
+    settle(&testbed, &hosts);
     same_request_changes_nothing(&deployer, &hosts);
+    settle(&testbed, &hosts);
     failing_health_check_rolls_back(&deployer, &hosts);
+    settle(&testbed, &hosts);
     shared_key_change_is_refused(&deployer, &hosts);
+    settle(&testbed, &hosts);
     a_switched_file_without_restart_converges(&deployer, &hosts);
+    settle(&testbed, &hosts);
     a_missing_variable_fails_the_restart_and_rolls_back(&deployer, &hosts);
+    settle(&testbed, &hosts);
     one_host_down_fails_alone(&deployer, &hosts);
+    settle(&testbed, &hosts);
     wrong_key_and_unknown_or_changed_host_keys_are_refused(&deployer, &hosts);
+    settle(&testbed, &hosts);
     the_deploy_user_works_through_sudo(&deployer, &hosts);
+    settle(&testbed, &hosts);
     voxcore_instances_restart_on_two_hosts(&deployer, &hosts);
+    settle(&testbed, &hosts);
     secrets_stay_in_the_target_files(&deployer, &hosts);
+    settle(&testbed, &hosts);
     a_rejected_request_opens_no_connection(&deployer);
+    settle(&testbed, &hosts);
     without_rollback_a_failed_host_is_left_unhealthy(&deployer, &hosts);
+    settle(&testbed, &hosts);
     a_host_without_a_previous_file_gets_the_new_one_removed(&deployer, &hosts);
+    settle(&testbed, &hosts);
     a_start_limit_hit_is_named_and_the_rollback_still_restarts(&deployer, &hosts);
+    settle(&testbed, &hosts);
     the_key_can_come_as_base64_content(&deployer, &hosts);
+    settle(&testbed, &hosts);
     plan_reports_what_a_deploy_then_changes_and_writes_nothing(&deployer, &hosts);
+    settle(&testbed, &hosts);
     a_deploy_refuses_when_the_reviewed_plan_no_longer_holds(&deployer, &hosts);
+    settle(&testbed, &hosts);
     a_failing_canary_stops_the_rollout(&deployer, &hosts);
+    settle(&testbed, &hosts);
     exceeding_max_failed_stops_further_batches(&deployer, &hosts);
+    settle(&testbed, &hosts);
     the_audit_log_records_each_attempt_without_values(&deployer, &hosts);
+    settle(&testbed, &hosts);
     two_runs_on_the_same_hosts_never_interleave(&deployer, &hosts);
+    settle(&testbed, &hosts);
     a_killed_run_leaves_no_lock_behind(&deployer, &hosts);
+    settle(&testbed, &hosts);
     a_silently_dropped_run_loses_its_lock(&deployer, &hosts);
+    settle(&testbed, &hosts);
     instances_restart_one_at_a_time_each_checked_before_the_next(&deployer, &hosts);
+    settle(&testbed, &hosts);
     a_host_behind_a_bastion_with_health_through_ssh(&deployer, &hosts);
+    settle(&testbed, &hosts);
 }
 
 fn instances_restart_one_at_a_time_each_checked_before_the_next(
@@ -1419,6 +1445,14 @@ fn shared_key_change_is_refused(deployer: &Deployer, hosts: &[&TestHost]) {
         expected_voxbridge_file(&secrets("one")),
         "nothing was written"
     );
+}
+
+/// Between scenarios: clear failed states and systemd's start-rate counters,
+/// which many quick restarts in a row would otherwise exhaust (DESIGN.md §6).
+fn settle(testbed: &Testbed, hosts: &[&TestHost]) {
+    for host in hosts {
+        testbed.sh_ok(host, "systemctl reset-failed");
+    }
 }
 
 fn first_deploy_installs_and_restarts(deployer: &Deployer, hosts: &[&TestHost]) {
