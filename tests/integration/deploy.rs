@@ -754,6 +754,12 @@ fn a_failing_canary_stops_the_rollout(deployer: &Deployer, hosts: &[&TestHost]) 
         before,
         "skipped hosts are untouched"
     );
+    let canaries: Vec<String> = secrets("canary").values().cloned().collect();
+    assert_no_leak(
+        "the JUnit file",
+        &std::fs::read_to_string(&junit).unwrap(),
+        &canaries,
+    );
     let parsed = Command::new("python3")
         .arg("-c")
         .arg(
