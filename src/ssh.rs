@@ -395,10 +395,33 @@ impl Connection {
         deadline: Instant,
     ) -> Result<(Vec<u8>, Vec<u8>), HostError> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        self.drain(
+            host,
+            "reading output",
+            channel,
+            (&mut stdout, &mut stderr),
+            deadline,
+            |_| false,
+        )?;
+        Ok((stdout, stderr))
+    }
+
+    /// Reads stdout and stderr until the channel ends or `enough(stdout)`.
+    /// stderr is always drained too: libssh2 sees the end of a channel only
+    /// once everything before it has been read.
+    fn drain(
+        &self,
+        host: &str,
+        what: &str,
+        channel: &mut Channel,
+        (stdout, stderr): (&mut Vec<u8>, &mut Vec<u8>),
+        deadline: Instant,
+        enough: impl Fn(&[u8]) -> bool,
+    ) -> Result<(), HostError> {
         let mut buffer = [0u8; 16 * 1024];
-        loop {
+        while !enough(stdout) {
             let mut progressed = false;
-            for (stream, into) in [(0, &mut stdout), (1, &mut stderr)] {
+            for (stream, into) in [(0, &mut *stdout), (1, &mut *stderr)] {
                 match channel.stream(stream).read(&mut buffer) {
                     Ok(0) => {}
                     Ok(n) => {
@@ -406,16 +429,17 @@ impl Connection {
                         progressed = true;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(lost(host, "reading output", e)),
+                    Err(e) => return Err(lost(host, what, e)),
                 }
             }
             if channel.eof() && !progressed {
-                return Ok((stdout, stderr));
+                break;
             }
             if !progressed {
                 self.idle(host, deadline)?;
             }
         }
+        Ok(())
     }
 
     /// Retries a libssh2 call until it stops saying "again", beating meanwhile.
@@ -492,32 +516,16 @@ impl Connection {
         let deadline = Instant::now() + wait + self.io_timeout;
         let mut line = holder.to_string();
         line.push('\n');
-        let channel = self.start(host, command, line.as_bytes(), deadline)?;
-        let mut answer = Vec::new();
-        let mut errors = Vec::new();
-        let mut buffer = [0u8; 4096];
-        // stderr is drained too: libssh2 sees the end of the channel only once
-        // everything before it has been read.
-        while !answer.contains(&b'\n') {
-            let mut progressed = false;
-            for (stream, into) in [(0, &mut answer), (1, &mut errors)] {
-                match channel.stream(stream).read(&mut buffer) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        into.extend_from_slice(&buffer[..n]);
-                        progressed = true;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(lost(host, "waiting for the lock", e)),
-                }
-            }
-            if channel.eof() && !progressed {
-                break;
-            }
-            if !progressed {
-                self.idle(host, deadline)?;
-            }
-        }
+        let mut channel = self.start(host, command, line.as_bytes(), deadline)?;
+        let (mut answer, mut errors) = (Vec::new(), Vec::new());
+        self.drain(
+            host,
+            "waiting for the lock",
+            &mut channel,
+            (&mut answer, &mut errors),
+            deadline,
+            |out| out.contains(&b'\n'),
+        )?;
         let answer = String::from_utf8_lossy(&answer).into_owned();
         let first = answer.lines().next().unwrap_or_default().to_string();
         if first == "acquired" {
