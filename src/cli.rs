@@ -35,6 +35,8 @@ pub enum Command {
     Check(RequestArgs),
     /// Connect and read every host; report what a deploy would change, writing nothing (Deploy).
     Plan(RequestArgs),
+    /// Report which hosts no longer hold what the request would write; exit 4 if any (Deploy).
+    Drift(RequestArgs),
     /// Install the rendered .env on every host, restart, verify, roll back what fails (Deploy).
     Deploy(RequestArgs),
     /// Write the console's build-time .env for Vite (BuildEnv).
@@ -124,6 +126,7 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
     match cli.command {
         Command::Check(args) => run_action(Action::Check, &args, env),
         Command::Plan(args) => run_action(Action::Plan, &args, env),
+        Command::Drift(args) => run_action(Action::Drift, &args, env),
         Command::Deploy(args) => run_action(Action::Deploy, &args, env),
         Command::BuildEnv(args) => run_action(Action::BuildEnv, &args, env),
         Command::Sudoers { request, user } => sudoers(&request, user.as_deref()),
@@ -270,6 +273,9 @@ fn dispatch(
         }
         (Action::Plan, Request::Deploy(deployment)) => {
             deploy::plan(deployment, env, &catalog, options, report)
+        }
+        (Action::Drift, Request::Deploy(deployment)) => {
+            deploy::drift(deployment, env, &catalog, options, report)
         }
         (Action::Deploy, Request::Deploy(deployment)) => {
             deploy::deploy(deployment, env, &catalog, options, report)

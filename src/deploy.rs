@@ -85,6 +85,18 @@ pub fn plan(
     run(Action::Plan, deployment, env, catalog, options, report)
 }
 
+/// `hostenv drift` of a Deploy request: does every host hold what a deploy
+/// would write? Reads only.
+pub fn drift(
+    deployment: &Deployment,
+    env: &dyn EnvLookup,
+    catalog: &Catalog,
+    options: &RunOptions,
+    report: &mut Report,
+) -> Result<()> {
+    run(Action::Drift, deployment, env, catalog, options, report)
+}
+
 fn run(
     action: Action,
     deployment: &Deployment,
@@ -124,10 +136,10 @@ fn run(
         lock: lock::invocation(
             &deployment.service,
             deployment.environment.as_deref(),
-            if action == Action::Plan {
-                lock::Mode::Shared
-            } else {
+            if writes(action) {
                 lock::Mode::Exclusive
+            } else {
+                lock::Mode::Shared
             },
             rollout.lock_wait,
         ),
@@ -175,6 +187,7 @@ fn run(
     }
     match action {
         Action::Plan => in_parallel(&mut runs, rollout.parallel, |run| run.plan(&context)),
+        Action::Drift => in_parallel(&mut runs, rollout.parallel, |run| run.drift()),
         _ => apply_in_batches(&mut runs, &rollout, &context),
     }
 
@@ -182,13 +195,18 @@ fn run(
     report.summary = Summary::of(&report.hosts);
     match hosts_failed(&report.hosts) {
         Some(error) => Err(error),
-        None if action == Action::Plan && report.summary.planned > 0 => {
+        None if report.summary.planned > 0 || report.summary.drifted > 0 => {
             report.ok = false;
             report.exit_code = EXIT_DIFFERENCES;
             Ok(())
         }
         None => Ok(()),
     }
+}
+
+/// Whether an action changes hosts (and so takes exclusive locks).
+fn writes(action: Action) -> bool {
+    !matches!(action, Action::Plan | Action::Drift)
 }
 
 /// The digest over every host, or None when a host could not be read.
@@ -349,7 +367,11 @@ fn hosts_failed(hosts: &[HostReport]) -> Option<Error> {
         .filter(|h| {
             !matches!(
                 h.status,
-                HostStatus::Deployed | HostStatus::Unchanged | HostStatus::Planned
+                HostStatus::Deployed
+                    | HostStatus::Unchanged
+                    | HostStatus::Planned
+                    | HostStatus::InSync
+                    | HostStatus::Drifted
             )
         })
         .collect();
@@ -432,10 +454,10 @@ impl<'a> HostRun<'a> {
             host,
             file,
             report: HostReport::new(&host.name, HostStatus::Failed),
-            label: if context.action == Action::Plan {
-                "plan"
-            } else {
-                "deploy"
+            label: match context.action {
+                Action::Plan => "plan",
+                Action::Drift => "drift",
+                _ => "deploy",
             },
             deadline: context.deadline,
             connection: None,
@@ -583,7 +605,12 @@ impl<'a> HostRun<'a> {
         let current = self.step("read", |remote| remote.read_current(target))?;
         let current_values = parse_current(&current);
         self.report.keys = Some(key_changes(&current_values, self.file));
-        if let Some(key) = context.guarded_keys.iter().find(|key| {
+        let guarded: &[String] = if context.action == Action::Drift {
+            &[]
+        } else {
+            &context.guarded_keys
+        };
+        if let Some(key) = guarded.iter().find(|key| {
             let new = self
                 .file
                 .values
@@ -663,6 +690,22 @@ impl<'a> HostRun<'a> {
             HostStatus::Unchanged
         } else {
             HostStatus::Planned
+        };
+        self.finish(Ok(status));
+    }
+
+    /// `drift`: the host holds exactly the file (bytes, owner, mode) a deploy would write, or not.
+    fn drift(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Some(assessment) = &self.assessment else {
+            return;
+        };
+        let status = if assessment.same_file {
+            HostStatus::InSync
+        } else {
+            HostStatus::Drifted
         };
         self.finish(Ok(status));
     }

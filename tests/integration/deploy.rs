@@ -250,6 +250,8 @@ fn deploy_on_the_testbed() {
     settle(&testbed, &hosts);
     a_host_behind_a_bastion_with_health_through_ssh(&deployer, &hosts);
     settle(&testbed, &hosts);
+    drift_finds_hosts_changed_by_hand(&deployer, &hosts);
+    settle(&testbed, &hosts);
 }
 
 fn instances_restart_one_at_a_time_each_checked_before_the_next(
@@ -400,6 +402,36 @@ fn a_host_behind_a_bastion_with_health_through_ssh(deployer: &Deployer, hosts: &
     assert_eq!(
         result["hosts"][0]["error"]["kind"], "healthCheckFailed",
         "{result:#}"
+    );
+}
+
+fn drift_finds_hosts_changed_by_hand(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let request = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
+    let secrets = secrets("drift");
+    assert_eq!(deployer.run("deploy", &request, &secrets).code, 0);
+    let run = deployer.run("drift", &request, &secrets);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(statuses(&run.json()), ["inSync", "inSync", "inSync"]);
+
+    // By hand: a value edited on one host, the mode loosened on another.
+    testbed.sh_ok(
+        hosts[1],
+        "sed -i 's/^LOG_LEVEL=.*/LOG_LEVEL=\"debug\"/' /opt/voxbridge/.env",
+    );
+    testbed.sh_ok(hosts[2], "chmod 640 /opt/voxbridge/.env");
+    let before = host_files(testbed, hosts);
+    let run = deployer.run("drift", &request, &secrets);
+    assert_eq!(run.code, 4, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["inSync", "drifted", "drifted"]);
+    assert_eq!(result["hosts"][1]["keys"]["changed"], json!(["LOG_LEVEL"]));
+    assert_eq!(result["hosts"][2]["keys"]["changed"], json!([]));
+    assert_eq!(host_files(testbed, hosts), before, "drift wrote nothing");
+    assert_eq!(deployer.run("deploy", &request, &secrets).code, 0);
+    assert_eq!(
+        statuses(&deployer.run("drift", &request, &secrets).json()),
+        ["inSync", "inSync", "inSync"]
     );
 }
 
