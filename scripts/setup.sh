@@ -15,12 +15,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update
   # Packages must not start their services here (an sshd on *:22 would take the
   # testbed hosts' port); policy-rc.d says no for the length of the install.
-  made_policy=
   if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-  [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
