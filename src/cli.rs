@@ -271,14 +271,8 @@ fn dispatch(
         (Action::Check, Request::BuildEnv(build)) => {
             build_env::prepare(build, env, report).map(|_| ())
         }
-        (Action::Plan, Request::Deploy(deployment)) => {
-            deploy::plan(deployment, env, &catalog, options, report)
-        }
-        (Action::Drift, Request::Deploy(deployment)) => {
-            deploy::drift(deployment, env, &catalog, options, report)
-        }
-        (Action::Deploy, Request::Deploy(deployment)) => {
-            deploy::deploy(deployment, env, &catalog, options, report)
+        (Action::Plan | Action::Drift | Action::Deploy, Request::Deploy(deployment)) => {
+            deploy::run(action, deployment, env, &catalog, options, report)
         }
         (Action::BuildEnv, Request::BuildEnv(build)) => {
             let rendered = build_env::prepare(build, env, report)?;

@@ -63,41 +63,9 @@ pub struct RunOptions {
     pub request: serde_json::Value,
 }
 
-/// `hostenv deploy` of a Deploy request.
-pub fn deploy(
-    deployment: &Deployment,
-    env: &dyn EnvLookup,
-    catalog: &Catalog,
-    options: &RunOptions,
-    report: &mut Report,
-) -> Result<()> {
-    run(Action::Deploy, deployment, env, catalog, options, report)
-}
-
-/// `hostenv plan` of a Deploy request: what a deploy would do, writing nothing.
-pub fn plan(
-    deployment: &Deployment,
-    env: &dyn EnvLookup,
-    catalog: &Catalog,
-    options: &RunOptions,
-    report: &mut Report,
-) -> Result<()> {
-    run(Action::Plan, deployment, env, catalog, options, report)
-}
-
-/// `hostenv drift` of a Deploy request: does every host hold what a deploy
-/// would write? Reads only.
-pub fn drift(
-    deployment: &Deployment,
-    env: &dyn EnvLookup,
-    catalog: &Catalog,
-    options: &RunOptions,
-    report: &mut Report,
-) -> Result<()> {
-    run(Action::Drift, deployment, env, catalog, options, report)
-}
-
-fn run(
+/// `hostenv deploy`, `plan` (what a deploy would do, writing nothing) or
+/// `drift` (does every host hold what a deploy would write) of a Deploy request.
+pub fn run(
     action: Action,
     deployment: &Deployment,
     env: &dyn EnvLookup,
