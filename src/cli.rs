@@ -37,6 +37,8 @@ pub enum Command {
     Plan(RequestArgs),
     /// Report which hosts no longer hold what the request would write; exit 4 if any (Deploy).
     Drift(RequestArgs),
+    /// Put back the newest backup (or `--to N`) on every host, restart, verify (Deploy).
+    Rollback(RequestArgs),
     /// Install the rendered .env on every host, restart, verify, roll back what fails (Deploy).
     Deploy(RequestArgs),
     /// Write the console's build-time .env for Vite (BuildEnv).
@@ -76,6 +78,9 @@ pub struct RequestArgs {
     /// deploy: refuse, touching nothing, unless the plan digest is still DIGEST.
     #[arg(long, value_name = "DIGEST", requires = "plan_key_env")]
     pub expect_plan: Option<String>,
+    /// rollback: put back the Nth newest backup (default 1, the newest).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub to: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,6 +132,7 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
         Command::Check(args) => run_action(Action::Check, &args, env),
         Command::Plan(args) => run_action(Action::Plan, &args, env),
         Command::Drift(args) => run_action(Action::Drift, &args, env),
+        Command::Rollback(args) => run_action(Action::Rollback, &args, env),
         Command::Deploy(args) => run_action(Action::Deploy, &args, env),
         Command::BuildEnv(args) => run_action(Action::BuildEnv, &args, env),
         Command::Sudoers { request, user } => sudoers(&request, user.as_deref()),
@@ -250,6 +256,7 @@ fn run_options(args: &RequestArgs, bytes: &[u8], env: &dyn EnvLookup) -> Result<
         plan_key,
         expect_plan: args.expect_plan.clone(),
         request: serde_json::from_slice(bytes).unwrap_or_default(),
+        rollback_to: args.to.unwrap_or(1),
     })
 }
 
@@ -271,9 +278,10 @@ fn dispatch(
         (Action::Check, Request::BuildEnv(build)) => {
             build_env::prepare(build, env, report).map(|_| ())
         }
-        (Action::Plan | Action::Drift | Action::Deploy, Request::Deploy(deployment)) => {
-            deploy::run(action, deployment, env, &catalog, options, report)
-        }
+        (
+            Action::Plan | Action::Drift | Action::Deploy | Action::Rollback,
+            Request::Deploy(deployment),
+        ) => deploy::run(action, deployment, env, &catalog, options, report),
         (Action::BuildEnv, Request::BuildEnv(build)) => {
             let rendered = build_env::prepare(build, env, report)?;
             build_env::write(&rendered, report)

@@ -52,6 +52,8 @@ struct Context<'a> {
     lock_wait: Duration,
     /// Who holds the lock, for whoever waits for it next (no secrets).
     holder: String,
+    /// `rollback --to N`: which backup goes back (1 = the newest).
+    rollback_to: u32,
 }
 
 /// What the command line adds to a request: the plan digest's key, the digest
@@ -61,6 +63,8 @@ pub struct RunOptions {
     pub plan_key: Option<SecretString>,
     pub expect_plan: Option<String>,
     pub request: serde_json::Value,
+    /// `rollback --to N`.
+    pub rollback_to: u32,
 }
 
 /// `hostenv deploy`, `plan` (what a deploy would do, writing nothing) or
@@ -74,22 +78,30 @@ pub fn run(
     report: &mut Report,
 ) -> Result<()> {
     let started = Instant::now();
-    let prepared = prepare_deploy(deployment, env, catalog, report)?;
-    let ssh = SshConfig::from_request(deployment.ssh.as_ref(), "", env)?;
-    let rollout = Rollout::from_request(deployment, prepared.settings.hosts.len())?;
-    let guarded_keys = if deployment.allow_shared_change == Some(true) {
-        Vec::new()
+    // A rollback puts back files the hosts already hold: it needs no contract
+    // and no secrets bound, only where the hosts and files are.
+    let (settings, prepared) = if action == Action::Rollback {
+        report.service = Some(deployment.service.clone());
+        report.environment = deployment.environment.clone();
+        (Settings::from_request(deployment, "", catalog)?, None)
     } else {
-        prepared
+        let prepared = prepare_deploy(deployment, env, catalog, report)?;
+        (prepared.settings.clone(), Some(prepared))
+    };
+    let ssh = SshConfig::from_request(deployment.ssh.as_ref(), "", env)?;
+    let rollout = Rollout::from_request(deployment, settings.hosts.len())?;
+    let guarded_keys = match &prepared {
+        Some(prepared) if deployment.allow_shared_change != Some(true) => prepared
             .contract
             .names()
             .filter(|key| !catalog.shares_with(key, &deployment.service).is_empty())
             .map(str::to_string)
-            .collect()
+            .collect(),
+        _ => Vec::new(),
     };
     let context = Context {
         action,
-        settings: &prepared.settings,
+        settings: &settings,
         deployment,
         ssh: &ssh,
         sudo: deployment
@@ -113,13 +125,16 @@ pub fn run(
         ),
         lock_wait: rollout.lock_wait,
         holder: holder(action, deployment),
+        rollback_to: options.rollback_to.max(1),
     };
-    let mut runs: Vec<HostRun> = prepared
-        .settings
+    let mut runs: Vec<HostRun> = settings
         .hosts
         .iter()
-        .zip(&prepared.resolution.files)
-        .map(|(host, file)| HostRun::new(host, file, &context))
+        .enumerate()
+        .map(|(index, host)| {
+            let file = prepared.as_ref().map(|p| &p.resolution.files[index]);
+            HostRun::new(host, file, &context)
+        })
         .collect();
 
     // Locks are taken one host at a time in sorted order, so two runs over
@@ -161,7 +176,7 @@ pub fn run(
 
     report.hosts = runs.into_iter().map(HostRun::into_report).collect();
     report.summary = Summary::of(&report.hosts);
-    match hosts_failed(&report.hosts) {
+    match hosts_failed(action, &report.hosts) {
         Some(error) => Err(error),
         None if report.summary.planned > 0 || report.summary.drifted > 0 => {
             report.ok = false;
@@ -189,7 +204,7 @@ fn plan_digest(
             let assessment = run.assessment.as_ref().filter(|_| !run.finished)?;
             Some(digest::HostState {
                 host: &run.host.name,
-                rendered: &run.file.text,
+                rendered: &run.file?.text,
                 current: &assessment.current,
             })
         })
@@ -329,19 +344,10 @@ fn in_parallel<T: Send>(items: &mut [T], parallel: usize, work: impl Fn(&mut T) 
 }
 
 /// The run's error when any host did not end as it should.
-fn hosts_failed(hosts: &[HostReport]) -> Option<Error> {
+fn hosts_failed(action: Action, hosts: &[HostReport]) -> Option<Error> {
     let bad: Vec<&HostReport> = hosts
         .iter()
-        .filter(|h| {
-            !matches!(
-                h.status,
-                HostStatus::Deployed
-                    | HostStatus::Unchanged
-                    | HostStatus::Planned
-                    | HostStatus::InSync
-                    | HostStatus::Drifted
-            )
-        })
+        .filter(|h| !succeeded(action, h.status))
         .collect();
     if bad.is_empty() {
         return None;
@@ -379,6 +385,20 @@ fn hosts_failed(hosts: &[HostReport]) -> Option<Error> {
     })
 }
 
+/// Whether a host ended as `action` means it to. For `rollback`, putting the
+/// backup back is the success.
+fn succeeded(action: Action, status: HostStatus) -> bool {
+    match status {
+        HostStatus::Deployed
+        | HostStatus::Unchanged
+        | HostStatus::Planned
+        | HostStatus::InSync
+        | HostStatus::Drifted => true,
+        HostStatus::RolledBack => action == Action::Rollback,
+        _ => false,
+    }
+}
+
 fn status_words(status: HostStatus) -> &'static str {
     match status {
         HostStatus::RolledBack => "rolled back",
@@ -404,8 +424,10 @@ struct Assessment {
 /// One host through the phases, with its report as it grows.
 struct HostRun<'a> {
     host: &'a HostSettings,
-    file: &'a HostFile,
+    /// The file a deploy would write; none for a rollback.
+    file: Option<&'a HostFile>,
     report: HostReport,
+    action: Action,
     label: &'static str,
     deadline: Instant,
     connection: Option<Connection>,
@@ -417,14 +439,16 @@ struct HostRun<'a> {
 type Outcome = std::result::Result<HostStatus, (HostStatus, HostError)>;
 
 impl<'a> HostRun<'a> {
-    fn new(host: &'a HostSettings, file: &'a HostFile, context: &Context) -> HostRun<'a> {
+    fn new(host: &'a HostSettings, file: Option<&'a HostFile>, context: &Context) -> HostRun<'a> {
         HostRun {
             host,
             file,
             report: HostReport::new(&host.name, HostStatus::Failed),
+            action: context.action,
             label: match context.action {
                 Action::Plan => "plan",
                 Action::Drift => "drift",
+                Action::Rollback => "rollback",
                 _ => "deploy",
             },
             deadline: context.deadline,
@@ -508,10 +532,7 @@ impl<'a> HostRun<'a> {
     }
 
     fn failed(&self) -> bool {
-        !matches!(
-            self.report.status,
-            HostStatus::Deployed | HostStatus::Unchanged
-        )
+        !succeeded(self.action, self.report.status)
     }
 
     fn skip(&mut self, reason: &str) {
@@ -572,16 +593,15 @@ impl<'a> HostRun<'a> {
         let target = &context.settings.target;
         let current = self.step("read", |remote| remote.read_current(target))?;
         let current_values = parse_current(&current);
-        self.report.keys = Some(key_changes(&current_values, self.file));
+        self.report.keys = self.file.map(|file| key_changes(&current_values, file));
         let guarded: &[String] = if context.action == Action::Drift {
             &[]
         } else {
             &context.guarded_keys
         };
+        let new_values: &[(String, SecretString)] = self.file.map_or(&[], |f| &f.values);
         if let Some(key) = guarded.iter().find(|key| {
-            let new = self
-                .file
-                .values
+            let new = new_values
                 .iter()
                 .find(|(k, _)| k == *key)
                 .map(|(_, v)| v.expose_secret());
@@ -610,11 +630,13 @@ impl<'a> HostRun<'a> {
                 will_restart: false,
             })
             .collect();
-        let same_file = current
-            .content
-            .as_ref()
-            .is_some_and(|c| c.expose_secret() == self.file.text.expose_secret())
-            && current.uid == current.want_uid
+        // A rollback always puts a backup in place, whatever is there now.
+        let same_file = self.file.is_some_and(|file| {
+            current
+                .content
+                .as_ref()
+                .is_some_and(|c| c.expose_secret() == file.text.expose_secret())
+        }) && current.uid == current.want_uid
             && current.gid == current.want_gid
             && current.mode == target.mode;
         let mut stale_units = Vec::new();
@@ -683,7 +705,16 @@ impl<'a> HostRun<'a> {
         if self.finished {
             return;
         }
-        let outcome = self.converge(context);
+        let mut outcome = self.converge(context);
+        if context.action == Action::Rollback {
+            // For `rollback`, putting the backup back is the success, and a
+            // rollback undone (the file from before it restored) is a failure.
+            outcome = match outcome {
+                Ok(HostStatus::Deployed) => Ok(HostStatus::RolledBack),
+                Err((HostStatus::RolledBack, error)) => Err((HostStatus::Failed, error)),
+                other => other,
+            };
+        }
         self.finish(outcome);
     }
 
@@ -693,7 +724,7 @@ impl<'a> HostRun<'a> {
         let assessment = self.assessment.take().expect("opened");
         let secrets: Vec<String> = self
             .file
-            .values
+            .map_or(&[][..], |f| &f.values)
             .iter()
             .map(|(_, v)| v.expose_secret().to_string())
             .chain(assessment.current_values.values().cloned())
@@ -709,8 +740,12 @@ impl<'a> HostRun<'a> {
             return Ok(HostStatus::Unchanged);
         }
 
-        self.step("stage", |remote| remote.stage(target, &self.file.text))
-            .map_err(failed)?;
+        let file = self.file;
+        self.step("stage", |remote| match file {
+            Some(file) => remote.stage(target, &file.text),
+            None => remote.stage_backup(target, context.rollback_to),
+        })
+        .map_err(failed)?;
         let had_previous = match self.step("switch", |remote| remote.switch(target)) {
             Ok(had_previous) => had_previous,
             Err(error) => {
@@ -852,7 +887,7 @@ impl<'a> HostRun<'a> {
             return;
         }
         let line = AuditLine::for_host(
-            "deploy",
+            self.label,
             &self.report,
             &context.settings.service,
             context.deployment,

@@ -98,6 +98,8 @@ pub enum ErrorKind {
     DeadlineExceeded,
     /// `--expect-plan` did not match: the request or a host changed since the plan.
     PlanMismatch,
+    /// `rollback`: the host has no such backup.
+    NoBackup,
     /// Another run held the host's lock for longer than `rollout.lockWaitMs`.
     Locked,
     /// The host was not attempted (the canary failed, or `maxFailed` was exceeded).

@@ -60,6 +60,12 @@ const RESTORE: &str = concat!(
 
 const DISCARD: &str = r#"rm -f -- "$1""#;
 
+const RESTAGE: &str = concat!(
+    r#"set -eu; umask 077; staged=$1; state=$2; n=$3; "#,
+    r#"[ -f "$state/env.$n" ] || { echo "hostenv: there is no backup $n in $state" >&2; exit 3; }; "#,
+    r#"rm -f -- "$staged"; cp -p -- "$state/env.$n" "$staged"; sync -- "$staged""#,
+);
+
 /// One run of a constant script with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
@@ -168,6 +174,15 @@ pub fn restore(target: &TargetSettings, had_previous: bool) -> Invocation {
     )
 }
 
+/// A rollback's stage: backup `n` (1 = the newest) copied beside the target.
+pub fn restage(target: &TargetSettings, n: u32) -> Invocation {
+    Invocation::new(
+        "restage",
+        RESTAGE,
+        &[&staged_path(target), &target.state_dir, &n.to_string()],
+    )
+}
+
 pub fn discard(target: &TargetSettings) -> Invocation {
     Invocation::new("discard", DISCARD, &[&staged_path(target)])
 }
@@ -255,6 +270,25 @@ impl Remote<'_> {
             .map(|_| ())
     }
 
+    /// Stages backup `n` for a rollback; a missing backup is `noBackup`.
+    pub fn stage_backup(&self, target: &TargetSettings, n: u32) -> Result<(), HostError> {
+        self.run(&restage(target, n), &[])
+            .map(|_| ())
+            .map_err(|error| {
+                if error.message.contains("there is no backup") {
+                    HostError::new(
+                        ErrorKind::NoBackup,
+                        format!(
+                            "`{}`: there is no backup {n} of `{}` to put back",
+                            self.host, target.path
+                        ),
+                    )
+                } else {
+                    error
+                }
+            })
+    }
+
     /// Keeps the current file as backup 1 and renames the staged one over it.
     /// Returns whether there was a previous file.
     pub fn switch(&self, target: &TargetSettings) -> Result<bool, HostError> {
@@ -336,7 +370,7 @@ mod tests {
 
     #[test]
     fn scripts_are_one_line_without_sudoers_wildcards() {
-        for script in [READ, STAGE, SWITCH, RESTORE, DISCARD] {
+        for script in [READ, STAGE, SWITCH, RESTORE, DISCARD, RESTAGE] {
             assert!(
                 !script.contains(['\n', '\\', '*', '?', '!', '#']),
                 "{script}"

@@ -20,6 +20,9 @@ pub fn rules(settings: &Settings, lock_wait: std::time::Duration, user: &str) ->
         remote::discard(target),
         crate::audit::invocation(&target.state_dir),
     ];
+    for n in 1..=target.backups.max(1) {
+        invocations.push(remote::restage(target, n));
+    }
     for mode in [crate::lock::Mode::Exclusive, crate::lock::Mode::Shared] {
         invocations.push(crate::lock::invocation(
             &settings.service,

@@ -252,6 +252,8 @@ fn deploy_on_the_testbed() {
     settle(&testbed, &hosts);
     drift_finds_hosts_changed_by_hand(&deployer, &hosts);
     settle(&testbed, &hosts);
+    rollback_puts_back_a_backup_without_secrets_bound(&deployer, &hosts);
+    settle(&testbed, &hosts);
 }
 
 fn instances_restart_one_at_a_time_each_checked_before_the_next(
@@ -433,6 +435,59 @@ fn drift_finds_hosts_changed_by_hand(deployer: &Deployer, hosts: &[&TestHost]) {
         statuses(&deployer.run("drift", &request, &secrets).json()),
         ["inSync", "inSync", "inSync"]
     );
+}
+
+fn rollback_puts_back_a_backup_without_secrets_bound(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let host = hosts[0];
+    let request = voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    assert_eq!(deployer.run("deploy", &request, &secrets("rb-one")).code, 0);
+    assert_eq!(deployer.run("deploy", &request, &secrets("rb-two")).code, 0);
+
+    // No secret is bound: a rollback only moves files the host already has.
+    let run = deployer.run("rollback", &request, &BTreeMap::new());
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["rolledBack"]);
+    assert_eq!(
+        file_on(testbed, host, "/opt/voxbridge/.env"),
+        (
+            "voxbridge:voxbridge 600".into(),
+            expected_voxbridge_file(&secrets("rb-one"))
+        )
+    );
+    assert_eq!(
+        health(host, 8080, "/health")["fingerprints"]["JWT_SECRET"],
+        fingerprint(&secrets("rb-one")["JWT_SECRET"])
+    );
+    let log = testbed.sh_ok(host, "tail -n 1 /var/lib/hostenv/voxbridge/audit.log");
+    let last: Value = serde_json::from_str(log.trim()).unwrap();
+    assert_eq!(
+        (last["action"].as_str(), last["result"].as_str()),
+        (Some("rollback"), Some("rolledBack"))
+    );
+
+    // The rollback kept what it replaced as the newest backup, so rolling back
+    // again undoes it; `--to 3` reaches back past both.
+    let run = deployer.run_args(&["rollback", "--to", "1"], &request, &BTreeMap::new());
+    assert_eq!(statuses(&run.json()), ["rolledBack"], "{}", run.stdout);
+    assert_eq!(
+        file_on(testbed, host, "/opt/voxbridge/.env").1,
+        expected_voxbridge_file(&secrets("rb-two"))
+    );
+    let backups = testbed.sh_ok(host, "cat /var/lib/hostenv/voxbridge/env.3");
+    let run = deployer.run_args(&["rollback", "--to", "3"], &request, &BTreeMap::new());
+    assert_eq!(statuses(&run.json()), ["rolledBack"], "{}", run.stdout);
+    assert_eq!(file_on(testbed, host, "/opt/voxbridge/.env").1, backups);
+
+    // No such backup: a clear error, nothing touched.
+    let before = host_files(testbed, &[host]);
+    let result = deployer
+        .run_args(&["rollback", "--to", "99"], &request, &BTreeMap::new())
+        .json();
+    assert_eq!(statuses(&result), ["failed"]);
+    assert_eq!(result["hosts"][0]["error"]["kind"], "noBackup");
+    assert_eq!(host_files(testbed, &[host]), before);
 }
 
 /// A deploy that spends a few seconds verifying, holding its locks meanwhile.
