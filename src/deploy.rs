@@ -428,7 +428,6 @@ struct HostRun<'a> {
     file: Option<&'a HostFile>,
     report: HostReport,
     action: Action,
-    label: &'static str,
     deadline: Instant,
     connection: Option<Connection>,
     sudo: bool,
@@ -445,12 +444,6 @@ impl<'a> HostRun<'a> {
             file,
             report: HostReport::new(&host.name, HostStatus::Failed),
             action: context.action,
-            label: match context.action {
-                Action::Plan => "plan",
-                Action::Drift => "drift",
-                Action::Rollback => "rollback",
-                _ => "deploy",
-            },
             deadline: context.deadline,
             connection: None,
             sudo: match context.sudo {
@@ -460,6 +453,16 @@ impl<'a> HostRun<'a> {
             },
             assessment: None,
             finished: false,
+        }
+    }
+
+    /// The action's name in progress lines and the audit log.
+    fn label(&self) -> &'static str {
+        match self.action {
+            Action::Plan => "plan",
+            Action::Drift => "drift",
+            Action::Rollback => "rollback",
+            _ => "deploy",
         }
     }
 
@@ -487,7 +490,7 @@ impl<'a> HostRun<'a> {
     fn record(&mut self, name: &str, ok: bool, ms: u64) {
         eprintln!(
             "hostenv {}: {}: {name} {} ({ms} ms)",
-            self.label,
+            self.label(),
             self.host.name,
             if ok { "ok" } else { "failed" }
         );
@@ -887,7 +890,7 @@ impl<'a> HostRun<'a> {
             return;
         }
         let line = AuditLine::for_host(
-            self.label,
+            self.label(),
             &self.report,
             &context.settings.service,
             context.deployment,

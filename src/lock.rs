@@ -83,7 +83,7 @@ pub fn acquire(
                     wait.as_secs()
                 ),
             )
-        } else if remote.sudo && answer.starts_with("sudo:") {
+        } else if remote.sudo && crate::remote::is_sudo_refusal(&answer) {
             HostError::new(
                 ErrorKind::SudoRefused,
                 format!("`{}`: sudo refused the `lock` step; grant the lines `hostenv sudoers` prints: {answer}", remote.host),

@@ -339,7 +339,8 @@ fn parse_current(stdout: &[u8]) -> Option<Current> {
     }
 }
 
-fn is_sudo_refusal(stderr: &str) -> bool {
+/// Whether sudo said no (as opposed to the command failing).
+pub fn is_sudo_refusal(stderr: &str) -> bool {
     stderr.lines().any(|line| {
         line.starts_with("sudo:")
             && (line.contains("password is required")

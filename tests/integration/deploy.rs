@@ -38,6 +38,11 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// One health check that gives up after `deadline_ms`, for scenarios that expect it to fail.
+fn quick_verify(deadline_ms: u64) -> Value {
+    json!([{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": deadline_ms, "consecutive": 1}])
+}
+
 fn voxbridge_request(testbed: &Testbed, hosts: &[&TestHost], user: &str, extra: Value) -> Value {
     let mut request = json!({
         "apiVersion": "hostenv/v1",
@@ -818,7 +823,7 @@ fn a_failing_canary_stops_the_rollout(deployer: &Deployer, hosts: &[&TestHost]) 
         json!({
             "allowSharedChange": true,
             "rollout": {"canary": 1, "batch": 1},
-            "verify": [{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 800, "consecutive": 1}]
+            "verify": quick_verify(800)
         }),
     );
     request["hosts"][0] = json!({"host": hosts[0].addr, "env": {"HEALTH_MODE": {"value": "fail"}}});
@@ -876,7 +881,7 @@ fn exceeding_max_failed_stops_further_batches(deployer: &Deployer, hosts: &[&Tes
         json!({
             "allowSharedChange": true,
             "rollout": {"batch": 1, "maxFailed": 0, "parallel": 1},
-            "verify": [{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 800, "consecutive": 1}]
+            "verify": quick_verify(800)
         }),
     );
     request["hosts"][1] = json!({"host": hosts[1].addr, "env": {"HEALTH_MODE": {"value": "fail"}}});
@@ -954,7 +959,7 @@ fn without_rollback_a_failed_host_is_left_unhealthy(deployer: &Deployer, hosts: 
         "root",
         json!({
             "rollbackOnFailure": false, "allowSharedChange": true,
-            "verify": [{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 800, "consecutive": 1}]
+            "verify": quick_verify(800)
         }),
     );
     request["env"]["HEALTH_MODE"] = json!({"value": "fail"});
@@ -1129,7 +1134,7 @@ fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
         testbed,
         &hosts[..1],
         "root",
-        json!({"verify": [{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 1000, "consecutive": 1}]}),
+        json!({"verify": quick_verify(1000)}),
     );
     failing["env"]["HEALTH_MODE"] = json!({"value": "fail"});
     let run = deployer.run("deploy", &failing, &bad);
@@ -1622,7 +1627,7 @@ fn failing_health_check_rolls_back(deployer: &Deployer, hosts: &[&TestHost]) {
         &hosts[..1],
         "root",
         json!({
-            "verify": [{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 1500, "consecutive": 1}],
+            "verify": quick_verify(1500),
             "allowSharedChange": true
         }),
     );
