@@ -30,6 +30,7 @@ impl AuditLine {
         host: &HostReport,
         service: &str,
         deployment: &Deployment,
+        window: &[String],
     ) -> AuditLine {
         let keys_changed: Vec<&String> = host
             .keys
@@ -48,6 +49,9 @@ impl AuditLine {
             "action": action,
             "result": wire_name(&host.status),
             "service": service,
+            // The services switched in the same window (a Rotation), for the one who reads this later.
+            "rotation": (window.len() > 1).then_some(window),
+            "backupsPurged": host.backups_purged,
             "environment": deployment.environment,
             "changed": host.changed,
             "keysChanged": keys_changed,

@@ -151,14 +151,8 @@ pub fn check_rotation(
     Ok(())
 }
 
-/// Prepares every deployment of a Rotation and checks its shared keys; the
-/// deployments' contract reports are put on `report` even when one fails.
-pub fn prepare_rotation(
-    rotation: &Rotation,
-    env: &dyn EnvLookup,
-    catalog: &Catalog,
-    report: &mut Report,
-) -> Result<Vec<Prepared>> {
+/// One window deploys each service once.
+pub fn distinct_services(rotation: &Rotation) -> Result<()> {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (index, deployment) in rotation.deployments.iter().enumerate() {
         if let Some(first) = seen.insert(deployment.service.as_str(), index) {
@@ -172,7 +166,20 @@ pub fn prepare_rotation(
             ));
         }
     }
+    Ok(())
+}
+
+/// Prepares every deployment of a Rotation and checks its shared keys; the
+/// deployments' contract reports are put on `report` even when one fails.
+pub fn prepare_rotation(
+    rotation: &Rotation,
+    env: &dyn EnvLookup,
+    catalog: &Catalog,
+    report: &mut Report,
+) -> Result<Vec<Prepared>> {
+    distinct_services(rotation)?;
     check_key_names(&rotation.shared, "/shared", ErrorKind::InvalidSetting)?;
+    check_key_names(&rotation.overlap, "/overlap", ErrorKind::InvalidSetting)?;
     let mut all = Vec::new();
     let mut first_error = None;
     for (index, deployment) in rotation.deployments.iter().enumerate() {
@@ -258,6 +265,7 @@ fn check_shared(shared: &[String], all: &[Prepared]) -> Result<Vec<SharedKeyRepo
             key: key.clone(),
             services,
             identical: true,
+            holders: None,
         });
     }
     Ok(reports)

@@ -282,6 +282,10 @@ fn dispatch(
             Action::Plan | Action::Drift | Action::Deploy | Action::Rollback,
             Request::Deploy(deployment),
         ) => deploy::run(action, deployment, env, &catalog, options, report),
+        (
+            Action::Plan | Action::Drift | Action::Deploy | Action::Rollback,
+            Request::Rotation(rotation),
+        ) => deploy::run_rotation(action, rotation, env, &catalog, options, report),
         (Action::BuildEnv, Request::BuildEnv(build)) => {
             let rendered = build_env::prepare(build, env, report)?;
             build_env::write(&rendered, report)

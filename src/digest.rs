@@ -85,6 +85,7 @@ mod tests {
             mtime: 5,
             want_uid: 1,
             want_gid: 1,
+            leftover_staged: false,
         }
     }
 

@@ -102,8 +102,15 @@ pub enum ErrorKind {
     NoBackup,
     /// Another run held the host's lock for longer than `rollout.lockWaitMs`.
     Locked,
-    /// The host was not attempted (the canary failed, or `maxFailed` was exceeded).
+    /// The host was not attempted (the canary failed, or `maxFailed` was exceeded, or another
+    /// host of a Rotation failed first).
     NotAttempted,
+    /// Another host of the Rotation failed, so this host was put back.
+    RotationAborted,
+    /// An overlap rotation needs one old value of the key on every verifier host, and there was not one.
+    OverlapUnavailable,
+    /// `purgeBackupsOf` could not read or remove the backups; the new file is in place.
+    PurgeFailed,
 }
 
 /// What went wrong on one host: a stable kind and words that never hold a secret.

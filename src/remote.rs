@@ -21,10 +21,11 @@ const READ: &str = concat!(
     r#"uid=$(id -u "$owner" 2>/dev/null) || { echo "hostenv: there is no user $owner on this host" >&2; exit 3; }; "#,
     r#"gid=$(getent group "$group" | cut -d: -f3); "#,
     r#"[ -n "$gid" ] || { echo "hostenv: there is no group $group on this host" >&2; exit 3; }; "#,
+    r#"if [ -e "$path.hostenv-new" ]; then left=staged; else left=clean; fi; "#,
     r#"if [ -e "$path" ]; then "#,
     r#"[ -f "$path" ] || { echo "hostenv: $path is not a regular file" >&2; exit 3; }; "#,
-    r#"echo "present $uid $gid $(stat -c '%u %g %a %Y' -- "$path")"; cat -- "$path"; "#,
-    r#"else echo "absent $uid $gid"; fi"#,
+    r#"echo "present $uid $gid $(stat -c '%u %g %a %Y' -- "$path") $left"; cat -- "$path"; "#,
+    r#"else echo "absent $uid $gid $left"; fi"#,
 );
 
 const STAGE: &str = concat!(
@@ -49,10 +50,13 @@ const SWITCH: &str = concat!(
     r#"mv -f -- "$staged" "$target"; sync -- "$(dirname -- "$target")""#,
 );
 
+// `$3` is the backup to put back (1 = the newest), or 0 when there was no
+// previous file and the new one is removed.
 const RESTORE: &str = concat!(
-    r#"set -eu; umask 077; target=$1; state=$2; previous=$3; "#,
-    r#"if [ "$previous" = yes ]; then "#,
-    r#"rm -f -- "$target.hostenv-restore"; cp -p -- "$state/env.1" "$target.hostenv-restore"; "#,
+    r#"set -eu; umask 077; target=$1; state=$2; n=$3; "#,
+    r#"if [ "$n" -gt 0 ]; then "#,
+    r#"[ -f "$state/env.$n" ] || { echo "hostenv: there is no backup $n in $state" >&2; exit 3; }; "#,
+    r#"rm -f -- "$target.hostenv-restore"; cp -p -- "$state/env.$n" "$target.hostenv-restore"; "#,
     r#"mv -f -- "$target.hostenv-restore" "$target"; "#,
     r#"else rm -f -- "$target"; fi; "#,
     r#"sync -- "$(dirname -- "$target")""#,
@@ -64,6 +68,27 @@ const RESTAGE: &str = concat!(
     r#"set -eu; umask 077; staged=$1; state=$2; n=$3; "#,
     r#"[ -f "$state/env.$n" ] || { echo "hostenv: there is no backup $n in $state" >&2; exit 3; }; "#,
     r#"rm -f -- "$staged"; cp -p -- "$state/env.$n" "$staged"; sync -- "$staged""#,
+);
+
+// Every backup as `backup N BYTES` followed by its bytes.
+const READ_BACKUPS: &str = concat!(
+    r#"set -eu; state=$1; keep=$2; n=1; "#,
+    r#"while [ "$n" -le "$keep" ]; do f="$state/env.$n"; "#,
+    r#"if [ -f "$f" ]; then echo "backup $n $(wc -c < "$f")"; cat -- "$f"; fi; "#,
+    r#"n=$((n + 1)); done"#,
+);
+
+// Removes the backups numbered on stdin, then renumbers the rest from 1 so
+// that "the Nth newest" keeps its meaning.
+const PURGE: &str = concat!(
+    r#"set -eu; state=$1; keep=$2; read -r gone; "#,
+    r#"for n in $gone; do "#,
+    r#"{ [ "$n" -ge 1 ] && [ "$n" -le "$keep" ]; } 2>/dev/null || { echo "hostenv: bad backup number" >&2; exit 3; }; "#,
+    r#"rm -f -- "$state/env.$n"; done; "#,
+    r#"i=1; j=1; while [ "$i" -le "$keep" ]; do "#,
+    r#"if [ -e "$state/env.$i" ]; then "#,
+    r#"[ "$i" -eq "$j" ] || mv -f -- "$state/env.$i" "$state/env.$j"; j=$((j + 1)); fi; "#,
+    r#"i=$((i + 1)); done; sync -- "$state""#,
 );
 
 /// One run of a constant script with its arguments.
@@ -165,13 +190,23 @@ pub fn switch(target: &TargetSettings) -> Invocation {
     )
 }
 
-pub fn restore(target: &TargetSettings, had_previous: bool) -> Invocation {
-    let previous = if had_previous { "yes" } else { "no" };
+/// Puts backup `n` back (1 = the newest), or with 0 removes the target.
+pub fn restore(target: &TargetSettings, n: u32) -> Invocation {
     Invocation::new(
         "restore",
         RESTORE,
-        &[&target.path, &target.state_dir, previous],
+        &[&target.path, &target.state_dir, &n.to_string()],
     )
+}
+
+pub fn read_backups(target: &TargetSettings) -> Invocation {
+    let keep = target.backups.max(1).to_string();
+    Invocation::new("read-backups", READ_BACKUPS, &[&target.state_dir, &keep])
+}
+
+pub fn purge(target: &TargetSettings) -> Invocation {
+    let keep = target.backups.max(1).to_string();
+    Invocation::new("purge", PURGE, &[&target.state_dir, &keep])
 }
 
 /// A rollback's stage: backup `n` (1 = the newest) copied beside the target.
@@ -199,6 +234,8 @@ pub struct Current {
     /// The numeric ids the target should have.
     pub want_uid: u32,
     pub want_gid: u32,
+    /// A staged file from a run that never switched it in (its host was lost) is still there.
+    pub leftover_staged: bool,
 }
 
 /// The remote side of one host, over its one connection.
@@ -296,9 +333,33 @@ impl Remote<'_> {
         Ok(String::from_utf8_lossy(&output.stdout).starts_with("previous"))
     }
 
-    /// Puts the previous file back (backup 1), or removes the new one when there was none.
-    pub fn restore(&self, target: &TargetSettings, had_previous: bool) -> Result<(), HostError> {
-        self.run(&restore(target, had_previous), &[]).map(|_| ())
+    /// Puts backup `n` back (1 = the newest), or with 0 removes the target.
+    pub fn restore(&self, target: &TargetSettings, n: u32) -> Result<(), HostError> {
+        self.run(&restore(target, n), &[]).map(|_| ())
+    }
+
+    /// Every backup the host keeps, numbered from 1 (the newest); contents are secrets.
+    pub fn read_backups(
+        &self,
+        target: &TargetSettings,
+    ) -> Result<Vec<(u32, SecretString)>, HostError> {
+        let output = self.run(&read_backups(target), &[])?;
+        parse_backups(&output.stdout).ok_or_else(|| {
+            HostError::new(
+                ErrorKind::CurrentFileInvalid,
+                format!(
+                    "`{}`: the backups in `{}` could not be read (not UTF-8, or an unexpected answer)",
+                    self.host, target.state_dir
+                ),
+            )
+        })
+    }
+
+    /// Removes backups by number and renumbers the rest from 1.
+    pub fn purge(&self, target: &TargetSettings, numbers: &[u32]) -> Result<(), HostError> {
+        let list: Vec<String> = numbers.iter().map(u32::to_string).collect();
+        self.run(&purge(target), format!("{}\n", list.join(" ")).as_bytes())
+            .map(|_| ())
     }
 
     /// Removes a staged file that will not be switched in.
@@ -307,13 +368,15 @@ impl Remote<'_> {
     }
 }
 
-/// `present UID GID FILE_UID FILE_GID MODE MTIME` or `absent UID GID`, then the bytes.
+/// `present UID GID FILE_UID FILE_GID MODE MTIME LEFT` or `absent UID GID LEFT`,
+/// then the bytes; LEFT is `staged` when a staged file was left behind.
 fn parse_current(stdout: &[u8]) -> Option<Current> {
     let newline = stdout.iter().position(|b| *b == b'\n')?;
     let header = std::str::from_utf8(&stdout[..newline]).ok()?;
     let fields: Vec<&str> = header.split(' ').collect();
     let number = |i: usize| fields.get(i).and_then(|f| f.parse::<i64>().ok());
     let (want_uid, want_gid) = (number(1)? as u32, number(2)? as u32);
+    let left = |i: usize| fields.get(i).map(|f| *f == "staged");
     match *fields.first()? {
         "absent" => Some(Current {
             content: None,
@@ -323,6 +386,7 @@ fn parse_current(stdout: &[u8]) -> Option<Current> {
             mtime: 0,
             want_uid,
             want_gid,
+            leftover_staged: left(3)?,
         }),
         "present" => Some(Current {
             content: Some(SecretString::from(
@@ -334,9 +398,33 @@ fn parse_current(stdout: &[u8]) -> Option<Current> {
             mtime: number(6)?,
             want_uid,
             want_gid,
+            leftover_staged: left(7)?,
         }),
         _ => None,
     }
+}
+
+/// `backup N BYTES` headers, each followed by exactly BYTES bytes.
+fn parse_backups(mut stdout: &[u8]) -> Option<Vec<(u32, SecretString)>> {
+    let mut backups = Vec::new();
+    while !stdout.is_empty() {
+        let newline = stdout.iter().position(|b| *b == b'\n')?;
+        let header = std::str::from_utf8(&stdout[..newline]).ok()?;
+        let mut fields = header.split_whitespace();
+        let (Some("backup"), Some(n), Some(bytes), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return None;
+        };
+        let (n, bytes) = (n.parse::<u32>().ok()?, bytes.parse::<usize>().ok()?);
+        let body = stdout.get(newline + 1..newline + 1 + bytes)?;
+        backups.push((
+            n,
+            SecretString::from(String::from_utf8(body.to_vec()).ok()?),
+        ));
+        stdout = &stdout[newline + 1 + bytes..];
+    }
+    Some(backups)
 }
 
 /// Whether sudo said no (as opposed to the command failing).
@@ -371,7 +459,16 @@ mod tests {
 
     #[test]
     fn scripts_are_one_line_without_sudoers_wildcards() {
-        for script in [READ, STAGE, SWITCH, RESTORE, DISCARD, RESTAGE] {
+        for script in [
+            READ,
+            STAGE,
+            SWITCH,
+            RESTORE,
+            DISCARD,
+            RESTAGE,
+            READ_BACKUPS,
+            PURGE,
+        ] {
             assert!(
                 !script.contains(['\n', '\\', '*', '?', '!', '#']),
                 "{script}"
@@ -382,13 +479,29 @@ mod tests {
     #[test]
     fn reads_the_header_and_keeps_the_bytes() {
         let current =
-            parse_current(b"present 61001 61001 61001 61001 600 1700000000\nA=\"1\"\n").unwrap();
+            parse_current(b"present 61001 61001 61001 61001 600 1700000000 clean\nA=\"1\"\n")
+                .unwrap();
         assert_eq!(current.content.unwrap().expose_secret(), "A=\"1\"\n");
         assert_eq!(
             (current.mode, current.mtime, current.want_uid),
             (0o600, 1_700_000_000, 61001)
         );
-        assert!(parse_current(b"absent 1 2\n").unwrap().content.is_none());
+        assert!(!current.leftover_staged);
+        let absent = parse_current(b"absent 1 2 staged\n").unwrap();
+        assert!(absent.content.is_none() && absent.leftover_staged);
         assert!(parse_current(b"garbage\n").is_none());
+    }
+
+    #[test]
+    fn backups_are_split_by_their_byte_counts() {
+        let backups =
+            parse_backups(b"backup 1 6\nA=\"1\"\nbackup 3 0\nbackup 4 8\nB=\"x\ny\"\n").unwrap();
+        let seen: Vec<(u32, &str)> = backups
+            .iter()
+            .map(|(n, c)| (*n, c.expose_secret()))
+            .collect();
+        assert_eq!(seen, [(1, "A=\"1\"\n"), (3, ""), (4, "B=\"x\ny\"\n")]);
+        assert!(parse_backups(b"backup 1 99\nshort").is_none());
+        assert_eq!(parse_backups(b"").unwrap().len(), 0);
     }
 }

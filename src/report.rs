@@ -251,6 +251,9 @@ pub struct HostReport {
     /// What a rollback did, when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackAction>,
+    /// `purgeBackupsOf`: how many backups holding an old value were removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backups_purged: Option<u32>,
     /// Why this host did not succeed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorReport>,
@@ -268,6 +271,7 @@ impl HostReport {
             checks: Vec::new(),
             steps: Vec::new(),
             rollback: None,
+            backups_purged: None,
             error: None,
         }
     }
@@ -382,8 +386,35 @@ pub struct SharedKeyReport {
     pub key: String,
     /// Services of the Rotation whose file carries the key.
     pub services: Vec<String>,
-    /// True when every deployment resolves the key to the same value.
+    /// True when every deployment resolves the key to the same value (`check`, `plan`), or
+    /// every host read holds the same value (`drift`, and the read-back after `deploy` and
+    /// `rollback`).
     pub identical: bool,
+    /// Where hosts were read: the hosts grouped by the value they hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holders: Option<Vec<SharedValueGroup>>,
+}
+
+/// Hosts holding one value of a shared key.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedValueGroup {
+    /// HMAC-SHA256 of the value under a random key made for this run (16 hex digits), or null
+    /// for hosts whose file lacks the key. It compares hosts within one result and means
+    /// nothing outside it.
+    pub fingerprint: Option<String>,
+    /// Whether this is the value the request resolves the key to.
+    pub expected: bool,
+    /// The hosts holding it.
+    pub hosts: Vec<SharedHolder>,
+}
+
+/// One host of one deployment.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedHolder {
+    pub service: String,
+    pub host: String,
 }
 
 /// The file `build-env` writes.

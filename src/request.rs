@@ -100,6 +100,10 @@ pub struct Deployment {
     /// rotate shared keys with a Rotation instead).
     #[serde(default)]
     pub allow_shared_change: Option<bool>,
+    /// Keys whose old values must not live on in backups (a leaked secret): after a successful
+    /// verify, every backup on the hosts holding another value for one of them is removed.
+    #[serde(default)]
+    pub purge_backups_of: Vec<String>,
     /// The environment name (e.g. `production`): recorded in the result and audit, part of the lock name.
     #[serde(default)]
     pub environment: Option<String>,
@@ -442,6 +446,11 @@ pub struct Rotation {
     /// The deployments, each as a Deploy without `apiVersion` / `kind`, in switch order.
     #[schemars(length(min = 1))]
     pub deployments: Vec<Deployment>,
+    /// Shared keys rotated in three phases for a verifier that accepts two values: the
+    /// deployments whose contract declares `<KEY>_PREVIOUS` get the new value and keep the old
+    /// one there, then the others switch, then `<KEY>_PREVIOUS` is dropped.
+    #[serde(default)]
+    pub overlap: Vec<String>,
 }
 
 /// The console's build-time `.env`, read by Vite (`kind: BuildEnv`).

@@ -15,8 +15,10 @@ pub fn rules(settings: &Settings, lock_wait: std::time::Duration, user: &str) ->
         remote::read(target),
         remote::stage(target),
         remote::switch(target),
-        remote::restore(target, true),
-        remote::restore(target, false),
+        remote::restore(target, 0),
+        remote::restore(target, 1),
+        remote::read_backups(target),
+        remote::purge(target),
         remote::discard(target),
         crate::audit::invocation(&target.state_dir),
     ];

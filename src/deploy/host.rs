@@ -1,0 +1,769 @@
+//! One host through a run: connect, lock, assess, then whichever of plan,
+//! drift, stage, switch, restart, verify and put-back the run asks for, with
+//! its report growing as it goes. Nothing here knows about other hosts.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::Context;
+use crate::audit::{self, AuditLine};
+use crate::error::{ErrorKind, HostError};
+use crate::health;
+use crate::lock;
+use crate::remote::{Current, Remote};
+use crate::render::systemd as grammar;
+use crate::report::{
+    Action, ErrorReport, HostReport, HostStatus, KeyChanges, RollbackAction, StepReport, UnitReport,
+};
+use crate::request::SudoMode;
+use crate::resolve::HostFile;
+use crate::secret::{ExposeSecret, SecretString};
+use crate::settings::HostSettings;
+use crate::ssh::Connection;
+use crate::systemd;
+
+/// What the host has and what a deploy would do there, known before any write.
+pub(super) struct Assessment {
+    pub current: Current,
+    pub current_values: BTreeMap<String, String>,
+    pub units: Vec<String>,
+    pub same_file: bool,
+    /// With an identical file: the units to restart anyway (`restart.force`, or
+    /// started before the file was written).
+    pub stale_units: Vec<String>,
+}
+
+/// What a stage puts beside the target.
+#[derive(Clone, Copy)]
+pub(super) enum Staging<'f> {
+    /// Bytes rendered by this run.
+    Content(&'f SecretString),
+    /// One of the host's own backups (1 = the newest), for `rollback`.
+    Backup(u32),
+}
+
+pub(super) type Outcome = std::result::Result<HostStatus, (HostStatus, HostError)>;
+
+/// One host through the phases, with its report as it grows.
+pub(super) struct HostRun<'a> {
+    pub context: &'a Context<'a>,
+    pub host: &'a HostSettings,
+    /// The file a deploy would write; none for a rollback.
+    pub file: Option<&'a HostFile>,
+    pub report: HostReport,
+    connection: Option<Connection>,
+    sudo: bool,
+    pub assessment: Option<Assessment>,
+    pub finished: bool,
+    /// A staged file waits beside the target.
+    staged: bool,
+    /// Files this run switched in on the host and has not put back: the
+    /// backup that holds what was there before the run is `env.<switches>`.
+    switches: u32,
+    /// Whether the target existed before this run's first switch.
+    had_previous: bool,
+    /// Values that must never reach a message from the host.
+    redactions: Vec<String>,
+}
+
+impl<'a> HostRun<'a> {
+    pub fn new(
+        context: &'a Context<'a>,
+        host: &'a HostSettings,
+        file: Option<&'a HostFile>,
+    ) -> HostRun<'a> {
+        HostRun {
+            context,
+            host,
+            file,
+            report: HostReport::new(&host.name, HostStatus::Failed),
+            connection: None,
+            sudo: match context.sudo {
+                SudoMode::Always => true,
+                SudoMode::Never => false,
+                SudoMode::Auto => host.user != "root",
+            },
+            assessment: None,
+            finished: false,
+            staged: false,
+            switches: 0,
+            had_previous: false,
+            redactions: file
+                .map_or(&[][..], |f| &f.values)
+                .iter()
+                .map(|(_, v)| v.expose_secret().to_string())
+                .collect(),
+        }
+    }
+
+    /// The action's name in progress lines and the audit log.
+    pub fn label(&self) -> &'static str {
+        match self.context.action {
+            Action::Plan => "plan",
+            Action::Drift => "drift",
+            Action::Rollback => "rollback",
+            _ => "deploy",
+        }
+    }
+
+    /// `host` for a Deploy, `service host` within a Rotation.
+    pub fn name(&self) -> String {
+        if self.context.in_rotation {
+            format!("{} {}", self.context.settings.service, self.host.name)
+        } else {
+            self.host.name.clone()
+        }
+    }
+
+    fn remote(&self) -> Option<Remote<'_>> {
+        self.connection.as_ref().map(|connection| Remote {
+            connection,
+            host: &self.host.name,
+            sudo: self.sudo,
+        })
+    }
+
+    fn check_deadline(&self, name: &str) -> Result<(), HostError> {
+        if Instant::now() > self.context.deadline {
+            return Err(HostError::new(
+                ErrorKind::DeadlineExceeded,
+                format!(
+                    "`{}`: the run's deadline passed before the `{name}` step",
+                    self.host.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, name: &str, ok: bool, ms: u64) {
+        eprintln!(
+            "hostenv {}: {}: {name} {} ({ms} ms)",
+            self.label(),
+            self.name(),
+            if ok { "ok" } else { "failed" }
+        );
+        self.report.steps.push(StepReport {
+            name: name.to_string(),
+            ok,
+            ms,
+        });
+    }
+
+    /// Runs one step on the host's remote side, timing and recording it.
+    fn step<T>(
+        &mut self,
+        name: &str,
+        work: impl FnOnce(&Remote) -> Result<T, HostError>,
+    ) -> Result<T, HostError> {
+        self.check_deadline(name)?;
+        let started = Instant::now();
+        let result = match self.remote() {
+            Some(remote) => work(&remote),
+            None => Err(HostError::new(
+                ErrorKind::ConnectionLost,
+                format!("`{}`: not connected", self.host.name),
+            )),
+        };
+        self.record(name, result.is_ok(), started.elapsed().as_millis() as u64);
+        result
+    }
+
+    pub fn finish(&mut self, outcome: Outcome) {
+        // For `rollback`, putting the backup back is the success, and a
+        // rollback undone (the file from before it restored) is a failure.
+        let outcome = match (self.context.action, outcome) {
+            (Action::Rollback, Ok(HostStatus::Deployed)) => Ok(HostStatus::RolledBack),
+            (Action::Rollback, Err((HostStatus::RolledBack, error))) => {
+                Err((HostStatus::Failed, error))
+            }
+            (_, outcome) => outcome,
+        };
+        let (status, error) = match outcome {
+            Ok(status) => (status, None),
+            Err((status, error)) => (status, Some(error)),
+        };
+        self.report.status = status;
+        self.report.error = error.map(|e| ErrorReport {
+            kind: e.kind,
+            message: e.message,
+            field: None,
+        });
+        self.finished = true;
+    }
+
+    pub fn failed(&self) -> bool {
+        !super::succeeded(self.context.action, self.report.status)
+    }
+
+    /// Whether this run has a file of its own in place on the host.
+    pub fn switched(&self) -> bool {
+        self.switches > 0
+    }
+
+    pub fn skip(&mut self, reason: &str) {
+        self.report.changed = false;
+        self.finish(Err((
+            HostStatus::Skipped,
+            HostError::new(ErrorKind::NotAttempted, reason),
+        )));
+    }
+
+    pub fn into_report(self) -> HostReport {
+        self.report
+    }
+
+    /// Connects; a failure finishes the host as `failed`.
+    pub fn connect(&mut self) {
+        if let Err(error) = self.check_deadline("connect") {
+            return self.finish(Err((HostStatus::Failed, error)));
+        }
+        let started = Instant::now();
+        let connection = Connection::open(self.host, &self.context.ssh);
+        self.record(
+            "connect",
+            connection.is_ok(),
+            started.elapsed().as_millis() as u64,
+        );
+        match connection {
+            Ok(connection) => self.connection = Some(connection),
+            Err(error) => self.finish(Err((HostStatus::Failed, error))),
+        }
+    }
+
+    /// Takes the host lock for the rest of the run.
+    pub fn lock(&mut self) {
+        if self.finished {
+            return;
+        }
+        let context = self.context;
+        let result = self.step("lock", |remote| {
+            lock::acquire(remote, &context.lock, &context.holder, context.lock_wait)
+        });
+        if let Err(error) = result {
+            self.finish(Err((HostStatus::Failed, error)));
+        }
+    }
+
+    /// Reads the current file and assesses what a deploy would do; a failure
+    /// finishes the host as `failed`.
+    pub fn assess(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Err(error) = self.try_assess() {
+            self.finish(Err((HostStatus::Failed, error)));
+        }
+    }
+
+    fn try_assess(&mut self) -> Result<(), HostError> {
+        let context = self.context;
+        let target = &context.settings.target;
+        let current = self.step("read", |remote| remote.read_current(target))?;
+        let current_values = parse_values(current.content.as_ref());
+        self.redactions.extend(current_values.values().cloned());
+        self.report.keys = self.file.map(|file| key_changes(&current_values, file));
+        if context.action != Action::Drift {
+            if let Some((key, others)) = context
+                .guarded_keys
+                .iter()
+                .find(|(key, _)| self.changes_value_of(&current_values, key))
+            {
+                return Err(HostError::new(
+                    ErrorKind::SharedKeyChange,
+                    format!(
+                        "`{}`: the new file changes `{key}`, which {others} also read; rotate it with a Rotation request that includes them, or set `allowSharedChange: true`",
+                        self.host.name,
+                    ),
+                ));
+            }
+        }
+        let units = self.step("units", |remote| {
+            systemd::units_on_host(
+                remote,
+                &context.settings.restart.units,
+                self.host.instances.as_deref(),
+            )
+        })?;
+        self.report.units = units
+            .iter()
+            .map(|u| UnitReport {
+                unit: u.clone(),
+                restarted: false,
+                will_restart: false,
+            })
+            .collect();
+        // A rollback always puts a backup in place, whatever is there now.
+        let same_file = self.file.is_some_and(|file| {
+            current
+                .content
+                .as_ref()
+                .is_some_and(|c| c.expose_secret() == file.text.expose_secret())
+        }) && current.uid == current.want_uid
+            && current.gid == current.want_gid
+            && current.mode == target.mode;
+        let mut stale_units = Vec::new();
+        if same_file {
+            for unit in &units {
+                let started =
+                    self.step("started-at", |remote| systemd::started_at(remote, unit))?;
+                // A previous run may have switched the file and died before restarting.
+                if context.settings.restart.force || started.is_none_or(|at| at < current.mtime) {
+                    stale_units.push(unit.clone());
+                }
+            }
+        }
+        self.assessment = Some(Assessment {
+            current,
+            current_values,
+            units,
+            same_file,
+            stale_units,
+        });
+        Ok(())
+    }
+
+    /// Whether the new file holds another value for `key` than the host does now.
+    fn changes_value_of(&self, current: &BTreeMap<String, String>, key: &str) -> bool {
+        let new = self.value_of(key);
+        matches!((current.get(key), new), (Some(old), Some(new)) if old != new)
+    }
+
+    /// The value this run would write for `key`.
+    pub fn value_of(&self, key: &str) -> Option<&str> {
+        value_in(self.file, key)
+    }
+
+    /// Whether a deploy has anything to do here: a file to switch or units to restart.
+    pub fn has_work(&self) -> bool {
+        self.assessment
+            .as_ref()
+            .is_some_and(|a| !a.same_file || !a.stale_units.is_empty())
+    }
+
+    /// `plan`: report what a deploy would do, from the assessment alone.
+    pub fn plan(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Some(assessment) = &self.assessment else {
+            return;
+        };
+        let restarting: &[String] = if assessment.same_file {
+            &assessment.stale_units
+        } else {
+            &assessment.units
+        };
+        for unit in &mut self.report.units {
+            unit.will_restart = restarting.contains(&unit.unit);
+        }
+        let status = if self.has_work() {
+            HostStatus::Planned
+        } else {
+            HostStatus::Unchanged
+        };
+        self.finish(Ok(status));
+    }
+
+    /// `drift`: the host holds exactly the file (bytes, owner, mode) a deploy would write, or not.
+    pub fn drift(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Some(assessment) = &self.assessment else {
+            return;
+        };
+        let status = if assessment.same_file {
+            HostStatus::InSync
+        } else {
+            HostStatus::Drifted
+        };
+        self.finish(Ok(status));
+    }
+
+    /// A Deploy's host on its own: stage, switch, restart, verify, put back what fails.
+    pub fn apply(&mut self) {
+        if self.finished {
+            return;
+        }
+        let outcome = match self.stage_next(None) {
+            Ok(()) => self.switch_and_verify(),
+            Err(error) => Err(error),
+        };
+        self.finish(outcome);
+    }
+
+    /// Stages what the host gets next: `content` when given, else the run's
+    /// file (or, for `rollback`, the chosen backup). Nothing is staged when the
+    /// host already holds the file.
+    pub fn stage_next(
+        &mut self,
+        content: Option<&SecretString>,
+    ) -> Result<(), (HostStatus, HostError)> {
+        let assessment = self.assessment.as_ref().expect("assessed");
+        if content.is_none() && assessment.same_file {
+            // A run that lost its host after staging left its file behind.
+            if assessment.current.leftover_staged {
+                let target = &self.context.settings.target;
+                let _ = self.step("discard", |remote| {
+                    remote.discard(target);
+                    Ok(())
+                });
+            }
+            return Ok(());
+        }
+        let target = &self.context.settings.target;
+        let staging = match (content, self.file) {
+            (Some(content), _) => Staging::Content(content),
+            (None, Some(file)) => Staging::Content(&file.text),
+            (None, None) => Staging::Backup(self.context.rollback_to),
+        };
+        self.step("stage", |remote| match staging {
+            Staging::Content(text) => remote.stage(target, text),
+            Staging::Backup(n) => remote.stage_backup(target, n),
+        })
+        .map_err(|error| (HostStatus::Failed, error))?;
+        self.staged = true;
+        Ok(())
+    }
+
+    /// Removes a staged file that will not be switched in.
+    pub fn discard_staged(&mut self) {
+        if self.staged {
+            if let Some(remote) = self.remote() {
+                remote.discard(&self.context.settings.target);
+            }
+            self.staged = false;
+        }
+    }
+
+    /// Switches the staged file in (if any), restarts and verifies; a failure
+    /// puts back what was there before the run (unless `rollbackOnFailure` is off).
+    pub fn switch_and_verify(&mut self) -> Outcome {
+        let assessment = self.assessment.as_ref().expect("assessed");
+        if !self.staged {
+            // The host holds the file already; restart what started before it.
+            let stale = assessment.stale_units.clone();
+            if !stale.is_empty() {
+                self.restart_and_verify(&stale)
+                    .map_err(|error| (HostStatus::Failed, error))?;
+            }
+            return Ok(HostStatus::Unchanged);
+        }
+        let units = assessment.units.clone();
+        let target = &self.context.settings.target;
+        let had_previous = match self.step("switch", |remote| remote.switch(target)) {
+            Ok(had_previous) => had_previous,
+            Err(error) => {
+                self.discard_staged();
+                return Err((HostStatus::Failed, error));
+            }
+        };
+        self.staged = false;
+        if self.switches == 0 {
+            self.had_previous = had_previous;
+        }
+        self.switches += 1;
+        self.report.changed = true;
+        match self.restart_and_verify(&units) {
+            Ok(()) => Ok(HostStatus::Deployed),
+            Err(error) if error.kind == ErrorKind::ConnectionLost => {
+                Err((HostStatus::Unknown, error))
+            }
+            Err(error) if !self.context.rollback_on_failure => Err((HostStatus::Unhealthy, error)),
+            Err(error) => self.put_back(error),
+        }
+    }
+
+    /// Puts back the file the host had before this run (or removes the run's
+    /// file when there was none), then restarts and verifies again. `cause`
+    /// is why; the outcome is `rolledBack` unless the putting back fails.
+    pub fn put_back(&mut self, cause: HostError) -> Outcome {
+        let target = &self.context.settings.target;
+        let backup = if self.had_previous { self.switches } else { 0 };
+        if let Err(error) = self.step("rollback", |remote| remote.restore(target, backup)) {
+            return Err((HostStatus::RollbackFailed, combine(&cause, &error)));
+        }
+        self.switches = 0;
+        self.report.changed = false;
+        self.report.rollback = Some(if self.had_previous {
+            RollbackAction::RestoredPrevious
+        } else {
+            RollbackAction::RemovedNewFile
+        });
+        if !self.had_previous {
+            return Err((HostStatus::RolledBack, cause));
+        }
+        let units = self.assessment.as_ref().expect("assessed").units.clone();
+        if let Some(remote) = self.remote() {
+            for unit in &units {
+                systemd::reset_failed(&remote, unit);
+            }
+        }
+        match self.restart_and_verify(&units) {
+            Ok(()) => Err((HostStatus::RolledBack, cause)),
+            Err(again) if again.kind == ErrorKind::ConnectionLost => {
+                Err((HostStatus::Unknown, combine(&cause, &again)))
+            }
+            Err(again) => Err((HostStatus::RollbackFailed, combine(&cause, &again))),
+        }
+    }
+
+    /// Restarts units one at a time. After each instance of a template, the
+    /// checks with `{instance}` run for it before the next restarts, so a host
+    /// never loses all its workers at once; the other checks run at the end.
+    fn restart_and_verify(&mut self, units: &[String]) -> Result<(), HostError> {
+        let settings = &self.context.settings;
+        let timeout = Duration::from_millis(settings.restart.timeout_ms);
+        let redactions = std::mem::take(&mut self.redactions);
+        let redact = |text: &str| redact(text, &redactions);
+        let mut result = Ok(());
+        for unit in units {
+            result = self.step("restart", |remote| {
+                systemd::restart(remote, unit, timeout, &redact)
+            });
+            if result.is_err() {
+                break;
+            }
+            if let Some(entry) = self.report.units.iter_mut().find(|u| &u.unit == unit) {
+                entry.restarted = true;
+            }
+            if let Some(instance) = instance_of(unit) {
+                for check in settings
+                    .verify
+                    .iter()
+                    .filter(|c| c.url.contains("{instance}"))
+                {
+                    result = self.verify(
+                        &health::expand(&check.url, &self.host.name, Some(instance)),
+                        check,
+                    );
+                    if result.is_err() {
+                        break;
+                    }
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            for check in settings
+                .verify
+                .iter()
+                .filter(|c| !c.url.contains("{instance}"))
+            {
+                result = self.verify(&health::expand(&check.url, &self.host.name, None), check);
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+        self.redactions = redactions;
+        result
+    }
+
+    fn verify(
+        &mut self,
+        url: &str,
+        check: &crate::settings::VerifySettings,
+    ) -> Result<(), HostError> {
+        self.check_deadline("verify")?;
+        let connection = self.connection.as_ref();
+        let label = self.host.name.as_str();
+        let through_ssh = |url: &str, timeout: Duration| -> std::result::Result<u16, String> {
+            let (host, port, path) = health::split_url(url).ok_or("not an http URL")?;
+            let connection = connection.ok_or("not connected")?;
+            connection.http_get(label, &host, port, &path, timeout)
+        };
+        let probe: &health::Probe = if check.via_ssh {
+            &through_ssh
+        } else {
+            &health::direct
+        };
+        let report = health::verify(url, check, probe, &|| {
+            if let Some(connection) = connection {
+                connection.beat();
+            }
+        });
+        self.record("verify", report.ok, report.ms);
+        let failure = (!report.ok).then(|| {
+            let what = match (report.last_status, &report.last_error) {
+                (Some(status), _) => format!("answered {status}"),
+                (None, Some(error)) => error.clone(),
+                (None, None) => "did not answer".into(),
+            };
+            HostError::new(
+                ErrorKind::HealthCheckFailed,
+                format!(
+                    "`{url}` {what} after {} attempts in {} ms (wanted {} in a row of {})",
+                    report.attempts, report.ms, check.consecutive, check.expect_status
+                ),
+            )
+        });
+        self.report.checks.push(report);
+        match failure {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads the file back after a deploy: the values the host now holds.
+    pub fn read_back(&mut self) -> Result<BTreeMap<String, String>, HostError> {
+        let target = &self.context.settings.target;
+        let current = self.step("read-back", |remote| remote.read_current(target))?;
+        Ok(parse_values(current.content.as_ref()))
+    }
+
+    /// After a successful deploy: removes every backup that still holds
+    /// another value than the new file for one of `purgeBackupsOf`, so a
+    /// leaked secret does not live on in a backup.
+    fn purge_backups(&mut self) -> Result<(), HostError> {
+        let keys = &self.context.purge_keys;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // An overlap rotation's interim file keeps the old value as `<KEY>_PREVIOUS`.
+        let file = self.file;
+        let new: Vec<(String, Option<&str>)> = keys
+            .iter()
+            .flat_map(|key| {
+                let value = value_in(file, key);
+                [(key.clone(), value), (format!("{key}_PREVIOUS"), value)]
+            })
+            .collect();
+        let target = &self.context.settings.target;
+        let backups = self.step("read-backups", |remote| remote.read_backups(target))?;
+        let stale: Vec<u32> = backups
+            .iter()
+            .filter(|(_, content)| {
+                let values = parse_values(Some(content));
+                new.iter().any(|(key, value)| {
+                    values
+                        .get(key.as_str())
+                        .is_some_and(|old| Some(old.as_str()) != *value)
+                })
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        if !stale.is_empty() {
+            self.step("purge", |remote| remote.purge(target, &stale))?;
+        }
+        self.report.backups_purged = Some(stale.len() as u32);
+        Ok(())
+    }
+
+    /// `purgeBackupsOf` once a deploy left the host deployed or unchanged. A
+    /// failure becomes the host's error; its new file stays in place.
+    pub fn purge_after_success(&mut self) {
+        let in_place = matches!(
+            self.report.status,
+            HostStatus::Deployed | HostStatus::Unchanged
+        );
+        if self.context.action != Action::Deploy || !in_place {
+            return;
+        }
+        if let Err(error) = self.purge_backups() {
+            self.report.error = Some(ErrorReport {
+                kind: ErrorKind::PurgeFailed,
+                message: format!(
+                    "{}; the new file is in place but old values may remain in backups",
+                    error.message
+                ),
+                field: None,
+            });
+        }
+    }
+
+    /// Appends this attempt to the host's audit log, when the host was reached.
+    pub fn audit(&mut self) {
+        if self.connection.is_none() || self.report.steps.iter().all(|s| s.name == "connect") {
+            return;
+        }
+        let context = self.context;
+        let line = AuditLine::for_host(
+            self.label(),
+            &self.report,
+            &context.settings.service,
+            context.deployment,
+            &context.window_services,
+        );
+        let state_dir = &context.settings.target.state_dir;
+        let _ = self.step("audit", |remote| audit::append(remote, state_dir, &line));
+    }
+}
+
+fn value_in<'f>(file: Option<&'f HostFile>, key: &str) -> Option<&'f str> {
+    file?
+        .values
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.expose_secret())
+}
+
+fn instance_of(unit: &str) -> Option<&str> {
+    unit.split_once('@')
+        .and_then(|(_, rest)| rest.rsplit_once('.'))
+        .map(|(instance, _)| instance)
+        .filter(|instance| !instance.is_empty())
+}
+
+fn combine(first: &HostError, then: &HostError) -> HostError {
+    HostError::new(
+        first.kind,
+        format!(
+            "{}; then the rollback failed: {}",
+            first.message, then.message
+        ),
+    )
+}
+
+/// A file's assignments as systemd would read them; values are secrets.
+pub(super) fn parse_values(content: Option<&SecretString>) -> BTreeMap<String, String> {
+    content
+        .map(|content| {
+            grammar::parse(content.expose_secret())
+                .assignments
+                .into_iter()
+                .map(|a| (a.key, a.value))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn key_changes(current: &BTreeMap<String, String>, file: &HostFile) -> KeyChanges {
+    let mut changes = KeyChanges::default();
+    for (key, value) in &file.values {
+        match current.get(key) {
+            None => changes.added.push(key.clone()),
+            Some(old) if old != value.expose_secret() => changes.changed.push(key.clone()),
+            Some(_) => changes.unchanged += 1,
+        }
+    }
+    changes.removed = current
+        .keys()
+        .filter(|key| !file.values.iter().any(|(k, _)| k == *key))
+        .cloned()
+        .collect();
+    changes
+}
+
+/// Replaces every occurrence of a secret in a message from a host.
+fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| s.len() >= 3) {
+        out = out.replace(secret.as_str(), "[redacted]");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_removes_every_secret() {
+        let secrets = vec!["hunter2".to_string(), "ab".to_string()];
+        assert_eq!(redact("pw hunter2 ab", &secrets), "pw [redacted] ab");
+    }
+}

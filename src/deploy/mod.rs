@@ -1,0 +1,628 @@
+//! `deploy`, `plan`, `drift` and `rollback` of Deploy and Rotation requests:
+//! the only module that knows the order of the steps.
+//!
+//! A run has phases. **Open**, on every host of every deployment: connect in
+//! parallel, take each host's lock one at a time in sorted order (so two runs
+//! over overlapping hosts cannot each hold what the other waits for), then
+//! read what is there and assess what a deploy would do. `plan` and `drift`
+//! stop there and report. **Apply** differs by kind:
+//! - a Deploy goes batch by batch (canary first, then `rollout.batch` hosts at
+//!   a time, `rollout.parallel` at once); one host's failure never touches
+//!   another, and once the canary fails or more than `rollout.maxFailed` hosts
+//!   have failed, the hosts left are `skipped`;
+//! - a Rotation is one window over all its deployments (window.rs): every host
+//!   either ends with the new file or is put back.
+
+mod host;
+mod shared;
+mod window;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::catalog::Catalog;
+use crate::check::{self, Prepared};
+use crate::digest;
+use crate::error::{Error, ErrorKind, HostError, Result};
+use crate::lock;
+use crate::remote::Invocation;
+use crate::report::{
+    wire_name, Action, ContractReport, DeploymentReport, HostStatus, Report, Summary,
+    EXIT_DIFFERENCES, EXIT_FAILED, EXIT_NEEDS_PERSON,
+};
+use crate::request::{Amount, Deployment, Rotation, SudoMode};
+use crate::secret::{EnvLookup, SecretString};
+use crate::settings::Settings;
+use crate::ssh::SshConfig;
+use host::HostRun;
+
+pub const DEFAULT_PARALLEL: u32 = 10;
+pub const DEFAULT_DEADLINE_MS: u64 = 600_000;
+
+/// What the command line adds to a request: the plan digest's key, the digest
+/// a deploy must find, and the request as sent (part of the digest).
+#[derive(Default)]
+pub struct RunOptions {
+    pub plan_key: Option<SecretString>,
+    pub expect_plan: Option<String>,
+    pub request: serde_json::Value,
+    /// `rollback --to N`.
+    pub rollback_to: u32,
+}
+
+/// One deployment made ready: what every host of it shares.
+struct Context<'a> {
+    action: Action,
+    deployment: &'a Deployment,
+    settings: Settings,
+    /// Contract and rendered files; none for a rollback, which needs no secrets.
+    prepared: Option<Prepared>,
+    ssh: SshConfig,
+    rollout: Rollout,
+    sudo: SudoMode,
+    rollback_on_failure: bool,
+    /// Keys this run may not change, each with the services outside the run
+    /// that read it too (the catalog's shared keys), unless the request allows it.
+    guarded_keys: Vec<(String, String)>,
+    /// `purgeBackupsOf`: keys whose old values no backup may keep after a success.
+    purge_keys: Vec<String>,
+    deadline: Instant,
+    lock: Invocation,
+    lock_wait: Duration,
+    /// Who holds the lock, for whoever waits for it next (no secrets).
+    holder: String,
+    /// `rollback --to N`: which backup goes back (1 = the newest).
+    rollback_to: u32,
+    /// Part of a Rotation: host names in messages carry the service.
+    in_rotation: bool,
+    /// Every service of the run, for the audit trail.
+    window_services: Vec<String>,
+}
+
+impl<'a> Context<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        action: Action,
+        deployment: &'a Deployment,
+        at: &str,
+        prepared: Option<Prepared>,
+        window_services: &[String],
+        env: &dyn EnvLookup,
+        catalog: &Catalog,
+        options: &RunOptions,
+        started: Instant,
+    ) -> Result<Context<'a>> {
+        let settings = match &prepared {
+            Some(prepared) => prepared.settings.clone(),
+            None => Settings::from_request(deployment, at, catalog)?,
+        };
+        let ssh = SshConfig::from_request(deployment.ssh.as_ref(), at, env)?;
+        let rollout = Rollout::from_request(deployment, at, settings.hosts.len())?;
+        let in_rotation = window_services.len() > 1;
+        let guarded_keys = match &prepared {
+            Some(prepared) if deployment.allow_shared_change != Some(true) => prepared
+                .contract
+                .names()
+                .filter_map(|key| {
+                    let others: Vec<String> = catalog
+                        .shares_with(key, &deployment.service)
+                        .into_iter()
+                        .filter(|service| !window_services.iter().any(|s| s == service))
+                        .map(|service| format!("`{service}`"))
+                        .collect();
+                    (!others.is_empty()).then(|| (key.to_string(), others.join(" and ")))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let purge_keys = deployment.purge_backups_of.clone();
+        if let Some(prepared) = &prepared {
+            for (index, key) in purge_keys.iter().enumerate() {
+                if !prepared.contract.has(key) {
+                    return Err(Error::invalid(
+                        ErrorKind::InvalidSetting,
+                        format!("{at}/purgeBackupsOf/{index}"),
+                        format!(
+                            "`{key}` is not in the contract `{}`",
+                            prepared.contract.path
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Context {
+            action,
+            deployment,
+            ssh,
+            rollout: rollout.clone(),
+            sudo: deployment
+                .ssh
+                .as_ref()
+                .and_then(|s| s.sudo)
+                .unwrap_or(SudoMode::Auto),
+            rollback_on_failure: deployment.rollback_on_failure.unwrap_or(true),
+            guarded_keys,
+            purge_keys,
+            deadline: started
+                + Duration::from_millis(deployment.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS)),
+            lock: lock::invocation(
+                &deployment.service,
+                deployment.environment.as_deref(),
+                if writes(action) {
+                    lock::Mode::Exclusive
+                } else {
+                    lock::Mode::Shared
+                },
+                rollout.lock_wait,
+            ),
+            lock_wait: rollout.lock_wait,
+            holder: holder(action, deployment),
+            rollback_to: options.rollback_to.max(1),
+            in_rotation,
+            window_services: window_services.to_vec(),
+            settings,
+            prepared,
+        })
+    }
+
+    fn contract_report(&self) -> ContractReport {
+        match &self.prepared {
+            Some(prepared) => prepared.contract_report(),
+            None => ContractReport {
+                path: self.deployment.contract.clone(),
+                keys: Vec::new(),
+            },
+        }
+    }
+
+    /// One run per host, in request order.
+    fn host_runs(&'a self) -> Vec<HostRun<'a>> {
+        self.settings
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(index, host)| {
+                let file = self.prepared.as_ref().map(|p| &p.resolution.files[index]);
+                HostRun::new(self, host, file)
+            })
+            .collect()
+    }
+}
+
+/// `deploy`, `plan`, `drift` or `rollback` of a Deploy request.
+pub fn run(
+    action: Action,
+    deployment: &Deployment,
+    env: &dyn EnvLookup,
+    catalog: &Catalog,
+    options: &RunOptions,
+    report: &mut Report,
+) -> Result<()> {
+    let started = Instant::now();
+    report.service = Some(deployment.service.clone());
+    report.environment = deployment.environment.clone();
+    let prepared = match action {
+        Action::Rollback => None,
+        _ => Some(check::prepare_deploy(deployment, env, catalog, report)?),
+    };
+    let services = [deployment.service.clone()];
+    let context = Context::new(
+        action, deployment, "", prepared, &services, env, catalog, options, started,
+    )?;
+    let mut runs = context.host_runs();
+    open(&mut runs, options, report);
+    match action {
+        Action::Plan => in_parallel(&mut runs, context.rollout.parallel, HostRun::plan),
+        Action::Drift => in_parallel(&mut runs, context.rollout.parallel, HostRun::drift),
+        _ => apply_in_batches(&mut runs, &context.rollout),
+    }
+    let error = hosts_failed(action, &runs);
+    report.hosts = runs.into_iter().map(HostRun::into_report).collect();
+    report.summary = Summary::of(&report.hosts);
+    conclude(report, error, false)
+}
+
+/// `deploy`, `plan`, `drift` or `rollback` of a Rotation: every deployment in one window.
+pub fn run_rotation(
+    action: Action,
+    rotation: &Rotation,
+    env: &dyn EnvLookup,
+    catalog: &Catalog,
+    options: &RunOptions,
+    report: &mut Report,
+) -> Result<()> {
+    let started = Instant::now();
+    let prepared: Vec<Option<Prepared>> = match action {
+        Action::Rollback => {
+            check::distinct_services(rotation)?;
+            rotation.deployments.iter().map(|_| None).collect()
+        }
+        _ => check::prepare_rotation(rotation, env, catalog, report)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+    };
+    let services: Vec<String> = rotation
+        .deployments
+        .iter()
+        .map(|d| d.service.clone())
+        .collect();
+    let mut contexts = Vec::new();
+    for (index, (deployment, prepared)) in rotation.deployments.iter().zip(prepared).enumerate() {
+        let at = format!("/deployments/{index}");
+        window::check_deployment(deployment, &at)?;
+        contexts.push(Context::new(
+            action, deployment, &at, prepared, &services, env, catalog, options, started,
+        )?);
+    }
+    let overlap = window::Overlap::from_request(rotation, &contexts)?;
+    let mut runs: Vec<HostRun> = contexts.iter().flat_map(Context::host_runs).collect();
+    open(&mut runs, options, report);
+    let parallel = contexts
+        .iter()
+        .map(|c| c.rollout.parallel)
+        .max()
+        .unwrap_or(1);
+    let mut differences = false;
+    match action {
+        Action::Plan => in_parallel(&mut runs, parallel, HostRun::plan),
+        Action::Drift => {
+            in_parallel(&mut runs, parallel, HostRun::drift);
+            let holdings = shared::holdings_now(&runs, &rotation.shared);
+            let reports = shared::reports(&rotation.shared, &runs, &holdings);
+            differences = reports.iter().any(|r| !r.identical);
+            report.shared = Some(reports);
+        }
+        _ => {
+            if let Some(reports) = window::apply(&mut runs, &contexts, &overlap, &rotation.shared) {
+                report.shared = Some(reports);
+            }
+        }
+    }
+    let error = hosts_failed(action, &runs);
+    let mut deployments: Vec<DeploymentReport> = contexts
+        .iter()
+        .map(|context| DeploymentReport {
+            service: context.settings.service.clone(),
+            contract: context.contract_report(),
+            hosts: Vec::new(),
+            summary: Summary::default(),
+        })
+        .collect();
+    for run in runs {
+        let index = contexts
+            .iter()
+            .position(|c| std::ptr::eq(c, run.context))
+            .expect("every run belongs to a deployment");
+        deployments[index].hosts.push(run.into_report());
+    }
+    let mut summary = Summary::default();
+    for deployment in &mut deployments {
+        deployment.summary = Summary::of(&deployment.hosts);
+        summary.add(&deployment.summary);
+    }
+    report.deployments = Some(deployments);
+    report.summary = summary;
+    conclude(report, error, differences)
+}
+
+/// Connects, locks and assesses every host, then checks `--expect-plan`.
+fn open(runs: &mut [HostRun], options: &RunOptions, report: &mut Report) {
+    let parallel = runs
+        .iter()
+        .map(|run| run.context.rollout.parallel)
+        .max()
+        .unwrap_or(1);
+    in_parallel(runs, parallel, HostRun::connect);
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|a, b| {
+        let key = |run: &HostRun| (run.host.name.clone(), run.context.settings.service.clone());
+        key(&runs[*a]).cmp(&key(&runs[*b]))
+    });
+    for index in order {
+        runs[index].lock();
+    }
+    in_parallel(runs, parallel, HostRun::assess);
+
+    let Some(key) = &options.plan_key else {
+        return;
+    };
+    let action = runs.first().map(|run| run.context.action);
+    let digest = plan_digest(key, &options.request, runs);
+    match (action, &options.expect_plan) {
+        (Some(Action::Plan), _) => report.plan_digest = digest,
+        (_, Some(expected)) if digest.as_ref() != Some(expected) => {
+            for run in runs.iter_mut().filter(|run| !run.finished) {
+                let message = format!(
+                    "`{}`: the request or a host changed since the plan was made; nothing was touched, run `plan` again",
+                    run.host.name
+                );
+                run.finish(Err((
+                    HostStatus::Failed,
+                    HostError::new(ErrorKind::PlanMismatch, message),
+                )));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Sets the exit code for differences, or records the run's error.
+fn conclude(report: &mut Report, error: Option<Error>, differences: bool) -> Result<()> {
+    if let Some(error) = error {
+        return Err(error);
+    }
+    if differences || report.summary.planned > 0 || report.summary.drifted > 0 {
+        report.ok = false;
+        report.exit_code = EXIT_DIFFERENCES;
+    }
+    Ok(())
+}
+
+/// Whether an action changes hosts (and so takes exclusive locks).
+fn writes(action: Action) -> bool {
+    !matches!(action, Action::Plan | Action::Drift)
+}
+
+/// The digest over every host, or None when a host could not be read.
+fn plan_digest(
+    key: &SecretString,
+    request: &serde_json::Value,
+    runs: &[HostRun],
+) -> Option<String> {
+    let names: Vec<String> = runs.iter().map(HostRun::name).collect();
+    let states: Option<Vec<digest::HostState>> = runs
+        .iter()
+        .zip(&names)
+        .map(|(run, name)| {
+            let assessment = run.assessment.as_ref().filter(|_| !run.finished)?;
+            Some(digest::HostState {
+                host: name,
+                rendered: &run.file?.text,
+                current: &assessment.current,
+            })
+        })
+        .collect();
+    states.map(|states| digest::compute(key, request, &states))
+}
+
+/// The lock file's note on who holds it: action, build, user, start time.
+fn holder(action: Action, deployment: &Deployment) -> String {
+    let audit = deployment.audit.clone().unwrap_or_default();
+    serde_json::json!({
+        "action": wire_name(&action),
+        "buildUrl": audit.build_url,
+        "by": audit.by,
+        "since": crate::audit::rfc3339(std::time::SystemTime::now()),
+    })
+    .to_string()
+}
+
+/// How the hosts are taken: canary, batch size, failures tolerated, parallelism.
+#[derive(Clone)]
+struct Rollout {
+    parallel: usize,
+    canary: usize,
+    batch: usize,
+    max_failed: usize,
+    lock_wait: Duration,
+}
+
+impl Rollout {
+    fn from_request(deployment: &Deployment, at: &str, hosts: usize) -> Result<Rollout> {
+        let rollout = deployment.rollout.clone().unwrap_or_default();
+        let canary = rollout.canary.unwrap_or(0) as usize;
+        if canary > hosts {
+            return Err(Error::invalid(
+                ErrorKind::InvalidSetting,
+                format!("{at}/rollout/canary"),
+                format!("there are only {hosts} hosts"),
+            ));
+        }
+        let batch = match &rollout.batch {
+            Some(amount) => hosts_in(amount, hosts, &format!("{at}/rollout/batch"))?.max(1),
+            None => hosts.max(1),
+        };
+        let max_failed = match &rollout.max_failed {
+            Some(amount) => hosts_in(amount, hosts, &format!("{at}/rollout/maxFailed"))?,
+            None => 0,
+        };
+        Ok(Rollout {
+            parallel: rollout.parallel.unwrap_or(DEFAULT_PARALLEL).max(1) as usize,
+            canary,
+            batch,
+            max_failed,
+            lock_wait: Duration::from_millis(rollout.lock_wait_ms.unwrap_or(lock::DEFAULT_WAIT_MS)),
+        })
+    }
+
+    /// Index ranges, in request order: the canary hosts, then batches.
+    fn batches(&self, hosts: usize) -> Vec<std::ops::Range<usize>> {
+        let mut batches = Vec::new();
+        if self.canary > 0 {
+            batches.push(0..self.canary);
+        }
+        let mut start = self.canary;
+        while start < hosts {
+            let end = (start + self.batch).min(hosts);
+            batches.push(start..end);
+            start = end;
+        }
+        batches
+    }
+}
+
+/// A count, or `"N%"` of the hosts rounded up (at least 1).
+fn hosts_in(amount: &Amount, hosts: usize, field: &str) -> Result<usize> {
+    match amount {
+        Amount::Count(count) => Ok(*count as usize),
+        Amount::Percent(text) => {
+            let percent = text
+                .strip_suffix('%')
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        ErrorKind::InvalidSetting,
+                        field,
+                        "must be a whole number of hosts or a percentage from `1%` to `100%`",
+                    )
+                })?;
+            Ok((hosts * percent).div_ceil(100).max(1))
+        }
+    }
+}
+
+fn apply_in_batches(runs: &mut [HostRun], rollout: &Rollout) {
+    let mut failed = 0;
+    let mut stop: Option<String> = None;
+    for (index, range) in rollout.batches(runs.len()).into_iter().enumerate() {
+        let batch = &mut runs[range];
+        if let Some(reason) = &stop {
+            for run in batch.iter_mut() {
+                run.skip(reason);
+            }
+            continue;
+        }
+        in_parallel(batch, rollout.parallel, |run| {
+            run.apply();
+            run.purge_after_success();
+            run.audit();
+        });
+        let failures = batch.iter().filter(|run| run.failed()).count();
+        failed += failures;
+        if index == 0 && rollout.canary > 0 && failures > 0 {
+            stop = Some("not attempted: the canary failed".into());
+        } else if failed > rollout.max_failed {
+            stop = Some(format!(
+                "not attempted: {failed} hosts failed, more than `rollout.maxFailed` ({}) allows",
+                rollout.max_failed
+            ));
+        }
+    }
+}
+
+/// Runs `work` on every item, at most `parallel` at once.
+fn in_parallel<T: Send>(items: &mut [T], parallel: usize, work: impl Fn(&mut T) + Sync) {
+    let queue = Mutex::new(items.iter_mut());
+    let workers = parallel.clamp(1, queue.lock().expect("fresh").len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let next = queue.lock().expect("no worker panics holding it").next();
+                match next {
+                    Some(item) => work(item),
+                    None => break,
+                }
+            });
+        }
+    });
+}
+
+/// The run's error when any host did not end as it should.
+fn hosts_failed(action: Action, runs: &[HostRun]) -> Option<Error> {
+    let bad: Vec<&HostRun> = runs
+        .iter()
+        .filter(|run| !succeeded(action, run.report.status) || run.report.error.is_some())
+        .collect();
+    if bad.is_empty() {
+        return None;
+    }
+    let needs_person = bad.iter().any(|run| {
+        matches!(
+            run.report.status,
+            HostStatus::RollbackFailed | HostStatus::Unknown
+        )
+    });
+    let listed: Vec<String> = bad
+        .iter()
+        .map(|run| {
+            let kind = run
+                .report
+                .error
+                .as_ref()
+                .map(|e| wire_name(&e.kind))
+                .unwrap_or_default();
+            format!(
+                "`{}` ({kind}, {})",
+                run.name(),
+                status_words(run.report.status)
+            )
+        })
+        .collect();
+    let mut message = format!(
+        "{} of {} hosts failed: {}",
+        bad.len(),
+        runs.len(),
+        listed.join(", ")
+    );
+    if needs_person {
+        message.push_str("; a host is in an unknown state and needs a person");
+    }
+    Some(Error::HostsFailed {
+        message,
+        exit_code: if needs_person {
+            EXIT_NEEDS_PERSON
+        } else {
+            EXIT_FAILED
+        },
+    })
+}
+
+/// Whether a host ended as `action` means it to. For `rollback`, putting the
+/// backup back is the success.
+fn succeeded(action: Action, status: HostStatus) -> bool {
+    match status {
+        HostStatus::Deployed
+        | HostStatus::Unchanged
+        | HostStatus::Planned
+        | HostStatus::InSync
+        | HostStatus::Drifted => true,
+        HostStatus::RolledBack => action == Action::Rollback,
+        _ => false,
+    }
+}
+
+fn status_words(status: HostStatus) -> &'static str {
+    match status {
+        HostStatus::RolledBack => "rolled back",
+        HostStatus::RollbackFailed => "rollback failed",
+        HostStatus::Unhealthy => "left unhealthy",
+        HostStatus::Unknown => "state unknown",
+        HostStatus::Skipped => "skipped",
+        HostStatus::Deployed | HostStatus::Unchanged => "file in place",
+        _ => "nothing changed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_put_the_canary_alone_first() {
+        let rollout = Rollout {
+            parallel: 4,
+            canary: 1,
+            batch: 3,
+            max_failed: 0,
+            lock_wait: Duration::from_secs(1),
+        };
+        assert_eq!(rollout.batches(8), vec![0..1, 1..4, 4..7, 7..8]);
+        let no_canary = Rollout {
+            canary: 0,
+            ..rollout
+        };
+        assert_eq!(no_canary.batches(3), vec![0..3]);
+    }
+
+    #[test]
+    fn percentages_round_up_to_at_least_one_host() {
+        let percent = |p: &str, hosts| hosts_in(&Amount::Percent(p.into()), hosts, "/f").unwrap();
+        assert_eq!(percent("25%", 10), 3);
+        assert_eq!(percent("1%", 3), 1);
+        assert_eq!(percent("100%", 7), 7);
+        assert!(hosts_in(&Amount::Percent("0%".into()), 3, "/f").is_err());
+        assert!(hosts_in(&Amount::Percent("x%".into()), 3, "/f").is_err());
+    }
+}

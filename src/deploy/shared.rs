@@ -1,0 +1,135 @@
+//! Shared keys on the hosts: which hosts hold the same value, compared in
+//! memory and shown as fingerprints keyed with a random key made for this run,
+//! so they compare hosts within one result and mean nothing outside it.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::host::HostRun;
+use super::in_parallel;
+use crate::report::{SharedHolder, SharedKeyReport, SharedValueGroup};
+
+/// Per run, the shared keys' values its host holds (None: not read).
+pub(super) type Holdings = Vec<Option<BTreeMap<String, String>>>;
+
+/// What the hosts held when they were assessed (`drift`).
+pub(super) fn holdings_now(runs: &[HostRun], keys: &[String]) -> Holdings {
+    runs.iter()
+        .map(|run| {
+            let assessment = run.assessment.as_ref()?;
+            Some(only(&assessment.current_values, keys))
+        })
+        .collect()
+}
+
+/// Reads every host's file again after the switch.
+pub(super) fn read_back(runs: &mut [HostRun], keys: &[String], parallel: usize) -> Holdings {
+    let mut slots: Vec<(&mut HostRun, Option<BTreeMap<String, String>>)> =
+        runs.iter_mut().map(|run| (run, None)).collect();
+    in_parallel(&mut slots, parallel, |(run, holding)| {
+        *holding = run.read_back().ok().map(|values| only(&values, keys));
+    });
+    slots.into_iter().map(|(_, holding)| holding).collect()
+}
+
+fn only(values: &BTreeMap<String, String>, keys: &[String]) -> BTreeMap<String, String> {
+    values
+        .iter()
+        .filter(|(key, _)| keys.contains(key))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// For each shared key, the hosts grouped by the value they hold. A host
+/// that could not be read is left out (its own status says why).
+pub(super) fn reports(
+    keys: &[String],
+    runs: &[HostRun],
+    holdings: &Holdings,
+) -> Vec<SharedKeyReport> {
+    let run_key = random_key();
+    keys.iter()
+        .map(|key| {
+            let mut services: Vec<String> = Vec::new();
+            let mut groups: Vec<SharedValueGroup> = Vec::new();
+            for (run, holding) in runs.iter().zip(holdings) {
+                let service = &run.context.settings.service;
+                let carries = match &run.context.prepared {
+                    Some(prepared) => prepared.contract.has(key),
+                    // A rollback has no contract: the hosts say who carries the key.
+                    None => holding.as_ref().is_some_and(|h| h.contains_key(key)),
+                };
+                if !carries {
+                    continue;
+                }
+                if !services.contains(service) {
+                    services.push(service.clone());
+                }
+                let Some(holding) = holding else { continue };
+                let value = holding.get(key);
+                let fingerprint = value.map(|v| fingerprint(&run_key, v));
+                let holder = SharedHolder {
+                    service: service.clone(),
+                    host: run.host.name.clone(),
+                };
+                match groups.iter_mut().find(|g| g.fingerprint == fingerprint) {
+                    Some(group) => group.hosts.push(holder),
+                    None => groups.push(SharedValueGroup {
+                        expected: value.is_some_and(|v| run.value_of(key) == Some(v.as_str())),
+                        fingerprint,
+                        hosts: vec![holder],
+                    }),
+                }
+            }
+            SharedKeyReport {
+                key: key.clone(),
+                identical: groups.len() == 1 && groups[0].fingerprint.is_some(),
+                services,
+                holders: Some(groups),
+            }
+        })
+        .collect()
+}
+
+fn fingerprint(run_key: &[u8], value: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(run_key).expect("HMAC takes keys of any length");
+    mac.update(value.as_bytes());
+    mac.finalize().into_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// 32 bytes from the kernel, made once per run and never shown.
+fn random_key() -> Vec<u8> {
+    let mut key = vec![0u8; 32];
+    let read =
+        std::fs::File::open("/dev/urandom").and_then(|mut random| random.read_exact(&mut key));
+    if read.is_err() {
+        // The standard library's hasher seeds come from the OS as well.
+        use std::hash::BuildHasher;
+        for chunk in key.chunks_mut(8) {
+            let seed = std::collections::hash_map::RandomState::new().hash_one(0u8);
+            chunk.copy_from_slice(&seed.to_le_bytes());
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_depend_on_the_run_key() {
+        let (one, two) = (random_key(), random_key());
+        assert_ne!(one, two);
+        assert_eq!(fingerprint(&one, "v"), fingerprint(&one, "v"));
+        assert_ne!(fingerprint(&one, "v"), fingerprint(&two, "v"));
+        assert_ne!(fingerprint(&one, "v"), fingerprint(&one, "w"));
+        assert_eq!(fingerprint(&one, "v").len(), 16);
+    }
+}

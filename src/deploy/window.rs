@@ -1,0 +1,431 @@
+//! A Rotation's one window over all its deployments.
+//!
+//! Every host of every deployment is already connected, locked and assessed
+//! (mod.rs). Then: stage every new file; only then switch, restart and verify,
+//! deployment by deployment in request order, so the side that verifies a
+//! shared secret can go first; read back every host's file and confirm the
+//! shared keys agree. If anything fails, every host already switched, in every
+//! deployment, gets back the file it had before the run and is restarted and
+//! verified again, again in request order. Only after a success are old values
+//! purged from backups.
+//!
+//! With `overlap`, a shared key moves in three health-checked phases: the
+//! verifiers get the new value and keep the old one as `<KEY>_PREVIOUS`, then
+//! the presenters switch, then the verifiers drop `<KEY>_PREVIOUS`.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use super::host::{HostRun, Outcome};
+use super::{in_parallel, shared, Context};
+use crate::error::{Error, ErrorKind, HostError, Result};
+use crate::render::systemd as grammar;
+use crate::report::{wire_name, Action, HostStatus, SharedKeyReport};
+use crate::request::{Amount, Deployment, Rotation};
+use crate::secret::{ExposeSecret, SecretString};
+
+/// What a Rotation's deployments may not set.
+pub(super) fn check_deployment(deployment: &Deployment, at: &str) -> Result<()> {
+    if deployment.rollback_on_failure == Some(false) {
+        return Err(Error::invalid(
+            ErrorKind::InvalidSetting,
+            format!("{at}/rollbackOnFailure"),
+            "a Rotation always puts every host back when one fails; leave it out",
+        ));
+    }
+    let max_failed = deployment
+        .rollout
+        .as_ref()
+        .and_then(|r| r.max_failed.as_ref());
+    if max_failed.is_some_and(|amount| !matches!(amount, Amount::Count(0))) {
+        return Err(Error::invalid(
+            ErrorKind::InvalidSetting,
+            format!("{at}/rollout/maxFailed"),
+            "is always 0 in a Rotation: one failed host puts every host back",
+        ));
+    }
+    Ok(())
+}
+
+/// The keys rotated in three phases, and which deployments verify them.
+pub(super) struct Overlap {
+    keys: Vec<String>,
+    /// Per deployment: whether it verifies (accepts `<KEY>_PREVIOUS`).
+    verifiers: Vec<bool>,
+}
+
+impl Overlap {
+    pub fn from_request(rotation: &Rotation, contexts: &[Context]) -> Result<Overlap> {
+        let mut verifiers = vec![false; contexts.len()];
+        let mut presenters = vec![false; contexts.len()];
+        // A rollback puts whole files back; there is nothing to overlap.
+        let rollback = contexts.iter().any(|c| c.action == Action::Rollback);
+        if rollback || rotation.overlap.is_empty() {
+            return Ok(Overlap {
+                keys: Vec::new(),
+                verifiers,
+            });
+        }
+        for (index, key) in rotation.overlap.iter().enumerate() {
+            let field = format!("/overlap/{index}");
+            let invalid =
+                |message: String| Err(Error::invalid(ErrorKind::InvalidSetting, &field, message));
+            if !rotation.shared.contains(key) {
+                return invalid(format!("`{key}` must also be listed in `shared`"));
+            }
+            let previous = previous_name(key);
+            for (position, context) in contexts.iter().enumerate() {
+                let prepared = context.prepared.as_ref().expect("prepared for deploy");
+                let at = format!("/deployments/{position}");
+                if prepared.contract.has(&previous) {
+                    if prepared.resolution.files[0]
+                        .values
+                        .iter()
+                        .any(|(k, _)| *k == previous)
+                    {
+                        return Err(Error::invalid(
+                            ErrorKind::InvalidSetting,
+                            format!("{at}/env/{previous}"),
+                            format!("hostenv fills `{previous}` itself in an overlap rotation; declare it optional and give it no source"),
+                        ));
+                    }
+                    if context.settings.target.backups < 2 {
+                        return Err(Error::invalid(
+                            ErrorKind::InvalidSetting,
+                            format!("{at}/target/backups"),
+                            "must be at least 2 for an overlap rotation: a verifier is switched twice",
+                        ));
+                    }
+                    verifiers[position] = true;
+                } else if prepared.contract.has(key) {
+                    presenters[position] = true;
+                }
+            }
+            if !verifiers.iter().any(|v| *v) {
+                return invalid(format!("no deployment's contract declares `{previous}`; the side that verifies `{key}` must accept the old value there"));
+            }
+            if !presenters.iter().any(|p| *p) {
+                return invalid(format!(
+                    "no deployment carries `{key}` without `{previous}`; there is no side to switch in between"
+                ));
+            }
+        }
+        if let Some(position) = (0..contexts.len()).find(|i| verifiers[*i] && presenters[*i]) {
+            return Err(Error::invalid(
+                ErrorKind::InvalidSetting,
+                format!("/deployments/{position}"),
+                "verifies one overlap key and presents another; rotate them in separate requests",
+            ));
+        }
+        Ok(Overlap {
+            keys: rotation.overlap.clone(),
+            verifiers,
+        })
+    }
+
+    /// The verifiers' interim files (the new values plus `<KEY>_PREVIOUS`
+    /// holding the old value the verifier hosts all hold now). None per run
+    /// where there is no interim step; empty when no overlap key changes.
+    /// An error names the runs that disagree.
+    fn interim_files(
+        &self,
+        runs: &[HostRun],
+        contexts: &[Context],
+    ) -> std::result::Result<Vec<Option<SecretString>>, HostError> {
+        let mut old_values: Vec<(String, String)> = Vec::new();
+        for key in &self.keys {
+            let mut holders: BTreeMap<Option<&String>, Vec<String>> = BTreeMap::new();
+            let mut rotates = false;
+            for run in runs.iter().filter(|run| self.verifies(run, contexts)) {
+                let current = run.assessment.as_ref().expect("assessed");
+                let old = current.current_values.get(key);
+                rotates |= old.map(String::as_str) != run.value_of(key);
+                holders.entry(old).or_default().push(run.name());
+            }
+            if !rotates {
+                continue;
+            }
+            match holders.into_iter().collect::<Vec<_>>().as_slice() {
+                [(Some(old), _)] => old_values.push((key.clone(), (*old).clone())),
+                groups => {
+                    let listed: Vec<String> = groups
+                        .iter()
+                        .map(|(value, names)| {
+                            let what = if value.is_some() {
+                                "one value"
+                            } else {
+                                "no value"
+                            };
+                            format!("{what} on `{}`", names.join("`, `"))
+                        })
+                        .collect();
+                    return Err(HostError::new(
+                        ErrorKind::OverlapUnavailable,
+                        format!(
+                            "the verifier hosts must all hold one old value of `{key}` to keep it as `{}`; found {}",
+                            previous_name(key),
+                            listed.join("; ")
+                        ),
+                    ));
+                }
+            }
+        }
+        if old_values.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(runs
+            .iter()
+            .map(|run| {
+                if !self.verifies(run, contexts) {
+                    return None;
+                }
+                let contract = &run.context.prepared.as_ref()?.contract;
+                let mut values: Vec<(String, &str)> = run
+                    .file?
+                    .values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose_secret()))
+                    .collect();
+                for (key, old) in &old_values {
+                    values.push((previous_name(key), old.as_str()));
+                }
+                values.sort_by_key(|(k, _)| contract.position(k));
+                Some(SecretString::from(grammar::render(
+                    values.iter().map(|(k, v)| (k.as_str(), *v)),
+                )))
+            })
+            .collect())
+    }
+
+    fn verifies(&self, run: &HostRun, contexts: &[Context]) -> bool {
+        self.verifiers[deployment_of(run, contexts)]
+    }
+
+    /// The switching steps in order: (deployment, whether its hosts were
+    /// switched before and get their final file now).
+    fn phases(&self, deployments: usize, overlapping: bool) -> Vec<(usize, bool)> {
+        if !overlapping {
+            return (0..deployments).map(|d| (d, false)).collect();
+        }
+        let verifiers = (0..deployments).filter(|d| self.verifiers[*d]);
+        let presenters = (0..deployments).filter(|d| !self.verifiers[*d]);
+        verifiers
+            .clone()
+            .map(|d| (d, false))
+            .chain(presenters.map(|d| (d, false)))
+            .chain(verifiers.map(|d| (d, true)))
+            .collect()
+    }
+}
+
+pub(super) fn previous_name(key: &str) -> String {
+    format!("{key}_PREVIOUS")
+}
+
+fn deployment_of(run: &HostRun, contexts: &[Context]) -> usize {
+    contexts
+        .iter()
+        .position(|c| std::ptr::eq(c, run.context))
+        .expect("every run belongs to a deployment")
+}
+
+/// Where each deployment's runs are (runs are in deployment order).
+fn ranges(contexts: &[Context]) -> Vec<Range<usize>> {
+    let mut start = 0;
+    contexts
+        .iter()
+        .map(|context| {
+            let end = start + context.settings.hosts.len();
+            let range = start..end;
+            start = end;
+            range
+        })
+        .collect()
+}
+
+/// `deploy` or `rollback` of a Rotation. Returns what the read-back found
+/// about the shared keys, when the window got that far.
+pub(super) fn apply(
+    runs: &mut [HostRun],
+    contexts: &[Context],
+    overlap: &Overlap,
+    shared_keys: &[String],
+) -> Option<Vec<SharedKeyReport>> {
+    let parallel = contexts
+        .iter()
+        .map(|c| c.rollout.parallel)
+        .max()
+        .unwrap_or(1);
+    let result = switch_everything(runs, contexts, overlap, shared_keys, parallel);
+    let reports = match result {
+        Ok(reports) => {
+            in_parallel(runs, parallel, HostRun::purge_after_success);
+            reports
+        }
+        Err(Stop::BeforeWriting(reason)) => {
+            for run in runs.iter_mut() {
+                run.discard_staged();
+                if !run.finished {
+                    run.skip(&reason);
+                }
+            }
+            None
+        }
+        Err(Stop::PutBack(cause, reports)) => {
+            for range in ranges(contexts) {
+                in_parallel(&mut runs[range], parallel, |run| put_back(run, &cause));
+            }
+            reports
+        }
+    };
+    in_parallel(runs, parallel, HostRun::audit);
+    reports
+}
+
+/// Why a window stopped: before any switch (nothing to undo), or after.
+enum Stop {
+    BeforeWriting(String),
+    PutBack(String, Option<Vec<SharedKeyReport>>),
+}
+
+fn switch_everything(
+    runs: &mut [HostRun],
+    contexts: &[Context],
+    overlap: &Overlap,
+    shared_keys: &[String],
+    parallel: usize,
+) -> std::result::Result<Option<Vec<SharedKeyReport>>, Stop> {
+    if let Some(run) = runs.iter().find(|run| run.finished) {
+        return Err(Stop::BeforeWriting(format!(
+            "not attempted: `{}` could not be opened, and a rotation changes every host or none",
+            run.name()
+        )));
+    }
+    let interim = match overlap.interim_files(runs, contexts) {
+        Ok(files) => files,
+        Err(error) => {
+            for run in runs
+                .iter_mut()
+                .filter(|run| overlap.verifies(run, contexts))
+            {
+                run.finish(Err((HostStatus::Failed, error.clone())));
+            }
+            return Err(Stop::BeforeWriting(format!(
+                "not attempted: {}",
+                error.message
+            )));
+        }
+    };
+
+    // Every host that changes stages what it gets first.
+    let mut slots: Vec<(&mut HostRun, Option<&SecretString>)> = runs
+        .iter_mut()
+        .enumerate()
+        .map(|(index, run)| (run, interim.get(index).and_then(Option::as_ref)))
+        .collect();
+    in_parallel(&mut slots, parallel, |(run, content)| {
+        if let Err(failure) = run.stage_next(*content) {
+            run.finish(Err(failure));
+        }
+    });
+    drop(slots);
+    if let Some(run) = runs.iter().find(|run| run.finished) {
+        return Err(Stop::BeforeWriting(format!(
+            "not attempted: staging failed on `{}`; nothing was switched",
+            run.name()
+        )));
+    }
+
+    let ranges = ranges(contexts);
+    for (deployment, finally) in overlap.phases(contexts.len(), !interim.is_empty()) {
+        let range = ranges[deployment].clone();
+        if finally {
+            in_parallel(&mut runs[range.clone()], parallel, |run| {
+                if let Some(file) = run.file.filter(|_| run.switched()) {
+                    if let Err(failure) = run.stage_next(Some(&file.text)) {
+                        run.finish(Err(failure));
+                    }
+                }
+            });
+        }
+        if let Some(cause) = first_failure(&runs[range.clone()]) {
+            return Err(Stop::PutBack(cause, None));
+        }
+        let rollout = &contexts[deployment].rollout;
+        for batch in rollout.batches(range.len()) {
+            let batch = &mut runs[range.start + batch.start..range.start + batch.end];
+            in_parallel(batch, rollout.parallel, |run| {
+                if finally && !run.switched() {
+                    return;
+                }
+                let outcome: Outcome = run.switch_and_verify();
+                run.finish(outcome);
+            });
+            if let Some(cause) = first_failure(batch) {
+                return Err(Stop::PutBack(cause, None));
+            }
+        }
+    }
+
+    if shared_keys.is_empty() {
+        return Ok(None);
+    }
+    let holdings = shared::read_back(runs, shared_keys, parallel);
+    let reports = shared::reports(shared_keys, runs, &holdings);
+    if let Some(report) = reports.iter().find(|r| !r.identical) {
+        let cause = format!(
+            "the read-back found the hosts disagreeing on shared key `{}`",
+            report.key
+        );
+        return Err(Stop::PutBack(cause, Some(reports)));
+    }
+    Ok(Some(reports))
+}
+
+/// Why the window stops, naming the first host that failed.
+fn first_failure(runs: &[HostRun]) -> Option<String> {
+    runs.iter()
+        .find(|run| run.finished && run.failed())
+        .map(|run| {
+            let kind = run
+                .report
+                .error
+                .as_ref()
+                .map(|e| wire_name(&e.kind))
+                .unwrap_or_default();
+            format!("`{}` failed ({kind})", run.name())
+        })
+}
+
+/// After the window failed: the host goes back to what it had before the run.
+fn put_back(run: &mut HostRun, cause: &str) {
+    run.discard_staged();
+    let beyond_reach = matches!(
+        run.report.status,
+        HostStatus::Unknown | HostStatus::RollbackFailed
+    );
+    if run.switched() && !beyond_reach {
+        // A host that failed between its switches keeps its own error.
+        let error = match &run.report.error {
+            Some(own) if run.finished && run.failed() => {
+                HostError::new(own.kind, own.message.clone())
+            }
+            _ => HostError::new(
+                ErrorKind::RotationAborted,
+                format!("`{}`: put back because {cause}", run.name()),
+            ),
+        };
+        let outcome = run.put_back(error);
+        run.finish(outcome);
+        return;
+    }
+    if !run.finished {
+        if run.has_work() {
+            run.skip(&format!(
+                "not attempted: the rotation stopped because {cause}"
+            ));
+        } else {
+            run.finish(Ok(HostStatus::Unchanged));
+        }
+    }
+}
