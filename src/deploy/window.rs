@@ -295,10 +295,9 @@ fn switch_everything(
     shared_keys: &[String],
     parallel: usize,
 ) -> std::result::Result<Option<Vec<SharedKeyReport>>, Stop> {
-    if let Some(run) = runs.iter().find(|run| run.finished) {
+    if let Some(cause) = first_failure(runs) {
         return Err(Stop::BeforeWriting(format!(
-            "not attempted: `{}` could not be opened, and a rotation changes every host or none",
-            run.name()
+            "not attempted: {cause} before anything was written, and a rotation changes every host or none"
         )));
     }
     let interim = match overlap.interim_files(runs, contexts) {

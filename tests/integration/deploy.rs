@@ -17,7 +17,7 @@ const VOXBRIDGE_CONTRACT: &str =
     "JWT_SECRET=\nMONGODB_URI=\nMONGODB_DB=voxbridge\nREDIS_URL=\nLOG_LEVEL=info\nHEALTH_MODE=ok\n";
 
 /// The secrets a scenario binds, as Jenkins would.
-fn secrets(generation: &str) -> BTreeMap<String, String> {
+pub(crate) fn secrets(generation: &str) -> BTreeMap<String, String> {
     [
         ("JWT_SECRET", format!("CANARY-jwt-{generation}-\"$quote'")),
         ("MONGODB_URI", format!("CANARY-mongo-{generation}://u:p@db")),
@@ -31,7 +31,7 @@ fn secrets(generation: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
-fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -39,11 +39,16 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 /// One health check that gives up after `deadline_ms`, for scenarios that expect it to fail.
-fn quick_verify(deadline_ms: u64) -> Value {
+pub(crate) fn quick_verify(deadline_ms: u64) -> Value {
     json!([{"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": deadline_ms, "consecutive": 1}])
 }
 
-fn voxbridge_request(testbed: &Testbed, hosts: &[&TestHost], user: &str, extra: Value) -> Value {
+pub(crate) fn voxbridge_request(
+    testbed: &Testbed,
+    hosts: &[&TestHost],
+    user: &str,
+    extra: Value,
+) -> Value {
     let mut request = json!({
         "apiVersion": "hostenv/v1",
         "kind": "Deploy",
@@ -68,18 +73,23 @@ fn voxbridge_request(testbed: &Testbed, hosts: &[&TestHost], user: &str, extra: 
     request
 }
 
-struct Deployer<'a> {
-    testbed: &'a Testbed,
-    work: TempDir,
+pub(crate) struct Deployer<'a> {
+    pub(crate) testbed: &'a Testbed,
+    pub(crate) work: TempDir,
 }
 
 impl Deployer<'_> {
-    fn run(&self, action: &str, request: &Value, secrets: &BTreeMap<String, String>) -> Run {
+    pub(crate) fn run(
+        &self,
+        action: &str,
+        request: &Value,
+        secrets: &BTreeMap<String, String>,
+    ) -> Run {
         self.run_args(&[action], request, secrets)
     }
 
     /// Starts a run in the background; the caller waits for it or kills it.
-    fn spawn(
+    pub(crate) fn spawn(
         &self,
         action: &str,
         request: &Value,
@@ -107,7 +117,12 @@ impl Deployer<'_> {
         child
     }
 
-    fn run_args(&self, args: &[&str], request: &Value, secrets: &BTreeMap<String, String>) -> Run {
+    pub(crate) fn run_args(
+        &self,
+        args: &[&str],
+        request: &Value,
+        secrets: &BTreeMap<String, String>,
+    ) -> Run {
         let mut env = secrets.clone();
         env.insert(
             "TESTBED_SSH_KEY".into(),
@@ -126,7 +141,7 @@ impl Deployer<'_> {
     }
 }
 
-fn fingerprint(value: &str) -> String {
+pub(crate) fn fingerprint(value: &str) -> String {
     let mut child = Command::new("sha256sum")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -143,7 +158,7 @@ fn fingerprint(value: &str) -> String {
     String::from_utf8_lossy(&out.stdout)[..16].to_string()
 }
 
-fn health(host: &TestHost, port: u16, path: &str) -> Value {
+pub(crate) fn health(host: &TestHost, port: u16, path: &str) -> Value {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(3)))
         .http_status_as_error(false)
@@ -156,7 +171,7 @@ fn health(host: &TestHost, port: u16, path: &str) -> Value {
     serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
 }
 
-fn statuses(result: &Value) -> Vec<String> {
+pub(crate) fn statuses(result: &Value) -> Vec<String> {
     result["hosts"]
         .as_array()
         .unwrap()
@@ -166,13 +181,13 @@ fn statuses(result: &Value) -> Vec<String> {
 }
 
 /// The file on a host: `owner:group mode` and its bytes.
-fn file_on(testbed: &Testbed, host: &TestHost, path: &str) -> (String, String) {
+pub(crate) fn file_on(testbed: &Testbed, host: &TestHost, path: &str) -> (String, String) {
     let meta = testbed.sh_ok(host, &format!("stat -c '%U:%G %a' {path}"));
     let bytes = testbed.sh_ok(host, &format!("cat {path}"));
     (meta.trim().to_string(), bytes)
 }
 
-fn expected_voxbridge_file(secrets: &BTreeMap<String, String>) -> String {
+pub(crate) fn expected_voxbridge_file(secrets: &BTreeMap<String, String>) -> String {
     let quoted = |v: &str| {
         v.replace('\\', "\\\\")
             .replace('"', "\\\"")
@@ -259,6 +274,7 @@ fn deploy_on_the_testbed() {
     settle(&testbed, &hosts);
     rollback_puts_back_a_backup_without_secrets_bound(&deployer, &hosts);
     settle(&testbed, &hosts);
+    crate::rotation::scenarios(&deployer, &hosts);
 }
 
 fn instances_restart_one_at_a_time_each_checked_before_the_next(
@@ -1084,6 +1100,58 @@ fn a_rejected_request_opens_no_connection(deployer: &Deployer) {
     }
 }
 
+/// `execve` traced (arguments and environment) from every host's sshd: every
+/// command a run executes there.
+pub(crate) struct ExecTrace(Vec<(std::process::Child, std::path::PathBuf)>);
+
+impl ExecTrace {
+    pub(crate) fn start(testbed: &Testbed, hosts: &[&TestHost], tag: &str) -> ExecTrace {
+        let tracers = hosts
+            .iter()
+            .map(|host| {
+                let sshd = testbed.sshd_pid(host);
+                let out = testbed
+                    .dir
+                    .join(format!("execve-{tag}-{}.trace", host.hostname));
+                let child = Command::new("strace")
+                    .args([
+                        "-f",
+                        "-qq",
+                        "-v",
+                        "-s",
+                        "1000000",
+                        "-e",
+                        "trace=execve",
+                        "-o",
+                    ])
+                    .arg(&out)
+                    .args(["-p", &sshd.to_string()])
+                    .spawn()
+                    .expect("strace");
+                (child, out)
+            })
+            .collect();
+        // strace needs a moment to attach.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        ExecTrace(tracers)
+    }
+
+    /// Stops every tracer; what each saw.
+    pub(crate) fn finish(self) -> Vec<(std::path::PathBuf, String)> {
+        self.0
+            .into_iter()
+            .map(|(mut tracer, out)| {
+                let _ = Command::new("kill")
+                    .args(["-INT", &tracer.id().to_string()])
+                    .status();
+                let _ = tracer.wait();
+                let trace = std::fs::read_to_string(&out).unwrap_or_default();
+                (out, trace)
+            })
+            .collect()
+    }
+}
+
 /// Canary secrets go through a deploy, a failed deploy with rollback, and a
 /// sudo deploy; afterwards they are nowhere but in the target files, their
 /// backups and the services' own environments: not in any command line or
@@ -1097,30 +1165,7 @@ fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
     bad.insert("MONGODB_URI".into(), good["MONGODB_URI"].clone());
     let canaries: Vec<String> = good.values().chain(bad.values()).cloned().collect();
 
-    let tracers: Vec<(std::process::Child, std::path::PathBuf)> = hosts
-        .iter()
-        .map(|host| {
-            let sshd = testbed.sshd_pid(host);
-            let out = testbed.dir.join(format!("execve-{}.trace", host.hostname));
-            let child = Command::new("strace")
-                .args([
-                    "-f",
-                    "-qq",
-                    "-v",
-                    "-s",
-                    "1000000",
-                    "-e",
-                    "trace=execve",
-                    "-o",
-                ])
-                .arg(&out)
-                .args(["-p", &sshd.to_string()])
-                .spawn()
-                .expect("strace");
-            (child, out)
-        })
-        .collect();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let trace = ExecTrace::start(testbed, hosts, "contained");
 
     let request = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
     let run = deployer.run("deploy", &request, &good);
@@ -1150,12 +1195,7 @@ fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
     let run = deployer.run("deploy", &sudo_request, &good);
     assert_eq!(statuses(&run.json()), ["deployed"], "{}", run.stdout);
 
-    for (mut tracer, out) in tracers {
-        let _ = Command::new("kill")
-            .args(["-INT", &tracer.id().to_string()])
-            .status();
-        let _ = tracer.wait();
-        let trace = std::fs::read_to_string(&out).unwrap_or_default();
+    for (out, trace) in trace.finish() {
         assert!(
             trace.contains("hostenv-stage"),
             "the trace saw no deploy: {}",
@@ -1547,7 +1587,7 @@ fn shared_key_change_is_refused(deployer: &Deployer, hosts: &[&TestHost]) {
 
 /// Between scenarios: clear failed states and systemd's start-rate counters,
 /// which many quick restarts in a row would otherwise exhaust (DESIGN.md §6).
-fn settle(testbed: &Testbed, hosts: &[&TestHost]) {
+pub(crate) fn settle(testbed: &Testbed, hosts: &[&TestHost]) {
     for host in hosts {
         testbed.sh_ok(host, "systemctl reset-failed");
     }

@@ -7,6 +7,13 @@ test can prove which values arrived. It never prints a value.
 
 HEALTH_MODE in the environment makes the endpoint misbehave: `fail` (503),
 `hang` (never answers).
+
+The platform's attach, for rotation tests: the fleet (voxcore) answers
+`POST /attach` with 200 only when the `X-Voxcore-Secret` header holds its
+VOXCORE_SECRET (or VOXCORE_SECRET_PREVIOUS, while a rotation overlaps), and
+403 otherwise. A dialler with VOXCORE_FLEET (comma-separated fleet base URLs)
+is healthy only while it can attach to every one of them; its health says
+which fleet hosts it could not reach and which rejected its secret.
 """
 import hashlib
 import http.server
@@ -15,6 +22,8 @@ import os
 import socket
 import sys
 import time
+import urllib.error
+import urllib.request
 
 required = [k for k in os.environ.get("TESTBED_REQUIRED", "").split(",") if k]
 missing = [k for k in required if k not in os.environ]
@@ -31,7 +40,38 @@ fingerprints = {
 }
 
 
+fleet = [u for u in os.environ.get("VOXCORE_FLEET", "").split(",") if u]
+accepted = [
+    os.environ[k] for k in ("VOXCORE_SECRET", "VOXCORE_SECRET_PREVIOUS") if os.environ.get(k)
+]
+
+
+def attach(base):
+    """POST /attach on one fleet host with our secret: `ok`, `rejected` (403) or `unreachable`."""
+    request = urllib.request.Request(
+        base.rstrip("/") + "/attach",
+        data=b"",
+        method="POST",
+        headers={"X-Voxcore-Secret": os.environ.get("VOXCORE_SECRET", "")},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=1) as response:
+            return "ok" if response.status == 200 else "unreachable"
+    except urllib.error.HTTPError as error:
+        return "rejected" if error.code == 403 else "unreachable"
+    except (urllib.error.URLError, OSError):
+        return "unreachable"
+
+
 class Health(http.server.BaseHTTPRequestHandler):
+    def answer(self, status, document):
+        body = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_GET(self):
         if self.path != health_path:
             self.send_error(404)
@@ -39,14 +79,30 @@ class Health(http.server.BaseHTTPRequestHandler):
         if mode == "hang":
             time.sleep(3600)
         status = 503 if mode == "fail" else 200
-        body = json.dumps(
-            {"service": service, "instance": instance, "status": status, "fingerprints": fingerprints}
-        ).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        outcomes = {base: attach(base) for base in fleet}
+        unattached = [base for base, outcome in outcomes.items() if outcome != "ok"]
+        rejected = [base for base, outcome in outcomes.items() if outcome == "rejected"]
+        if unattached:
+            status = 503
+        self.answer(
+            status,
+            {
+                "service": service,
+                "instance": instance,
+                "status": status,
+                "fingerprints": fingerprints,
+                "unattached": unattached,
+                "rejected": rejected,
+            },
+        )
+
+    def do_POST(self):
+        if self.path != "/attach" or service != "voxcore":
+            self.send_error(404)
+            return
+        given = self.headers.get("X-Voxcore-Secret", "")
+        ok = any(given == secret for secret in accepted)
+        self.answer(200 if ok else 403, {"attached": ok})
 
     def log_message(self, *args):
         pass
