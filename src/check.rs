@@ -10,7 +10,7 @@ use crate::report::{
     wire_name, ContractReport, DeploymentReport, HostReport, HostStatus, KeyReport, RenderedReport,
     Report, SharedKeyReport, Summary,
 };
-use crate::request::{Deployment, Rotation};
+use crate::request::{Amount, Deployment, Rotation};
 use crate::resolve::{self, Resolution};
 use crate::secret::{EnvLookup, ExposeSecret};
 use crate::settings::{check_key_names, Settings};
@@ -63,6 +63,15 @@ pub fn prepare(
 ) -> Result<Prepared> {
     let settings = Settings::from_request(deployment, at, catalog)?;
     let contract = contract::load(&deployment.contract)?;
+    for (index, key) in deployment.purge_backups_of.iter().enumerate() {
+        if !contract.has(key) {
+            return Err(Error::invalid(
+                ErrorKind::InvalidSetting,
+                format!("{at}/purgeBackupsOf/{index}"),
+                format!("`{key}` is not in the contract `{}`", contract.path),
+            ));
+        }
+    }
     let resolution = resolve::resolve(deployment, at, &contract, env)?;
     Ok(Prepared {
         settings,
@@ -177,7 +186,7 @@ pub fn prepare_rotation(
     catalog: &Catalog,
     report: &mut Report,
 ) -> Result<Vec<Prepared>> {
-    distinct_services(rotation)?;
+    rotation_rules(rotation)?;
     check_key_names(&rotation.shared, "/shared", ErrorKind::InvalidSetting)?;
     check_key_names(&rotation.overlap, "/overlap", ErrorKind::InvalidSetting)?;
     let mut all = Vec::new();
@@ -214,7 +223,100 @@ pub fn prepare_rotation(
         return Err(key_problems(problems, &within).expect("non-empty"));
     }
     report.shared = Some(check_shared(&rotation.shared, &all)?);
+    overlap_verifiers(rotation, &all.iter().collect::<Vec<_>>())?;
     Ok(all)
+}
+
+/// What a Rotation's deployments may not set: every failure puts every host back.
+pub fn rotation_rules(rotation: &Rotation) -> Result<()> {
+    distinct_services(rotation)?;
+    for (index, deployment) in rotation.deployments.iter().enumerate() {
+        let at = format!("/deployments/{index}");
+        if deployment.rollback_on_failure == Some(false) {
+            return Err(Error::invalid(
+                ErrorKind::InvalidSetting,
+                format!("{at}/rollbackOnFailure"),
+                "a Rotation always puts every host back when one fails; leave it out",
+            ));
+        }
+        let max_failed = deployment
+            .rollout
+            .as_ref()
+            .and_then(|r| r.max_failed.as_ref());
+        if max_failed.is_some_and(|amount| !matches!(amount, Amount::Count(0))) {
+            return Err(Error::invalid(
+                ErrorKind::InvalidSetting,
+                format!("{at}/rollout/maxFailed"),
+                "is always 0 in a Rotation: one failed host puts every host back",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// For an overlap rotation, which deployments verify the keys (their contract
+/// declares `<KEY>_PREVIOUS`), per deployment; the others present them.
+pub fn overlap_verifiers(rotation: &Rotation, all: &[&Prepared]) -> Result<Vec<bool>> {
+    let mut verifiers = vec![false; all.len()];
+    let mut presenters = vec![false; all.len()];
+    for (index, key) in rotation.overlap.iter().enumerate() {
+        let field = format!("/overlap/{index}");
+        let invalid =
+            |message: String| Err(Error::invalid(ErrorKind::InvalidSetting, &field, message));
+        if !rotation.shared.contains(key) {
+            return invalid(format!("`{key}` must also be listed in `shared`"));
+        }
+        let previous = previous_name(key);
+        let (mut verifies, mut presents) = (false, false);
+        for (position, prepared) in all.iter().enumerate() {
+            let at = format!("/deployments/{position}");
+            if prepared.contract.has(&previous) {
+                let given = prepared
+                    .resolution
+                    .files
+                    .iter()
+                    .any(|file| file.values.iter().any(|(k, _)| *k == previous));
+                if given {
+                    return Err(Error::invalid(
+                        ErrorKind::InvalidSetting,
+                        format!("{at}/env/{previous}"),
+                        format!("hostenv fills `{previous}` itself in an overlap rotation; declare it optional and give it no source"),
+                    ));
+                }
+                if prepared.settings.target.backups < 2 {
+                    return Err(Error::invalid(
+                        ErrorKind::InvalidSetting,
+                        format!("{at}/target/backups"),
+                        "must be at least 2 for an overlap rotation: a verifier is switched twice",
+                    ));
+                }
+                verifiers[position] = true;
+                verifies = true;
+            } else if prepared.contract.has(key) {
+                presenters[position] = true;
+                presents = true;
+            }
+        }
+        if !verifies {
+            return invalid(format!("no deployment's contract declares `{previous}`; the side that verifies `{key}` must accept the old value there"));
+        }
+        if !presents {
+            return invalid(format!("no deployment carries `{key}` without `{previous}`; there is no side to switch in between"));
+        }
+    }
+    if let Some(position) = (0..all.len()).find(|i| verifiers[*i] && presenters[*i]) {
+        return Err(Error::invalid(
+            ErrorKind::InvalidSetting,
+            format!("/deployments/{position}"),
+            "verifies one overlap key and presents another; rotate them in separate requests",
+        ));
+    }
+    Ok(verifiers)
+}
+
+/// Where an overlap rotation keeps a key's old value on the verifier.
+pub fn previous_name(key: &str) -> String {
+    format!("{key}_PREVIOUS")
 }
 
 /// Every shared key must hold one value across every host of every deployment that has it.

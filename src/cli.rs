@@ -11,7 +11,7 @@ use crate::deploy::RunOptions;
 use crate::error::{Error, Result};
 use crate::intake;
 use crate::report::{wire_name, Action, HostStatus, Report, EXIT_OK, EXIT_REJECTED};
-use crate::request::{Kind, Request, API_VERSION};
+use crate::request::{Deployment, Kind, Request, API_VERSION};
 use crate::secret::EnvLookup;
 use crate::settings::Settings;
 use crate::{build_env, check, deploy, schema};
@@ -162,28 +162,39 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
     }
 }
 
+/// The sudo rules one deployment needs.
+fn deployment_rules(deployment: &Deployment, at: &str, user: Option<&str>) -> Result<String> {
+    let settings = Settings::from_request(deployment, at, &Catalog::builtin())?;
+    let user = user
+        .map(str::to_string)
+        .or_else(|| deployment.ssh.as_ref().and_then(|s| s.user.clone()))
+        .unwrap_or_else(|| "deploy".to_string());
+    let lock_wait = deployment
+        .rollout
+        .as_ref()
+        .and_then(|r| r.lock_wait_ms)
+        .unwrap_or(crate::lock::DEFAULT_WAIT_MS);
+    Ok(crate::sudoers::rules(
+        &settings,
+        std::time::Duration::from_millis(lock_wait),
+        &user,
+    ))
+}
+
 /// The rules on stdout; a problem with the request is answered with a result document.
 fn sudoers(args: &RequestArgs, user: Option<&str>) -> Outcome {
     let rules = intake::read_request(args.request.as_deref())
         .and_then(|bytes| intake::parse_request(&bytes))
         .and_then(|request| match request {
-            Request::Deploy(deployment) => {
-                let settings = Settings::from_request(&deployment, "", &Catalog::builtin())?;
-                let user = user
-                    .map(str::to_string)
-                    .or_else(|| deployment.ssh.as_ref().and_then(|s| s.user.clone()))
-                    .unwrap_or_else(|| "deploy".to_string());
-                let lock_wait = deployment
-                    .rollout
-                    .as_ref()
-                    .and_then(|r| r.lock_wait_ms)
-                    .unwrap_or(crate::lock::DEFAULT_WAIT_MS);
-                Ok(crate::sudoers::rules(
-                    &settings,
-                    std::time::Duration::from_millis(lock_wait),
-                    &user,
-                ))
-            }
+            Request::Deploy(deployment) => deployment_rules(&deployment, "", user),
+            // One block per deployment: each service has its own paths and units.
+            Request::Rotation(rotation) => rotation
+                .deployments
+                .iter()
+                .enumerate()
+                .map(|(index, d)| deployment_rules(d, &format!("/deployments/{index}"), user))
+                .collect::<Result<Vec<String>>>()
+                .map(|blocks| blocks.join("\n")),
             other => Err(Error::WrongKind {
                 action: "sudoers".into(),
                 kind: other.kind().name().into(),

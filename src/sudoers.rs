@@ -15,8 +15,11 @@ pub fn rules(settings: &Settings, lock_wait: std::time::Duration, user: &str) ->
         remote::read(target),
         remote::stage(target),
         remote::switch(target),
+        // 0: remove a first file; 1: the usual put-back; 2: an overlap
+        // rotation's verifier, switched twice in one run.
         remote::restore(target, 0),
         remote::restore(target, 1),
+        remote::restore(target, 2),
         remote::read_backups(target),
         remote::purge(target),
         remote::discard(target),

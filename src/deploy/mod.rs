@@ -116,20 +116,6 @@ impl<'a> Context<'a> {
             _ => Vec::new(),
         };
         let purge_keys = deployment.purge_backups_of.clone();
-        if let Some(prepared) = &prepared {
-            for (index, key) in purge_keys.iter().enumerate() {
-                if !prepared.contract.has(key) {
-                    return Err(Error::invalid(
-                        ErrorKind::InvalidSetting,
-                        format!("{at}/purgeBackupsOf/{index}"),
-                        format!(
-                            "`{key}` is not in the contract `{}`",
-                            prepared.contract.path
-                        ),
-                    ));
-                }
-            }
-        }
         Ok(Context {
             action,
             deployment,
@@ -234,7 +220,7 @@ pub fn run_rotation(
     let started = Instant::now();
     let prepared: Vec<Option<Prepared>> = match action {
         Action::Rollback => {
-            check::distinct_services(rotation)?;
+            check::rotation_rules(rotation)?;
             rotation.deployments.iter().map(|_| None).collect()
         }
         _ => check::prepare_rotation(rotation, env, catalog, report)?
@@ -250,7 +236,6 @@ pub fn run_rotation(
     let mut contexts = Vec::new();
     for (index, (deployment, prepared)) in rotation.deployments.iter().zip(prepared).enumerate() {
         let at = format!("/deployments/{index}");
-        window::check_deployment(deployment, &at)?;
         contexts.push(Context::new(
             action, deployment, &at, prepared, &services, env, catalog, options, started,
         )?);

@@ -18,34 +18,12 @@ use std::ops::Range;
 
 use super::host::{HostRun, Outcome};
 use super::{in_parallel, shared, Context};
-use crate::error::{Error, ErrorKind, HostError, Result};
+use crate::check::{self, previous_name, Prepared};
+use crate::error::{ErrorKind, HostError, Result};
 use crate::render::systemd as grammar;
-use crate::report::{wire_name, Action, HostStatus, SharedKeyReport};
-use crate::request::{Amount, Deployment, Rotation};
+use crate::report::{wire_name, HostStatus, SharedKeyReport};
+use crate::request::Rotation;
 use crate::secret::{ExposeSecret, SecretString};
-
-/// What a Rotation's deployments may not set.
-pub(super) fn check_deployment(deployment: &Deployment, at: &str) -> Result<()> {
-    if deployment.rollback_on_failure == Some(false) {
-        return Err(Error::invalid(
-            ErrorKind::InvalidSetting,
-            format!("{at}/rollbackOnFailure"),
-            "a Rotation always puts every host back when one fails; leave it out",
-        ));
-    }
-    let max_failed = deployment
-        .rollout
-        .as_ref()
-        .and_then(|r| r.max_failed.as_ref());
-    if max_failed.is_some_and(|amount| !matches!(amount, Amount::Count(0))) {
-        return Err(Error::invalid(
-            ErrorKind::InvalidSetting,
-            format!("{at}/rollout/maxFailed"),
-            "is always 0 in a Rotation: one failed host puts every host back",
-        ));
-    }
-    Ok(())
-}
 
 /// The keys rotated in three phases, and which deployments verify them.
 pub(super) struct Overlap {
@@ -55,72 +33,21 @@ pub(super) struct Overlap {
 }
 
 impl Overlap {
+    /// The overlap keys and their verifiers, from a request `check` accepted.
     pub fn from_request(rotation: &Rotation, contexts: &[Context]) -> Result<Overlap> {
-        let mut verifiers = vec![false; contexts.len()];
-        let mut presenters = vec![false; contexts.len()];
         // A rollback puts whole files back; there is nothing to overlap.
-        let rollback = contexts.iter().any(|c| c.action == Action::Rollback);
-        if rollback || rotation.overlap.is_empty() {
-            return Ok(Overlap {
+        let prepared: Option<Vec<&Prepared>> =
+            contexts.iter().map(|c| c.prepared.as_ref()).collect();
+        match prepared {
+            Some(all) if !rotation.overlap.is_empty() => Ok(Overlap {
+                keys: rotation.overlap.clone(),
+                verifiers: check::overlap_verifiers(rotation, &all)?,
+            }),
+            _ => Ok(Overlap {
                 keys: Vec::new(),
-                verifiers,
-            });
+                verifiers: vec![false; contexts.len()],
+            }),
         }
-        for (index, key) in rotation.overlap.iter().enumerate() {
-            let field = format!("/overlap/{index}");
-            let invalid =
-                |message: String| Err(Error::invalid(ErrorKind::InvalidSetting, &field, message));
-            if !rotation.shared.contains(key) {
-                return invalid(format!("`{key}` must also be listed in `shared`"));
-            }
-            let previous = previous_name(key);
-            for (position, context) in contexts.iter().enumerate() {
-                let prepared = context.prepared.as_ref().expect("prepared for deploy");
-                let at = format!("/deployments/{position}");
-                if prepared.contract.has(&previous) {
-                    if prepared.resolution.files[0]
-                        .values
-                        .iter()
-                        .any(|(k, _)| *k == previous)
-                    {
-                        return Err(Error::invalid(
-                            ErrorKind::InvalidSetting,
-                            format!("{at}/env/{previous}"),
-                            format!("hostenv fills `{previous}` itself in an overlap rotation; declare it optional and give it no source"),
-                        ));
-                    }
-                    if context.settings.target.backups < 2 {
-                        return Err(Error::invalid(
-                            ErrorKind::InvalidSetting,
-                            format!("{at}/target/backups"),
-                            "must be at least 2 for an overlap rotation: a verifier is switched twice",
-                        ));
-                    }
-                    verifiers[position] = true;
-                } else if prepared.contract.has(key) {
-                    presenters[position] = true;
-                }
-            }
-            if !verifiers.iter().any(|v| *v) {
-                return invalid(format!("no deployment's contract declares `{previous}`; the side that verifies `{key}` must accept the old value there"));
-            }
-            if !presenters.iter().any(|p| *p) {
-                return invalid(format!(
-                    "no deployment carries `{key}` without `{previous}`; there is no side to switch in between"
-                ));
-            }
-        }
-        if let Some(position) = (0..contexts.len()).find(|i| verifiers[*i] && presenters[*i]) {
-            return Err(Error::invalid(
-                ErrorKind::InvalidSetting,
-                format!("/deployments/{position}"),
-                "verifies one overlap key and presents another; rotate them in separate requests",
-            ));
-        }
-        Ok(Overlap {
-            keys: rotation.overlap.clone(),
-            verifiers,
-        })
     }
 
     /// The verifiers' interim files (the new values plus `<KEY>_PREVIOUS`
@@ -216,10 +143,6 @@ impl Overlap {
             .chain(verifiers.map(|d| (d, true)))
             .collect()
     }
-}
-
-pub(super) fn previous_name(key: &str) -> String {
-    format!("{key}_PREVIOUS")
 }
 
 fn deployment_of(run: &HostRun, contexts: &[Context]) -> usize {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use pretty_assertions::assert_eq;
 use serde_json::{json, Value};
 
-use crate::common::{assert_no_leak, Run};
+use crate::common::{assert_no_leak, run_hostenv, Run};
 use crate::deploy::{fingerprint, health, secrets, settle, voxbridge_request, Deployer, ExecTrace};
 use crate::testbed::{TestHost, Testbed};
 
@@ -576,6 +576,22 @@ fn purge_backups_of_leaves_no_backup_with_an_old_value(deployer: &Deployer, host
     let mut request = rotation_request(testbed, hosts);
     for deployment in 0..2 {
         request["deployments"][deployment]["purgeBackupsOf"] = json!(["VOXCORE_SECRET"]);
+        request["deployments"][deployment]["ssh"] = testbed.ssh_settings("deploy");
+    }
+    // As the deploy user, with exactly the rules `hostenv sudoers` prints for
+    // both deployments: reading and purging backups included.
+    let rules = run_hostenv(
+        &["sudoers"],
+        deployer.work.path(),
+        &BTreeMap::new(),
+        Some(request.to_string().as_bytes()),
+    );
+    assert_eq!(rules.code, 0, "{}", rules.stdout);
+    assert!(rules
+        .stdout
+        .contains("hostenv-purge /var/lib/hostenv/voxdialler 5"));
+    for host in hosts {
+        testbed.grant_sudo(host, &rules.stdout);
     }
     let places = [
         (hosts[0], "voxcore"),
