@@ -325,17 +325,17 @@ fn human_summary(report: &Report) -> String {
         })
         .or_else(|| report.output.as_ref().map(|o| o.path.clone()))
         .unwrap_or_default();
-    let mut hosts: Vec<(&str, HostStatus)> = report
+    let mut hosts: Vec<(String, HostStatus)> = report
         .hosts
         .iter()
-        .map(|h| (h.host.as_str(), h.status))
+        .map(|h| (h.host.clone(), h.status))
         .collect();
     if let Some(deployments) = &report.deployments {
-        hosts.extend(
-            deployments
+        hosts.extend(deployments.iter().flat_map(|d| {
+            d.hosts
                 .iter()
-                .flat_map(|d| d.hosts.iter().map(|h| (h.host.as_str(), h.status))),
-        );
+                .map(|h| (format!("{} {}", d.service, h.host), h.status))
+        }));
     }
     for (host, status) in &hosts {
         out.push_str(&format!(
