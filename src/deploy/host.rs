@@ -13,7 +13,8 @@ use crate::lock;
 use crate::remote::{Current, Remote};
 use crate::render::systemd as grammar;
 use crate::report::{
-    Action, ErrorReport, HostReport, HostStatus, KeyChanges, RollbackAction, StepReport, UnitReport,
+    wire_name, Action, ErrorReport, HostReport, HostStatus, KeyChanges, RollbackAction, StepReport,
+    UnitReport,
 };
 use crate::request::SudoMode;
 use crate::resolve::HostFile;
@@ -190,6 +191,15 @@ impl<'a> HostRun<'a> {
             field: None,
         });
         self.finished = true;
+    }
+
+    /// The wire name of the host's error kind, or "" without an error.
+    pub fn error_kind(&self) -> String {
+        self.report
+            .error
+            .as_ref()
+            .map(|e| wire_name(&e.kind))
+            .unwrap_or_default()
     }
 
     pub fn failed(&self) -> bool {

@@ -522,15 +522,10 @@ fn hosts_failed(action: Action, runs: &[HostRun]) -> Option<Error> {
     let listed: Vec<String> = bad
         .iter()
         .map(|run| {
-            let kind = run
-                .report
-                .error
-                .as_ref()
-                .map(|e| wire_name(&e.kind))
-                .unwrap_or_default();
             format!(
-                "`{}` ({kind}, {})",
+                "`{}` ({}, {})",
                 run.name(),
+                run.error_kind(),
                 status_words(run.report.status)
             )
         })

@@ -21,7 +21,7 @@ use super::{in_parallel, shared, Context};
 use crate::check::{self, previous_name, Prepared};
 use crate::error::{ErrorKind, HostError, Result};
 use crate::render::systemd as grammar;
-use crate::report::{wire_name, HostStatus, SharedKeyReport};
+use crate::report::{HostStatus, SharedKeyReport};
 use crate::request::Rotation;
 use crate::secret::{ExposeSecret, SecretString};
 
@@ -308,15 +308,7 @@ fn switch_everything(
 fn first_failure(runs: &[HostRun]) -> Option<String> {
     runs.iter()
         .find(|run| run.finished && run.failed())
-        .map(|run| {
-            let kind = run
-                .report
-                .error
-                .as_ref()
-                .map(|e| wire_name(&e.kind))
-                .unwrap_or_default();
-            format!("`{}` failed ({kind})", run.name())
-        })
+        .map(|run| format!("`{}` failed ({})", run.name(), run.error_kind()))
 }
 
 /// After the window failed: the host goes back to what it had before the run.

@@ -389,13 +389,7 @@ fn a_host_behind_a_bastion_with_health_through_ssh(deployer: &Deployer, hosts: &
         "deploy",
         json!({"allowSharedChange": true}),
     );
-    let rules = run_hostenv(
-        &["sudoers"],
-        deployer.work.path(),
-        &BTreeMap::new(),
-        Some(request.to_string().as_bytes()),
-    );
-    testbed.grant_sudo(target, &rules.stdout);
+    testbed.grant_sudo(target, &sudoers_rules(deployer, &request));
     let _firewall = Firewall::close_to_root(&target.addr, &[22, 8080]);
 
     // Without the bastion the host is out of reach.
@@ -1136,19 +1130,26 @@ impl ExecTrace {
         ExecTrace(tracers)
     }
 
-    /// Stops every tracer; what each saw.
-    pub(crate) fn finish(self) -> Vec<(std::path::PathBuf, String)> {
-        self.0
-            .into_iter()
-            .map(|(mut tracer, out)| {
-                let _ = Command::new("kill")
-                    .args(["-INT", &tracer.id().to_string()])
-                    .status();
-                let _ = tracer.wait();
-                let trace = std::fs::read_to_string(&out).unwrap_or_default();
-                (out, trace)
-            })
-            .collect()
+    /// Stops every tracer; each must have seen `step` run (so it traced the
+    /// run at all) and no form of any canary.
+    pub(crate) fn assert_clean(self, step: &str, canaries: &[String]) {
+        for (mut tracer, out) in self.0 {
+            let _ = Command::new("kill")
+                .args(["-INT", &tracer.id().to_string()])
+                .status();
+            let _ = tracer.wait();
+            let trace = std::fs::read_to_string(&out).unwrap_or_default();
+            assert!(
+                trace.contains(step),
+                "the trace saw no `{step}`: {}",
+                out.display()
+            );
+            assert_no_leak(
+                &format!("commands executed on the host ({})", out.display()),
+                &trace,
+                canaries,
+            );
+        }
     }
 }
 
@@ -1195,18 +1196,7 @@ fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
     let run = deployer.run("deploy", &sudo_request, &good);
     assert_eq!(statuses(&run.json()), ["deployed"], "{}", run.stdout);
 
-    for (out, trace) in trace.finish() {
-        assert!(
-            trace.contains("hostenv-stage"),
-            "the trace saw no deploy: {}",
-            out.display()
-        );
-        assert_no_leak(
-            &format!("commands executed on the host ({})", out.display()),
-            &trace,
-            &canaries,
-        );
-    }
+    trace.assert_clean("hostenv-stage", &canaries);
 
     let patterns = testbed.dir.join("canary-patterns");
     // grep reads one pattern per line, so a multi-line form is searched line by line.
@@ -1444,6 +1434,18 @@ fn wrong_key_and_unknown_or_changed_host_keys_are_refused(
     assert_ne!(before, file_on(testbed, host, "/opt/voxbridge/.env").1);
 }
 
+/// What `hostenv sudoers` prints for `request`.
+pub(crate) fn sudoers_rules(deployer: &Deployer, request: &Value) -> String {
+    let rules = run_hostenv(
+        &["sudoers"],
+        deployer.work.path(),
+        &BTreeMap::new(),
+        Some(request.to_string().as_bytes()),
+    );
+    assert_eq!(rules.code, 0, "{}", rules.stdout);
+    rules.stdout
+}
+
 fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&TestHost]) {
     let testbed = deployer.testbed;
     let next = secrets("six");
@@ -1465,23 +1467,16 @@ fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&TestHost]) 
         .unwrap()
         .contains("hostenv sudoers"));
 
-    let rules = run_hostenv(
-        &["sudoers"],
-        deployer.work.path(),
-        &BTreeMap::new(),
-        Some(request.to_string().as_bytes()),
-    );
-    assert_eq!(rules.code, 0, "{}", rules.stdout);
+    let rules = sudoers_rules(deployer, &request);
     assert!(
         rules
-            .stdout
             .lines()
             .filter(|l| l.starts_with("deploy ALL=(root) NOPASSWD: /bin/sh -c "))
             .count()
             >= 8
     );
     for host in &hosts[..2] {
-        testbed.grant_sudo(host, &rules.stdout);
+        testbed.grant_sudo(host, &rules);
     }
     let run = deployer.run("deploy", &request, &next);
     assert_eq!(run.code, 0, "{}", run.stdout);

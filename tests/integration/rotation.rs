@@ -11,8 +11,10 @@ use std::sync::Arc;
 use pretty_assertions::assert_eq;
 use serde_json::{json, Value};
 
-use crate::common::{assert_no_leak, run_hostenv, Run};
-use crate::deploy::{fingerprint, health, secrets, settle, voxbridge_request, Deployer, ExecTrace};
+use crate::common::{assert_no_leak, Run};
+use crate::deploy::{
+    fingerprint, health, secrets, settle, sudoers_rules, voxbridge_request, Deployer, ExecTrace,
+};
 use crate::testbed::{TestHost, Testbed};
 
 const FLEET_CONTRACT: &str =
@@ -108,8 +110,16 @@ fn rotation_request(testbed: &Testbed, hosts: &[&TestHost]) -> Value {
     })
 }
 
-/// Host statuses per deployment.
-fn statuses(result: &Value) -> Vec<Vec<String>> {
+/// The fleet's check wants `consecutive` answers `interval_ms` apart: a longer window.
+fn slow_fleet(mut request: Value, consecutive: u64, interval_ms: u64) -> Value {
+    let check = &mut request["deployments"][0]["verify"][0];
+    check["consecutive"] = json!(consecutive);
+    check["intervalMs"] = json!(interval_ms);
+    request
+}
+
+/// A field of every host, per deployment ("" where a host lacks it).
+fn per_host(result: &Value, field: impl Fn(&Value) -> &Value) -> Vec<Vec<String>> {
     result["deployments"]
         .as_array()
         .unwrap()
@@ -119,26 +129,18 @@ fn statuses(result: &Value) -> Vec<Vec<String>> {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|h| h["status"].as_str().unwrap().to_string())
+                .map(|h| field(h).as_str().unwrap_or("").to_string())
                 .collect()
         })
         .collect()
 }
 
+fn statuses(result: &Value) -> Vec<Vec<String>> {
+    per_host(result, |h| &h["status"])
+}
+
 fn error_kinds(result: &Value) -> Vec<Vec<String>> {
-    result["deployments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            d["hosts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| h["error"]["kind"].as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .collect()
+    per_host(result, |h| &h["error"]["kind"])
 }
 
 fn strings(rows: &[&[&str]]) -> Vec<Vec<String>> {
@@ -154,6 +156,26 @@ fn window_files(testbed: &Testbed, hosts: &[&TestHost]) -> Vec<String> {
         .iter()
         .map(|(i, path)| testbed.sh_ok(hosts[*i], &format!("stat -c '%U %a' {path}; cat {path}")))
         .collect()
+}
+
+/// Deploys `request` with generation `name`, which must fail: each host ends
+/// with `statuses` and error `kinds`, and every file of the window is as it was.
+fn assert_put_back(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+    request: &Value,
+    name: &str,
+    expected_statuses: &[&[&str]],
+    kinds: &[&[&str]],
+) -> Run {
+    let before = window_files(deployer.testbed, hosts);
+    let failed = run(deployer, &["deploy"], request, &generation(name));
+    assert_eq!(failed.code, 1, "{}", failed.stdout);
+    let result = failed.json();
+    assert_eq!(statuses(&result), strings(expected_statuses));
+    assert_eq!(error_kinds(&result), strings(kinds));
+    assert_eq!(window_files(deployer.testbed, hosts), before);
+    failed
 }
 
 /// `POST /attach` on a fleet host with `secret`: the status it answers.
@@ -380,21 +402,16 @@ fn a_failing_fleet_host_puts_every_host_back(deployer: &Deployer, hosts: &[&Test
     request["deployments"][0]["hosts"][1]["env"] = json!({"HEALTH_MODE": {"value": "fail"}});
     request["deployments"][0]["rollout"] = json!({"canary": 1});
     request["deployments"][0]["verify"][0]["deadlineMs"] = json!(1500);
-    let before = window_files(testbed, hosts);
-    let failed = run(deployer, &["deploy"], &request, &generation("r3"));
-    assert_eq!(failed.code, 1, "{}", failed.stdout);
-    let result = failed.json();
-    assert_eq!(
-        statuses(&result),
-        strings(&[&["rolledBack", "rolledBack"], &["skipped"]])
+    let failed = assert_put_back(
+        deployer,
+        hosts,
+        &request,
+        "r3",
+        &[&["rolledBack", "rolledBack"], &["skipped"]],
+        &[&["rotationAborted", "healthCheckFailed"], &["notAttempted"]],
     );
-    assert_eq!(
-        error_kinds(&result),
-        strings(&[&["rotationAborted", "healthCheckFailed"], &["notAttempted"]])
-    );
-    assert_eq!(result["error"]["kind"], "hostsFailed");
+    assert_eq!(failed.json()["error"]["kind"], "hostsFailed");
     assert_eq!(switch_order(&failed.stderr), ["voxcore", "voxcore"]);
-    assert_eq!(window_files(testbed, hosts), before);
     for (host, path) in [
         (hosts[0], FLEET_ENV),
         (hosts[1], FLEET_ENV),
@@ -492,9 +509,7 @@ fn an_overlap_rotation_keeps_the_dialler_attached_throughout(
     let testbed = deployer.testbed;
     // Without overlap the dialler cannot attach between the fleet's switch
     // and its own, and the watch sees it: the fleet verifies slowly here.
-    let mut plain = rotation_request(testbed, hosts);
-    plain["deployments"][0]["verify"][0]["consecutive"] = json!(6);
-    plain["deployments"][0]["verify"][0]["intervalMs"] = json!(200);
+    let plain = slow_fleet(rotation_request(testbed, hosts), 6, 200);
     let watch = AttachWatch::start(hosts[2]);
     let result = run(deployer, &["deploy"], &plain, &generation("r3"));
     let (answers, rejected) = watch.finish();
@@ -550,23 +565,18 @@ fn an_overlap_failure_puts_the_fleet_back_to_before_the_window(
     request["overlap"] = json!(["VOXCORE_SECRET"]);
     request["deployments"][1]["env"]["HEALTH_MODE"] = json!({"value": "fail"});
     request["deployments"][1]["verify"][0]["deadlineMs"] = json!(1500);
-    let before = window_files(testbed, hosts);
-    let failed = run(deployer, &["deploy"], &request, &generation("r5"));
-    assert_eq!(failed.code, 1, "{}", failed.stdout);
-    let result = failed.json();
-    assert_eq!(
-        statuses(&result),
-        strings(&[&["rolledBack", "rolledBack"], &["rolledBack"]])
-    );
-    assert_eq!(
-        error_kinds(&result),
-        strings(&[
-            &["rotationAborted", "rotationAborted"],
-            &["healthCheckFailed"]
-        ])
-    );
     // Back to the file from before the window, not the interim one.
-    assert_eq!(window_files(testbed, hosts), before);
+    assert_put_back(
+        deployer,
+        hosts,
+        &request,
+        "r5",
+        &[&["rolledBack", "rolledBack"], &["rolledBack"]],
+        &[
+            &["rotationAborted", "rotationAborted"],
+            &["healthCheckFailed"],
+        ],
+    );
     assert_attached_with(hosts, "r4");
     assert_eq!(attach(hosts[0], &generation("r5")["VOXCORE_SECRET"]), 403);
 }
@@ -580,18 +590,10 @@ fn purge_backups_of_leaves_no_backup_with_an_old_value(deployer: &Deployer, host
     }
     // As the deploy user, with exactly the rules `hostenv sudoers` prints for
     // both deployments: reading and purging backups included.
-    let rules = run_hostenv(
-        &["sudoers"],
-        deployer.work.path(),
-        &BTreeMap::new(),
-        Some(request.to_string().as_bytes()),
-    );
-    assert_eq!(rules.code, 0, "{}", rules.stdout);
-    assert!(rules
-        .stdout
-        .contains("hostenv-purge /var/lib/hostenv/voxdialler 5"));
+    let rules = sudoers_rules(deployer, &request);
+    assert!(rules.contains("hostenv-purge /var/lib/hostenv/voxdialler 5"));
     for host in hosts {
-        testbed.grant_sudo(host, &rules.stdout);
+        testbed.grant_sudo(host, &rules);
     }
     let places = [
         (hosts[0], "voxcore"),
@@ -741,18 +743,7 @@ fn secrets_stay_out_of_commands_and_audit_lines(
     trace: ExecTrace,
 ) {
     let canaries = every_canary();
-    for (out, trace) in trace.finish() {
-        assert!(
-            trace.contains("hostenv-switch"),
-            "the trace saw no rotation: {}",
-            out.display()
-        );
-        assert_no_leak(
-            &format!("commands executed on the host ({})", out.display()),
-            &trace,
-            &canaries,
-        );
-    }
+    trace.assert_clean("hostenv-switch", &canaries);
     for host in hosts {
         let logs = testbed.sh_ok(host, "cat /var/lib/hostenv/*/audit.log");
         assert!(
@@ -772,11 +763,9 @@ fn the_dialler_going_down_after_the_fleet_switched_puts_the_fleet_back(
     hosts: &[&TestHost],
 ) {
     let testbed = deployer.testbed;
-    let mut request = rotation_request(testbed, hosts);
     // The fleet verifies slowly, so the test has time to take the dialler
     // host down after the fleet switched and before the dialler's turn.
-    request["deployments"][0]["verify"][0]["consecutive"] = json!(8);
-    request["deployments"][0]["verify"][0]["intervalMs"] = json!(250);
+    let request = slow_fleet(rotation_request(testbed, hosts), 8, 250);
     let before = window_files(testbed, hosts);
     let inode = |host: &TestHost| testbed.sh_ok(host, &format!("stat -c %i {FLEET_ENV}"));
     let fleet_inode = inode(hosts[0]);
