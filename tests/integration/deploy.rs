@@ -274,6 +274,8 @@ fn deploy_on_the_testbed() {
     settle(&testbed, &hosts);
     rollback_puts_back_a_backup_without_secrets_bound(&deployer, &hosts);
     settle(&testbed, &hosts);
+    a_deploy_purges_backups_holding_a_leaked_value(&deployer, &hosts);
+    settle(&testbed, &hosts);
     crate::rotation::scenarios(&deployer, &hosts);
 }
 
@@ -503,6 +505,59 @@ fn rollback_puts_back_a_backup_without_secrets_bound(deployer: &Deployer, hosts:
     assert_eq!(statuses(&result), ["failed"]);
     assert_eq!(result["hosts"][0]["error"]["kind"], "noBackup");
     assert_eq!(host_files(testbed, &[host]), before);
+}
+
+/// `purgeBackupsOf` in a Deploy: after the new JWT_SECRET is verified, no
+/// backup keeps an older one; backups that agree with the new value stay.
+fn a_deploy_purges_backups_holding_a_leaked_value(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let host = hosts[0];
+    let request = voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    let mut only_log_level = request.clone();
+    only_log_level["env"]["LOG_LEVEL"] = json!({"value": "debug"});
+    assert_eq!(
+        deployer.run("deploy", &request, &secrets("purge-new")).code,
+        0
+    );
+    // A backup holding the new JWT_SECRET already: it stays.
+    assert_eq!(
+        deployer
+            .run("deploy", &only_log_level, &secrets("purge-new"))
+            .code,
+        0
+    );
+    let count = || -> u64 {
+        testbed
+            .sh_ok(host, "ls /var/lib/hostenv/voxbridge | grep -c '^env\\.'")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = count();
+    let mut purging = request.clone();
+    purging["purgeBackupsOf"] = json!(["JWT_SECRET"]);
+    let run = deployer.run("deploy", &purging, &secrets("purge-new"));
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["deployed"]);
+    // The switch made one more backup; all but the two with the new value went.
+    assert_eq!(
+        result["hosts"][0]["backupsPurged"],
+        json!((before + 1).min(5) - 2)
+    );
+    let left = testbed.sh_ok(host, "ls /var/lib/hostenv/voxbridge | grep '^env\\.'");
+    assert_eq!(
+        left.lines().collect::<Vec<_>>(),
+        ["env.1", "env.2"],
+        "renumbered from 1"
+    );
+    let backups = testbed.sh_ok(host, "cat /var/lib/hostenv/voxbridge/env.*");
+    assert_eq!(backups.matches("CANARY-jwt-purge-new").count(), 2);
+    assert_eq!(
+        backups.matches("CANARY-jwt-").count(),
+        2,
+        "an old JWT_SECRET is still in a backup"
+    );
 }
 
 /// A deploy that spends a few seconds verifying, holding its locks meanwhile.
