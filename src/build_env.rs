@@ -186,7 +186,7 @@ fn literal_report(key: &str, source: SourceKind, value: &str, contract: &Contrac
     }
 }
 
-fn read_brand_file(from: &str) -> Result<Vec<crate::render::Assignment>> {
+pub(crate) fn read_brand_file(from: &str) -> Result<Vec<crate::render::Assignment>> {
     let invalid = |reason: String| Error::BrandFileInvalid {
         path: from.to_string(),
         reason,

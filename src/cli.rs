@@ -33,17 +33,29 @@ pub struct Cli {
 pub enum Command {
     /// Validate, resolve and render in memory; touches no host (Deploy, Rotation, BuildEnv).
     Check(RequestArgs),
-    /// Connect and read every host; report what a deploy would change, writing nothing (Deploy).
+    /// Connect and read every host; report what a deploy would change, writing nothing (Deploy, Rotation).
     Plan(RequestArgs),
-    /// Report which hosts no longer hold what the request would write; exit 4 if any (Deploy).
+    /// Report which hosts no longer hold what the request would write; exit 4 if any (Deploy, Rotation).
     Drift(RequestArgs),
-    /// Put back the newest backup (or `--to N`) on every host, restart, verify (Deploy).
+    /// Put back the newest backup (or `--to N`) on every host, restart, verify (Deploy, Rotation).
     Rollback(RequestArgs),
-    /// Install the rendered .env on every host, restart, verify, roll back what fails (Deploy).
+    /// Install the rendered .env on every host, restart, verify, roll back what fails (Deploy, Rotation).
     Deploy(RequestArgs),
     /// Write the console's build-time .env for Vite (BuildEnv).
     BuildEnv(RequestArgs),
-    /// Print the exact sudo rules a non-root deploy user needs for a Deploy request.
+    /// Check a service repository: contracts hold placeholders, no .env is tracked, credential maps match.
+    Lint {
+        /// The repository (or a directory in it) to check.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// A credential map (resources/credentials/<service>.json) to check against its contract; repeatable.
+        #[arg(long = "credentials", value_name = "FILE")]
+        credentials: Vec<PathBuf>,
+        /// Also write the findings as JUnit XML to FILE.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+    },
+    /// Print the exact sudo rules a non-root deploy user needs for a Deploy or Rotation request.
     Sudoers {
         #[command(flatten)]
         request: RequestArgs,
@@ -135,6 +147,11 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
         Command::Rollback(args) => run_action(Action::Rollback, &args, env),
         Command::Deploy(args) => run_action(Action::Deploy, &args, env),
         Command::BuildEnv(args) => run_action(Action::BuildEnv, &args, env),
+        Command::Lint {
+            path,
+            credentials,
+            junit,
+        } => lint(&path, &credentials, junit.as_deref()),
         Command::Sudoers { request, user } => sudoers(&request, user.as_deref()),
         Command::Schema { which } => {
             let schema = match which {
@@ -160,6 +177,20 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
             exit_code: EXIT_OK,
         },
     }
+}
+
+/// `hostenv lint`: findings in the result, exit 4 when there are any.
+fn lint(
+    path: &std::path::Path,
+    credentials: &[PathBuf],
+    junit: Option<&std::path::Path>,
+) -> Outcome {
+    let started = Instant::now();
+    let mut report = Report::new(Action::Lint);
+    if let Err(error) = crate::lint::run(path, credentials, &mut report) {
+        report.fail(&error);
+    }
+    finish(report, started, junit)
 }
 
 /// The sudo rules one deployment needs.
@@ -228,8 +259,13 @@ fn run_action(action: Action, args: &RequestArgs, env: &dyn EnvLookup) -> Outcom
     if let Err(error) = result {
         report.fail(&error);
     }
+    finish(report, started, args.junit.as_deref())
+}
+
+/// Writes the JUnit file if asked, the summary to stderr, the result to stdout.
+fn finish(mut report: Report, started: Instant, junit: Option<&std::path::Path>) -> Outcome {
     report.duration_ms = started.elapsed().as_millis() as u64;
-    if let Some(path) = &args.junit {
+    if let Some(path) = junit {
         if let Err(error) = std::fs::write(path, crate::junit::render(&report)) {
             eprintln!(
                 "hostenv: cannot write the JUnit file `{}`: {error}",
@@ -375,9 +411,17 @@ fn human_summary(report: &Report) -> String {
             ));
         }
     }
+    for finding in report.findings.iter().flatten() {
+        let place = match finding.line {
+            Some(line) => format!("{}:{line}", finding.file),
+            None => finding.file.clone(),
+        };
+        out.push_str(&format!("hostenv lint: {place}: {}\n", finding.message));
+    }
+    let head = format!("hostenv {action} {subject}");
     match &report.error {
-        None => out.push_str(&format!("hostenv {action} {subject}: ok\n")),
-        Some(error) => out.push_str(&format!("hostenv {action} {subject}: {}\n", error.message)),
+        None => out.push_str(&format!("{}: ok\n", head.trim_end())),
+        Some(error) => out.push_str(&format!("{}: {}\n", head.trim_end(), error.message)),
     }
     out
 }

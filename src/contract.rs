@@ -15,6 +15,8 @@ const MAX_CONTRACT_BYTES: u64 = 1024 * 1024;
 pub struct ContractKey {
     pub name: String,
     pub line: usize,
+    /// The placeholder as written (quotes included, lines joined), for `lint`.
+    pub placeholder: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,10 +106,7 @@ pub fn parse(path: &str, text: &str) -> Result<Contract> {
                 format!("duplicate key `{name}` (first at line {})", first.line),
             ));
         }
-        keys.push(ContractKey {
-            name: name.to_string(),
-            line: number,
-        });
+        let mut text = placeholder.trim().to_string();
         let mut open = open_quote(placeholder.trim_start());
         while let Some(quote) = open {
             let Some(next) = lines.get(index) else {
@@ -117,8 +116,15 @@ pub fn parse(path: &str, text: &str) -> Result<Contract> {
                 ));
             };
             index += 1;
+            text.push('\n');
+            text.push_str(next);
             open = continue_quote(next, quote);
         }
+        keys.push(ContractKey {
+            name: name.to_string(),
+            line: number,
+            placeholder: text,
+        });
     }
     Ok(Contract {
         path: path.to_string(),

@@ -111,6 +111,10 @@ pub enum ErrorKind {
     OverlapUnavailable,
     /// `purgeBackupsOf` could not read or remove the backups; the new file is in place.
     PurgeFailed,
+    /// `lint`: the path is not a directory in a git work tree.
+    LintPathInvalid,
+    /// `lint` found problems; each is listed in `findings`.
+    LintFindings,
 }
 
 /// What went wrong on one host: a stable kind and words that never hold a secret.

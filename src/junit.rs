@@ -2,9 +2,13 @@
 //! Bitbucket's test reports. One testsuite per service, one testcase per host;
 //! a rejected request is one failing testcase named `request`.
 
+use crate::lint::Finding;
 use crate::report::{wire_name, HostReport, HostStatus, Report};
 
 pub fn render(report: &Report) -> String {
+    if let Some(findings) = &report.findings {
+        return render_findings(findings, report.duration_ms);
+    }
     let action = wire_name(&report.action);
     let mut suites: Vec<(String, Vec<&HostReport>)> = Vec::new();
     match &report.deployments {
@@ -94,6 +98,34 @@ pub fn render(report: &Report) -> String {
         xml.push_str("  </testsuite>\n");
     }
     xml.push_str("</testsuites>\n");
+    xml
+}
+
+/// `lint`: one testcase per finding, or one passing testcase for a clean repository.
+fn render_findings(findings: &[Finding], duration_ms: u64) -> String {
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"hostenv lint\" tests=\"{}\" time=\"{}\">\n  <testsuite name=\"lint\" tests=\"{}\" failures=\"{}\" skipped=\"0\">\n",
+        findings.len().max(1),
+        seconds(duration_ms),
+        findings.len().max(1),
+        findings.len()
+    );
+    if findings.is_empty() {
+        xml.push_str("    <testcase classname=\"lint\" name=\"repository\"/>\n");
+    }
+    for finding in findings {
+        let place = match finding.line {
+            Some(line) => format!("{}:{line}", finding.file),
+            None => finding.file.clone(),
+        };
+        xml.push_str(&format!(
+            "    <testcase classname=\"lint\" name=\"{}\">\n",
+            escape(&place)
+        ));
+        xml.push_str(&failure(&wire_name(&finding.kind), &finding.message));
+        xml.push_str("    </testcase>\n");
+    }
+    xml.push_str("  </testsuite>\n</testsuites>\n");
     xml
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Request flow: `intake` (bytes → typed request) → `settings` (catalog merge,
 //! name checks) → `contract` + `resolve` (every key gets a value) → `render`
-//! (file bytes, read back before use) → the action (`check`, `build_env`).
+//! (file bytes, read back before use) → the action (`check`, `build_env`,
+//! `deploy`). `lint` checks a service repository instead of a request.
 
 pub mod audit;
 pub mod build_env;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod health;
 pub mod intake;
 pub mod junit;
+pub mod lint;
 pub mod lock;
 pub mod remote;
 pub mod render;

@@ -87,6 +87,9 @@ pub struct Report {
     /// The file `build-env` wrote (or, for `check`, would write).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<OutputReport>,
+    /// `lint`: every problem found in the repository, with file and line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Vec<crate::lint::Finding>>,
     /// Host counts by status.
     pub summary: Summary,
     /// Why the action did not succeed; null when `ok` is true.
@@ -549,6 +552,7 @@ impl Report {
             shared: None,
             plan_digest: None,
             output: None,
+            findings: None,
             summary: Summary::default(),
             error: None,
         }

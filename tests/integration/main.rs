@@ -4,6 +4,7 @@ mod cases;
 mod common;
 mod deploy;
 mod intake;
+mod lint;
 mod rotation;
 mod round_trip;
 mod schema_files;
