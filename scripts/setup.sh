@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what hostenv's examples and tests need on a fresh Debian machine of
 # this project's kind: systemd, OpenSSH, sudo, Python and strace for the
-# testbed hosts, Node for the Vite round-trip tests, and the Rust lints.
+# testbed hosts, Node for the Vite round-trip tests, Groovy 2.4 (the Groovy
+# Jenkins runs) and git for the library's tests, check-jsonschema for the
+# Bitbucket Pipelines example, and the Rust lints.
 set -euo pipefail
 
 missing=()
 for need in /usr/lib/systemd/systemd:systemd /usr/sbin/sshd:openssh-server /usr/bin/sudo:sudo \
-            /usr/bin/python3:python3 /usr/bin/nsenter:util-linux /usr/bin/strace:strace; do
+            /usr/bin/python3:python3 /usr/bin/nsenter:util-linux /usr/bin/strace:strace \
+            /usr/bin/groovy:groovy /usr/bin/git:git; do
   [ -e "${need%%:*}" ] || missing+=("${need##*:}")
 done
 command -v node >/dev/null || missing+=(nodejs)
@@ -21,6 +24,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+# Atlassian's published schema for bitbucket-pipelines.yml ships with check-jsonschema.
+tools="$(cd "$(dirname "$0")/.." && pwd)/target/tools"
+if [ ! -x "$tools/venv/bin/check-jsonschema" ]; then
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check check-jsonschema==0.39.0
 fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"

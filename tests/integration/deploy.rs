@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::common::{assert_no_leak, run_hostenv, Run, TempDir};
 use crate::testbed::{TestHost, Testbed};
 
-const VOXBRIDGE_CONTRACT: &str =
+pub(crate) const VOXBRIDGE_CONTRACT: &str =
     "JWT_SECRET=\nMONGODB_URI=\nMONGODB_DB=voxbridge\nREDIS_URL=\nLOG_LEVEL=info\nHEALTH_MODE=ok\n";
 
 /// The secrets a scenario binds, as Jenkins would.
@@ -275,6 +275,8 @@ fn deploy_on_the_testbed() {
     rollback_puts_back_a_backup_without_secrets_bound(&deployer, &hosts);
     settle(&testbed, &hosts);
     a_deploy_purges_backups_holding_a_leaked_value(&deployer, &hosts);
+    settle(&testbed, &hosts);
+    crate::jenkins::steps_on_the_testbed(&deployer, &hosts);
     settle(&testbed, &hosts);
     crate::rotation::scenarios(&deployer, &hosts);
 }

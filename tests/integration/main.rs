@@ -1,9 +1,11 @@
 //! The one integration test binary: shared helpers in `common`, one module per area.
 
+mod bitbucket;
 mod cases;
 mod common;
 mod deploy;
 mod intake;
+mod jenkins;
 mod lint;
 mod rotation;
 mod round_trip;

@@ -1,0 +1,345 @@
+// The library's steps under Groovy 2.4 (the version Jenkins runs), with the
+// pipeline stubbed by Pipeline.groovy and `sh` really running the built binary.
+//
+//   groovy -cp tests/groovy/stubs:tests/groovy tests/groovy/steps_test.groovy SUITE
+//
+// Environment: HOSTENV_REPO (the repository), HOSTENV_BINARY (the built binary),
+// HOSTENV_WORK (a scratch directory). SUITE is `offline` (no hosts) or `testbed`,
+// which also needs TESTBED_JSON: {hosts: [addr...], knownHosts, key, store}.
+// Prints `ok NAME` per test; exits 1 at the first failure.
+
+import groovy.json.JsonOutput
+import groovy.json.JsonSlurper
+import org.codehaus.groovy.ast.ClassNode
+import org.codehaus.groovy.ast.CodeVisitorSupport
+import org.codehaus.groovy.ast.builder.AstBuilder
+import org.codehaus.groovy.ast.expr.ConstantExpression
+import org.codehaus.groovy.ast.expr.GStringExpression
+import org.codehaus.groovy.ast.expr.MethodCallExpression
+import org.codehaus.groovy.ast.stmt.BlockStatement
+import org.codehaus.groovy.control.CompilePhase
+
+repo = new File(System.getenv('HOSTENV_REPO'))
+binary = System.getenv('HOSTENV_BINARY')
+work = new File(System.getenv('HOSTENV_WORK'))
+counter = 0
+
+/** Runs one test; the first failure ends the run with exit 1. */
+def test(String name, Closure body) {
+    try {
+        body.call()
+        println "ok ${name}"
+    } catch (Throwable failure) {
+        println "FAILED ${name}: ${failure}"
+        failure.printStackTrace()
+        System.exit(1)
+    }
+}
+
+/** A fresh pipeline with its own workspace, credentials from `store`. */
+def pipeline(Map store) {
+    def workspace = new File(work, "workspace-${++counter}")
+    def pipeline = new Pipeline(repo, workspace)
+    pipeline.store.putAll(store)
+    pipeline.env.HOSTENV_BIN = binary
+    return pipeline
+}
+
+/** Runs `code` on `pipeline`; the PipelineError it ended with, or null. */
+def attempt(Pipeline pipeline, String code) {
+    try {
+        pipeline.run(code)
+        return null
+    } catch (PipelineError stop) {
+        return stop
+    }
+}
+
+/** Every secret of the store, in each form a leak could take. */
+def secretForms(Map store) {
+    def forms = []
+    store.values().each { credential ->
+        [credential.value, credential.password, credential.content].findAll { it }.each { secret ->
+            forms << secret
+            forms << JsonOutput.toJson(secret)[1..-2]
+            forms << secret.bytes.encodeBase64().toString()
+            forms << URLEncoder.encode(secret, 'UTF-8')
+        }
+    }
+    return forms.unique()
+}
+
+/** No recorded step argument (sh script text included), request file or log line holds a bound value. */
+def assertNothingLeaked(Pipeline pipeline) {
+    def forms = secretForms(pipeline.store)
+    pipeline.calls.each { call ->
+        def text = call.args.toString()
+        forms.each { form ->
+            assert !text.contains(form): "step ${call.step} was given a secret (${call.args.getClass().simpleName})"
+        }
+    }
+    pipeline.written.each { path, text ->
+        forms.each { form -> assert !text.contains(form): "${path} holds a secret" }
+    }
+    forms.each { form -> assert !pipeline.log.toString().contains(form): 'the build log holds a secret' }
+}
+
+/** Where `sh`, `withCredentials` and `error` happened, in order. */
+def sequence(Pipeline pipeline) {
+    pipeline.calls.findAll { it.step in ['sh', 'withCredentials', 'error', 'unstable', 'junit'] }.collect {
+        it.step == 'sh' ? "sh:${it.args.label}" : it.step
+    }
+}
+
+/** A fake hostenv that speaks `versions` and answers every action with `result` and `exit`. */
+def fakeBinary(String name, List versions, Map result, int exit) {
+    def file = new File(work, name)
+    file.text = """#!/bin/sh
+if [ "\$1" = version ]; then
+  echo '${JsonOutput.toJson([apiVersion: 'hostenv/v1', kind: 'Version', apiVersions: versions])}'
+  exit 0
+fi
+cat > /dev/null
+echo '${JsonOutput.toJson(result)}'
+exit ${exit}
+"""
+    file.setExecutable(true)
+    return file.path
+}
+
+// Stand-in values for the library's voxbridge credential map (production).
+voxbridgeStore = [
+    'voxbridge-jwt-secret': [type: 'string', value: 'CANARY-groovy-jwt-"$quote\''],
+    'vox-mongodb-uri': [type: 'string', value: 'CANARY-groovy-mongo://u:p@db'],
+    'voxbridge-redis-url': [type: 'string', value: 'CANARY-groovy-redis'],
+    'vox-production-deploy-key': [type: 'sshUserPrivateKey', content: 'CANARY-groovy-ssh-key'],
+]
+
+/** A workspace holding the platform's contracts where the credential maps say. */
+def withContracts(Pipeline pipeline) {
+    ['voxbridge', 'voxcore', 'voxdialler'].each { service ->
+        def dir = new File(pipeline.workspace, service)
+        dir.mkdirs()
+        new File(dir, '.env.example').text = new File(repo, "examples/${service}/.env.example").text
+    }
+    return pipeline
+}
+
+/** The shell-injection check: every `sh` call whose arguments hold a GString. */
+def interpolatedShCalls(String name, String text) {
+    def found = []
+    def visitor = new CodeVisitorSupport() {
+        void visitMethodCallExpression(MethodCallExpression call) {
+            if (call.methodAsString == 'sh') {
+                call.arguments.visit(new CodeVisitorSupport() {
+                    void visitGStringExpression(GStringExpression string) {
+                        found << "${name}:${string.lineNumber}"
+                    }
+                })
+            }
+            super.visitMethodCallExpression(call)
+        }
+    }
+    new AstBuilder().buildFromString(CompilePhase.CONVERSION, false, text).each { node ->
+        if (node instanceof BlockStatement) { node.visit(visitor) }
+        if (node instanceof ClassNode) {
+            node.methods.each { it.code?.visit(visitor) }
+            // Scripts run by name are constants, never GStrings.
+            node.fields.findAll { it.name.endsWith('SCRIPT') }.each { field ->
+                if (!(field.initialValueExpression instanceof ConstantExpression)) {
+                    found << "${name}: ${field.name} is not a constant string"
+                }
+            }
+        }
+    }
+    return found
+}
+
+def suite = args ? args[0] : 'offline'
+
+if (suite == 'offline') {
+    test('every vars/ file and Jenkinsfile.example compile under Groovy 2.4') {
+        def shell = new GroovyShell(Pipeline.classLoader, new Binding(), Pipeline.jenkinsCompiler())
+        def files = new File(repo, 'vars').listFiles().findAll { it.name.endsWith('.groovy') }
+        assert files.size() >= 9
+        (files + [new File(repo, 'Jenkinsfile.example')]).each { shell.parse(it) }
+        // Every step has its help page.
+        files.findAll { it.name != 'hostenv.groovy' }.each { step ->
+            def help = new File(step.parentFile, step.name - '.groovy' + '.txt')
+            assert help.exists() && help.text.contains('<p>'): "no HTML help for ${step.name}"
+        }
+    }
+
+    test('no sh call in vars/ interpolates a Groovy string') {
+        assert interpolatedShCalls('bad', 'def f(x) { sh "echo ${x}"; sh(script: "a ${x}", returnStatus: true) }').size() == 2
+        assert interpolatedShCalls('good', "def f() { sh(script: 'echo \"\$HOME\"', returnStatus: true) }") == []
+        new File(repo, 'vars').listFiles().findAll { it.name.endsWith('.groovy') }.each { file ->
+            assert interpolatedShCalls(file.name, file.text) == []
+        }
+    }
+
+    test('arguments are validated by name before anything runs') {
+        def p = pipeline(voxbridgeStore)
+        def stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['a'], hostz: 1)")
+        assert stop.message.startsWith("hostenvDeploy: unknown argument 'hostz'")
+        stop = attempt(p, "hostenvDeploy(service: 'voxbridge')")
+        assert stop.message == "hostenvDeploy: argument 'hosts' is required"
+        stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: 'a')")
+        assert stop.message == "hostenvDeploy: argument 'hosts' must be a List, not String"
+        stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['a'], environment: 'qa')")
+        assert stop.message.contains("argument 'environment'") && stop.message.contains('production, staging')
+        stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['a'], credentials: [[id: 'x', key: 'K', type: 'secretText']])")
+        assert stop.message.contains("'x' has type 'secretText'")
+        stop = attempt(p, "hostenvDeploy(service: 'billing', hosts: ['a'], contract: 'billing/.env.example')")
+        assert stop.message.startsWith("hostenvDeploy: argument 'service': 'billing' is not in the library's catalog (voxbridge, voxcore, voxdialler)")
+        stop = attempt(p, "hostenvRotate(shared: ['VOXCORE_SECRET'], deployments: [[service: 'voxcore', hosts: ['a']]])")
+        assert stop.message.startsWith("hostenvRotate: argument 'deployments'")
+        assert sequence(p).every { it == 'error' }
+    }
+
+    test('a missing binary fails before any credential is bound') {
+        def p = withContracts(pipeline(voxbridgeStore))
+        def stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['api-1'], binary: '/nonexistent/hostenv')")
+        assert stop.message.contains('/nonexistent/hostenv') && stop.message.contains('does not run')
+        assert sequence(p) == ['sh:hostenv version', 'error']
+    }
+
+    test('an incompatible binary fails before any credential is bound') {
+        def old = fakeBinary('hostenv-v0', ['hostenv/v0'], [:], 0)
+        def p = withContracts(pipeline(voxbridgeStore))
+        def stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['api-1'], binary: '${old}')")
+        assert stop.message.contains('speaks [hostenv/v0]') && stop.message.contains('needs hostenv/v1')
+        assert sequence(p) == ['sh:hostenv version', 'error']
+        // HOSTENV_BIN is the fallback when the step names no binary.
+        p = withContracts(pipeline(voxbridgeStore))
+        p.env.HOSTENV_BIN = old
+        assert attempt(p, "hostenvCheck(service: 'voxbridge', hosts: ['api-1'])").message.contains('hostenv-v0')
+    }
+
+    test('exit 0: hostenvCheck returns the result; the request names variables, never values') {
+        def p = withContracts(pipeline(voxbridgeStore))
+        def result = p.run("return hostenvCheck(service: 'voxbridge', hosts: ['api-1', 'api-2'])")
+        assert result.ok == true && result.exitCode == 0
+        assert result.hosts*.status == ['checked', 'checked']
+        assert p.result == 'SUCCESS'
+        def request = new JsonSlurper().parseText(p.written.values().first())
+        assert request.kind == 'Deploy' && request.contract == 'voxbridge/.env.example'
+        assert request.env.JWT_SECRET == [secretEnv: 'HOSTENV_CRED_VOXBRIDGE_JWT_SECRET', credentialId: 'voxbridge-jwt-secret']
+        assert request.env.MONGODB_DB == [value: 'voxbridge']
+        assert request.ssh.identityFileEnv == 'HOSTENV_CRED_VOX_PRODUCTION_DEPLOY_KEY'
+        assert request.audit == [by: 'alice', buildUrl: 'https://ci.example/job/vox/7/']
+        def bound = p.callsOf('withCredentials').first().args*.credentialsId
+        assert bound.sort() == voxbridgeStore.keySet().sort()
+        assert sequence(p) == ['sh:hostenv version', 'withCredentials', 'sh:hostenv check', 'junit']
+        assertNothingLeaked(p)
+    }
+
+    test('exit 2: a rejected request fails the build with the reason and the key problems') {
+        def store = voxbridgeStore + ['voxbridge-jwt-secret': [type: 'string', value: '']]
+        def p = withContracts(pipeline(store))
+        def stop = attempt(p, "hostenvCheck(service: 'voxbridge', hosts: ['api-1'])")
+        assert stop.message.startsWith('hostenv check: the request was rejected:')
+        assert stop.message.contains('keys: JWT_SECRET (empty)')
+        assert p.result == 'FAILURE'
+        assertNothingLeaked(p)
+    }
+
+    test('exit 3: a host that needs a person fails the build loudly') {
+        def fake = fakeBinary('hostenv-exit3', ['hostenv/v1'],
+            [ok: false, exitCode: 3, hosts: [[host: 'api-1', status: 'unknown', error: [kind: 'connectionLost', message: 'lost']]],
+             error: [kind: 'hostsFailed', message: '1 of 1 hosts failed: `api-1` (connectionLost, state unknown)']], 3)
+        def p = withContracts(pipeline(voxbridgeStore))
+        def stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['api-1'], binary: '${fake}')")
+        assert stop.message.startsWith('hostenv deploy: A HOST NEEDS A PERSON (exit 3): 1 of 1 hosts failed')
+        assert p.result == 'FAILURE'
+        assert p.log.toString().contains('api-1: unknown - connectionLost')
+    }
+
+    test('exit 4: hostenvLint marks the build unstable and returns the findings') {
+        def repository = new File(work, 'lint-repo')
+        repository.mkdirs()
+        ['git init -q', 'mkdir -p voxbridge', 'cp "$HOSTENV_REPO/examples/voxbridge/.env.example" voxbridge/',
+         'echo JWT_SECRET=x > voxbridge/.env', 'git add -f voxbridge'].each { command ->
+            def process = new ProcessBuilder('/bin/sh', '-c', command).directory(repository).inheritIO().start()
+            assert process.waitFor() == 0
+        }
+        def p = pipeline([:])
+        def result = p.run("return hostenvLint(path: '${repository.path}', services: ['voxbridge'])")
+        assert p.result == 'UNSTABLE'
+        assert result.exitCode == 4
+        assert result.findings*.kind.contains('envFileTracked')
+        assert p.callsOf('unstable').size() == 1
+        assert p.callsOf('junit').size() == 1
+        def stop = attempt(pipeline([:]), "hostenvLint(services: ['nope'])")
+        assert stop.message.contains("no credential map for 'nope'")
+    }
+
+    test('exit 1: a build-env that cannot write fails the build; one that can writes the file') {
+        def p = pipeline([:])
+        new File(p.workspace, 'console').mkdirs()
+        new File(p.workspace, 'console/.env.example').text = 'VITE_API_URL=\nVITE_BRAND_NAME=\n'
+        new File(p.workspace, 'blocked').text = 'a file, not a directory'
+        def stop = attempt(p, "hostenvBuildEnv(contract: 'console/.env.example', values: [VITE_API_URL: 'https://api.example', VITE_BRAND_NAME: 'Ori'], output: 'blocked/.env')")
+        assert stop.message.startsWith('hostenv build-env failed: cannot write')
+        p = pipeline([:])
+        new File(p.workspace, 'console').mkdirs()
+        new File(p.workspace, 'console/.env.example').text = 'VITE_API_URL=\nVITE_BRAND_NAME=\n'
+        def result = p.run("return hostenvBuildEnv(contract: 'console/.env.example', values: [VITE_API_URL: 'https://api.example', VITE_BRAND_NAME: 'Ori'], output: 'console/.env')")
+        assert result.output.written == true
+        assert new File(p.workspace, 'console/.env').text.contains('VITE_BRAND_NAME=')
+        assert p.callsOf('withCredentials')*.args == [[]]
+    }
+}
+
+if (suite == 'testbed') {
+    def testbed = new JsonSlurper().parseText(System.getenv('TESTBED_JSON'))
+    def store = testbed.store
+    def map = [service: 'voxbridge', contract: 'voxbridge.env.example', environments: [production: [
+        sshCredential: 'testbed-key',
+        credentials: [[id: 'tb-jwt', key: 'JWT_SECRET', type: 'string'],
+                      [id: 'tb-mongo', key: 'MONGODB_URI', type: 'string'],
+                      [id: 'tb-redis', key: 'REDIS_URL', type: 'string']],
+        values: [MONGODB_DB: 'voxbridge', LOG_LEVEL: 'info'],
+        optional: ['HEALTH_MODE']]]]
+    def deploy = { Pipeline p, String step, Map extra ->
+        new File(p.workspace, 'voxbridge.env.example').text = testbed.contract
+        def config = [service: 'voxbridge', hosts: testbed.hosts, credentialMap: map, knownHosts: testbed.knownHosts,
+                      allowSharedChange: true, restart: [timeoutMs: 20000],
+                      verify: [[url: 'http://{host}:8080/health', intervalMs: 100, deadlineMs: 8000, consecutive: 2]]] + extra
+        p.binding.setVariable('config', config)
+        return p.run("return ${step}(config)")
+    }
+
+    test('hostenvDeploy lands the credentials on the hosts') {
+        def p = pipeline(store.first)
+        def result = deploy(p, 'hostenvDeploy', [:])
+        assert result.ok == true
+        assert result.hosts*.status.every { it in ['deployed', 'unchanged'] }
+        assert p.result == 'SUCCESS'
+        assert p.callsOf('junit').size() == 1
+        assertNothingLeaked(p)
+    }
+
+    test('exit 4: hostenvPlan returns pending changes; hostenvDrift marks the build unstable') {
+        def p = pipeline(store.second)
+        def plan = deploy(p, 'hostenvPlan', [:])
+        assert plan.exitCode == 4 && plan.hosts*.status.every { it == 'planned' }
+        assert p.result == 'SUCCESS'
+        def drift = deploy(p, 'hostenvDrift', [:])
+        assert drift.exitCode == 4 && drift.hosts*.status.every { it == 'drifted' }
+        assert p.result == 'UNSTABLE'
+        assertNothingLeaked(p)
+    }
+
+    test('exit 1: a deploy whose health check fails is rolled back and fails the build') {
+        def p = pipeline(store.second)
+        def failing = [values: [MONGODB_DB: 'voxbridge', LOG_LEVEL: 'info', HEALTH_MODE: 'fail'],
+                       verify: [[url: 'http://{host}:8080/health', intervalMs: 100, deadlineMs: 1000, consecutive: 1]]]
+        def stop = null
+        try { deploy(p, 'hostenvDeploy', failing) } catch (PipelineError e) { stop = e }
+        assert stop != null && stop.message.startsWith('hostenv deploy failed: ')
+        assert stop.message.contains('healthCheckFailed, rolled back')
+        assert p.result == 'FAILURE'
+        assertNothingLeaked(p)
+    }
+}

@@ -1,0 +1,493 @@
+// The engine behind the hostenv* steps: builds requests from step arguments
+// and the library's credential maps, binds the credentials, runs the binary and
+// turns its JSON result into the build's outcome.
+//
+// Secrets never pass through Groovy: a request names the environment variables
+// withCredentials binds, every path reaches the shell through withEnv, and the
+// shell scripts are constant single-quoted strings.
+
+// `hostenv version --json` must list this before any credential is bound.
+@groovy.transform.Field
+static final String API_VERSION = 'hostenv/v1'
+
+// Where JUnit files go, relative to the workspace (the junit step reads from there).
+@groovy.transform.Field
+static final String REPORTS = 'hostenv-reports'
+
+@groovy.transform.Field
+static final String VERSION_SCRIPT = '''set +x
+mkdir -p "$HOSTENV_WORK"
+"$HOSTENV_BINARY" version --json > "$HOSTENV_WORK/version.json"'''
+
+// Optional flags come from variables that may be empty, so the script never varies.
+@groovy.transform.Field
+static final String RUN_SCRIPT = '''set +x
+mkdir -p "$(dirname "$HOSTENV_JUNIT")"
+set --
+if [ -n "${HOSTENV_TO:-}" ]; then set -- "$@" --to "$HOSTENV_TO"; fi
+if [ -n "${HOSTENV_PLAN_KEY_ENV:-}" ]; then set -- "$@" --plan-key-env "$HOSTENV_PLAN_KEY_ENV"; fi
+if [ -n "${HOSTENV_EXPECT_PLAN:-}" ]; then set -- "$@" --expect-plan "$HOSTENV_EXPECT_PLAN"; fi
+"$HOSTENV_BINARY" "$HOSTENV_ACTION" --junit "$HOSTENV_JUNIT" "$@" < "$HOSTENV_WORK/request.json" > "$HOSTENV_WORK/result.json"'''
+
+@groovy.transform.Field
+static final String LINT_SCRIPT = '''set +x
+mkdir -p "$(dirname "$HOSTENV_JUNIT")"
+set --
+for map in "$HOSTENV_WORK"/maps/*.json; do
+  if [ -e "$map" ]; then set -- "$@" --credentials "$map"; fi
+done
+"$HOSTENV_BINARY" lint "$HOSTENV_LINT_PATH" --junit "$HOSTENV_JUNIT" "$@" > "$HOSTENV_WORK/result.json"'''
+
+// Arguments every step takes besides its own.
+@groovy.transform.Field
+static final Map COMMON_DEFAULTS = [binary: null, junit: true]
+
+// The arguments of one deployment (hostenvDeploy, and each entry of hostenvRotate's `deployments`).
+@groovy.transform.Field
+static final Map DEPLOYMENT_DEFAULTS = [
+    service: null, hosts: null, environment: 'production', contract: null,
+    credentials: null, values: null, optional: null, credentialMap: null,
+    sshCredential: null, sshUser: null, knownHosts: null, hostKeyPolicy: null,
+    sudo: null, jump: null, target: null, restart: null, restartForce: null,
+    verify: null, rollout: null, rollbackOnFailure: null, allowSharedChange: null,
+    purgeBackupsOf: null, deadlineMs: null,
+]
+
+@groovy.transform.Field
+static final List CREDENTIAL_TYPES = ['string', 'file', 'sshUserPrivateKey', 'usernamePassword']
+
+/**
+ * Checks `config` against `defaults` and returns the two merged; an unknown
+ * argument or a missing required one (`required`) names itself.
+ */
+@NonCPS
+Map arguments(String step, Map config, Map defaults, List required) {
+    def known = new LinkedHashMap(COMMON_DEFAULTS)
+    known.putAll(defaults)
+    for (def name : config.keySet()) {
+        if (!known.containsKey(name)) {
+            throw new IllegalArgumentException("${step}: unknown argument '${name}' (known: ${known.keySet().join(', ')})")
+        }
+    }
+    def merged = new LinkedHashMap(known)
+    merged.putAll(config)
+    for (def name : required) {
+        if (merged[name] == null || merged[name] == '' || merged[name] == []) {
+            throw new IllegalArgumentException("${step}: argument '${name}' is required")
+        }
+    }
+    return merged
+}
+
+/** Throws, naming the argument, unless `value` is an instance of `type` (or null when allowed). */
+@NonCPS
+void expect(String step, String name, def value, Class type, boolean nullable = true) {
+    if (value == null && nullable) {
+        return
+    }
+    if (!type.isInstance(value)) {
+        def given = value == null ? 'nothing' : value.getClass().simpleName
+        throw new IllegalArgumentException("${step}: argument '${name}' must be a ${type.simpleName}, not ${given}")
+    }
+}
+
+/** The credential map of `service` from resources/credentials/, or null when the library has none. */
+Map credentialMap(String service) {
+    def text
+    try {
+        text = libraryResource("credentials/${service}.json")
+    } catch (Exception missing) {
+        return null
+    }
+    return readJSON(text: text, returnPojo: true)
+}
+
+/**
+ * One deployment of a request, and the credentials it needs bound:
+ * [deployment: Map, credentials: List<Map>].
+ */
+Map deployment(String step, Map config) {
+    def args = arguments(step, config, DEPLOYMENT_DEFAULTS, ['service', 'hosts'])
+    expect(step, 'service', args.service, String, false)
+    expect(step, 'hosts', args.hosts, List, false)
+    def map = args.credentialMap != null ? args.credentialMap : credentialMap(args.service)
+    // The same catalog the binary embeds: its services need no target, restart or verify.
+    def catalog = readJSON(text: libraryResource('catalog.json'), returnPojo: true)
+    return buildDeployment(step, args, map, catalog)
+}
+
+@NonCPS
+Map buildDeployment(String step, Map args, Map map, Map catalog) {
+    def known = catalog.services.keySet()
+    if (!known.contains(args.service) && (args.target == null || args.restart == null || args.verify == null)) {
+        throw new IllegalArgumentException("${step}: argument 'service': '${args.service}' is not in the library's catalog (${known.join(', ')}), so 'target', 'restart' and 'verify' are required")
+    }
+    for (def name : ['credentials', 'optional', 'purgeBackupsOf', 'verify']) {
+        expect(step, name, args[name], List)
+    }
+    for (def name : ['values', 'target', 'restart', 'rollout', 'jump', 'credentialMap']) {
+        expect(step, name, args[name], Map)
+    }
+    def environment = map?.environments?.get(args.environment)
+    if (map != null && environment == null) {
+        throw new IllegalArgumentException("${step}: argument 'environment': the credential map of '${args.service}' has no environment '${args.environment}' (it has: ${map.environments.keySet().join(', ')})")
+    }
+    def contract = args.contract ?: map?.contract
+    if (!contract) {
+        throw new IllegalArgumentException("${step}: argument 'contract' is required: the library has no credential map for '${args.service}'")
+    }
+    def credentials = args.credentials != null ? args.credentials : (environment?.credentials ?: [])
+    def values = args.values != null ? args.values : (environment?.values ?: [:])
+    def optional = args.optional != null ? args.optional : (environment?.optional ?: [])
+    def sshCredential = args.sshCredential ?: environment?.sshCredential
+
+    def env = [:]
+    def bound = []
+    for (def credential : credentials) {
+        checkCredential(step, credential)
+        def variable = variableFor(credential.id)
+        if (credential.type == 'string') {
+            env[credential.key] = [secretEnv: variable, credentialId: credential.id]
+        } else if (credential.type == 'file') {
+            env[credential.key] = [secretFileEnv: variable, credentialId: credential.id]
+        } else if (credential.type == 'usernamePassword') {
+            env[credential.usernameKey] = [secretEnv: variable + '_USERNAME', credentialId: credential.id]
+            env[credential.passwordKey] = [secretEnv: variable + '_PASSWORD', credentialId: credential.id]
+        } else {
+            throw new IllegalArgumentException("${step}: credential '${credential.id}' is an sshUserPrivateKey; give it as 'sshCredential'")
+        }
+        bound << (credential + [variable: variable])
+    }
+    for (def entry : values.entrySet()) {
+        if (env.containsKey(entry.key)) {
+            throw new IllegalArgumentException("${step}: argument 'values': '${entry.key}' also has a credential")
+        }
+        env[entry.key] = [value: entry.value as String]
+    }
+
+    def ssh = [:]
+    if (sshCredential) {
+        def variable = variableFor(sshCredential)
+        bound << [id: sshCredential, type: 'sshUserPrivateKey', variable: variable]
+        ssh.identityFileEnv = variable
+    }
+    if (args.sshUser) { ssh.user = args.sshUser }
+    if (args.knownHosts) { ssh.knownHosts = args.knownHosts }
+    if (args.hostKeyPolicy) { ssh.hostKeyPolicy = args.hostKeyPolicy }
+    if (args.sudo) { ssh.sudo = args.sudo }
+    if (args.jump) { ssh.jump = args.jump }
+
+    def deployment = [service: args.service, contract: contract, environment: args.environment,
+                      hosts: args.hosts, env: env]
+    if (optional) { deployment.optional = optional }
+    if (ssh) { deployment.ssh = ssh }
+    for (def name : ['target', 'verify', 'rollout', 'rollbackOnFailure', 'allowSharedChange', 'purgeBackupsOf', 'deadlineMs']) {
+        if (args[name] != null) { deployment[name] = args[name] }
+    }
+    def restart = args.restart != null ? new LinkedHashMap(args.restart) : [:]
+    if (args.restartForce != null) { restart.force = args.restartForce }
+    if (restart) { deployment.restart = restart }
+    return [deployment: deployment, credentials: bound]
+}
+
+@NonCPS
+void checkCredential(String step, def credential) {
+    if (!(credential instanceof Map) || !credential.id) {
+        throw new IllegalArgumentException("${step}: argument 'credentials': each entry is a map with an 'id', e.g. [id: 'voxbridge-jwt-secret', key: 'JWT_SECRET', type: 'string']")
+    }
+    if (!CREDENTIAL_TYPES.contains(credential.type)) {
+        throw new IllegalArgumentException("${step}: argument 'credentials': '${credential.id}' has type '${credential.type}'; use one of ${CREDENTIAL_TYPES.join(', ')}")
+    }
+    def needs = credential.type == 'usernamePassword' ? ['usernameKey', 'passwordKey'] : ['key']
+    for (def field : needs) {
+        if (credential.type != 'sshUserPrivateKey' && !credential[field]) {
+            throw new IllegalArgumentException("${step}: argument 'credentials': '${credential.id}' needs '${field}'")
+        }
+    }
+}
+
+/** The environment variable a credential is bound to: a plain name made from its id. */
+@NonCPS
+String variableFor(String id) {
+    return 'HOSTENV_CRED_' + id.toUpperCase().replaceAll('[^A-Z0-9]', '_')
+}
+
+/** The request's audit block: which build, started by whom. */
+@NonCPS
+Map audit(def environment) {
+    def audit = [by: environment?.BUILD_USER_ID ?: 'jenkins']
+    if (environment?.BUILD_URL) { audit.buildUrl = environment.BUILD_URL }
+    return audit
+}
+
+/** The binary: the step's `binary`, else HOSTENV_BIN, else `hostenv` on PATH. */
+@NonCPS
+String binaryPath(Map options) {
+    return options.binary ?: (env?.HOSTENV_BIN ?: 'hostenv')
+}
+
+/**
+ * A step taking a Deploy request, or a Rotation when `deployments` is given.
+ * `own` are the step's own arguments (with defaults) that become run options.
+ */
+Map requestStep(String step, String action, Map config, Map own) {
+    def built = null
+    try {
+        built = buildRequest(step, config, own)
+    } catch (IllegalArgumentException invalid) {
+        error(invalid.message)
+    }
+    return run(action, built.request, built.credentials, built.args)
+}
+
+/** [request: Map, credentials: List, args: Map] from a step's arguments. */
+Map buildRequest(String step, Map config, Map own) {
+    def rotation = config.deployments != null
+    def defaults = new LinkedHashMap(own)
+    if (rotation) {
+        defaults.putAll([shared: [], overlap: [], deployments: null, environment: 'production'])
+    } else {
+        defaults.putAll(DEPLOYMENT_DEFAULTS)
+    }
+    def args = arguments(step, config, defaults, rotation ? ['deployments'] : ['service', 'hosts'])
+    def request
+    def credentials = []
+    if (rotation) {
+        expect(step, 'deployments', args.deployments, List, false)
+        expect(step, 'shared', args.shared, List)
+        expect(step, 'overlap', args.overlap, List)
+        def deployments = []
+        for (int i = 0; i < args.deployments.size(); i++) {
+            def entry = args.deployments[i]
+            expect(step, "deployments[${i}]", entry, Map, false)
+            def one = deployment("${step} deployments[${i}]", [environment: args.environment] + entry)
+            deployments << one.deployment
+            credentials.addAll(one.credentials)
+        }
+        request = [apiVersion: API_VERSION, kind: 'Rotation', shared: args.shared, deployments: deployments]
+        if (args.overlap) { request.overlap = args.overlap }
+    } else {
+        def one = deployment(step, pick(args, DEPLOYMENT_DEFAULTS))
+        request = [apiVersion: API_VERSION, kind: 'Deploy'] + one.deployment
+        credentials = one.credentials
+    }
+    stampAudit(request)
+    return [request: request, credentials: credentials, args: args]
+}
+
+/** A BuildEnv request: every value a literal. */
+@NonCPS
+Map buildEnvRequest(Map args) {
+    def env = [:]
+    for (def entry : args.values.entrySet()) {
+        env[entry.key] = [value: entry.value as String]
+    }
+    def request = [apiVersion: API_VERSION, kind: 'BuildEnv', contract: args.contract, env: env,
+                   output: args.output]
+    if (args.from) { request.from = args.from }
+    if (args.optional) { request.optional = args.optional }
+    if (args.mode) { request.mode = args.mode }
+    return request
+}
+
+/** The entries of `args` whose names `defaults` has. */
+@NonCPS
+Map pick(Map args, Map defaults) {
+    def picked = [:]
+    for (def entry : args.entrySet()) {
+        if (defaults.containsKey(entry.key)) { picked[entry.key] = entry.value }
+    }
+    return picked
+}
+
+/** Every deployment of the request records this build. */
+@NonCPS
+void stampAudit(Map request) {
+    def stamp = audit(env)
+    if (request.kind == 'Rotation') {
+        for (def deployment : request.deployments) { deployment.audit = stamp }
+    } else {
+        request.audit = stamp
+    }
+}
+
+/**
+ * Runs `hostenv <action>` on `request` with `credentials` bound and returns the
+ * result map. Options: binary, junit, to, planKeyEnv, expectPlan.
+ */
+Map run(String action, Map request, List credentials, Map options) {
+    def binary = binaryPath(options)
+    def work = "${pwd(tmp: true)}/hostenv-${UUID.randomUUID()}"
+    checkBinary(action, binary, work)
+    def bindings = []
+    def seen = [:]
+    // A rollback puts back files the hosts hold: it needs the SSH key and no secret.
+    def needed = action == 'rollback' ? sshKeysOnly(credentials) : credentials
+    for (def credential : needed) {
+        if (seen.containsKey(credential.variable)) {
+            if (seen[credential.variable] != credential.id) {
+                error("hostenv ${action}: credentials '${seen[credential.variable]}' and '${credential.id}' would share the variable ${credential.variable}; rename one")
+            }
+            continue
+        }
+        seen[credential.variable] = credential.id
+        bindings << credentialBinding(credential)
+    }
+    writeJSON(file: "${work}/request.json", json: request, pretty: 2)
+    def junitFile = "${REPORTS}/${action}-${UUID.randomUUID()}.xml"
+    def status
+    withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_ACTION=${action}", "HOSTENV_WORK=${work}",
+             "HOSTENV_JUNIT=${pwd()}/${junitFile}", "HOSTENV_TO=${options.to ?: ''}",
+             "HOSTENV_PLAN_KEY_ENV=${options.planKeyEnv ?: ''}", "HOSTENV_EXPECT_PLAN=${options.expectPlan ?: ''}"]) {
+        withCredentials(bindings) {
+            status = sh(script: RUN_SCRIPT, returnStatus: true, label: 'hostenv ' + action)
+        }
+    }
+    return conclude(action, status, work, junitFile, options)
+}
+
+/** `hostenv lint` of `path`, checking the credential maps of `services` too. */
+Map lint(String path, List services, Map options) {
+    def binary = binaryPath(options)
+    def work = "${pwd(tmp: true)}/hostenv-${UUID.randomUUID()}"
+    checkBinary('lint', binary, work)
+    for (def service : services) {
+        def text
+        try {
+            text = libraryResource("credentials/${service}.json")
+        } catch (Exception missing) {
+            error("hostenvLint: argument 'services': the library has no credential map for '${service}'")
+        }
+        writeFile(file: "${work}/maps/${service}.json", text: text)
+    }
+    def junitFile = "${REPORTS}/lint-${UUID.randomUUID()}.xml"
+    def status
+    withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_WORK=${work}", "HOSTENV_LINT_PATH=${path}",
+             "HOSTENV_JUNIT=${pwd()}/${junitFile}"]) {
+        status = sh(script: LINT_SCRIPT, returnStatus: true, label: 'hostenv lint')
+    }
+    return conclude('lint', status, work, junitFile, options)
+}
+
+/** Fails before any credential is bound unless the binary runs and speaks this library's protocol. */
+void checkBinary(String action, String binary, String work) {
+    def status
+    withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_WORK=${work}"]) {
+        status = sh(script: VERSION_SCRIPT, returnStatus: true, label: 'hostenv version')
+    }
+    if (status != 0) {
+        error("hostenv ${action}: the hostenv binary `${binary}` does not run (exit ${status}); set the step's `binary`, HOSTENV_BIN, or put hostenv on the agent's PATH")
+    }
+    def version = null
+    try {
+        version = readJSON(file: "${work}/version.json", returnPojo: true)
+    } catch (Exception unreadable) {
+        version = null
+    }
+    def speaks = version instanceof Map ? version.apiVersions : null
+    if (!(speaks instanceof List) || !speaks.contains(API_VERSION)) {
+        error("hostenv ${action}: the hostenv binary `${binary}` speaks ${speaks ?: 'no known protocol'}; this library needs ${API_VERSION}")
+    }
+}
+
+@NonCPS
+List sshKeysOnly(List credentials) {
+    def keys = []
+    for (def credential : credentials) {
+        if (credential.type == 'sshUserPrivateKey') { keys << credential }
+    }
+    return keys
+}
+
+def credentialBinding(Map credential) {
+    if (credential.type == 'string') {
+        return string(credentialsId: credential.id, variable: credential.variable)
+    }
+    if (credential.type == 'file') {
+        return file(credentialsId: credential.id, variable: credential.variable)
+    }
+    if (credential.type == 'usernamePassword') {
+        return usernamePassword(credentialsId: credential.id,
+                                usernameVariable: credential.variable + '_USERNAME',
+                                passwordVariable: credential.variable + '_PASSWORD')
+    }
+    return sshUserPrivateKey(credentialsId: credential.id, keyFileVariable: credential.variable)
+}
+
+/** Publishes the JUnit file, echoes a summary, and ends the step as the exit code says. */
+Map conclude(String action, int status, String work, String junitFile, Map options) {
+    def result = null
+    if (fileExists("${work}/result.json")) {
+        try {
+            result = readJSON(file: "${work}/result.json", returnPojo: true)
+        } catch (Exception unreadable) {
+            result = null
+        }
+    }
+    if (options.junit && fileExists(junitFile)) {
+        junit(testResults: junitFile, allowEmptyResults: true)
+    }
+    if (!(result instanceof Map)) {
+        error("hostenv ${action}: the binary exited ${status} without a result")
+    }
+    echo(summary(action, result))
+    def message = result.error?.message ?: ''
+    if (status == 0) {
+        return result
+    }
+    if (status == 4) {
+        // Pending changes are what a plan is for; drift and findings want attention.
+        if (action in ['drift', 'lint']) {
+            unstable("hostenv ${action}: ${message ?: 'differences found'}")
+        }
+        return result
+    }
+    if (status == 2) {
+        error("hostenv ${action}: the request was rejected: ${message}${keyProblems(result)}")
+    }
+    if (status == 3) {
+        error("hostenv ${action}: A HOST NEEDS A PERSON (exit 3): ${message}")
+    }
+    if (status == 1) {
+        error("hostenv ${action} failed: ${message}")
+    }
+    error("hostenv ${action}: unexpected exit ${status}: ${message}")
+    return result
+}
+
+/** `; keys: JWT_SECRET (unset), ...` for a rejection with key problems, else ''. */
+@NonCPS
+String keyProblems(Map result) {
+    def contracts = []
+    if (result.contract) { contracts << result.contract }
+    for (def deployment : (result.deployments ?: [])) { contracts << deployment.contract }
+    def problems = []
+    for (def contract : contracts) {
+        for (def key : (contract?.keys ?: [])) {
+            if (!(key.status in ['ok', 'omitted'])) {
+                problems << "${key.name}${key.host ? ' on ' + key.host : ''} (${key.status})"
+            }
+        }
+    }
+    return problems ? "; keys: ${problems.join(', ')}" : ''
+}
+
+/** A few lines for the build log: each host's status, or each lint finding. Names only. */
+@NonCPS
+String summary(String action, Map result) {
+    def lines = []
+    def groups = result.deployments ?: [[service: result.service, hosts: result.hosts]]
+    for (def group : groups) {
+        for (def host : (group.hosts ?: [])) {
+            def changed = host.keys ? (host.keys.added + host.keys.changed + host.keys.removed) : []
+            def detail = changed ? " (keys: ${changed.join(', ')})" : ''
+            def error = host.error ? " - ${host.error.kind}: ${host.error.message}" : ''
+            lines << "  ${group.service ? group.service + ' ' : ''}${host.host}: ${host.status}${detail}${error}"
+        }
+    }
+    for (def finding : (result.findings ?: [])) {
+        lines << "  ${finding.file}${finding.line ? ':' + finding.line : ''}: ${finding.message}"
+    }
+    def head = "hostenv ${action}: ${result.ok ? 'ok' : (result.error?.kind ?: 'failed')}"
+    return ([head] + lines).join('\n')
+}

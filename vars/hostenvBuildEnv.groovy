@@ -1,0 +1,15 @@
+// hostenvBuildEnv: write the console's build-time .env for Vite (a BuildEnv
+// request) before `npm run build`. Literal values only. Help: hostenvBuildEnv.txt.
+def call(Map config = [:]) {
+    def args = null
+    try {
+        args = hostenv.arguments('hostenvBuildEnv', config,
+            [contract: null, from: null, values: [:], optional: [], output: '.env', mode: null], ['contract'])
+        hostenv.expect('hostenvBuildEnv', 'values', args.values, Map)
+        hostenv.expect('hostenvBuildEnv', 'optional', args.optional, List)
+    } catch (IllegalArgumentException invalid) {
+        error(invalid.message)
+    }
+    def request = hostenv.buildEnvRequest(args)
+    return hostenv.run('build-env', request, [], args)
+}

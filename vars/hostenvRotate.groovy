@@ -1,0 +1,17 @@
+// hostenvRotate: change a shared secret on every service that reads it in one
+// window (a Rotation request), or plan / check / drift / roll back that window
+// with `action`. Help: hostenvRotate.txt.
+def call(Map config = [:]) {
+    def actions = ['deploy': [planKeyEnv: null, expectPlan: null], 'plan': [planKeyEnv: null],
+                   'check': [:], 'drift': [:], 'rollback': [to: null]]
+    def action = config.action ?: 'deploy'
+    if (!actions.containsKey(action)) {
+        error("hostenvRotate: argument 'action' must be one of ${actions.keySet().join(', ')}, not '${action}'")
+    }
+    if (!(config.deployments instanceof List) || config.deployments.size() < 2) {
+        error("hostenvRotate: argument 'deployments' must list the deployments of every service that reads the shared keys")
+    }
+    def rest = new LinkedHashMap(config)
+    rest.remove('action')
+    return hostenv.requestStep('hostenvRotate', action, rest, actions[action])
+}
