@@ -237,7 +237,7 @@ Map requestStep(String step, String action, Map config, Map own) {
     } catch (IllegalArgumentException invalid) {
         error(invalid.message)
     }
-    return run(action, built.request, built.credentials, built.args)
+    return execute(action, built.request, built.credentials, built.args)
 }
 
 /** [request: Map, credentials: List, args: Map] from a step's arguments. */
@@ -315,7 +315,7 @@ void stampAudit(Map request) {
  * Runs `hostenv <action>` on `request` with `credentials` bound and returns the
  * result map. Options: binary, junit, to, planKeyEnv, expectPlan.
  */
-Map run(String action, Map request, List credentials, Map options) {
+Map execute(String action, Map request, List credentials, Map options) {
     def binary = binaryPath(options)
     def work = "${pwd(tmp: true)}/hostenv-${UUID.randomUUID()}"
     checkBinary(action, binary, work)

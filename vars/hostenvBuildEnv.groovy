@@ -11,5 +11,5 @@ def call(Map config = [:]) {
         error(invalid.message)
     }
     def request = hostenv.buildEnvRequest(args)
-    return hostenv.run('build-env', request, [], args)
+    return hostenv.execute('build-env', request, [], args)
 }
