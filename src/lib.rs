@@ -15,6 +15,7 @@ pub mod deploy;
 pub mod detect;
 pub mod digest;
 pub mod error;
+pub mod fuzzing;
 pub mod health;
 pub mod intake;
 pub mod junit;

@@ -4,6 +4,8 @@ mod bitbucket;
 mod cases;
 mod common;
 mod deploy;
+mod fuzz_corpus;
+mod hostile;
 mod intake;
 mod jenkins;
 mod lint;

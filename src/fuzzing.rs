@@ -1,0 +1,111 @@
+//! The invariants that the fuzz targets (`fuzz/`) and the corpus replay in the
+//! tests check, kept here so that both run exactly the same code. Each takes
+//! any bytes and panics only when hostenv is wrong.
+
+use crate::contract;
+use crate::error::Error;
+use crate::intake;
+use crate::render::{dotenv, systemd};
+use crate::report::EXIT_REJECTED;
+
+/// The request reader: any bytes are a typed request or a rejection (exit 2)
+/// whose message never repeats a string value of the document.
+pub fn request(data: &[u8]) {
+    let error = match intake::parse_request(data) {
+        Ok(_) => return,
+        Err(error) => error,
+    };
+    assert_eq!(error.exit_code(), EXIT_REJECTED, "{error}");
+    let message = error.to_string();
+    if let Ok(document) = serde_json::from_slice::<serde_json::Value>(data) {
+        for value in string_values(&document) {
+            // Short strings are also field names and words; long ones are values.
+            if value.len() >= 12 {
+                assert!(
+                    !message.contains(value.as_str()),
+                    "the rejection quotes a value: {message}"
+                );
+            }
+        }
+    }
+}
+
+fn string_values(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(items) => items.iter().flat_map(string_values).collect(),
+        serde_json::Value::Object(map) => map.values().flat_map(string_values).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The contract parser: any text is a contract of unique, valid names in line
+/// order, or an error naming a line of the text.
+pub fn contract(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let lines = text.lines().count().max(1);
+    match contract::parse("fuzz.env.example", text) {
+        Ok(parsed) => {
+            let mut last = 0;
+            for (index, key) in parsed.keys.iter().enumerate() {
+                assert!(contract::is_valid_key_name(&key.name), "{:?}", key.name);
+                assert!(key.line > last && key.line <= lines, "line {}", key.line);
+                last = key.line;
+                assert!(
+                    !parsed.keys[..index].iter().any(|k| k.name == key.name),
+                    "duplicate {:?}",
+                    key.name
+                );
+            }
+        }
+        Err(Error::ContractInvalid { line, .. }) => {
+            assert!(line >= 1 && line <= lines, "line {line} of {lines}")
+        }
+        Err(other) => panic!("the parser failed another way: {other}"),
+    }
+}
+
+/// Both writers against their independent readers: the data, split into
+/// values at U+001E, is written under keys `K0`, `K1`...; every value the
+/// writer accepts reads back exactly, and the writer refuses the rest.
+pub fn render_round_trip(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let values: Vec<(String, &str)> = text
+        .split('\u{1e}')
+        .enumerate()
+        .map(|(index, value)| (format!("K{index}"), value))
+        .collect();
+
+    let accepted: Vec<(&str, &str)> = values
+        .iter()
+        .filter(|(key, value)| systemd::check(key, value).is_ok())
+        .map(|(key, value)| (key.as_str(), *value))
+        .collect();
+    let rendered = systemd::render(accepted.iter().copied());
+    let parsed = systemd::parse(&rendered);
+    assert!(parsed.lines_without_assignment.is_empty(), "{rendered:?}");
+    let read: Vec<(&str, &str)> = parsed
+        .assignments
+        .iter()
+        .map(|a| (a.key.as_str(), a.value.as_str()))
+        .collect();
+    assert_eq!(read, accepted, "systemd grammar");
+
+    let quotable: Vec<(&str, &str)> = values
+        .iter()
+        .filter(|(_, value)| dotenv::quote(value).is_ok())
+        .map(|(key, value)| (key.as_str(), *value))
+        .collect();
+    let rendered = dotenv::render(quotable.iter().copied()).expect("every value was quotable");
+    // A value with `$NAME` in it is escaped; the reader refuses only unescaped expansions.
+    let read = dotenv::parse(&rendered).expect("the writer escapes every `$`");
+    let read: Vec<(&str, &str)> = read
+        .iter()
+        .map(|a| (a.key.as_str(), a.value.as_str()))
+        .collect();
+    assert_eq!(read, quotable, "dotenv grammar");
+}
