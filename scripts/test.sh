@@ -11,3 +11,6 @@ npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo test
+
+# A short fuzzing smoke run when a nightly toolchain is present (skipped otherwise).
+bash scripts/fuzz.sh 15

@@ -17,16 +17,34 @@ pub fn request(data: &[u8]) {
     };
     assert_eq!(error.exit_code(), EXIT_REJECTED, "{error}");
     let message = error.to_string();
-    if let Ok(document) = serde_json::from_slice::<serde_json::Value>(data) {
+    if let Ok(mut document) = serde_json::from_slice::<serde_json::Value>(data) {
+        // The envelope is named back on purpose (`unsupported apiVersion `x``).
+        if let Some(map) = document.as_object_mut() {
+            map.remove("apiVersion");
+            map.remove("kind");
+        }
+        let names = key_names(&document);
         for value in string_values(&document) {
-            // Short strings are also field names and words; long ones are values.
-            if value.len() >= 12 {
+            // Short strings are also words, and a value spelled inside a key is
+            // part of a name the message may point at (`/env/JWT_SECRET`).
+            if value.len() >= 12 && !names.iter().any(|name| name.contains(value.as_str())) {
                 assert!(
                     !message.contains(value.as_str()),
                     "the rejection quotes a value: {message}"
                 );
             }
         }
+    }
+}
+
+fn key_names(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::Array(items) => items.iter().flat_map(key_names).collect(),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .flat_map(|(k, v)| std::iter::once(k.clone()).chain(key_names(v)))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
