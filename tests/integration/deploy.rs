@@ -278,6 +278,8 @@ fn deploy_on_the_testbed() {
     settle(&testbed, &hosts);
     crate::jenkins::steps_on_the_testbed(&deployer, &hosts);
     settle(&testbed, &hosts);
+    shell_in_accepted_fields_never_runs(&deployer, &hosts);
+    settle(&testbed, &hosts);
     crate::rotation::scenarios(&deployer, &hosts);
 }
 
@@ -560,6 +562,58 @@ fn a_deploy_purges_backups_holding_a_leaked_value(deployer: &Deployer, hosts: &[
         2,
         "an old JWT_SECRET is still in a backup"
     );
+}
+
+/// Fields that may hold any text (the audit trail's `by` and `buildUrl`, a
+/// literal value, a secret) carry shell built to break out: quotes, `;`,
+/// `$()`, backticks, newlines, a leading `-`. They reach the hosts only on
+/// stdin, so nothing runs: no command executed on a host mentions the marker,
+/// no marker file appears, and the values arrive intact. (Names, users, units,
+/// paths and instances built the same way are refused: tests/cases.)
+fn shell_in_accepted_fields_never_runs(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let payload = |tag: &str| {
+        format!(
+            "-x';touch /tmp/injected-{tag};'$(touch /tmp/injected-{tag})`touch /tmp/injected-{tag}`\"\n; touch /tmp/injected-{tag} #"
+        )
+    };
+    let mut request = voxbridge_request(
+        testbed,
+        &hosts[..1],
+        "deploy",
+        json!({
+            "allowSharedChange": true,
+            "audit": {"by": payload("by"), "buildUrl": format!("https://ci.example/{}", payload("url"))}
+        }),
+    );
+    request["env"]["LOG_LEVEL"] = json!({"value": payload("value")});
+    testbed.grant_sudo(hosts[0], &sudoers_rules(deployer, &request));
+    let mut values = secrets("injection");
+    values.insert("JWT_SECRET".into(), payload("secret"));
+    let trace = ExecTrace::start(testbed, &hosts[..1], "injection");
+    let run = deployer.run("deploy", &request, &values);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(statuses(&run.json()), ["deployed"]);
+    trace.assert_clean("hostenv-switch", &["injected-".to_string()]);
+    let found = testbed.sh(hosts[0], "ls /tmp /opt /var/lib/hostenv / | grep injected");
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout),
+        "",
+        "an injected command ran"
+    );
+    let file = testbed.sh_ok(hosts[0], "cat /opt/voxbridge/.env");
+    let read = hostenv::render::systemd::parse(&file);
+    let value_of = |key: &str| {
+        read.assignments
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| a.value.clone())
+    };
+    assert_eq!(value_of("LOG_LEVEL"), Some(payload("value")));
+    assert_eq!(value_of("JWT_SECRET"), Some(payload("secret")));
+    let log = testbed.sh_ok(hosts[0], "tail -n 1 /var/lib/hostenv/voxbridge/audit.log");
+    let line: Value = serde_json::from_str(log.trim()).unwrap();
+    assert_eq!(line["by"], json!(payload("by")));
 }
 
 /// A deploy that spends a few seconds verifying, holding its locks meanwhile.
