@@ -170,6 +170,8 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
                     "kind": "Version",
                     "version": env!("CARGO_PKG_VERSION"),
                     "apiVersions": [API_VERSION],
+                    // Test-only features compiled in; empty in every build for use.
+                    "testFeatures": test_features(),
                 }))
             } else {
                 format!("hostenv {}\n", env!("CARGO_PKG_VERSION"))
@@ -191,6 +193,14 @@ fn lint(
         report.fail(&error);
     }
     finish(report, started, junit)
+}
+
+fn test_features() -> Vec<&'static str> {
+    let mut features = Vec::new();
+    if cfg!(feature = "fault-injection") {
+        features.push("fault-injection");
+    }
+    features
 }
 
 /// The sudo rules one deployment needs.

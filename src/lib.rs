@@ -15,6 +15,8 @@ pub mod deploy;
 pub mod detect;
 pub mod digest;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod fuzzing;
 pub mod health;
 pub mod intake;

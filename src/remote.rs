@@ -24,7 +24,7 @@ const READ: &str = concat!(
     r#"if [ -e "$path.hostenv-new" ]; then left=staged; else left=clean; fi; "#,
     r#"if [ -e "$path" ]; then "#,
     r#"[ -f "$path" ] || { echo "hostenv: $path is not a regular file" >&2; exit 3; }; "#,
-    r#"echo "present $uid $gid $(stat -c '%u %g %a %Y' -- "$path") $left"; cat -- "$path"; "#,
+    r#"echo "present $uid $gid $(stat -c '%u %g %a %.6Y' -- "$path") $left"; cat -- "$path"; "#,
     r#"else echo "absent $uid $gid $left"; fi"#,
 );
 
@@ -229,7 +229,7 @@ pub struct Current {
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
-    /// Modification time, seconds since the epoch.
+    /// Modification time, microseconds since the epoch.
     pub mtime: i64,
     /// The numeric ids the target should have.
     pub want_uid: u32,
@@ -395,7 +395,7 @@ fn parse_current(stdout: &[u8]) -> Option<Current> {
             uid: number(3)? as u32,
             gid: number(4)? as u32,
             mode: u32::from_str_radix(fields.get(5)?, 8).ok()?,
-            mtime: number(6)?,
+            mtime: micros(fields.get(6)?)?,
             want_uid,
             want_gid,
             leftover_staged: left(7)?,
@@ -425,6 +425,13 @@ fn parse_backups(mut stdout: &[u8]) -> Option<Vec<(u32, SecretString)>> {
         stdout = &stdout[newline + 1 + bytes..];
     }
     Some(backups)
+}
+
+/// `SECONDS.FRACTION` (as `stat -c %.6Y` prints it) in microseconds.
+fn micros(text: &str) -> Option<i64> {
+    let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let fraction = format!("{fraction:0<6}");
+    Some(seconds.parse::<i64>().ok()? * 1_000_000 + fraction.get(..6)?.parse::<i64>().ok()?)
 }
 
 /// Whether sudo said no (as opposed to the command failing).
@@ -478,15 +485,18 @@ mod tests {
 
     #[test]
     fn reads_the_header_and_keeps_the_bytes() {
-        let current =
-            parse_current(b"present 61001 61001 61001 61001 600 1700000000 clean\nA=\"1\"\n")
-                .unwrap();
+        let current = parse_current(
+            b"present 61001 61001 61001 61001 600 1700000000.250000 clean\nA=\"1\"\n",
+        )
+        .unwrap();
         assert_eq!(current.content.unwrap().expose_secret(), "A=\"1\"\n");
         assert_eq!(
             (current.mode, current.mtime, current.want_uid),
-            (0o600, 1_700_000_000, 61001)
+            (0o600, 1_700_000_000_250_000, 61001)
         );
         assert!(!current.leftover_staged);
+        assert_eq!(micros("12.5"), Some(12_500_000));
+        assert_eq!(micros("12"), Some(12_000_000));
         let absent = parse_current(b"absent 1 2 staged\n").unwrap();
         assert!(absent.content.is_none() && absent.leftover_staged);
         assert!(parse_current(b"garbage\n").is_none());

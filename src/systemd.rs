@@ -11,8 +11,9 @@ use crate::settings::is_template;
 
 // Queries, run without sudo.
 const INSTANCES: &str = r#"systemctl list-units --all --plain --no-legend --no-pager -- "$1""#;
-const STARTED_AT: &str =
-    r#"systemctl show -p ExecMainStartTimestamp --timestamp=unix --value -- "$1""#;
+// In microseconds: a unit restarted within the same second as its file was
+// written must still count as started after it.
+const STARTED_AT: &str = r#"t=$(systemctl show -p ExecMainStartTimestamp --timestamp=us+utc --value -- "$1"); if [ -n "$t" ]; then date -u -d "$t" +%s%6N; fi"#;
 
 // Privileged, one line each (see remote.rs).
 const RESTART: &str = concat!(
@@ -122,11 +123,11 @@ pub fn reset_failed(remote: &Remote, unit: &str) {
     let _ = remote.run(&reset_failed_invocation(unit), &[]);
 }
 
-/// When the unit's main process last started, in seconds since the epoch.
+/// When the unit's main process last started, in microseconds since the epoch.
 pub fn started_at(remote: &Remote, unit: &str) -> Result<Option<i64>, HostError> {
     let output = remote.query(&Invocation::new("started-at", STARTED_AT, &[unit]))?;
     let text = String::from_utf8_lossy(&output.stdout);
-    Ok(text.trim().strip_prefix('@').and_then(|s| s.parse().ok()))
+    Ok(text.trim().parse().ok())
 }
 
 #[cfg(test)]

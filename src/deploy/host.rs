@@ -157,6 +157,8 @@ impl<'a> HostRun<'a> {
         name: &str,
         work: impl FnOnce(&Remote) -> Result<T, HostError>,
     ) -> Result<T, HostError> {
+        #[cfg(feature = "fault-injection")]
+        crate::fault::pause_before(&self.host.name, name);
         self.check_deadline(name)?;
         let started = Instant::now();
         let result = match self.remote() {
@@ -578,6 +580,8 @@ impl<'a> HostRun<'a> {
         url: &str,
         check: &crate::settings::VerifySettings,
     ) -> Result<(), HostError> {
+        #[cfg(feature = "fault-injection")]
+        crate::fault::pause_before(&self.host.name, "verify");
         self.check_deadline("verify")?;
         let connection = self.connection.as_ref();
         let label = self.host.name.as_str();

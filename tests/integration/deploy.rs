@@ -95,6 +95,17 @@ impl Deployer<'_> {
         request: &Value,
         secrets: &BTreeMap<String, String>,
     ) -> std::process::Child {
+        self.spawn_with(action, request, secrets, &BTreeMap::new())
+    }
+
+    /// `spawn` with more environment (the fault-injection knobs).
+    pub(crate) fn spawn_with(
+        &self,
+        action: &str,
+        request: &Value,
+        secrets: &BTreeMap<String, String>,
+        extra: &BTreeMap<String, String>,
+    ) -> std::process::Child {
         use std::io::Write;
         let mut child = Command::new(env!("CARGO_BIN_EXE_hostenv"))
             .arg(action)
@@ -102,6 +113,7 @@ impl Deployer<'_> {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .envs(secrets)
+            .envs(extra)
             .env("TESTBED_SSH_KEY", &self.testbed.client_key)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -280,6 +292,7 @@ fn deploy_on_the_testbed() {
     settle(&testbed, &hosts);
     shell_in_accepted_fields_never_runs(&deployer, &hosts);
     settle(&testbed, &hosts);
+    crate::faults::scenarios(&deployer, &hosts);
     crate::rotation::scenarios(&deployer, &hosts);
 }
 

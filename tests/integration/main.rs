@@ -4,6 +4,7 @@ mod bitbucket;
 mod cases;
 mod common;
 mod deploy;
+mod faults;
 mod fuzz_corpus;
 mod hostile;
 mod intake;

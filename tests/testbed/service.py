@@ -6,7 +6,8 @@ serves its health endpoint with a fingerprint of each required value, so a
 test can prove which values arrived. It never prints a value.
 
 HEALTH_MODE in the environment makes the endpoint misbehave: `fail` (503),
-`hang` (never answers).
+`hang` (never answers), `flap` (503 and 200 by turns), `slow` (503 for the
+first 1.5 s after start).
 
 The platform's attach, for rotation tests: the fleet (voxcore) answers
 `POST /attach` with 200 only when the `X-Voxcore-Secret` header holds its
@@ -40,6 +41,8 @@ fingerprints = {
 }
 
 
+started = time.monotonic()
+answered = 0
 fleet = [u for u in os.environ.get("VOXCORE_FLEET", "").split(",") if u]
 accepted = [
     os.environ[k] for k in ("VOXCORE_SECRET", "VOXCORE_SECRET_PREVIOUS") if os.environ.get(k)
@@ -76,9 +79,17 @@ class Health(http.server.BaseHTTPRequestHandler):
         if self.path != health_path:
             self.send_error(404)
             return
+        global answered
         if mode == "hang":
             time.sleep(3600)
-        status = 503 if mode == "fail" else 200
+        answered += 1
+        status = 200
+        if mode == "fail":
+            status = 503
+        elif mode == "flap" and answered % 2 == 1:
+            status = 503
+        elif mode == "slow" and time.monotonic() - started < 1.5:
+            status = 503
         outcomes = {base: attach(base) for base in fleet}
         unattached = [base for base, outcome in outcomes.items() if outcome != "ok"]
         rejected = [base for base, outcome in outcomes.items() if outcome == "rejected"]

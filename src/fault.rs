@@ -1,0 +1,25 @@
+//! Test-only fault injection (cargo feature `fault-injection`, never in builds
+//! for use): with `HOSTENV_PAUSE_AT=host:step` and `HOSTENV_PAUSE_FILE=path`,
+//! a run about to take that step on that host says so on stderr and waits for
+//! as long as the file exists, so a test can kill it, cut its connection or
+//! fill a disk at an exact point, then let it go on.
+
+use std::time::Duration;
+
+/// Waits here when the environment asks to pause before `step` on `host`.
+pub fn pause_before(host: &str, step: &str) {
+    let Ok(at) = std::env::var("HOSTENV_PAUSE_AT") else {
+        return;
+    };
+    if at != format!("{host}:{step}") {
+        return;
+    }
+    let Some(file) = std::env::var_os("HOSTENV_PAUSE_FILE") else {
+        return;
+    };
+    eprintln!("hostenv: paused before {step} on {host}");
+    while std::path::Path::new(&file).exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("hostenv: resumed before {step} on {host}");
+}

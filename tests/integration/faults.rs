@@ -1,0 +1,363 @@
+//! Faults injected on the testbed (DESIGN.md §6). Exact points come from the
+//! test-only `fault-injection` feature: `HOSTENV_PAUSE_AT=host:step` holds a
+//! run before that step while a file exists. After each fault: the host's file
+//! is whole (old or new bytes, owner, mode), no staged file is readable by
+//! others, no lock is left, the result names what happened, and the next run
+//! converges.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use pretty_assertions::assert_eq;
+use serde_json::{json, Value};
+
+use crate::deploy::{
+    expected_voxbridge_file, file_on, fingerprint, health, secrets, settle, statuses,
+    voxbridge_request, Deployer,
+};
+use crate::testbed::{TestHost, Testbed};
+
+const TARGET: &str = "/opt/voxbridge/.env";
+const STAGED: &str = "/opt/voxbridge/.env.hostenv-new";
+
+/// A run held before one step on one host.
+struct Paused {
+    child: Child,
+    file: std::path::PathBuf,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Paused {
+    fn start(
+        deployer: &Deployer,
+        request: &Value,
+        values: &BTreeMap<String, String>,
+        host: &TestHost,
+        step: &str,
+    ) -> Paused {
+        let file = deployer.work.path().join(format!("pause-{step}"));
+        std::fs::write(&file, "").unwrap();
+        let extra: BTreeMap<String, String> = [
+            (
+                "HOSTENV_PAUSE_AT".to_string(),
+                format!("{}:{step}", host.addr),
+            ),
+            ("HOSTENV_PAUSE_FILE".to_string(), file.display().to_string()),
+        ]
+        .into();
+        let mut child = deployer.spawn_with("deploy", request, values, &extra);
+        let (paused, reached) = mpsc::channel();
+        let lines = BufReader::new(child.stderr.take().unwrap());
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in lines.lines().map_while(Result::ok) {
+                if line.starts_with("hostenv: paused before") {
+                    let _ = paused.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        reached
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the run never reached {step}"));
+        Paused {
+            child,
+            file,
+            stderr,
+        }
+    }
+
+    /// Lets the run go on; its exit code, result and stderr.
+    fn resume(self) -> (i32, Value, String) {
+        std::fs::remove_file(&self.file).unwrap();
+        let output = self.child.wait_with_output().unwrap();
+        let stderr = self.stderr.join().unwrap();
+        let result = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        (output.status.code().unwrap_or(-1), result, stderr)
+    }
+
+    /// SIGKILL, as a CI agent dying or a cancelled build would.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let _ = self.stderr.join();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+pub(crate) fn scenarios(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    killed_at_each_step_leaves_a_whole_file_and_converges(deployer, hosts[0]);
+    settle(testbed, hosts);
+    a_connection_lost_after_the_switch_is_unknown_and_the_next_run_repairs(deployer, hosts[0]);
+    settle(testbed, hosts);
+    a_host_that_never_speaks_ssh_times_out_alone(deployer, hosts);
+    settle(testbed, hosts);
+    health_that_hangs_flaps_or_comes_up_slowly(deployer, hosts[1]);
+    settle(testbed, hosts);
+    a_full_disk_while_staging_changes_nothing(deployer, hosts[2]);
+    settle(testbed, hosts);
+    the_release_build_has_no_fault_injection();
+}
+
+fn request(testbed: &Testbed, host: &TestHost) -> Value {
+    voxbridge_request(
+        testbed,
+        &[host],
+        "root",
+        json!({"allowSharedChange": true, "rollout": {"lockWaitMs": 3000}}),
+    )
+}
+
+/// A staged file, if one is left, is private to the service user.
+fn assert_no_readable_staged_file(testbed: &Testbed, host: &TestHost) {
+    let staged = testbed.sh(host, &format!("stat -c '%U %a' {STAGED}"));
+    if staged.status.success() {
+        assert_eq!(
+            String::from_utf8_lossy(&staged.stdout).trim(),
+            "voxbridge 600"
+        );
+    }
+}
+
+fn killed_at_each_step_leaves_a_whole_file_and_converges(deployer: &Deployer, host: &TestHost) {
+    let testbed = deployer.testbed;
+    let request = request(testbed, host);
+    for step in ["switch", "restart", "verify"] {
+        // Three restarts per round: keep clear of systemd's start limit.
+        settle(testbed, &[host]);
+        let old = secrets(&format!("kill-{step}-old"));
+        let new = secrets(&format!("kill-{step}-new"));
+        assert_eq!(deployer.run("deploy", &request, &old).code, 0);
+        Paused::start(deployer, &request, &new, host, step).kill();
+
+        // Before the switch the old file is whole; after it, the new one.
+        let expected = if step == "switch" { &old } else { &new };
+        assert_eq!(
+            file_on(testbed, host, TARGET),
+            (
+                "voxbridge:voxbridge 600".to_string(),
+                expected_voxbridge_file(expected)
+            ),
+            "killed before {step}"
+        );
+        assert_no_readable_staged_file(testbed, host);
+
+        // No lock is left (the next run waits at most 3 s for one), and it converges.
+        let next = deployer.run("deploy", &request, &new);
+        assert_eq!(next.code, 0, "after a kill before {step}: {}", next.stdout);
+        let result = next.json();
+        let status = if step == "switch" {
+            "deployed"
+        } else {
+            "unchanged"
+        };
+        assert_eq!(statuses(&result), [status], "after a kill before {step}");
+        let restarted = result["hosts"][0]["units"][0]["restarted"].as_bool();
+        // Killed before the restart, the unit still runs the old file: it is restarted now.
+        assert_eq!(
+            restarted,
+            Some(step != "verify"),
+            "after a kill before {step}"
+        );
+        assert_eq!(
+            health(host, 8080, "/health")["fingerprints"]["JWT_SECRET"],
+            fingerprint(&new["JWT_SECRET"])
+        );
+        let staged = testbed.sh(host, &format!("test -e {STAGED}"));
+        assert!(
+            !staged.status.success(),
+            "a staged file outlived the next run"
+        );
+    }
+}
+
+fn a_connection_lost_after_the_switch_is_unknown_and_the_next_run_repairs(
+    deployer: &Deployer,
+    host: &TestHost,
+) {
+    let testbed = deployer.testbed;
+    let request = request(testbed, host);
+    let new = secrets("lost-new");
+    let paused = Paused::start(deployer, &request, &new, host, "restart");
+    // The host drops the session: every per-connection sshd dies (the
+    // listener stays), as when a host reboots or a NAT forgets the flow.
+    testbed.sh_ok(host, "pkill -KILL -f '^sshd: root'");
+    let (code, result, stderr) = paused.resume();
+    assert_eq!(code, 3, "{result}\n{stderr}");
+    assert_eq!(statuses(&result), ["unknown"]);
+    assert_eq!(result["hosts"][0]["error"]["kind"], "connectionLost");
+    assert!(result["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("needs a person"));
+    // The file was switched; the service still runs the old one.
+    assert_eq!(
+        file_on(testbed, host, TARGET).1,
+        expected_voxbridge_file(&new)
+    );
+
+    let next = deployer.run("deploy", &request, &new);
+    assert_eq!(next.code, 0, "{}", next.stdout);
+    assert_eq!(statuses(&next.json()), ["unchanged"]);
+    assert_eq!(next.json()["hosts"][0]["units"][0]["restarted"], true);
+    assert_eq!(
+        health(host, 8080, "/health")["fingerprints"]["JWT_SECRET"],
+        fingerprint(&new["JWT_SECRET"])
+    );
+}
+
+fn a_host_that_never_speaks_ssh_times_out_alone(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let mut request = voxbridge_request(
+        testbed,
+        &hosts[..2],
+        "root",
+        json!({"allowSharedChange": true}),
+    );
+    request["ssh"]["connectTimeoutMs"] = json!(2000);
+    let before = file_on(testbed, hosts[1], TARGET);
+    // The listener stops: TCP connects (the kernel accepts), SSH never speaks.
+    let sshd = testbed.sshd_pid(hosts[1]).to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &sshd])
+        .status()
+        .unwrap()
+        .success());
+    let run = deployer.run("deploy", &request, &secrets("silent"));
+    assert!(Command::new("kill")
+        .args(["-CONT", &sshd])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["deployed", "failed"]);
+    assert_eq!(result["hosts"][1]["error"]["kind"], "connectFailed");
+    let connect = &result["hosts"][1]["steps"][0];
+    assert_eq!(connect["name"], "connect");
+    // Bounded by its timeout (generously: this is a bound, not a speed target).
+    assert!(connect["ms"].as_u64().unwrap() < 6000, "{connect}");
+    assert_eq!(file_on(testbed, hosts[1], TARGET), before);
+}
+
+fn health_that_hangs_flaps_or_comes_up_slowly(deployer: &Deployer, host: &TestHost) {
+    let testbed = deployer.testbed;
+    let with_health = |mode: &str, check: Value| {
+        let mut request = request(testbed, host);
+        request["env"]["HEALTH_MODE"] = json!({"value": mode});
+        request["verify"] = json!([check]);
+        request
+    };
+    let baseline = secrets("health-base");
+    assert_eq!(
+        deployer
+            .run("deploy", &request(testbed, host), &baseline)
+            .code,
+        0
+    );
+    let before = file_on(testbed, host, TARGET);
+
+    // Flapping never gives two good answers in a row.
+    let flapping = with_health(
+        "flap",
+        json!({"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 2000, "consecutive": 2}),
+    );
+    let result = deployer.run("deploy", &flapping, &secrets("flap")).json();
+    assert_eq!(statuses(&result), ["rolledBack"], "{result}");
+    assert_eq!(result["hosts"][0]["error"]["kind"], "healthCheckFailed");
+    assert_eq!(file_on(testbed, host, TARGET), before);
+    settle(testbed, &[host]);
+
+    // Hanging: each attempt ends at its timeout, the check at its deadline.
+    let hanging = with_health(
+        "hang",
+        json!({"url": "http://{host}:8080/health", "timeoutMs": 300, "intervalMs": 100, "deadlineMs": 1500, "consecutive": 1}),
+    );
+    let run = deployer.run("deploy", &hanging, &secrets("hang"));
+    let result = run.json();
+    assert_eq!(statuses(&result), ["rolledBack"], "{result}");
+    assert_eq!(result["hosts"][0]["error"]["kind"], "healthCheckFailed");
+    assert_eq!(file_on(testbed, host, TARGET), before);
+    settle(testbed, &[host]);
+
+    // Slow to come up: 503 at first, then healthy within the deadline.
+    let slow = with_health(
+        "slow",
+        json!({"url": "http://{host}:8080/health", "intervalMs": 200, "deadlineMs": 8000, "consecutive": 2}),
+    );
+    let result = deployer.run("deploy", &slow, &secrets("slow")).json();
+    assert_eq!(statuses(&result), ["deployed"], "{result}");
+    let check = &result["hosts"][0]["checks"][0];
+    assert!(check["attempts"].as_u64().unwrap() > 2, "{check}");
+}
+
+fn a_full_disk_while_staging_changes_nothing(deployer: &Deployer, host: &TestHost) {
+    let testbed = deployer.testbed;
+    let request = request(testbed, host);
+    assert_eq!(
+        deployer.run("deploy", &request, &secrets("disk-old")).code,
+        0
+    );
+    let before = file_on(testbed, host, TARGET);
+    testbed.sh_ok(host, "mount -o remount,size=4m /opt && (dd if=/dev/zero of=/opt/filler bs=64k 2>/dev/null; true)");
+    let mut big = secrets("disk-new");
+    big.insert(
+        "REDIS_URL".into(),
+        format!("CANARY-{}", "r".repeat(100_000)),
+    );
+    let run = deployer.run("deploy", &request, &big);
+    testbed.sh_ok(host, "rm -f /opt/filler && mount -o remount,size=64m /opt");
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["failed"]);
+    assert_eq!(result["hosts"][0]["error"]["kind"], "remoteCommandFailed");
+    assert_eq!(result["hosts"][0]["changed"], false);
+    assert_eq!(file_on(testbed, host, TARGET), before);
+    let staged = testbed.sh(host, &format!("test -e {STAGED}"));
+    assert!(!staged.status.success(), "a partial staged file was left");
+    // With room again, the same deploy goes through.
+    assert_eq!(deployer.run("deploy", &request, &big).code, 0);
+}
+
+/// Builds for use (no dev-dependencies) compile the feature out.
+fn the_release_build_has_no_fault_injection() {
+    let tree = Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "-f",
+            "{p} [{f}]",
+            "--depth",
+            "0",
+        ])
+        .current_dir(crate::common::repo_root())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&tree.stdout);
+    assert!(text.starts_with("hostenv v"), "{text}");
+    assert!(!text.contains("fault-injection"), "{text}");
+    // This test binary's own build has it, so the check can tell.
+    let tests = Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal,dev",
+            "-f",
+            "{p} [{f}]",
+            "--depth",
+            "0",
+        ])
+        .current_dir(crate::common::repo_root())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&tests.stdout).contains("fault-injection"));
+}
