@@ -10,6 +10,7 @@ mod hostile;
 mod intake;
 mod jenkins;
 mod lint;
+mod load;
 mod rotation;
 mod round_trip;
 mod schema_files;

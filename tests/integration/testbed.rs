@@ -49,7 +49,11 @@ pub struct Testbed {
     /// Authorized nowhere.
     pub stranger_key: PathBuf,
     inotify_before: Option<String>,
+    /// One testbed at a time per process: they share addresses and a directory.
+    _exclusive: std::sync::MutexGuard<'static, ()>,
 }
+
+static IN_USE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn run(command: &mut Command) -> Output {
     let output = command
@@ -87,6 +91,10 @@ fn keygen(path: &Path) {
 impl Testbed {
     /// Brings up `count` hosts and waits until each one's sshd answers.
     pub fn start(count: usize) -> Testbed {
+        // A test that failed with the testbed up poisons the lock; the next may still go.
+        let exclusive = IN_USE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for tool in [
             "/usr/sbin/sshd",
             "/usr/lib/systemd/systemd",
@@ -176,6 +184,7 @@ impl Testbed {
             client_key,
             stranger_key,
             inotify_before,
+            _exclusive: exclusive,
         };
         let mut known_hosts = String::new();
         for index in 0..count {
