@@ -188,6 +188,9 @@ pub struct Output {
     pub stderr: String,
 }
 
+/// The most one write to a channel offers (libssh2 takes less when its window is smaller).
+const UPLOAD_CHUNK: usize = 32 * 1024;
+
 /// An authenticated session to one host. After authentication it runs
 /// non-blocking, so that while a command runs, the host lock's heartbeat
 /// (see `lock.rs`) keeps going on its own channel of the same session.
@@ -361,6 +364,7 @@ impl Connection {
     }
 
     /// Starts `command` and writes `stdin` to it, leaving the channel open.
+    /// Writes go in chunks of at most [`UPLOAD_CHUNK`] bytes.
     fn start(
         &self,
         host: &str,
@@ -375,8 +379,17 @@ impl Connection {
             channel.exec(command)
         })?;
         let mut written = 0;
+        #[cfg(feature = "fault-injection")]
+        let mut paused = false;
         while written < stdin.len() {
-            match channel.write(&stdin[written..]) {
+            // A test may cut the connection here, partway through an upload.
+            #[cfg(feature = "fault-injection")]
+            if written > 0 && !paused {
+                paused = true;
+                crate::fault::pause_before(host, "mid-upload");
+            }
+            let end = stdin.len().min(written + UPLOAD_CHUNK);
+            match channel.write(&stdin[written..end]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.idle(host, deadline)?

@@ -348,7 +348,7 @@ fn instances_restart_one_at_a_time_each_checked_before_the_next(
 /// iptables rules that keep root (hostenv) away from a host's SSH and health
 /// ports; the bastion's and the host's own sshd (running as the login user)
 /// still get through. Removed on drop.
-struct Firewall(Vec<Vec<String>>);
+pub(crate) struct Firewall(Vec<Vec<String>>);
 
 impl Firewall {
     fn close_to_root(addr: &str, ports: &[u16]) -> Firewall {
@@ -384,6 +384,38 @@ impl Firewall {
                 .success());
         }
         Firewall(rules)
+    }
+}
+
+impl Firewall {
+    /// Silently drops what root sends to `addr:port`: a connection cut
+    /// without a word (no reset, no ICMP), noticed only by timeouts.
+    pub(crate) fn drop_from_root(addr: &str, port: u16) -> Firewall {
+        let rule: Vec<String> = [
+            "-p",
+            "tcp",
+            "-d",
+            addr,
+            "--dport",
+            &port.to_string(),
+            "-m",
+            "owner",
+            "--uid-owner",
+            "0",
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert!(Command::new("iptables")
+            .arg("-I")
+            .arg("OUTPUT")
+            .args(&rule)
+            .status()
+            .unwrap()
+            .success());
+        Firewall(vec![rule])
     }
 }
 

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::deploy::{
     expected_voxbridge_file, file_on, fingerprint, health, secrets, settle, statuses,
-    voxbridge_request, Deployer,
+    voxbridge_request, Deployer, Firewall,
 };
 use crate::testbed::{TestHost, Testbed};
 
@@ -102,6 +102,8 @@ pub(crate) fn scenarios(deployer: &Deployer, hosts: &[&TestHost]) {
     settle(testbed, hosts);
     a_full_disk_while_staging_changes_nothing(deployer, hosts[2]);
     settle(testbed, hosts);
+    a_connection_cut_or_reset_mid_upload_changes_nothing(deployer, hosts[0]);
+    settle(testbed, hosts);
     the_release_build_has_no_fault_injection();
 }
 
@@ -114,13 +116,15 @@ fn request(testbed: &Testbed, host: &TestHost) -> Value {
     )
 }
 
-/// A staged file, if one is left, is private to the service user.
+/// A staged file, if one is left, is `0600`: root's while it is being
+/// written, the service user's once whole.
 fn assert_no_readable_staged_file(testbed: &Testbed, host: &TestHost) {
     let staged = testbed.sh(host, &format!("stat -c '%U %a' {STAGED}"));
     if staged.status.success() {
-        assert_eq!(
-            String::from_utf8_lossy(&staged.stdout).trim(),
-            "voxbridge 600"
+        let seen = String::from_utf8_lossy(&staged.stdout).trim().to_string();
+        assert!(
+            seen == "voxbridge 600" || seen == "root 600",
+            "staged file: {seen}"
         );
     }
 }
@@ -323,6 +327,47 @@ fn a_full_disk_while_staging_changes_nothing(deployer: &Deployer, host: &TestHos
     assert!(!staged.status.success(), "a partial staged file was left");
     // With room again, the same deploy goes through.
     assert_eq!(deployer.run("deploy", &request, &big).code, 0);
+}
+
+/// Halfway through staging a large file, the connection is cut (packets
+/// dropped, so only the I/O timeout notices) or reset (the host's session
+/// dies). Either way the target is untouched and the next run deploys.
+fn a_connection_cut_or_reset_mid_upload_changes_nothing(deployer: &Deployer, host: &TestHost) {
+    let testbed = deployer.testbed;
+    let mut request = request(testbed, host);
+    request["ssh"]["ioTimeoutMs"] = json!(3000);
+    request["rollout"]["lockWaitMs"] = json!(15000);
+    for fault in ["cut", "reset"] {
+        settle(testbed, &[host]);
+        let old = secrets(&format!("{fault}-old"));
+        assert_eq!(deployer.run("deploy", &request, &old).code, 0);
+        let before = file_on(testbed, host, TARGET);
+        let mut big = secrets(&format!("{fault}-new"));
+        big.insert(
+            "REDIS_URL".into(),
+            format!("CANARY-{fault}-{}", "u".repeat(120_000)),
+        );
+        let paused = Paused::start(deployer, &request, &big, host, "mid-upload");
+        let (code, result, stderr) = if fault == "cut" {
+            let _firewall = Firewall::drop_from_root(&host.addr, 22);
+            paused.resume()
+        } else {
+            testbed.sh_ok(host, "pkill -KILL -f '^sshd: root'");
+            paused.resume()
+        };
+        assert_eq!(code, 1, "{fault}: {result}\n{stderr}");
+        assert_eq!(statuses(&result), ["failed"], "{fault}");
+        assert_eq!(
+            result["hosts"][0]["error"]["kind"], "connectionLost",
+            "{fault}"
+        );
+        assert_eq!(result["hosts"][0]["changed"], false);
+        assert_eq!(file_on(testbed, host, TARGET), before, "{fault}");
+        assert_no_readable_staged_file(testbed, host);
+        let next = deployer.run("deploy", &request, &big);
+        assert_eq!(next.code, 0, "after a {fault}: {}", next.stdout);
+        assert_eq!(statuses(&next.json()), ["deployed"]);
+    }
 }
 
 /// Builds for use (no dev-dependencies) compile the feature out.
