@@ -94,16 +94,25 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// The forms a leaked secret could take in text: raw, JSON-escaped, base64,
-/// URL-encoded.
+/// URL-encoded, shell-quoted, and backslash-escaped as in an env file.
 pub fn leak_forms(secret: &str) -> Vec<String> {
     use base64::Engine;
     let json = serde_json::to_string(secret).expect("json");
+    let mut escaped = String::new();
+    for c in secret.chars() {
+        if matches!(c, '"' | '\\' | '`' | '$') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
     let mut forms = vec![
         secret.to_string(),
         json[1..json.len() - 1].to_string(),
         base64::engine::general_purpose::STANDARD.encode(secret),
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(secret),
         url_encode(secret),
+        format!("'{}'", secret.replace('\'', r"'\''")),
+        escaped,
     ];
     forms.sort();
     forms.dedup();

@@ -1309,28 +1309,57 @@ impl ExecTrace {
     }
 }
 
-/// Canary secrets go through a deploy, a failed deploy with rollback, and a
-/// sudo deploy; afterwards they are nowhere but in the target files, their
-/// backups and the services' own environments: not in any command line or
-/// environment executed on the hosts (execve traced from sshd), not in the
-/// journals, not in any other file on the hosts or in the working directory,
-/// not in any other process's environment, not in stdout or stderr.
+/// Canary secrets go through check, plan, deploy (success, failed health with
+/// rollback, through sudo), rollback, drift, a rotation across voxcore and
+/// voxdialler, its drift and its rollback; afterwards they are nowhere but in
+/// the target files, their backups and the services' own main processes: not
+/// in stdout, stderr or any JUnit file, not in any command line or environment
+/// executed on the hosts (execve traced from sshd), not in the journals or the
+/// audit logs, not in any other file on the hosts or in the working directory,
+/// not in any other process's environment — raw, JSON-escaped, base64,
+/// URL-encoded, shell-quoted or escaped as in an env file.
 fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
     let testbed = deployer.testbed;
     let good = secrets("contained");
     let mut bad = secrets("rolled-back");
     bad.insert("MONGODB_URI".into(), good["MONGODB_URI"].clone());
-    let canaries: Vec<String> = good.values().chain(bad.values()).cloned().collect();
+    let (first, second) = (
+        crate::rotation::contained_generation("window-one"),
+        crate::rotation::contained_generation("window-two"),
+    );
+    let canaries: Vec<String> = [&good, &bad, &first, &second]
+        .iter()
+        .flat_map(|m| m.values().cloned())
+        .collect();
+    let junit = |name: &str| deployer.work.path().join(format!("{name}.junit.xml"));
+    // Every action with its JUnit file; stdout and stderr searched for every canary.
+    let run = |action: &str, name: &str, request: &Value, values: &BTreeMap<String, String>| {
+        let file = junit(name);
+        let run = deployer.run_args(
+            &[action, "--junit", file.to_str().unwrap()],
+            request,
+            values,
+        );
+        assert_no_leak("stdout", &run.stdout, &canaries);
+        assert_no_leak("stderr", &run.stderr, &canaries);
+        let xml = std::fs::read_to_string(&file).expect("the JUnit file");
+        assert_no_leak(&format!("the JUnit file of {name}"), &xml, &canaries);
+        run.json()
+    };
 
     let trace = ExecTrace::start(testbed, hosts, "contained");
 
     let request = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
-    let run = deployer.run("deploy", &request, &good);
+    assert_eq!(run("check", "check", &request, &good)["ok"], true);
     assert_eq!(
-        statuses(&run.json()),
+        statuses(&run("plan", "plan", &request, &good)),
+        ["planned", "planned", "planned"]
+    );
+    let result = run("deploy", "deploy", &request, &good);
+    assert_eq!(
+        statuses(&result),
         ["deployed", "deployed", "deployed"],
-        "{}",
-        run.stdout
+        "{result}"
     );
     let mut failing = voxbridge_request(
         testbed,
@@ -1339,18 +1368,46 @@ fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
         json!({"verify": quick_verify(1000)}),
     );
     failing["env"]["HEALTH_MODE"] = json!({"value": "fail"});
-    let run = deployer.run("deploy", &failing, &bad);
-    assert_eq!(statuses(&run.json()), ["rolledBack"], "{}", run.stdout);
+    assert_eq!(
+        statuses(&run("deploy", "failing", &failing, &bad)),
+        ["rolledBack"]
+    );
     let sudo_request = voxbridge_request(
         testbed,
         &hosts[1..2],
         "deploy",
         json!({"allowSharedChange": true}),
     );
-    let run = deployer.run("deploy", &sudo_request, &bad);
-    assert_eq!(statuses(&run.json()), ["deployed"], "{}", run.stdout);
-    let run = deployer.run("deploy", &sudo_request, &good);
-    assert_eq!(statuses(&run.json()), ["deployed"], "{}", run.stdout);
+    assert_eq!(
+        statuses(&run("deploy", "sudo-bad", &sudo_request, &bad)),
+        ["deployed"]
+    );
+    // Back to the good file, the one the sudo deploy replaced.
+    assert_eq!(
+        statuses(&run(
+            "rollback",
+            "rollback",
+            &sudo_request,
+            &BTreeMap::new()
+        )),
+        ["rolledBack"]
+    );
+    assert_eq!(
+        statuses(&run("drift", "drift", &request, &good)),
+        ["inSync", "inSync", "inSync"]
+    );
+
+    // A rotation of VOXCORE_SECRET across the fleet and the dialler, and its rollback.
+    crate::rotation::write_contracts(deployer.work.path());
+    let rotation = crate::rotation::rotation_request(testbed, hosts);
+    for (name, values) in [("window-one", &first), ("window-two", &second)] {
+        let result = run("deploy", name, &rotation, values);
+        assert_eq!(result["ok"], true, "{result}");
+    }
+    let result = run("drift", "window-drift", &rotation, &second);
+    assert_eq!(result["shared"][0]["identical"], true);
+    let result = run("rollback", "window-rollback", &rotation, &BTreeMap::new());
+    assert_eq!(result["ok"], true, "{result}");
 
     trace.assert_clean("hostenv-stage", &canaries);
 
@@ -1387,7 +1444,12 @@ fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
         let elsewhere: Vec<&str> = files
             .lines()
             .filter(|f| {
-                *f != "/opt/voxbridge/.env" && !f.starts_with("/var/lib/hostenv/voxbridge/env.")
+                !["voxbridge", "voxcore", "voxdialler"]
+                    .iter()
+                    .any(|service| {
+                        *f == format!("/opt/{service}/.env")
+                            || f.starts_with(&format!("/var/lib/hostenv/{service}/env."))
+                    })
             })
             .collect();
         assert!(
@@ -1395,13 +1457,17 @@ fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
             "files holding a secret on {}: {elsewhere:?}",
             host.addr
         );
-        let service = testbed.sh_ok(host, "systemctl show -p MainPID --value voxbridge.service");
+        // The services' own main processes get the values by design; nothing else may.
+        let services = testbed.sh_ok(
+            host,
+            "systemctl show -p MainPID --value voxbridge.service 'voxcore@*.service' voxdialler.service | grep -v '^0$' | tr '\\n' ' '",
+        );
         let environments = testbed.sh(
             host,
             &format!(
-                "for p in /proc/[0-9]*; do [ \"${{p#/proc/}}\" = {} ] && continue; \
+                "for p in /proc/[0-9]*; do case \" {} \" in *\" ${{p#/proc/}} \"*) continue;; esac; \
                  grep -qaF -f {patterns} $p/environ 2>/dev/null && echo $p $(tr '\\0' ' ' < $p/cmdline); done",
-                service.trim()
+                services.trim()
             ),
         );
         assert_eq!(
@@ -1420,6 +1486,11 @@ fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
         String::from_utf8_lossy(&local.stdout),
         "",
         "files in the working directory holding a secret"
+    );
+    // Later scenarios expect the dialler host without a voxdialler file.
+    testbed.sh_ok(
+        hosts[2],
+        "systemctl stop voxdialler.service; rm -rf /opt/voxdialler/.env /var/lib/hostenv/voxdialler",
     );
 }
 

@@ -72,7 +72,7 @@ fn fleet_urls(hosts: &[&TestHost]) -> String {
 }
 
 /// VOXCORE_SECRET rotated across the fleet (hosts 0 and 1) and the dialler (host 2).
-fn rotation_request(testbed: &Testbed, hosts: &[&TestHost]) -> Value {
+pub(crate) fn rotation_request(testbed: &Testbed, hosts: &[&TestHost]) -> Value {
     json!({
         "apiVersion": "hostenv/v1",
         "kind": "Rotation",
@@ -223,11 +223,30 @@ fn switch_order(stderr: &str) -> Vec<String> {
         .collect()
 }
 
-pub(crate) fn scenarios(deployer: &Deployer, hosts: &[&TestHost]) {
-    let testbed = deployer.testbed;
-    let work = deployer.work.path();
+/// The fleet's and the dialler's contracts, where `rotation_request` expects them.
+pub(crate) fn write_contracts(work: &std::path::Path) {
     std::fs::write(work.join("fleet.env.example"), FLEET_CONTRACT).unwrap();
     std::fs::write(work.join("dialler.env.example"), DIALLER_CONTRACT).unwrap();
+}
+
+/// Canary values for `rotation_request`, for the containment test: every
+/// secret of the generation is one, MONGODB_URI the dialler's usual one.
+pub(crate) fn contained_generation(name: &str) -> BTreeMap<String, String> {
+    let mut values = generation(name);
+    values.insert(
+        "LIVEKIT_API_KEY".into(),
+        format!("CANARY-livekit-key-{name}"),
+    );
+    values.insert(
+        "LIVEKIT_API_SECRET".into(),
+        format!("CANARY-livekit-secret-{name}"),
+    );
+    values
+}
+
+pub(crate) fn scenarios(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    write_contracts(deployer.work.path());
 
     let trace = ExecTrace::start(testbed, hosts, "rotation");
     a_rotation_switches_the_fleet_first_then_the_dialler(deployer, hosts);
