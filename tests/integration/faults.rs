@@ -116,6 +116,14 @@ fn request(testbed: &Testbed, host: &TestHost) -> Value {
     )
 }
 
+/// Every backup of the host's file, named, with its bytes.
+fn backups(testbed: &Testbed, host: &TestHost) -> String {
+    testbed.sh_ok(
+        host,
+        "cd /var/lib/hostenv/voxbridge && for f in env.*; do [ -e \"$f\" ] && echo \"== $f $(stat -c '%U %a' \"$f\")\" && cat \"$f\"; done; true",
+    )
+}
+
 /// A staged file, if one is left, is `0600`: root's while it is being
 /// written, the service user's once whole.
 fn assert_no_readable_staged_file(testbed: &Testbed, host: &TestHost) {
@@ -138,7 +146,26 @@ fn killed_at_each_step_leaves_a_whole_file_and_converges(deployer: &Deployer, ho
         let old = secrets(&format!("kill-{step}-old"));
         let new = secrets(&format!("kill-{step}-new"));
         assert_eq!(deployer.run("deploy", &request, &old).code, 0);
+        let backups_before = backups(testbed, host);
         Paused::start(deployer, &request, &new, host, step).kill();
+        if step == "switch" {
+            assert_eq!(
+                backups(testbed, host),
+                backups_before,
+                "killed before switch"
+            );
+        } else {
+            // The switch kept the old file as the newest backup (owner and mode
+            // kept, inside the root-only state directory).
+            let env_1 = testbed.sh_ok(
+                host,
+                "stat -c '%U %a' /var/lib/hostenv/voxbridge/env.1; cat /var/lib/hostenv/voxbridge/env.1",
+            );
+            assert_eq!(
+                env_1,
+                format!("voxbridge 600\n{}", expected_voxbridge_file(&old))
+            );
+        }
 
         // Before the switch the old file is whole; after it, the new one.
         let expected = if step == "switch" { &old } else { &new };
@@ -309,6 +336,7 @@ fn a_full_disk_while_staging_changes_nothing(deployer: &Deployer, host: &TestHos
         0
     );
     let before = file_on(testbed, host, TARGET);
+    let backups_before = backups(testbed, host);
     testbed.sh_ok(host, "mount -o remount,size=4m /opt && (dd if=/dev/zero of=/opt/filler bs=64k 2>/dev/null; true)");
     let mut big = secrets("disk-new");
     big.insert(
@@ -323,6 +351,7 @@ fn a_full_disk_while_staging_changes_nothing(deployer: &Deployer, host: &TestHos
     assert_eq!(result["hosts"][0]["error"]["kind"], "remoteCommandFailed");
     assert_eq!(result["hosts"][0]["changed"], false);
     assert_eq!(file_on(testbed, host, TARGET), before);
+    assert_eq!(backups(testbed, host), backups_before);
     let staged = testbed.sh(host, &format!("test -e {STAGED}"));
     assert!(!staged.status.success(), "a partial staged file was left");
     // With room again, the same deploy goes through.
@@ -342,6 +371,7 @@ fn a_connection_cut_or_reset_mid_upload_changes_nothing(deployer: &Deployer, hos
         let old = secrets(&format!("{fault}-old"));
         assert_eq!(deployer.run("deploy", &request, &old).code, 0);
         let before = file_on(testbed, host, TARGET);
+        let backups_before = backups(testbed, host);
         let mut big = secrets(&format!("{fault}-new"));
         big.insert(
             "REDIS_URL".into(),
@@ -363,6 +393,7 @@ fn a_connection_cut_or_reset_mid_upload_changes_nothing(deployer: &Deployer, hos
         );
         assert_eq!(result["hosts"][0]["changed"], false);
         assert_eq!(file_on(testbed, host, TARGET), before, "{fault}");
+        assert_eq!(backups(testbed, host), backups_before, "{fault}");
         assert_no_readable_staged_file(testbed, host);
         let next = deployer.run("deploy", &request, &big);
         assert_eq!(next.code, 0, "after a {fault}: {}", next.stdout);
