@@ -78,7 +78,18 @@ pub(crate) struct Deployer<'a> {
     pub(crate) work: TempDir,
 }
 
-impl Deployer<'_> {
+impl<'a> Deployer<'a> {
+    /// A deployer with its own working directory holding the voxbridge contract.
+    pub(crate) fn new(testbed: &'a Testbed, label: &str) -> Deployer<'a> {
+        let work = TempDir::new(label);
+        std::fs::write(
+            work.path().join("voxbridge.env.example"),
+            VOXBRIDGE_CONTRACT,
+        )
+        .unwrap();
+        Deployer { testbed, work }
+    }
+
     pub(crate) fn run(
         &self,
         action: &str,
@@ -218,16 +229,7 @@ pub(crate) fn expected_voxbridge_file(secrets: &BTreeMap<String, String>) -> Str
 #[test]
 fn deploy_on_the_testbed() {
     let testbed = Testbed::start(3);
-    let work = TempDir::new("deploy");
-    std::fs::write(
-        work.path().join("voxbridge.env.example"),
-        VOXBRIDGE_CONTRACT,
-    )
-    .unwrap();
-    let deployer = Deployer {
-        testbed: &testbed,
-        work,
-    };
+    let deployer = Deployer::new(&testbed, "deploy");
     let hosts: Vec<&TestHost> = testbed.hosts.iter().collect();
 
     first_deploy_installs_and_restarts(&deployer, &hosts);
@@ -352,28 +354,21 @@ pub(crate) struct Firewall(Vec<Vec<String>>);
 
 impl Firewall {
     fn close_to_root(addr: &str, ports: &[u16]) -> Firewall {
-        let rules: Vec<Vec<String>> = ports
-            .iter()
-            .map(|port| {
-                [
-                    "-p",
-                    "tcp",
-                    "-d",
-                    addr,
-                    "--dport",
-                    &port.to_string(),
-                    "-m",
-                    "owner",
-                    "--uid-owner",
-                    "0",
-                    "-j",
-                    "REJECT",
-                ]
+        Firewall::insert(
+            ports
                 .iter()
-                .map(|s| s.to_string())
-                .collect()
-            })
-            .collect();
+                .map(|port| rule(addr, *port, "REJECT"))
+                .collect(),
+        )
+    }
+
+    /// Silently drops what root sends to `addr:port`: a connection cut
+    /// without a word (no reset, no ICMP), noticed only by timeouts.
+    pub(crate) fn drop_from_root(addr: &str, port: u16) -> Firewall {
+        Firewall::insert(vec![rule(addr, port, "DROP")])
+    }
+
+    fn insert(rules: Vec<Vec<String>>) -> Firewall {
         for rule in &rules {
             assert!(Command::new("iptables")
                 .arg("-I")
@@ -387,36 +382,26 @@ impl Firewall {
     }
 }
 
-impl Firewall {
-    /// Silently drops what root sends to `addr:port`: a connection cut
-    /// without a word (no reset, no ICMP), noticed only by timeouts.
-    pub(crate) fn drop_from_root(addr: &str, port: u16) -> Firewall {
-        let rule: Vec<String> = [
-            "-p",
-            "tcp",
-            "-d",
-            addr,
-            "--dport",
-            &port.to_string(),
-            "-m",
-            "owner",
-            "--uid-owner",
-            "0",
-            "-j",
-            "DROP",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert!(Command::new("iptables")
-            .arg("-I")
-            .arg("OUTPUT")
-            .args(&rule)
-            .status()
-            .unwrap()
-            .success());
-        Firewall(vec![rule])
-    }
+/// An OUTPUT rule for root's packets to `addr:port`.
+fn rule(addr: &str, port: u16, target: &str) -> Vec<String> {
+    let port = port.to_string();
+    [
+        "-p",
+        "tcp",
+        "-d",
+        addr,
+        "--dport",
+        &port,
+        "-m",
+        "owner",
+        "--uid-owner",
+        "0",
+        "-j",
+        target,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 impl Drop for Firewall {

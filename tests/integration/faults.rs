@@ -299,23 +299,21 @@ fn health_that_hangs_flaps_or_comes_up_slowly(deployer: &Deployer, host: &TestHo
         "flap",
         json!({"url": "http://{host}:8080/health", "intervalMs": 100, "deadlineMs": 2000, "consecutive": 2}),
     );
-    let result = deployer.run("deploy", &flapping, &secrets("flap")).json();
-    assert_eq!(statuses(&result), ["rolledBack"], "{result}");
-    assert_eq!(result["hosts"][0]["error"]["kind"], "healthCheckFailed");
-    assert_eq!(file_on(testbed, host, TARGET), before);
-    settle(testbed, &[host]);
+    let rolls_back = |request: &Value, generation: &str| {
+        let result = deployer.run("deploy", request, &secrets(generation)).json();
+        assert_eq!(statuses(&result), ["rolledBack"], "{result}");
+        assert_eq!(result["hosts"][0]["error"]["kind"], "healthCheckFailed");
+        assert_eq!(file_on(testbed, host, TARGET), before);
+        settle(testbed, &[host]);
+    };
+    rolls_back(&flapping, "flap");
 
     // Hanging: each attempt ends at its timeout, the check at its deadline.
     let hanging = with_health(
         "hang",
         json!({"url": "http://{host}:8080/health", "timeoutMs": 300, "intervalMs": 100, "deadlineMs": 1500, "consecutive": 1}),
     );
-    let run = deployer.run("deploy", &hanging, &secrets("hang"));
-    let result = run.json();
-    assert_eq!(statuses(&result), ["rolledBack"], "{result}");
-    assert_eq!(result["hosts"][0]["error"]["kind"], "healthCheckFailed");
-    assert_eq!(file_on(testbed, host, TARGET), before);
-    settle(testbed, &[host]);
+    rolls_back(&hanging, "hang");
 
     // Slow to come up: 503 at first, then healthy within the deadline.
     let slow = with_health(
@@ -403,37 +401,27 @@ fn a_connection_cut_or_reset_mid_upload_changes_nothing(deployer: &Deployer, hos
 
 /// Builds for use (no dev-dependencies) compile the feature out.
 fn the_release_build_has_no_fault_injection() {
-    let tree = Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "--offline",
-            "-e",
-            "normal",
-            "-f",
-            "{p} [{f}]",
-            "--depth",
-            "0",
-        ])
-        .current_dir(crate::common::repo_root())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&tree.stdout);
-    assert!(text.starts_with("hostenv v"), "{text}");
-    assert!(!text.contains("fault-injection"), "{text}");
+    // hostenv's features for the given kinds of dependency edges.
+    let features = |edges: &str| {
+        let tree = Command::new(env!("CARGO"))
+            .args([
+                "tree",
+                "--offline",
+                "-e",
+                edges,
+                "-f",
+                "{p} [{f}]",
+                "--depth",
+                "0",
+            ])
+            .current_dir(crate::common::repo_root())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&tree.stdout).into_owned()
+    };
+    let build = features("normal");
+    assert!(build.starts_with("hostenv v"), "{build}");
+    assert!(!build.contains("fault-injection"), "{build}");
     // This test binary's own build has it, so the check can tell.
-    let tests = Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "--offline",
-            "-e",
-            "normal,dev",
-            "-f",
-            "{p} [{f}]",
-            "--depth",
-            "0",
-        ])
-        .current_dir(crate::common::repo_root())
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&tests.stdout).contains("fault-injection"));
+    assert!(features("normal,dev").contains("fault-injection"));
 }

@@ -7,10 +7,7 @@ use std::process::Command;
 use pretty_assertions::assert_eq;
 use serde_json::json;
 
-use crate::common::TempDir;
-use crate::deploy::{
-    fingerprint, health, secrets, voxbridge_request, Deployer, VOXBRIDGE_CONTRACT,
-};
+use crate::deploy::{fingerprint, health, secrets, voxbridge_request, Deployer};
 use crate::testbed::{TestHost, Testbed};
 
 const HOSTS: usize = 50;
@@ -19,16 +16,7 @@ const DEADLINE_MS: u64 = 120_000;
 #[test]
 fn fifty_hosts_with_five_failing_in_assorted_ways() {
     let testbed = Testbed::start(HOSTS);
-    let work = TempDir::new("load");
-    std::fs::write(
-        work.path().join("voxbridge.env.example"),
-        VOXBRIDGE_CONTRACT,
-    )
-    .unwrap();
-    let deployer = Deployer {
-        testbed: &testbed,
-        work,
-    };
+    let deployer = Deployer::new(&testbed, "load");
     let hosts: Vec<&TestHost> = testbed.hosts.iter().collect();
 
     // The five, and how each fails.
