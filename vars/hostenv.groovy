@@ -93,13 +93,17 @@ void expect(String step, String name, def value, Class type, boolean nullable = 
 
 /** The credential map of `service` from resources/credentials/, or null when the library has none. */
 Map credentialMap(String service) {
-    def text
+    def text = credentialMapText(service)
+    return text == null ? null : readJSON(text: text, returnPojo: true)
+}
+
+/** The text of resources/credentials/<service>.json, or null when the library has none. */
+String credentialMapText(String service) {
     try {
-        text = libraryResource("credentials/${service}.json")
+        return libraryResource("credentials/${service}.json")
     } catch (Exception missing) {
         return null
     }
-    return readJSON(text: text, returnPojo: true)
 }
 
 /**
@@ -352,10 +356,8 @@ Map lint(String path, List services, Map options) {
     def work = "${pwd(tmp: true)}/hostenv-${UUID.randomUUID()}"
     checkBinary('lint', binary, work)
     for (def service : services) {
-        def text
-        try {
-            text = libraryResource("credentials/${service}.json")
-        } catch (Exception missing) {
+        def text = credentialMapText(service)
+        if (text == null) {
             error("hostenvLint: argument 'services': the library has no credential map for '${service}'")
         }
         writeFile(file: "${work}/maps/${service}.json", text: text)

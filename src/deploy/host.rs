@@ -109,7 +109,7 @@ impl<'a> HostRun<'a> {
 
     /// `host` for a Deploy, `service host` within a Rotation.
     pub fn name(&self) -> String {
-        if self.context.in_rotation {
+        if self.context.in_rotation() {
             format!("{} {}", self.context.settings.service, self.host.name)
         } else {
             self.host.name.clone()

@@ -73,10 +73,10 @@ struct Context<'a> {
     holder: String,
     /// `rollback --to N`: which backup goes back (1 = the newest).
     rollback_to: u32,
-    /// Part of a Rotation: host names in messages carry the service.
-    in_rotation: bool,
     /// Every service of the run, for the audit trail.
     window_services: Vec<String>,
+    /// The deployment's place in the request (0 for a Deploy).
+    index: usize,
 }
 
 impl<'a> Context<'a> {
@@ -98,7 +98,6 @@ impl<'a> Context<'a> {
         };
         let ssh = SshConfig::from_request(deployment.ssh.as_ref(), at, env)?;
         let rollout = Rollout::from_request(deployment, at, settings.hosts.len())?;
-        let in_rotation = window_services.len() > 1;
         let guarded_keys = match &prepared {
             Some(prepared) if deployment.allow_shared_change != Some(true) => prepared
                 .contract
@@ -144,11 +143,16 @@ impl<'a> Context<'a> {
             lock_wait: rollout.lock_wait,
             holder: holder(action, deployment),
             rollback_to: options.rollback_to.max(1),
-            in_rotation,
             window_services: window_services.to_vec(),
+            index: 0,
             settings,
             prepared,
         })
+    }
+
+    /// Part of a Rotation: host names in messages carry the service.
+    fn in_rotation(&self) -> bool {
+        self.window_services.len() > 1
     }
 
     fn contract_report(&self) -> ContractReport {
@@ -196,7 +200,7 @@ pub fn run(
         action, deployment, "", prepared, &services, env, catalog, options, started,
     )?;
     let mut runs = context.host_runs();
-    open(&mut runs, options, report);
+    open(&mut runs, context.rollout.parallel, options, report);
     match action {
         Action::Plan => in_parallel(&mut runs, context.rollout.parallel, HostRun::plan),
         Action::Drift => in_parallel(&mut runs, context.rollout.parallel, HostRun::drift),
@@ -236,18 +240,16 @@ pub fn run_rotation(
     let mut contexts = Vec::new();
     for (index, (deployment, prepared)) in rotation.deployments.iter().zip(prepared).enumerate() {
         let at = format!("/deployments/{index}");
-        contexts.push(Context::new(
+        let mut context = Context::new(
             action, deployment, &at, prepared, &services, env, catalog, options, started,
-        )?);
+        )?;
+        context.index = index;
+        contexts.push(context);
     }
     let overlap = window::Overlap::from_request(rotation, &contexts)?;
     let mut runs: Vec<HostRun> = contexts.iter().flat_map(Context::host_runs).collect();
-    open(&mut runs, options, report);
-    let parallel = contexts
-        .iter()
-        .map(|c| c.rollout.parallel)
-        .max()
-        .unwrap_or(1);
+    let parallel = widest(&contexts);
+    open(&mut runs, parallel, options, report);
     let mut differences = false;
     match action {
         Action::Plan => in_parallel(&mut runs, parallel, HostRun::plan),
@@ -259,7 +261,9 @@ pub fn run_rotation(
             report.shared = Some(reports);
         }
         _ => {
-            if let Some(reports) = window::apply(&mut runs, &contexts, &overlap, &rotation.shared) {
+            if let Some(reports) =
+                window::apply(&mut runs, &contexts, &overlap, &rotation.shared, parallel)
+            {
                 report.shared = Some(reports);
             }
         }
@@ -275,11 +279,7 @@ pub fn run_rotation(
         })
         .collect();
     for run in runs {
-        let index = contexts
-            .iter()
-            .position(|c| std::ptr::eq(c, run.context))
-            .expect("every run belongs to a deployment");
-        deployments[index].hosts.push(run.into_report());
+        deployments[run.context.index].hosts.push(run.into_report());
     }
     let mut summary = Summary::default();
     for deployment in &mut deployments {
@@ -291,13 +291,8 @@ pub fn run_rotation(
     conclude(report, error, differences)
 }
 
-/// Connects, locks and assesses every host, then checks `--expect-plan`.
-fn open(runs: &mut [HostRun], options: &RunOptions, report: &mut Report) {
-    let parallel = runs
-        .iter()
-        .map(|run| run.context.rollout.parallel)
-        .max()
-        .unwrap_or(1);
+/// Connects, locks and assesses every host, `parallel` at once, then checks `--expect-plan`.
+fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mut Report) {
     in_parallel(runs, parallel, HostRun::connect);
     let mut order: Vec<usize> = (0..runs.len()).collect();
     order.sort_by(|a, b| {
@@ -342,6 +337,15 @@ fn conclude(report: &mut Report, error: Option<Error>, differences: bool) -> Res
         report.exit_code = EXIT_DIFFERENCES;
     }
     Ok(())
+}
+
+/// How many hosts a run takes on at once: the most any of its deployments allows.
+fn widest(contexts: &[Context]) -> usize {
+    contexts
+        .iter()
+        .map(|c| c.rollout.parallel)
+        .max()
+        .unwrap_or(1)
 }
 
 /// Whether an action changes hosts (and so takes exclusive locks).

@@ -57,13 +57,12 @@ impl Overlap {
     fn interim_files(
         &self,
         runs: &[HostRun],
-        contexts: &[Context],
     ) -> std::result::Result<Vec<Option<SecretString>>, HostError> {
         let mut old_values: Vec<(String, String)> = Vec::new();
         for key in &self.keys {
             let mut holders: BTreeMap<Option<&String>, Vec<String>> = BTreeMap::new();
             let mut rotates = false;
-            for run in runs.iter().filter(|run| self.verifies(run, contexts)) {
+            for run in runs.iter().filter(|run| self.verifies(run)) {
                 let current = run.assessment.as_ref().expect("assessed");
                 let old = current.current_values.get(key);
                 rotates |= old.map(String::as_str) != run.value_of(key);
@@ -103,7 +102,7 @@ impl Overlap {
         Ok(runs
             .iter()
             .map(|run| {
-                if !self.verifies(run, contexts) {
+                if !self.verifies(run) {
                     return None;
                 }
                 let contract = &run.context.prepared.as_ref()?.contract;
@@ -124,8 +123,8 @@ impl Overlap {
             .collect())
     }
 
-    fn verifies(&self, run: &HostRun, contexts: &[Context]) -> bool {
-        self.verifiers[deployment_of(run, contexts)]
+    fn verifies(&self, run: &HostRun) -> bool {
+        self.verifiers[run.context.index]
     }
 
     /// The switching steps in order: (deployment, whether its hosts were
@@ -143,13 +142,6 @@ impl Overlap {
             .chain(verifiers.map(|d| (d, true)))
             .collect()
     }
-}
-
-fn deployment_of(run: &HostRun, contexts: &[Context]) -> usize {
-    contexts
-        .iter()
-        .position(|c| std::ptr::eq(c, run.context))
-        .expect("every run belongs to a deployment")
 }
 
 /// Where each deployment's runs are (runs are in deployment order).
@@ -173,12 +165,8 @@ pub(super) fn apply(
     contexts: &[Context],
     overlap: &Overlap,
     shared_keys: &[String],
+    parallel: usize,
 ) -> Option<Vec<SharedKeyReport>> {
-    let parallel = contexts
-        .iter()
-        .map(|c| c.rollout.parallel)
-        .max()
-        .unwrap_or(1);
     let result = switch_everything(runs, contexts, overlap, shared_keys, parallel);
     let reports = match result {
         Ok(reports) => {
@@ -223,13 +211,10 @@ fn switch_everything(
             "not attempted: {cause} before anything was written, and a rotation changes every host or none"
         )));
     }
-    let interim = match overlap.interim_files(runs, contexts) {
+    let interim = match overlap.interim_files(runs) {
         Ok(files) => files,
         Err(error) => {
-            for run in runs
-                .iter_mut()
-                .filter(|run| overlap.verifies(run, contexts))
-            {
+            for run in runs.iter_mut().filter(|run| overlap.verifies(run)) {
                 run.finish(Err((HostStatus::Failed, error.clone())));
             }
             return Err(Stop::BeforeWriting(format!(
