@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what hostenv's examples and tests need on a fresh Debian machine of
 # this project's kind: systemd, OpenSSH, sudo, Python and strace for the
-# testbed hosts, Node for the Vite round-trip tests, Groovy 2.4 (the Groovy
+# testbed hosts, iptables for the fault tests, Node for the Vite round-trip tests, Groovy 2.4 (the Groovy
 # Jenkins runs) and git for the library's tests, check-jsonschema for the
 # Bitbucket Pipelines example, and the Rust lints.
 set -euo pipefail
@@ -9,7 +9,7 @@ set -euo pipefail
 missing=()
 for need in /usr/lib/systemd/systemd:systemd /usr/sbin/sshd:openssh-server /usr/bin/sudo:sudo \
             /usr/bin/python3:python3 /usr/bin/nsenter:util-linux /usr/bin/strace:strace \
-            /usr/bin/groovy:groovy /usr/bin/git:git; do
+            /usr/bin/groovy:groovy /usr/bin/git:git /usr/sbin/iptables:iptables; do
   [ -e "${need%%:*}" ] || missing+=("${need##*:}")
 done
 command -v node >/dev/null || missing+=(nodejs)
