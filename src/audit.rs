@@ -1,25 +1,14 @@
 //! The audit trail on each host: one JSON line per deploy, rollback and failed
-//! attempt, appended to a root-owned mode 600 log in the state directory. It
-//! names keys, units and outcomes, never a value or a hash of one.
+//! attempt, appended by the host program to a root-owned mode 600 log in the
+//! state directory. It names keys, units and outcomes, never a value or a hash
+//! of one.
 
 use serde_json::json;
 
 use crate::error::HostError;
-use crate::remote::{Invocation, Remote};
+use crate::remote::Remote;
 use crate::report::{wire_name, HostReport};
 use crate::request::Deployment;
-
-pub const LOG_NAME: &str = "audit.log";
-
-const APPEND: &str = concat!(
-    r#"set -eu; umask 077; state=$1; "#,
-    r#"mkdir -p -- "$state"; chmod 700 -- "$state"; "#,
-    r#"cat >> "$state/audit.log"; chmod 600 -- "$state/audit.log""#,
-);
-
-pub fn invocation(state_dir: &str) -> Invocation {
-    Invocation::new("audit", APPEND, &[state_dir])
-}
 
 /// One line of the log, already JSON; built only from names and outcomes.
 pub struct AuditLine(String);
@@ -69,9 +58,12 @@ impl AuditLine {
     }
 }
 
-pub fn append(remote: &Remote, state_dir: &str, line: &AuditLine) -> Result<(), HostError> {
+pub fn append(remote: &Remote, line: &AuditLine) -> Result<(), HostError> {
     remote
-        .run(&invocation(state_dir), line.text().as_bytes())
+        .run(
+            &crate::remote::audit(remote.service),
+            line.text().as_bytes(),
+        )
         .map(|_| ())
 }
 
@@ -116,10 +108,5 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_884_245)),
             "2026-11-28T16:44:05Z"
         );
-    }
-
-    #[test]
-    fn the_append_script_is_one_line_without_sudoers_wildcards() {
-        assert!(!APPEND.contains(['\n', '\\', '*', '?', '!', '#']));
     }
 }

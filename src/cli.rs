@@ -55,6 +55,14 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
     },
+    /// Install the host program and each service's configuration on every host, as root (Deploy, Rotation).
+    HostInstall {
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Print each service's configuration file instead, for configuration management.
+        #[arg(long)]
+        print: bool,
+    },
     /// Print the exact sudo rules a non-root deploy user needs for a Deploy or Rotation request.
     Sudoers {
         #[command(flatten)]
@@ -152,6 +160,8 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
             credentials,
             junit,
         } => lint(&path, &credentials, junit.as_deref()),
+        Command::HostInstall { request, print } if print => host_configs(&request),
+        Command::HostInstall { request, .. } => run_action(Action::HostInstall, &request, env),
         Command::Sudoers { request, user } => sudoers(&request, user.as_deref()),
         Command::Schema { which } => {
             let schema = match which {
@@ -210,34 +220,48 @@ fn deployment_rules(deployment: &Deployment, at: &str, user: Option<&str>) -> Re
         .map(str::to_string)
         .or_else(|| deployment.ssh.as_ref().and_then(|s| s.user.clone()))
         .unwrap_or_else(|| "deploy".to_string());
-    let lock_wait = deployment
-        .rollout
-        .as_ref()
-        .and_then(|r| r.lock_wait_ms)
-        .unwrap_or(crate::lock::DEFAULT_WAIT_MS);
-    Ok(crate::sudoers::rules(
-        &settings,
-        std::time::Duration::from_millis(lock_wait),
-        &user,
+    Ok(crate::sudoers::rules(&settings, &user))
+}
+
+/// One service's `/etc/hostenv/<service>.conf`, as `host-install` would write it.
+fn deployment_config(deployment: &Deployment, at: &str) -> Result<String> {
+    let settings = Settings::from_request(deployment, at, &Catalog::builtin())?;
+    Ok(format!(
+        "# {}/{}.conf\n{}",
+        crate::host::CONFIG_DIR,
+        settings.service,
+        crate::provision::expected_config(&settings).render(&settings.service)
     ))
 }
 
-/// The rules on stdout; a problem with the request is answered with a result document.
+/// `sudoers` and `host-install --print`: text per deployment on stdout.
 fn sudoers(args: &RequestArgs, user: Option<&str>) -> Outcome {
+    per_deployment(args, "sudoers", |d, at| deployment_rules(d, at, user))
+}
+
+fn host_configs(args: &RequestArgs) -> Outcome {
+    per_deployment(args, "host-install", deployment_config)
+}
+
+fn per_deployment(
+    args: &RequestArgs,
+    action: &str,
+    text: impl Fn(&Deployment, &str) -> Result<String>,
+) -> Outcome {
     let rules = intake::read_request(args.request.as_deref())
         .and_then(|bytes| intake::parse_request(&bytes))
         .and_then(|request| match request {
-            Request::Deploy(deployment) => deployment_rules(&deployment, "", user),
+            Request::Deploy(deployment) => text(&deployment, ""),
             // One block per deployment: each service has its own paths and units.
             Request::Rotation(rotation) => rotation
                 .deployments
                 .iter()
                 .enumerate()
-                .map(|(index, d)| deployment_rules(d, &format!("/deployments/{index}"), user))
+                .map(|(index, d)| text(d, &format!("/deployments/{index}")))
                 .collect::<Result<Vec<String>>>()
                 .map(|blocks| blocks.join("\n")),
             other => Err(Error::WrongKind {
-                action: "sudoers".into(),
+                action: action.into(),
                 kind: other.kind().name().into(),
             }),
         });
@@ -249,7 +273,7 @@ fn sudoers(args: &RequestArgs, user: Option<&str>) -> Outcome {
         Err(error) => {
             let mut report = Report::new(Action::Deploy);
             report.fail(&error);
-            eprintln!("hostenv sudoers: {error}");
+            eprintln!("hostenv {action}: {error}");
             Outcome {
                 stdout: to_json(&report),
                 exit_code: report.exit_code,
@@ -336,11 +360,11 @@ fn dispatch(
             build_env::prepare(build, env, report).map(|_| ())
         }
         (
-            Action::Plan | Action::Drift | Action::Deploy | Action::Rollback,
+            Action::Plan | Action::Drift | Action::Deploy | Action::Rollback | Action::HostInstall,
             Request::Deploy(deployment),
         ) => deploy::run(action, deployment, env, &catalog, options, report),
         (
-            Action::Plan | Action::Drift | Action::Deploy | Action::Rollback,
+            Action::Plan | Action::Drift | Action::Deploy | Action::Rollback | Action::HostInstall,
             Request::Rotation(rotation),
         ) => deploy::run_rotation(action, rotation, env, &catalog, options, report),
         (Action::BuildEnv, Request::BuildEnv(build)) => {

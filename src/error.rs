@@ -80,6 +80,12 @@ pub enum ErrorKind {
     ConnectionLost,
     /// `sudo -n` refused a command: the login user lacks the right.
     SudoRefused,
+    /// The host has no host program (`/usr/local/sbin/hostenv-host`) or no
+    /// configuration for the service, and the login user cannot install them.
+    HostProgramMissing,
+    /// The host program is another version, its install is unsafe, or the
+    /// service's configuration on the host differs from the request.
+    HostProgramMismatch,
     /// A command on the host failed.
     RemoteCommandFailed,
     /// The host's current file cannot be read or used.

@@ -1,30 +1,18 @@
 //! Host locks: one per host, service and environment, so no two runs ever
-//! interleave on a host. The lock is an flock held by a process on the host
-//! whose stdin is an SSH channel of the run's own session: it lets go when the
-//! channel closes (hostenv exits or is killed) and after `BEAT_TIMEOUT` without
-//! a heartbeat (a connection dropped without a word). Lock files live in
-//! `/run/lock/hostenv/` and are never deleted (deleting a locked file races).
+//! interleave on a host. The lock is an flock held by the host program's
+//! `lock` step (`host/lock.rs`), whose stdin is an SSH channel of the run's own
+//! session: it lets go when the channel closes (hostenv exits, is killed, or
+//! stops waiting) and after `host::lock::BEAT_TIMEOUT` without a heartbeat (a
+//! connection dropped without a word). Lock files live in `/run/hostenv/`,
+//! root's own directory, and are never deleted (deleting a locked file races).
 
 use std::time::Duration;
 
 use crate::error::{ErrorKind, HostError};
 use crate::remote::{Invocation, Remote};
 
-/// The holder gives up after this long without hearing from hostenv.
-pub const BEAT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a run waits for a lock another run holds (`rollout.lockWaitMs`).
 pub const DEFAULT_WAIT_MS: u64 = 60_000;
-
-const HOLD: &str = concat!(
-    r#"set -u; umask 077; file=$1; mode=$2; wait=$3; beat=$4; "#,
-    r#"mkdir -p -- "$(dirname -- "$file")"; exec 9>>"$file"; "#,
-    r#"if [ "$mode" = shared ]; then how=-s; else how=-x; fi; "#,
-    r#"read -r holder || holder=unknown; "#,
-    r#"if flock "$how" -w "$wait" 9; then :; else echo "locked by $(head -c 600 -- "$file")"; exit 5; fi; "#,
-    r#"if [ "$mode" = exclusive ]; then echo "$holder" > "$file"; fi; "#,
-    r#"echo acquired; "#,
-    r#"while b=$(timeout -- "$beat" dd bs=1 count=1 2>/dev/null) && [ -n "$b" ]; do :; done"#,
-);
 
 /// Exclusive for runs that write (deploy, rollback), shared for runs that read (plan, drift).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,30 +21,25 @@ pub enum Mode {
     Shared,
 }
 
+/// The lock's environment part: the request's `environment`, or `default`.
+pub fn environment_name(environment: Option<&str>) -> &str {
+    environment.unwrap_or("default")
+}
+
 pub fn path(service: &str, environment: Option<&str>) -> String {
     format!(
-        "/run/lock/hostenv/{service}.{}.lock",
-        environment.unwrap_or("default")
+        "{}/{service}.{}.lock",
+        crate::host::LOCK_DIR,
+        environment_name(environment)
     )
 }
 
-pub fn invocation(
-    service: &str,
-    environment: Option<&str>,
-    mode: Mode,
-    wait: Duration,
-) -> Invocation {
+pub fn invocation(service: &str, environment: Option<&str>, mode: Mode) -> Invocation {
     let mode = match mode {
         Mode::Exclusive => "exclusive",
         Mode::Shared => "shared",
     };
-    let wait = wait.as_secs().max(1).to_string();
-    let beat = BEAT_TIMEOUT.as_secs().to_string();
-    Invocation::new(
-        "lock",
-        HOLD,
-        &[&path(service, environment), mode, &wait, &beat],
-    )
+    Invocation::new("lock", &[service, environment_name(environment), mode])
 }
 
 /// Takes the lock on the host, waiting up to `wait`; `holder` (no secrets: who
@@ -74,11 +57,11 @@ pub fn acquire(
         wait,
     )?;
     verdict.map_err(|answer| {
-        if answer.starts_with("locked by") {
+        if let Some(holder) = answer.strip_prefix("held-by ") {
             HostError::new(
                 ErrorKind::Locked,
                 format!(
-                    "`{}`: another run holds the lock after {} s of waiting; {answer}",
+                    "`{}`: another run holds the lock after {} s of waiting; locked by {holder}",
                     remote.host,
                     wait.as_secs()
                 ),
@@ -102,19 +85,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_hold_script_is_one_line_without_sudoers_wildcards() {
-        assert!(!HOLD.contains(['\n', '\\', '*', '?', '!', '#']));
-    }
-
-    #[test]
     fn one_lock_per_service_and_environment() {
         assert_eq!(
             path("voxbridge", Some("production")),
-            "/run/lock/hostenv/voxbridge.production.lock"
+            "/run/hostenv/voxbridge.production.lock"
         );
+        assert_eq!(path("voxcore", None), "/run/hostenv/voxcore.default.lock");
         assert_eq!(
-            path("voxcore", None),
-            "/run/lock/hostenv/voxcore.default.lock"
+            invocation("voxcore", None, Mode::Shared).sudoers_command(),
+            "/usr/local/sbin/hostenv-host lock voxcore default shared"
         );
     }
 }

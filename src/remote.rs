@@ -9,112 +9,43 @@
 //! character sets (settings.rs) and quoted anyway; secret bytes travel only on
 //! stdin (staging) or stdout (reading back).
 
+//! Remote steps built on the SSH transport: read what is there, stage the new
+//! file, switch it in keeping the previous one, put it back.
+//!
+//! Each privileged step is one run of the host program (`crate::host`,
+//! installed as `/usr/local/sbin/hostenv-host`):
+//! `[sudo -n] /usr/local/sbin/hostenv-host STEP SERVICE [ARG...]`, every
+//! argument one space-free token the program checks itself, every path, owner,
+//! mode and unit taken from the service's root-owned configuration on the
+//! host. So `hostenv sudoers` can grant exactly these command lines, and no
+//! other split of the same text does anything. Secret bytes travel only on
+//! stdin (staging) or stdout (reading back). Read-only queries that need no
+//! privilege (`systemctl list-units`, `systemctl show`) are constant `sh`
+//! scripts run as the login user.
+
 use crate::error::{ErrorKind, HostError};
+use crate::host::PROGRAM;
 use crate::secret::{ExposeSecret, SecretString};
 use crate::settings::TargetSettings;
 use crate::ssh::{Connection, Output};
 
-// One line each, so that sudoers can name them exactly; no backslash and no
-// character sudoers would read as a wildcard.
-const READ: &str = concat!(
-    r#"set -eu; path=$1; owner=$2; group=$3; "#,
-    r#"uid=$(id -u "$owner" 2>/dev/null) || { echo "hostenv: there is no user $owner on this host" >&2; exit 3; }; "#,
-    r#"gid=$(getent group "$group" | cut -d: -f3); "#,
-    r#"[ -n "$gid" ] || { echo "hostenv: there is no group $group on this host" >&2; exit 3; }; "#,
-    r#"if [ -e "$path.hostenv-new" ]; then left=staged; else left=clean; fi; "#,
-    r#"if [ -e "$path" ]; then "#,
-    r#"[ -f "$path" ] || { echo "hostenv: $path is not a regular file" >&2; exit 3; }; "#,
-    r#"echo "present $uid $gid $(stat -c '%u %g %a %.6Y' -- "$path") $left"; cat -- "$path"; "#,
-    r#"else echo "absent $uid $gid $left"; fi"#,
-);
-
-const STAGE: &str = concat!(
-    r#"set -eu; umask 077; staged=$1; owner=$2; group=$3; mode=$4; "#,
-    r#"dir=$(dirname -- "$staged"); "#,
-    r#"[ -d "$dir" ] || { echo "hostenv: the directory $dir does not exist" >&2; exit 3; }; "#,
-    r#"rm -f -- "$staged"; set -C; "#,
-    r#"cat > "$staged" || { rm -f -- "$staged"; echo "hostenv: cannot write $staged" >&2; exit 4; }; "#,
-    r#"set +C; "#,
-    r#"{ chown -- "$owner:$group" "$staged" && chmod -- "$mode" "$staged" && sync -- "$staged"; } "#,
-    r#"|| { rm -f -- "$staged"; echo "hostenv: cannot set up $staged" >&2; exit 4; }"#,
-);
-
-const SWITCH: &str = concat!(
-    r#"set -eu; umask 077; staged=$1; target=$2; state=$3; keep=$4; "#,
-    r#"mkdir -p -- "$state"; chmod 700 -- "$state"; "#,
-    r#"if [ -e "$target" ]; then n=$keep; "#,
-    r#"while [ "$n" -gt 1 ]; do p=$((n - 1)); "#,
-    r#"if [ -e "$state/env.$p" ]; then mv -f -- "$state/env.$p" "$state/env.$n"; fi; n=$p; done; "#,
-    r#"cp -p -- "$target" "$state/env.1"; sync -- "$state/env.1"; echo previous; "#,
-    r#"else echo none; fi; "#,
-    r#"mv -f -- "$staged" "$target"; sync -- "$(dirname -- "$target")""#,
-);
-
-// `$3` is the backup to put back (1 = the newest), or 0 when there was no
-// previous file and the new one is removed.
-const RESTORE: &str = concat!(
-    r#"set -eu; umask 077; target=$1; state=$2; n=$3; "#,
-    r#"if [ "$n" -gt 0 ]; then "#,
-    r#"[ -f "$state/env.$n" ] || { echo "hostenv: there is no backup $n in $state" >&2; exit 3; }; "#,
-    r#"rm -f -- "$target.hostenv-restore"; cp -p -- "$state/env.$n" "$target.hostenv-restore"; "#,
-    r#"mv -f -- "$target.hostenv-restore" "$target"; "#,
-    r#"else rm -f -- "$target"; fi; "#,
-    r#"sync -- "$(dirname -- "$target")""#,
-);
-
-const DISCARD: &str = r#"rm -f -- "$1""#;
-
-const RESTAGE: &str = concat!(
-    r#"set -eu; umask 077; staged=$1; state=$2; n=$3; "#,
-    r#"[ -f "$state/env.$n" ] || { echo "hostenv: there is no backup $n in $state" >&2; exit 3; }; "#,
-    r#"rm -f -- "$staged"; cp -p -- "$state/env.$n" "$staged"; sync -- "$staged""#,
-);
-
-// Every backup as `backup N BYTES` followed by its bytes.
-const READ_BACKUPS: &str = concat!(
-    r#"set -eu; state=$1; keep=$2; n=1; "#,
-    r#"while [ "$n" -le "$keep" ]; do f="$state/env.$n"; "#,
-    r#"if [ -f "$f" ]; then echo "backup $n $(wc -c < "$f")"; cat -- "$f"; fi; "#,
-    r#"n=$((n + 1)); done"#,
-);
-
-// Removes the backups numbered on stdin, then renumbers the rest from 1 so
-// that "the Nth newest" keeps its meaning.
-const PURGE: &str = concat!(
-    r#"set -eu; state=$1; keep=$2; read -r gone; "#,
-    r#"for n in $gone; do "#,
-    r#"{ [ "$n" -ge 1 ] && [ "$n" -le "$keep" ]; } 2>/dev/null || { echo "hostenv: bad backup number" >&2; exit 3; }; "#,
-    r#"rm -f -- "$state/env.$n"; done; "#,
-    r#"i=1; j=1; while [ "$i" -le "$keep" ]; do "#,
-    r#"if [ -e "$state/env.$i" ]; then "#,
-    r#"[ "$i" -eq "$j" ] || mv -f -- "$state/env.$i" "$state/env.$j"; j=$((j + 1)); fi; "#,
-    r#"i=$((i + 1)); done; sync -- "$state""#,
-);
-
-/// One run of a constant script with its arguments.
+/// One run of the host program: a step and its arguments (the service first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     pub step: &'static str,
-    pub script: &'static str,
     pub args: Vec<String>,
 }
 
 impl Invocation {
-    pub fn new(step: &'static str, script: &'static str, args: &[&str]) -> Invocation {
+    pub fn new(step: &'static str, args: &[&str]) -> Invocation {
         Invocation {
             step,
-            script,
             args: args.iter().map(|a| a.to_string()).collect(),
         }
     }
 
     fn argv(&self) -> Vec<String> {
-        let mut argv = vec![
-            "/bin/sh".to_string(),
-            "-c".to_string(),
-            self.script.to_string(),
-            format!("hostenv-{}", self.step),
-        ];
+        let mut argv = vec![PROGRAM.to_string(), self.step.to_string()];
         argv.extend(self.args.iter().cloned());
         argv
     }
@@ -134,9 +65,7 @@ impl Invocation {
         }
     }
 
-    /// The command as a sudoers rule names it, arguments escaped for sudoers.
-    /// `*` is the one character left as a wildcard: it appears only in a
-    /// template's any-instance unit name (`voxcore@*.service`).
+    /// The command as a sudoers rule names it: the program and its tokens.
     pub fn sudoers_command(&self) -> String {
         self.argv()
             .iter()
@@ -146,17 +75,49 @@ impl Invocation {
     }
 }
 
+/// A constant read-only `sh` script with its arguments, run as the login user.
+pub struct Query {
+    pub step: &'static str,
+    pub script: &'static str,
+    pub args: Vec<String>,
+}
+
+impl Query {
+    pub fn new(step: &'static str, script: &'static str, args: &[&str]) -> Query {
+        Query {
+            step,
+            script,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    pub fn shell_line(&self) -> String {
+        let mut argv = vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            self.script.to_string(),
+            format!("hostenv-{}", self.step),
+        ];
+        argv.extend(self.args.iter().cloned());
+        argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+    }
+}
+
 /// Single-quotes an argument for the remote shell.
 pub fn quote(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', r"'\''"))
 }
 
-/// sudoers treats `\ , : =` as syntax and `* ? [ ]` as wildcards; a unit's
-/// `@*.` (any instance) is kept as a wildcard on purpose.
+/// sudoers treats `\ , : = ( ) !` as syntax and `* ? [ ]` as wildcards; the
+/// tokens hostenv passes hold none of them but `:` (a unit instance may), and
+/// each is escaped all the same.
 fn sudoers_escape(arg: &str) -> String {
     let mut out = String::new();
     for c in arg.chars() {
-        if matches!(c, '\\' | ',' | ':' | '=' | '?' | '[' | ']' | '!' | '#') {
+        if matches!(
+            c,
+            '\\' | ',' | ':' | '=' | '(' | ')' | '*' | '?' | '[' | ']' | '!' | '#'
+        ) {
             out.push('\\');
         }
         out.push(c);
@@ -164,62 +125,46 @@ fn sudoers_escape(arg: &str) -> String {
     out
 }
 
-pub fn read(target: &TargetSettings) -> Invocation {
-    Invocation::new("read", READ, &[&target.path, &target.owner, &target.group])
+pub fn read(service: &str) -> Invocation {
+    Invocation::new("read", &[service])
 }
 
 pub fn staged_path(target: &TargetSettings) -> String {
     format!("{}.hostenv-new", target.path)
 }
 
-pub fn stage(target: &TargetSettings) -> Invocation {
-    let mode = format!("{:o}", target.mode);
-    Invocation::new(
-        "stage",
-        STAGE,
-        &[&staged_path(target), &target.owner, &target.group, &mode],
-    )
+pub fn stage(service: &str) -> Invocation {
+    Invocation::new("stage", &[service])
 }
 
-pub fn switch(target: &TargetSettings) -> Invocation {
-    let keep = target.backups.max(1).to_string();
-    Invocation::new(
-        "switch",
-        SWITCH,
-        &[&staged_path(target), &target.path, &target.state_dir, &keep],
-    )
+pub fn switch(service: &str) -> Invocation {
+    Invocation::new("switch", &[service])
 }
 
 /// Puts backup `n` back (1 = the newest), or with 0 removes the target.
-pub fn restore(target: &TargetSettings, n: u32) -> Invocation {
-    Invocation::new(
-        "restore",
-        RESTORE,
-        &[&target.path, &target.state_dir, &n.to_string()],
-    )
+pub fn restore(service: &str, n: u32) -> Invocation {
+    Invocation::new("restore", &[service, &n.to_string()])
 }
 
-pub fn read_backups(target: &TargetSettings) -> Invocation {
-    let keep = target.backups.max(1).to_string();
-    Invocation::new("read-backups", READ_BACKUPS, &[&target.state_dir, &keep])
+pub fn read_backups(service: &str) -> Invocation {
+    Invocation::new("read-backups", &[service])
 }
 
-pub fn purge(target: &TargetSettings) -> Invocation {
-    let keep = target.backups.max(1).to_string();
-    Invocation::new("purge", PURGE, &[&target.state_dir, &keep])
+pub fn purge(service: &str) -> Invocation {
+    Invocation::new("purge", &[service])
 }
 
 /// A rollback's stage: backup `n` (1 = the newest) copied beside the target.
-pub fn restage(target: &TargetSettings, n: u32) -> Invocation {
-    Invocation::new(
-        "restage",
-        RESTAGE,
-        &[&staged_path(target), &target.state_dir, &n.to_string()],
-    )
+pub fn restage(service: &str, n: u32) -> Invocation {
+    Invocation::new("restage", &[service, &n.to_string()])
 }
 
-pub fn discard(target: &TargetSettings) -> Invocation {
-    Invocation::new("discard", DISCARD, &[&staged_path(target)])
+pub fn discard(service: &str) -> Invocation {
+    Invocation::new("discard", &[service])
+}
+
+pub fn audit(service: &str) -> Invocation {
+    Invocation::new("audit", &[service])
 }
 
 /// What the host has at the target path now.
@@ -238,11 +183,13 @@ pub struct Current {
     pub leftover_staged: bool,
 }
 
-/// The remote side of one host, over its one connection.
+/// The remote side of one host and service, over the host's one connection.
 pub struct Remote<'a> {
     pub connection: &'a Connection,
     pub host: &'a str,
     pub sudo: bool,
+    pub service: &'a str,
+    pub target: &'a TargetSettings,
 }
 
 impl Remote<'_> {
@@ -255,11 +202,9 @@ impl Remote<'_> {
     }
 
     /// Runs a read-only query that needs no privilege, never through sudo.
-    pub fn query(&self, invocation: &Invocation) -> Result<Output, HostError> {
-        let output = self
-            .connection
-            .exec(self.host, &invocation.shell_line(false), &[])?;
-        self.check(invocation.step, output)
+    pub fn query(&self, query: &Query) -> Result<Output, HostError> {
+        let output = self.connection.exec(self.host, &query.shell_line(), &[])?;
+        self.check(query.step, output)
     }
 
     pub fn check(&self, step: &str, output: Output) -> Result<Output, HostError> {
@@ -270,7 +215,7 @@ impl Remote<'_> {
             return Err(HostError::new(
                 ErrorKind::SudoRefused,
                 format!(
-                    "`{}`: sudo refused the `{step}` step (`sudo -n /bin/sh -c … hostenv-{step} …`); \
+                    "`{}`: sudo refused the `{step}` step (`sudo -n {PROGRAM} {step} …`); \
                      grant the lines `hostenv sudoers` prints: {}",
                     self.host,
                     first_line(&output.stderr)
@@ -288,8 +233,9 @@ impl Remote<'_> {
         ))
     }
 
-    pub fn read_current(&self, target: &TargetSettings) -> Result<Current, HostError> {
-        let output = self.run(&read(target), &[])?;
+    pub fn read_current(&self) -> Result<Current, HostError> {
+        let target = self.target;
+        let output = self.run(&read(self.service), &[])?;
         parse_current(&output.stdout).ok_or_else(|| {
             HostError::new(
                 ErrorKind::CurrentFileInvalid,
@@ -302,14 +248,15 @@ impl Remote<'_> {
     }
 
     /// Writes the new file beside the target, mode 600 from its first byte.
-    pub fn stage(&self, target: &TargetSettings, content: &SecretString) -> Result<(), HostError> {
-        self.run(&stage(target), content.expose_secret().as_bytes())
+    pub fn stage(&self, content: &SecretString) -> Result<(), HostError> {
+        self.run(&stage(self.service), content.expose_secret().as_bytes())
             .map(|_| ())
     }
 
     /// Stages backup `n` for a rollback; a missing backup is `noBackup`.
-    pub fn stage_backup(&self, target: &TargetSettings, n: u32) -> Result<(), HostError> {
-        self.run(&restage(target, n), &[])
+    pub fn stage_backup(&self, n: u32) -> Result<(), HostError> {
+        let target = self.target;
+        self.run(&restage(self.service, n), &[])
             .map(|_| ())
             .map_err(|error| {
                 if error.message.contains("there is no backup") {
@@ -328,22 +275,20 @@ impl Remote<'_> {
 
     /// Keeps the current file as backup 1 and renames the staged one over it.
     /// Returns whether there was a previous file.
-    pub fn switch(&self, target: &TargetSettings) -> Result<bool, HostError> {
-        let output = self.run(&switch(target), &[])?;
+    pub fn switch(&self) -> Result<bool, HostError> {
+        let output = self.run(&switch(self.service), &[])?;
         Ok(String::from_utf8_lossy(&output.stdout).starts_with("previous"))
     }
 
     /// Puts backup `n` back (1 = the newest), or with 0 removes the target.
-    pub fn restore(&self, target: &TargetSettings, n: u32) -> Result<(), HostError> {
-        self.run(&restore(target, n), &[]).map(|_| ())
+    pub fn restore(&self, n: u32) -> Result<(), HostError> {
+        self.run(&restore(self.service, n), &[]).map(|_| ())
     }
 
     /// Every backup the host keeps, numbered from 1 (the newest); contents are secrets.
-    pub fn read_backups(
-        &self,
-        target: &TargetSettings,
-    ) -> Result<Vec<(u32, SecretString)>, HostError> {
-        let output = self.run(&read_backups(target), &[])?;
+    pub fn read_backups(&self) -> Result<Vec<(u32, SecretString)>, HostError> {
+        let target = self.target;
+        let output = self.run(&read_backups(self.service), &[])?;
         parse_backups(&output.stdout).ok_or_else(|| {
             HostError::new(
                 ErrorKind::CurrentFileInvalid,
@@ -356,15 +301,18 @@ impl Remote<'_> {
     }
 
     /// Removes backups by number and renumbers the rest from 1.
-    pub fn purge(&self, target: &TargetSettings, numbers: &[u32]) -> Result<(), HostError> {
+    pub fn purge(&self, numbers: &[u32]) -> Result<(), HostError> {
         let list: Vec<String> = numbers.iter().map(u32::to_string).collect();
-        self.run(&purge(target), format!("{}\n", list.join(" ")).as_bytes())
-            .map(|_| ())
+        self.run(
+            &purge(self.service),
+            format!("{}\n", list.join(" ")).as_bytes(),
+        )
+        .map(|_| ())
     }
 
     /// Removes a staged file that will not be switched in.
-    pub fn discard(&self, target: &TargetSettings) {
-        let _ = self.run(&discard(target), &[]);
+    pub fn discard(&self) {
+        let _ = self.run(&discard(self.service), &[]);
     }
 }
 
@@ -465,22 +413,21 @@ mod tests {
     }
 
     #[test]
-    fn scripts_are_one_line_without_sudoers_wildcards() {
-        for script in [
-            READ,
-            STAGE,
-            SWITCH,
-            RESTORE,
-            DISCARD,
-            RESTAGE,
-            READ_BACKUPS,
-            PURGE,
-        ] {
-            assert!(
-                !script.contains(['\n', '\\', '*', '?', '!', '#']),
-                "{script}"
-            );
-        }
+    fn a_step_is_the_program_and_its_tokens() {
+        let restore = restore("voxbridge", 2);
+        assert_eq!(
+            restore.shell_line(true),
+            "sudo -n '/usr/local/sbin/hostenv-host' 'restore' 'voxbridge' '2'"
+        );
+        assert_eq!(
+            restore.sudoers_command(),
+            "/usr/local/sbin/hostenv-host restore voxbridge 2"
+        );
+        let unit = Invocation::new("restart", &["voxcore", "voxcore@a:b.service"]);
+        assert_eq!(
+            unit.sudoers_command(),
+            "/usr/local/sbin/hostenv-host restart voxcore voxcore@a\\:b.service"
+        );
     }
 
     #[test]

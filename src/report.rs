@@ -43,6 +43,8 @@ pub enum Action {
     BuildEnv,
     /// Check a service repository's hygiene.
     Lint,
+    /// Install the host program and the services' configuration on the hosts.
+    HostInstall,
 }
 
 /// The result document: exactly one on stdout for every run, also on failure.

@@ -1,53 +1,65 @@
 //! `hostenv sudoers`: the exact sudo rules a non-root deploy user needs for a
-//! request, and nothing more. Every privileged step is a constant script with
-//! arguments that follow from the request (remote.rs), so each rule names one
-//! full command line; the only wildcard is a template's instance when the
-//! request lets hostenv discover instances on the host.
+//! request, and nothing more. Every privileged step is one run of the host
+//! program with space-free tokens it checks itself (remote.rs), so each rule
+//! names one whole command line and no other split of its text can meet it.
+//! There is no wildcard: a template's instances are listed when the request
+//! lists them, and otherwise matched by a regular expression whose character
+//! class admits no space (sudo 1.9.10 or later).
 
+use crate::host::PROGRAM;
 use crate::remote;
 use crate::settings::{is_template, Settings};
 use crate::systemd;
 
 /// The rules for `user`, one per line, with a comment header.
-pub fn rules(settings: &Settings, lock_wait: std::time::Duration, user: &str) -> String {
+pub fn rules(settings: &Settings, user: &str) -> String {
+    let service = settings.service.as_str();
     let target = &settings.target;
     let mut invocations = vec![
-        remote::read(target),
-        remote::stage(target),
-        remote::switch(target),
+        remote::read(service),
+        remote::stage(service),
+        remote::switch(service),
         // 0: remove a first file; 1: the usual put-back; 2: an overlap
         // rotation's verifier, switched twice in one run.
-        remote::restore(target, 0),
-        remote::restore(target, 1),
-        remote::restore(target, 2),
-        remote::read_backups(target),
-        remote::purge(target),
-        remote::discard(target),
-        crate::audit::invocation(&target.state_dir),
+        remote::restore(service, 0),
+        remote::restore(service, 1),
+        remote::restore(service, 2),
+        remote::read_backups(service),
+        remote::purge(service),
+        remote::discard(service),
+        remote::audit(service),
     ];
     for n in 1..=target.backups.max(1) {
-        invocations.push(remote::restage(target, n));
+        invocations.push(remote::restage(service, n));
     }
     for mode in [crate::lock::Mode::Exclusive, crate::lock::Mode::Shared] {
         invocations.push(crate::lock::invocation(
-            &settings.service,
+            service,
             settings.environment.as_deref(),
             mode,
-            lock_wait,
         ));
     }
-    let timeout = std::time::Duration::from_millis(settings.restart.timeout_ms);
-    for unit in units(settings) {
-        invocations.push(systemd::restart_invocation(&unit, timeout));
-        invocations.push(systemd::reset_failed_invocation(&unit));
+    let (named, discovered) = units(settings);
+    for unit in &named {
+        invocations.push(systemd::restart_invocation(service, unit));
+        invocations.push(systemd::reset_failed_invocation(service, unit));
+    }
+    let mut patterns = Vec::new();
+    for (prefix, suffix) in &discovered {
+        for step in ["restart", "reset-failed"] {
+            patterns.push(format!(
+                "{PROGRAM} ^{step} {service} {prefix}@{INSTANCE_CLASS}[.]{suffix}$"
+            ));
+        }
     }
     let mut out = format!(
-        "# hostenv {}: sudo rules for `{user}` to deploy `{}` to `{}`.\n\
-         # Each rule names one exact command; install with visudo -f /etc/sudoers.d/hostenv-{}.\n",
+        "# hostenv {}: sudo rules for `{user}` to deploy `{service}` to `{}`.\n\
+         # They run {PROGRAM}, which takes its paths, owner, mode and units from\n\
+         # /etc/hostenv/{service}.conf: install both first, as root, with\n\
+         # `hostenv host-install --request REQUEST`.\n\
+         # Each rule names one exact command; install with visudo -f /etc/sudoers.d/hostenv-{service}.\n",
         env!("CARGO_PKG_VERSION"),
-        settings.service,
         target.path,
-        settings.service
     );
     for invocation in invocations {
         out.push_str(&format!(
@@ -55,33 +67,53 @@ pub fn rules(settings: &Settings, lock_wait: std::time::Duration, user: &str) ->
             invocation.sudoers_command()
         ));
     }
+    if !patterns.is_empty() {
+        out.push_str(
+            "# The instances of a template are discovered on each host: these rules match them\n\
+             # with a regular expression (sudo 1.9.10 or later); list `instances` per host for exact rules.\n",
+        );
+        for pattern in patterns {
+            out.push_str(&format!("{user} ALL=(root) NOPASSWD: {pattern}\n"));
+        }
+    }
     out
 }
 
-/// Every unit a deploy may restart: templates as their listed instances, and
-/// as any instance where a host leaves them to be discovered.
-fn units(settings: &Settings) -> Vec<String> {
-    let mut units = Vec::new();
+/// The characters an instance may have in a regular-expression rule: a unit
+/// word without `:` (which sudoers would read as syntax) and without a space.
+const INSTANCE_CLASS: &str = "[A-Za-z0-9_][A-Za-z0-9_.-]*";
+
+/// Every unit a deploy may restart, by name (plain units and the instances
+/// hosts list), and the templates (prefix, suffix) some host leaves to be discovered.
+fn units(settings: &Settings) -> (Vec<String>, Vec<(String, String)>) {
+    let mut named: Vec<String> = Vec::new();
+    let mut discovered: Vec<(String, String)> = Vec::new();
+    let mut add = |name: String| {
+        if !named.contains(&name) {
+            named.push(name);
+        }
+    };
     for unit in &settings.restart.units {
         if !is_template(unit) {
-            units.push(unit.clone());
+            add(unit.clone());
             continue;
         }
         let (prefix, suffix) = unit.split_once("@.").expect("template has @.");
         for host in &settings.hosts {
-            let names: Vec<String> = match &host.instances {
-                Some(instances) => instances
-                    .iter()
-                    .map(|i| format!("{prefix}@{i}.{suffix}"))
-                    .collect(),
-                None => vec![format!("{prefix}@*.{suffix}")],
-            };
-            for name in names {
-                if !units.contains(&name) {
-                    units.push(name);
+            match &host.instances {
+                Some(instances) => {
+                    for instance in instances {
+                        add(format!("{prefix}@{instance}.{suffix}"));
+                    }
+                }
+                None => {
+                    let template = (prefix.to_string(), suffix.to_string());
+                    if !discovered.contains(&template) {
+                        discovered.push(template);
+                    }
                 }
             }
         }
     }
-    units
+    (named, discovered)
 }

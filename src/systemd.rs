@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::error::{ErrorKind, HostError};
-use crate::remote::{Invocation, Remote};
+use crate::remote::{Invocation, Query, Remote};
 use crate::settings::is_template;
 
 // Queries, run without sudo.
@@ -15,21 +15,19 @@ const INSTANCES: &str = r#"systemctl list-units --all --plain --no-legend --no-p
 // written must still count as started after it.
 const STARTED_AT: &str = r#"t=$(systemctl show -p ExecMainStartTimestamp --timestamp=us+utc --value -- "$1"); if [ -n "$t" ]; then date -u -d "$t" +%s%6N; fi"#;
 
-// Privileged, one line each (see remote.rs).
-const RESTART: &str = concat!(
-    r#"unit=$1; seconds=$2; "#,
-    r#"timeout -- "$seconds" systemctl restart -- "$unit" && exit 0; "#,
-    r#"echo "result=$(systemctl show -p Result --value -- "$unit" 2>/dev/null)"; exit 1"#,
-);
-const RESET_FAILED: &str = r#"systemctl reset-failed -- "$1" 2>/dev/null || true"#;
-
-pub fn restart_invocation(unit: &str, timeout: Duration) -> Invocation {
-    let seconds = timeout.as_secs().max(1).to_string();
-    Invocation::new("restart", RESTART, &[unit, &seconds])
+/// The host program's restart: bounded by the configuration's restart timeout,
+/// and answering `result=start-limit-hit` (systemd's verdict) when it fails.
+pub fn restart_invocation(service: &str, unit: &str) -> Invocation {
+    Invocation::new("restart", &[service, unit])
 }
 
-pub fn reset_failed_invocation(unit: &str) -> Invocation {
-    Invocation::new("reset-failed", RESET_FAILED, &[unit])
+pub fn reset_failed_invocation(service: &str, unit: &str) -> Invocation {
+    Invocation::new("reset-failed", &[service, unit])
+}
+
+/// The restart timeout in whole seconds, as the host's configuration records it.
+pub fn timeout_seconds(timeout: Duration) -> u64 {
+    timeout.as_secs().max(1)
 }
 
 /// The units to restart on a host: plain units as they are, a template
@@ -54,7 +52,7 @@ pub fn units_on_host(
                 .collect(),
             None => {
                 let pattern = format!("{prefix}@*.{suffix}");
-                let output = remote.query(&Invocation::new("units", INSTANCES, &[&pattern]))?;
+                let output = remote.query(&Query::new("units", INSTANCES, &[&pattern]))?;
                 String::from_utf8_lossy(&output.stdout)
                     .lines()
                     .filter_map(|line| {
@@ -88,7 +86,7 @@ pub fn restart(
     timeout: Duration,
     redact: &dyn Fn(&str) -> String,
 ) -> Result<(), HostError> {
-    let command = restart_invocation(unit, timeout).shell_line(remote.sudo);
+    let command = restart_invocation(remote.service, unit).shell_line(remote.sudo);
     let output = remote.connection.exec_with_timeout(
         remote.host,
         &command,
@@ -120,27 +118,12 @@ pub fn restart(
 
 /// Clears a failed state (and the start-limit counter) before a rollback restart.
 pub fn reset_failed(remote: &Remote, unit: &str) {
-    let _ = remote.run(&reset_failed_invocation(unit), &[]);
+    let _ = remote.run(&reset_failed_invocation(remote.service, unit), &[]);
 }
 
 /// When the unit's main process last started, in microseconds since the epoch.
 pub fn started_at(remote: &Remote, unit: &str) -> Result<Option<i64>, HostError> {
-    let output = remote.query(&Invocation::new("started-at", STARTED_AT, &[unit]))?;
+    let output = remote.query(&Query::new("started-at", STARTED_AT, &[unit]))?;
     let text = String::from_utf8_lossy(&output.stdout);
     Ok(text.trim().parse().ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn privileged_scripts_are_one_line_without_sudoers_wildcards() {
-        for script in [RESTART, RESET_FAILED] {
-            assert!(
-                !script.contains(['\n', '\\', '*', '?', '!', '#']),
-                "{script}"
-            );
-        }
-    }
 }

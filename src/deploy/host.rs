@@ -10,6 +10,7 @@ use crate::audit::{self, AuditLine};
 use crate::error::{ErrorKind, HostError};
 use crate::health;
 use crate::lock;
+use crate::provision::{self, State};
 use crate::remote::{Current, Remote};
 use crate::render::systemd as grammar;
 use crate::report::{
@@ -103,6 +104,7 @@ impl<'a> HostRun<'a> {
             Action::Plan => "plan",
             Action::Drift => "drift",
             Action::Rollback => "rollback",
+            Action::HostInstall => "host-install",
             _ => "deploy",
         }
     }
@@ -121,6 +123,8 @@ impl<'a> HostRun<'a> {
             connection,
             host: &self.host.name,
             sudo: self.sudo,
+            service: &self.context.settings.service,
+            target: &self.context.settings.target,
         })
     }
 
@@ -239,7 +243,75 @@ impl<'a> HostRun<'a> {
         );
         match connection {
             Ok(connection) => self.connection = Some(connection),
-            Err(error) => self.finish(Err((HostStatus::Failed, error))),
+            Err(error) => return self.finish(Err((HostStatus::Failed, error))),
+        }
+        if self.context.action == Action::HostInstall {
+            self.install_program();
+        } else {
+            self.ensure_program();
+        }
+    }
+
+    /// The host program must be this version, configured as the request needs.
+    /// Logged in as root, hostenv installs or updates it; otherwise the host
+    /// fails naming what to run.
+    fn ensure_program(&mut self) {
+        let context = self.context;
+        let service = &context.settings.service;
+        let expected = provision::expected_config(&context.settings).render(service);
+        let state = match self.step("program", |remote| provision::inspect(remote, &expected)) {
+            Ok(state) => state,
+            Err(error) => return self.finish(Err((HostStatus::Failed, error))),
+        };
+        if state == State::Ready {
+            return;
+        }
+        if self.host.user != "root" {
+            let error = provision::not_ready(&self.host.name, service, &state);
+            return self.finish(Err((HostStatus::Failed, error)));
+        }
+        if let Err(error) = self.install(&expected) {
+            self.finish(Err((HostStatus::Failed, error)));
+        }
+    }
+
+    /// `host-install`: puts this version of the host program and the
+    /// service's configuration on the host, unless they are there already.
+    fn install_program(&mut self) {
+        let context = self.context;
+        let service = &context.settings.service;
+        let expected = provision::expected_config(&context.settings).render(service);
+        let outcome = self
+            .step("program", |remote| provision::inspect(remote, &expected))
+            .and_then(|state| match state {
+                State::Ready => Ok(HostStatus::Unchanged),
+                _ => self.install(&expected).map(|()| HostStatus::Deployed),
+            });
+        self.report.changed = outcome == Ok(HostStatus::Deployed);
+        self.finish(outcome.map_err(|error| (HostStatus::Failed, error)));
+    }
+
+    fn install(&mut self, expected: &str) -> Result<(), HostError> {
+        let context = self.context;
+        let program = context.host_program.as_ref().map_err(|problem| {
+            HostError::new(
+                ErrorKind::HostProgramMissing,
+                format!(
+                    "`{}`: cannot install the host program: {problem}",
+                    self.host.name
+                ),
+            )
+        })?;
+        self.step("install", |remote| {
+            provision::install(remote, program, expected)
+        })?;
+        match self.step("program", |remote| provision::inspect(remote, expected))? {
+            State::Ready => Ok(()),
+            state => Err(provision::not_ready(
+                &self.host.name,
+                &context.settings.service,
+                &state,
+            )),
         }
     }
 
@@ -271,7 +343,7 @@ impl<'a> HostRun<'a> {
     fn try_assess(&mut self) -> Result<(), HostError> {
         let context = self.context;
         let target = &context.settings.target;
-        let current = self.step("read", |remote| remote.read_current(target))?;
+        let current = self.step("read", |remote| remote.read_current())?;
         let current_values = parse_values(current.content.as_ref());
         self.redactions.extend(current_values.values().cloned());
         self.report.keys = self.file.map(|file| key_changes(&current_values, file));
@@ -416,23 +488,21 @@ impl<'a> HostRun<'a> {
         if content.is_none() && assessment.same_file {
             // A run that lost its host after staging left its file behind.
             if assessment.current.leftover_staged {
-                let target = &self.context.settings.target;
                 let _ = self.step("discard", |remote| {
-                    remote.discard(target);
+                    remote.discard();
                     Ok(())
                 });
             }
             return Ok(());
         }
-        let target = &self.context.settings.target;
         let staging = match (content, self.file) {
             (Some(content), _) => Staging::Content(content),
             (None, Some(file)) => Staging::Content(&file.text),
             (None, None) => Staging::Backup(self.context.rollback_to),
         };
         self.step("stage", |remote| match staging {
-            Staging::Content(text) => remote.stage(target, text),
-            Staging::Backup(n) => remote.stage_backup(target, n),
+            Staging::Content(text) => remote.stage(text),
+            Staging::Backup(n) => remote.stage_backup(n),
         })
         .map_err(|error| (HostStatus::Failed, error))?;
         self.staged = true;
@@ -443,7 +513,7 @@ impl<'a> HostRun<'a> {
     pub fn discard_staged(&mut self) {
         if self.staged {
             if let Some(remote) = self.remote() {
-                remote.discard(&self.context.settings.target);
+                remote.discard();
             }
             self.staged = false;
         }
@@ -463,8 +533,7 @@ impl<'a> HostRun<'a> {
             return Ok(HostStatus::Unchanged);
         }
         let units = assessment.units.clone();
-        let target = &self.context.settings.target;
-        let had_previous = match self.step("switch", |remote| remote.switch(target)) {
+        let had_previous = match self.step("switch", |remote| remote.switch()) {
             Ok(had_previous) => had_previous,
             Err(error) => {
                 self.discard_staged();
@@ -491,9 +560,8 @@ impl<'a> HostRun<'a> {
     /// file when there was none), then restarts and verifies again. `cause`
     /// is why; the outcome is `rolledBack` unless the putting back fails.
     pub fn put_back(&mut self, cause: HostError) -> Outcome {
-        let target = &self.context.settings.target;
         let backup = if self.had_previous { self.switches } else { 0 };
-        if let Err(error) = self.step("rollback", |remote| remote.restore(target, backup)) {
+        if let Err(error) = self.step("rollback", |remote| remote.restore(backup)) {
             return Err((HostStatus::RollbackFailed, combine(&cause, &error)));
         }
         self.switches = 0;
@@ -624,8 +692,7 @@ impl<'a> HostRun<'a> {
 
     /// Reads the file back after a deploy: the values the host now holds.
     pub fn read_back(&mut self) -> Result<BTreeMap<String, String>, HostError> {
-        let target = &self.context.settings.target;
-        let current = self.step("read-back", |remote| remote.read_current(target))?;
+        let current = self.step("read-back", |remote| remote.read_current())?;
         Ok(parse_values(current.content.as_ref()))
     }
 
@@ -646,8 +713,7 @@ impl<'a> HostRun<'a> {
                 [(key.clone(), value), (format!("{key}_PREVIOUS"), value)]
             })
             .collect();
-        let target = &self.context.settings.target;
-        let backups = self.step("read-backups", |remote| remote.read_backups(target))?;
+        let backups = self.step("read-backups", |remote| remote.read_backups())?;
         let stale: Vec<u32> = backups
             .iter()
             .filter(|(_, content)| {
@@ -661,7 +727,7 @@ impl<'a> HostRun<'a> {
             .map(|(n, _)| *n)
             .collect();
         if !stale.is_empty() {
-            self.step("purge", |remote| remote.purge(target, &stale))?;
+            self.step("purge", |remote| remote.purge(&stale))?;
         }
         self.report.backups_purged = Some(stale.len() as u32);
         Ok(())
@@ -702,8 +768,7 @@ impl<'a> HostRun<'a> {
             context.deployment,
             &context.window_services,
         );
-        let state_dir = &context.settings.target.state_dir;
-        let _ = self.step("audit", |remote| audit::append(remote, state_dir, &line));
+        let _ = self.step("audit", |remote| audit::append(remote, &line));
     }
 }
 

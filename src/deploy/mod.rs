@@ -69,6 +69,8 @@ struct Context<'a> {
     deadline: Instant,
     lock: Invocation,
     lock_wait: Duration,
+    /// The host program to install where a root login finds it missing or outdated.
+    host_program: std::result::Result<Vec<u8>, String>,
     /// Who holds the lock, for whoever waits for it next (no secrets).
     holder: String,
     /// `rollback --to N`: which backup goes back (1 = the newest).
@@ -138,9 +140,9 @@ impl<'a> Context<'a> {
                 } else {
                     lock::Mode::Shared
                 },
-                rollout.lock_wait,
             ),
             lock_wait: rollout.lock_wait,
+            host_program: crate::provision::local_program(env),
             holder: holder(action, deployment),
             rollback_to: options.rollback_to.max(1),
             window_services: window_services.to_vec(),
@@ -192,7 +194,7 @@ pub fn run(
     report.service = Some(deployment.service.clone());
     report.environment = deployment.environment.clone();
     let prepared = match action {
-        Action::Rollback => None,
+        Action::Rollback | Action::HostInstall => None,
         _ => Some(check::prepare_deploy(deployment, env, catalog, report)?),
     };
     let services = [deployment.service.clone()];
@@ -204,6 +206,7 @@ pub fn run(
     match action {
         Action::Plan => in_parallel(&mut runs, context.rollout.parallel, HostRun::plan),
         Action::Drift => in_parallel(&mut runs, context.rollout.parallel, HostRun::drift),
+        Action::HostInstall => {}
         _ => apply_in_batches(&mut runs, &context.rollout),
     }
     let error = hosts_failed(action, &runs);
@@ -223,6 +226,7 @@ pub fn run_rotation(
 ) -> Result<()> {
     let started = Instant::now();
     let prepared: Vec<Option<Prepared>> = match action {
+        Action::HostInstall => rotation.deployments.iter().map(|_| None).collect(),
         Action::Rollback => {
             check::rotation_rules(rotation)?;
             rotation.deployments.iter().map(|_| None).collect()
@@ -260,6 +264,7 @@ pub fn run_rotation(
             differences = reports.iter().any(|r| !r.identical);
             report.shared = Some(reports);
         }
+        Action::HostInstall => {}
         _ => {
             if let Some(reports) =
                 window::apply(&mut runs, &contexts, &overlap, &rotation.shared, parallel)
@@ -294,6 +299,12 @@ pub fn run_rotation(
 /// Connects, locks and assesses every host, `parallel` at once, then checks `--expect-plan`.
 fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mut Report) {
     in_parallel(runs, parallel, HostRun::connect);
+    if runs
+        .first()
+        .is_some_and(|run| run.context.action == Action::HostInstall)
+    {
+        return;
+    }
     let mut order: Vec<usize> = (0..runs.len()).collect();
     order.sort_by(|a, b| {
         let key = |run: &HostRun| (run.host.name.clone(), run.context.settings.service.clone());
@@ -348,7 +359,7 @@ fn widest(contexts: &[Context]) -> usize {
         .unwrap_or(1)
 }
 
-/// Whether an action changes hosts (and so takes exclusive locks).
+/// Whether an action changes target files (and so takes exclusive locks).
 fn writes(action: Action) -> bool {
     !matches!(action, Action::Plan | Action::Drift)
 }

@@ -624,7 +624,7 @@ fn shell_in_accepted_fields_never_runs(deployer: &Deployer, hosts: &[&TestHost])
     let run = deployer.run("deploy", &request, &values);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(statuses(&run.json()), ["deployed"]);
-    trace.assert_clean("hostenv-switch", &["injected-".to_string()]);
+    trace.assert_clean("hostenv-host\", \"switch", &["injected-".to_string()]);
     let found = testbed.sh(hosts[0], "ls /tmp /opt /var/lib/hostenv / | grep injected");
     assert_eq!(
         String::from_utf8_lossy(&found.stdout),
@@ -1394,7 +1394,7 @@ fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
     let result = run("rollback", "window-rollback", &rotation, &BTreeMap::new());
     assert_eq!(result["ok"], true, "{result}");
 
-    trace.assert_clean("hostenv-stage", &canaries);
+    trace.assert_clean("hostenv-host\", \"stage", &canaries);
 
     let patterns = testbed.dir.join("canary-patterns");
     // grep reads one pattern per line, so a multi-line form is searched line by line.
@@ -1683,7 +1683,7 @@ fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&TestHost]) 
     assert!(
         rules
             .lines()
-            .filter(|l| l.starts_with("deploy ALL=(root) NOPASSWD: /bin/sh -c "))
+            .filter(|l| l.starts_with("deploy ALL=(root) NOPASSWD: /usr/local/sbin/hostenv-host "))
             .count()
             >= 8
     );
@@ -1713,11 +1713,18 @@ fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&TestHost]) 
         !other_file.status.success(),
         "deploy may remove other files as root"
     );
-    // A request whose settings differ from the granted ones is refused at its first privileged step.
+    // A request whose settings differ from the host's configuration is refused
+    // before any privileged step, naming the setting and what to run.
     let mut request = request.clone();
     request["target"] = json!({"backups": 3});
     let result = deployer.run("deploy", &request, &secrets("seven")).json();
-    assert_eq!(result["hosts"][0]["error"]["kind"], "sudoRefused");
+    let error = &result["hosts"][0]["error"];
+    assert_eq!(error["kind"], "hostProgramMismatch", "{result:#}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("`backups 3`") && message.contains("hostenv host-install"),
+        "{message}"
+    );
     assert_eq!(
         file_on(testbed, hosts[0], "/opt/voxbridge/.env").1,
         expected_voxbridge_file(&next)

@@ -610,7 +610,8 @@ fn purge_backups_of_leaves_no_backup_with_an_old_value(deployer: &Deployer, host
     // As the deploy user, with exactly the rules `hostenv sudoers` prints for
     // both deployments: reading and purging backups included.
     let rules = sudoers_rules(deployer, &request);
-    assert!(rules.contains("hostenv-purge /var/lib/hostenv/voxdialler 5"));
+    assert!(rules.contains("/usr/local/sbin/hostenv-host purge voxdialler\n"));
+    assert!(rules.contains("/usr/local/sbin/hostenv-host read-backups voxdialler\n"));
     for host in hosts {
         testbed.grant_sudo(host, &rules);
     }
@@ -762,7 +763,7 @@ fn secrets_stay_out_of_commands_and_audit_lines(
     trace: ExecTrace,
 ) {
     let canaries = every_canary();
-    trace.assert_clean("hostenv-switch", &canaries);
+    trace.assert_clean("hostenv-host\", \"switch", &canaries);
     for host in hosts {
         let logs = testbed.sh_ok(host, "cat /var/lib/hostenv/*/audit.log");
         assert!(

@@ -1,7 +1,7 @@
 #!/bin/bash
 # One testbed host: real systemd as PID 1 in new PID, mount, UTS and cgroup
 # namespaces, with private /opt, /etc/systemd/system, /run, /tmp, /var/lib and
-# /var/log. Run as root:  launch.sh RUN_DIR HOST
+# /var/log, and /etc and /usr/local overlaid. Run as root:  launch.sh RUN_DIR HOST
 # The host's files are prepared under RUN_DIR/hosts/HOST by the test harness;
 # RUN_DIR must not be under a directory this script mounts over.
 set -euo pipefail
@@ -19,6 +19,13 @@ fi
 hostname "$host"
 umount -R /sys/fs/cgroup
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
+# The host's own /etc and /usr/local (where hostenv-host and its configuration
+# are installed): the machine's files below, the host's changes in an overlay.
+for dir in etc usr/local; do
+  mkdir -p "$host_dir/overlay/$dir/upper" "$host_dir/overlay/$dir/work"
+  mount -t overlay overlay \
+    -o "lowerdir=/$dir,upperdir=$host_dir/overlay/$dir/upper,workdir=$host_dir/overlay/$dir/work" "/$dir"
+done
 for dir in /opt /etc/systemd/system /run /tmp /var/lib /var/log; do
   mount -t tmpfs -o mode=755 tmpfs "$dir"
 done

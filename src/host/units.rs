@@ -1,0 +1,75 @@
+//! Restarting a configured unit within the configured time, and clearing a
+//! failed state before a rollback's restart. The unit must be one the
+//! service's configuration names (or an instance of its template).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::config::HostConfig;
+use super::{Failure, CHILD_PATH};
+
+fn systemctl(args: &[&str]) -> Command {
+    let mut command = Command::new("systemctl");
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", CHILD_PATH)
+        .env("LANG", "C")
+        .stdin(Stdio::null());
+    command
+}
+
+fn admitted(config: &HostConfig, unit: &str) -> Result<(), Failure> {
+    if config.admits_unit(unit) {
+        Ok(())
+    } else {
+        Err(Failure::usage(format!(
+            "`{unit}` is not a unit of this service's configuration"
+        )))
+    }
+}
+
+/// `systemctl restart`; on failure prints `result=...` (systemd's verdict,
+/// `start-limit-hit` among them) and fails.
+pub fn restart(config: &HostConfig, unit: &str) -> Result<(), Failure> {
+    admitted(config, unit)?;
+    let mut child = systemctl(&["restart", "--", unit])
+        .spawn()
+        .map_err(|e| Failure::io(format!("cannot run systemctl: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(config.restart_timeout_s);
+    let succeeded = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status.success(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!(
+                    "hostenv-host: `{unit}` did not restart within {} s",
+                    config.restart_timeout_s
+                );
+                break false;
+            }
+            Err(e) => return Err(Failure::io(format!("waiting for systemctl: {e}"))),
+        }
+    };
+    if succeeded {
+        return Ok(());
+    }
+    let verdict = systemctl(&["show", "-p", "Result", "--value", "--", unit])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("result={verdict}");
+    Err(Failure::silent(1))
+}
+
+/// `systemctl reset-failed`; its own failure does not matter.
+pub fn reset_failed(config: &HostConfig, unit: &str) -> Result<(), Failure> {
+    admitted(config, unit)?;
+    let _ = systemctl(&["reset-failed", "--", unit])
+        .stderr(Stdio::null())
+        .status();
+    Ok(())
+}

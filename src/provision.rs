@@ -1,0 +1,216 @@
+//! The host program on each host (`crate::host`): installed at this hostenv's
+//! version, with the configuration the request needs for its service. At
+//! connect every run asks the host (`hostenv-host describe SERVICE`, no sudo)
+//! and compares. Logged in as root, hostenv installs or updates both itself
+//! (root can already do anything they allow); a non-root deploy user cannot,
+//! so the host fails naming what to run: `hostenv host-install`, as root.
+
+use crate::error::{ErrorKind, HostError};
+use crate::host::config::HostConfig;
+use crate::host::{banner, CONFIG_DIR, PROGRAM};
+use crate::remote::{quote, Invocation, Remote};
+use crate::settings::Settings;
+use crate::systemd;
+
+/// What the request needs `/etc/hostenv/<service>.conf` to say.
+pub fn expected_config(settings: &Settings) -> HostConfig {
+    let target = &settings.target;
+    HostConfig {
+        path: target.path.clone(),
+        owner: target.owner.clone(),
+        group: target.group.clone(),
+        mode: target.mode,
+        backups: target.backups.max(1),
+        state_dir: target.state_dir.clone(),
+        units: settings.restart.units.clone(),
+        restart_timeout_s: systemd::timeout_seconds(std::time::Duration::from_millis(
+            settings.restart.timeout_ms,
+        )),
+    }
+}
+
+/// How the host's program and configuration compare with the request's.
+#[derive(Debug, PartialEq, Eq)]
+pub enum State {
+    Ready,
+    /// Not installed, or no configuration for the service: what is missing.
+    Missing(String),
+    /// Another version, or another configuration: what differs.
+    Differs(String),
+}
+
+/// Asks the host program what it is and how the service is configured.
+pub fn inspect(remote: &Remote, expected: &str) -> Result<State, HostError> {
+    let describe = Invocation::new("describe", &[remote.service]);
+    let output = remote
+        .connection
+        .exec(remote.host, &describe.shell_line(false), &[])?;
+    if output.status == 127 || output.stderr.contains("not found") {
+        return Ok(State::Missing(format!("there is no `{PROGRAM}`")));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (version, config) = text.split_once('\n').unwrap_or((&text, ""));
+    if version != banner() {
+        let found = if version.is_empty() {
+            first_words(&output.stderr)
+        } else {
+            version.to_string()
+        };
+        return Ok(State::Differs(format!(
+            "`{PROGRAM}` is `{found}`, this hostenv needs `{}`",
+            banner()
+        )));
+    }
+    if let Some(problem) = config.strip_prefix("unsafe ") {
+        return Ok(State::Differs(problem.trim().to_string()));
+    }
+    if let Some(problem) = config.strip_prefix("unconfigured ") {
+        return Ok(State::Missing(problem.trim().to_string()));
+    }
+    if config != expected {
+        return Ok(State::Differs(format!(
+            "`{CONFIG_DIR}/{}.conf` differs from the request: {}",
+            remote.service,
+            difference(config, expected)
+        )));
+    }
+    Ok(State::Ready)
+}
+
+fn first_words(text: &str) -> String {
+    text.lines()
+        .next()
+        .unwrap_or("no answer")
+        .chars()
+        .take(120)
+        .collect()
+}
+
+/// The first setting the two configurations disagree on, by name.
+fn difference(host: &str, expected: &str) -> String {
+    let settings = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let (host, expected) = (settings(host), settings(expected));
+    for line in &expected {
+        if !host.contains(line) {
+            let key = line.split(' ').next().unwrap_or_default();
+            let has: Vec<&String> = host
+                .iter()
+                .filter(|l| l.split(' ').next() == Some(key))
+                .collect();
+            return match has.as_slice() {
+                [] => format!("the request needs `{line}`, the host has no `{key}`"),
+                has => format!(
+                    "the request needs `{line}`, the host has `{}`",
+                    has.iter()
+                        .map(|l| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join("`, `")
+                ),
+            };
+        }
+    }
+    match host.iter().find(|line| !expected.contains(line)) {
+        Some(line) => format!("the host has `{line}`, which the request does not"),
+        None => "the comments differ".into(),
+    }
+}
+
+// As root: the program goes in under a fresh name (mktemp, so nothing planted
+// is written through) and is renamed over the old one.
+const INSTALL: &str = concat!(
+    r#"set -eu; umask 022; dir=$(dirname -- "$1"); mkdir -p -- "$dir"; "#,
+    r#"new=$(mktemp "$dir/.hostenv-host.XXXXXX"); "#,
+    r#"cat > "$new" && chmod 755 "$new" && mv -f -- "$new" "$1" || { rm -f -- "$new"; exit 4; }"#,
+);
+
+/// Installs the program and the service's configuration (as root, or with
+/// `sudo -n` when the login user may run anything).
+pub fn install(remote: &Remote, program: &[u8], config: &str) -> Result<(), HostError> {
+    let sudo = if remote.sudo { "sudo -n " } else { "" };
+    let line = format!(
+        "{sudo}/bin/sh -c {} hostenv-install {}",
+        quote(INSTALL),
+        quote(PROGRAM)
+    );
+    let output = remote.connection.exec(remote.host, &line, program)?;
+    remote.check("install", output)?;
+    let configure = Invocation::new("configure", &[remote.service]);
+    remote.run(&configure, config.as_bytes()).map(|_| ())
+}
+
+/// The host program to install: `HOSTENV_HOST_PROGRAM`, else `hostenv-host`
+/// beside this binary (cargo and the release archive put it there).
+pub fn local_program(env: &dyn crate::secret::EnvLookup) -> Result<Vec<u8>, String> {
+    let candidates: Vec<std::path::PathBuf> = match env.get("HOSTENV_HOST_PROGRAM") {
+        Some(path) => vec![path.into()],
+        None => {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let dir = exe
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            // A test binary runs from deps/, one below cargo's binaries.
+            vec![dir.join("hostenv-host"), dir.join("../hostenv-host")]
+        }
+    };
+    for path in &candidates {
+        if let Ok(bytes) = std::fs::read(path) {
+            return Ok(bytes);
+        }
+    }
+    Err(format!(
+        "no host program to install at `{}` (set HOSTENV_HOST_PROGRAM)",
+        candidates[0].display()
+    ))
+}
+
+/// The error for a host whose program a non-root login cannot fix.
+pub fn not_ready(host: &str, service: &str, state: &State) -> HostError {
+    let (kind, what) = match state {
+        State::Missing(what) => (ErrorKind::HostProgramMissing, what),
+        State::Differs(what) => (ErrorKind::HostProgramMismatch, what),
+        State::Ready => unreachable!("a ready host is not an error"),
+    };
+    HostError::new(
+        kind,
+        format!(
+            "`{host}`: {what}; as root, run `hostenv host-install --request REQUEST` (or install `{PROGRAM}` {} and `{CONFIG_DIR}/{service}.conf` with your configuration management)",
+            crate::host::VERSION
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_the_setting() {
+        let expected = "# c\npath /opt/a/.env\nbackups 5\nunit a.service\n";
+        assert_eq!(
+            difference(
+                "# c\npath /opt/a/.env\nbackups 3\nunit a.service\n",
+                expected
+            ),
+            "the request needs `backups 5`, the host has `backups 3`"
+        );
+        assert_eq!(
+            difference(
+                "# c\npath /opt/a/.env\nbackups 5\nunit a.service\nunit b.service\n",
+                expected
+            ),
+            "the host has `unit b.service`, which the request does not"
+        );
+    }
+
+    #[test]
+    fn the_install_script_names_no_secret_and_one_path() {
+        assert!(!INSTALL.contains('\n'));
+        assert!(INSTALL.contains("mktemp"));
+    }
+}
