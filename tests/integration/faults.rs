@@ -24,14 +24,14 @@ const TARGET: &str = "/opt/voxbridge/.env";
 const STAGED: &str = "/opt/voxbridge/.env.hostenv-new";
 
 /// A run held before one step on one host.
-struct Paused {
+pub(crate) struct Paused {
     child: Child,
     file: std::path::PathBuf,
     stderr: std::thread::JoinHandle<String>,
 }
 
 impl Paused {
-    fn start(
+    pub(crate) fn start(
         deployer: &Deployer,
         request: &Value,
         values: &BTreeMap<String, String>,
@@ -73,7 +73,7 @@ impl Paused {
     }
 
     /// Lets the run go on; its exit code, result and stderr.
-    fn resume(self) -> (i32, Value, String) {
+    pub(crate) fn resume(self) -> (i32, Value, String) {
         std::fs::remove_file(&self.file).unwrap();
         let output = self.child.wait_with_output().unwrap();
         let stderr = self.stderr.join().unwrap();

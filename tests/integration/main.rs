@@ -11,6 +11,7 @@ mod intake;
 mod jenkins;
 mod lint;
 mod load;
+mod privilege;
 mod rotation;
 mod round_trip;
 mod schema_files;
