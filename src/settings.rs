@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 
 use crate::catalog::Catalog;
 use crate::contract::is_valid_key_name;
+// The host program checks the same names again; one definition serves both.
 use crate::error::{Error, ErrorKind, Result};
+use crate::host::config::{
+    is_account_name, is_plain_name, is_plain_path, is_unit_name, is_unit_word,
+};
 use crate::request::{Deployment, EnvFileSource, Source, Verify};
 use crate::schema::escape_pointer_token;
 
@@ -441,18 +445,6 @@ pub fn is_template(unit: &str) -> bool {
     unit.contains("@.")
 }
 
-/// Letters, digits, `.`, `_`, `-`; not starting with `.` or `-`, no `..`: safe
-/// as a path component, a lock name or a command argument.
-fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && !name.contains("..")
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-}
-
 fn check_service_name(name: &str, here: &str) -> Result<()> {
     if is_plain_name(name) {
         Ok(())
@@ -488,11 +480,7 @@ fn check_host_name(host: &str, here: &str) -> Result<()> {
 
 /// POSIX-portable user and group names.
 fn check_account_name(name: &str, here: &str) -> Result<()> {
-    let mut chars = name.chars();
-    let ok = name.len() <= 32
-        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_' || c.is_ascii_uppercase())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
+    if is_account_name(name) {
         Ok(())
     } else {
         Err(Error::invalid(
@@ -518,17 +506,7 @@ fn check_plain_name(name: &str, here: &str, what: &str) -> Result<()> {
 /// Absolute, no `..`, no empty components, and only characters that need no
 /// quoting anywhere.
 fn check_absolute_path(path: &str, here: &str) -> Result<()> {
-    let ok = path.starts_with('/')
-        && path.len() > 1
-        && path.len() <= 4096
-        && !path.ends_with('/')
-        && path[1..]
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..")
-        && path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-@+".contains(c));
-    if ok {
+    if is_plain_path(path) {
         Ok(())
     } else {
         Err(Error::invalid(
@@ -539,19 +517,9 @@ fn check_absolute_path(path: &str, here: &str) -> Result<()> {
     }
 }
 
-const UNIT_SUFFIXES: &[&str] = &[".service", ".target", ".socket"];
-
 /// `name.service`, `name@instance.service` or a template `name@.service`.
 fn check_unit_name(unit: &str, here: &str) -> Result<()> {
-    let stem = UNIT_SUFFIXES
-        .iter()
-        .find_map(|suffix| unit.strip_suffix(suffix));
-    let ok = unit.len() <= 255
-        && stem.is_some_and(|stem| {
-            let (prefix, instance) = stem.split_once('@').unwrap_or((stem, ""));
-            is_unit_word(prefix) && (instance.is_empty() || is_unit_word(instance))
-        });
-    if ok {
+    if is_unit_name(unit) {
         Ok(())
     } else {
         Err(Error::invalid(
@@ -572,14 +540,6 @@ fn check_instance_name(instance: &str, here: &str) -> Result<()> {
             "must be a unit instance name (letters, digits, `:`, `_`, `.`, `-`)",
         ))
     }
-}
-
-fn is_unit_word(word: &str) -> bool {
-    !word.is_empty()
-        && !word.starts_with(['-', '.'])
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ":_.-".contains(c))
 }
 
 #[cfg(test)]

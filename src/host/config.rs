@@ -188,7 +188,8 @@ pub fn is_plain_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-fn is_account_name(name: &str) -> bool {
+/// A POSIX-portable user or group name.
+pub fn is_account_name(name: &str) -> bool {
     let mut chars = name.chars();
     name.len() <= 32
         && matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')

@@ -112,9 +112,7 @@ pub fn open_dir(path: &str, last: LastDir) -> Result<Option<Dir>, Failure> {
             }
             Err(Errno::NOENT) => match last {
                 LastDir::OwnState => {
-                    fs::mkdirat(&here.fd, name.as_str(), Mode::from_raw_mode(0o700))
-                        .or_else(|e| if e == Errno::EXIST { Ok(()) } else { Err(e) })
-                        .map_err(|e| Failure::io(format!("cannot create `{shown}`: {e}")))?;
+                    make_dir(here, &name, 0o700)?;
                     pending.push_front(name);
                 }
                 LastDir::ServiceOrRoot(_) | LastDir::RootOwned => return Ok(None),
