@@ -302,6 +302,11 @@ pub fn write(rendered: &Rendered, report: &mut Report) -> Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // A build's output directory (`dist/brand/`, say) may not exist yet.
+    std::fs::create_dir_all(dir).map_err(|e| Error::OutputWriteFailed {
+        path: output.display().to_string(),
+        reason: format!("cannot create the directory `{}`: {e}", dir.display()),
+    })?;
     let temp = dir.join(format!(".env.hostenv-{}.tmp", std::process::id()));
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()

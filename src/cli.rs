@@ -34,13 +34,13 @@ pub enum Command {
     /// Validate, resolve and render in memory; touches no host (Deploy, Rotation, BuildEnv).
     Check(RequestArgs),
     /// Connect and read every host; report what a deploy would change, writing nothing (Deploy, Rotation).
-    Plan(RequestArgs),
+    Plan(PlanArgs),
     /// Report which hosts no longer hold what the request would write; exit 4 if any (Deploy, Rotation).
     Drift(RequestArgs),
     /// Put back the newest backup (or `--to N`) on every host, restart, verify (Deploy, Rotation).
-    Rollback(RequestArgs),
+    Rollback(RollbackArgs),
     /// Install the rendered .env on every host, restart, verify, roll back what fails (Deploy, Rotation).
-    Deploy(RequestArgs),
+    Deploy(DeployArgs),
     /// Write the console's build-time .env for Vite (BuildEnv).
     BuildEnv(RequestArgs),
     /// Check a service repository: contracts hold placeholders, no .env is tracked, credential maps match.
@@ -66,7 +66,7 @@ pub enum Command {
     /// Print the exact sudo rules a non-root deploy user needs for a Deploy or Rotation request.
     Sudoers {
         #[command(flatten)]
-        request: RequestArgs,
+        request: RequestFile,
         /// The deploy user (default: the request's `ssh.user`, else `deploy`).
         #[arg(long)]
         user: Option<String>,
@@ -85,22 +85,58 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RequestArgs {
+pub struct RequestFile {
     /// Read the request from FILE instead of stdin.
     #[arg(long, value_name = "FILE")]
     pub request: Option<PathBuf>,
+}
+
+/// What every action that prints a result takes.
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    pub file: RequestFile,
     /// Also write the result as JUnit XML to FILE (one testcase per host).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    /// plan/deploy: the NAME of the environment variable holding the plan digest's HMAC key.
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub common: RequestArgs,
+    /// Add `planDigest`: an HMAC under the key in the environment variable NAME.
     #[arg(long, value_name = "NAME")]
     pub plan_key_env: Option<String>,
-    /// deploy: refuse, touching nothing, unless the plan digest is still DIGEST.
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub common: RequestArgs,
+    /// The NAME of the environment variable holding the plan digest's HMAC key.
+    #[arg(long, value_name = "NAME")]
+    pub plan_key_env: Option<String>,
+    /// Refuse, touching nothing, unless the plan digest is still DIGEST.
     #[arg(long, value_name = "DIGEST", requires = "plan_key_env")]
     pub expect_plan: Option<String>,
-    /// rollback: put back the Nth newest backup (default 1, the newest).
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub common: RequestArgs,
+    /// Put back the Nth newest backup (default 1, the newest).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub to: Option<u32>,
+}
+
+/// The flags only some actions take, gathered for the run.
+#[derive(Default)]
+struct RunFlags<'a> {
+    plan_key_env: Option<&'a str>,
+    expect_plan: Option<&'a str>,
+    to: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -120,6 +156,16 @@ pub fn main_with_args(
     args: impl IntoIterator<Item = std::ffi::OsString>,
     env: &dyn EnvLookup,
 ) -> Outcome {
+    if let Err(error) = crate::host::protect_process() {
+        let mut report = Report::new(Action::Check);
+        report.fail(&Error::Internal(format!(
+            "cannot keep secrets out of core dumps (prctl, setrlimit): {error}"
+        )));
+        return Outcome {
+            stdout: to_json(&report),
+            exit_code: report.exit_code,
+        };
+    }
     match Cli::try_parse_from(args) {
         Ok(cli) => run(cli, env),
         Err(error) if !error.use_stderr() => Outcome {
@@ -149,19 +195,40 @@ fn first_line(text: &str) -> String {
 
 pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
     match cli.command {
-        Command::Check(args) => run_action(Action::Check, &args, env),
-        Command::Plan(args) => run_action(Action::Plan, &args, env),
-        Command::Drift(args) => run_action(Action::Drift, &args, env),
-        Command::Rollback(args) => run_action(Action::Rollback, &args, env),
-        Command::Deploy(args) => run_action(Action::Deploy, &args, env),
-        Command::BuildEnv(args) => run_action(Action::BuildEnv, &args, env),
+        Command::Check(args) => run_action(Action::Check, &args, RunFlags::default(), env),
+        Command::Plan(args) => {
+            let flags = RunFlags {
+                plan_key_env: args.plan_key_env.as_deref(),
+                ..RunFlags::default()
+            };
+            run_action(Action::Plan, &args.common, flags, env)
+        }
+        Command::Drift(args) => run_action(Action::Drift, &args, RunFlags::default(), env),
+        Command::Rollback(args) => {
+            let flags = RunFlags {
+                to: args.to,
+                ..RunFlags::default()
+            };
+            run_action(Action::Rollback, &args.common, flags, env)
+        }
+        Command::Deploy(args) => {
+            let flags = RunFlags {
+                plan_key_env: args.plan_key_env.as_deref(),
+                expect_plan: args.expect_plan.as_deref(),
+                to: None,
+            };
+            run_action(Action::Deploy, &args.common, flags, env)
+        }
+        Command::BuildEnv(args) => run_action(Action::BuildEnv, &args, RunFlags::default(), env),
         Command::Lint {
             path,
             credentials,
             junit,
         } => lint(&path, &credentials, junit.as_deref()),
-        Command::HostInstall { request, print } if print => host_configs(&request),
-        Command::HostInstall { request, .. } => run_action(Action::HostInstall, &request, env),
+        Command::HostInstall { request, print } if print => host_configs(&request.file),
+        Command::HostInstall { request, .. } => {
+            run_action(Action::HostInstall, &request, RunFlags::default(), env)
+        }
         Command::Sudoers { request, user } => sudoers(&request, user.as_deref()),
         Command::Schema { which } => {
             let schema = match which {
@@ -235,16 +302,16 @@ fn deployment_config(deployment: &Deployment, at: &str) -> Result<String> {
 }
 
 /// `sudoers` and `host-install --print`: text per deployment on stdout.
-fn sudoers(args: &RequestArgs, user: Option<&str>) -> Outcome {
+fn sudoers(args: &RequestFile, user: Option<&str>) -> Outcome {
     per_deployment(args, "sudoers", |d, at| deployment_rules(d, at, user))
 }
 
-fn host_configs(args: &RequestArgs) -> Outcome {
+fn host_configs(args: &RequestFile) -> Outcome {
     per_deployment(args, "host-install", deployment_config)
 }
 
 fn per_deployment(
-    args: &RequestArgs,
+    args: &RequestFile,
     action: &str,
     text: impl Fn(&Deployment, &str) -> Result<String>,
 ) -> Outcome {
@@ -282,12 +349,12 @@ fn per_deployment(
     }
 }
 
-fn run_action(action: Action, args: &RequestArgs, env: &dyn EnvLookup) -> Outcome {
+fn run_action(action: Action, args: &RequestArgs, flags: RunFlags, env: &dyn EnvLookup) -> Outcome {
     let started = Instant::now();
     let mut report = Report::new(action);
-    let result = intake::read_request(args.request.as_deref()).and_then(|bytes| {
+    let result = intake::read_request(args.file.request.as_deref()).and_then(|bytes| {
         let request = intake::parse_request(&bytes)?;
-        let options = run_options(args, &bytes, env)?;
+        let options = run_options(&flags, &bytes, env)?;
         dispatch(action, &request, env, &options, &mut report)
     });
     if let Err(error) = result {
@@ -306,14 +373,10 @@ fn finish(mut report: Report, started: Instant, junit: Option<&std::path::Path>)
                 path.display()
             );
             if report.exit_code == EXIT_OK {
-                report.ok = false;
-                report.exit_code = crate::report::EXIT_FAILED;
-                report.error = Some(crate::report::ErrorReport::from(
-                    &Error::OutputWriteFailed {
-                        path: path.display().to_string(),
-                        reason: error.to_string(),
-                    },
-                ));
+                report.fail(&Error::OutputWriteFailed {
+                    path: path.display().to_string(),
+                    reason: error.to_string(),
+                });
             }
         }
     }
@@ -325,8 +388,8 @@ fn finish(mut report: Report, started: Instant, junit: Option<&std::path::Path>)
 }
 
 /// The digest flags, with the key read from the environment.
-fn run_options(args: &RequestArgs, bytes: &[u8], env: &dyn EnvLookup) -> Result<RunOptions> {
-    let plan_key = match &args.plan_key_env {
+fn run_options(flags: &RunFlags, bytes: &[u8], env: &dyn EnvLookup) -> Result<RunOptions> {
+    let plan_key = match flags.plan_key_env {
         Some(name) => Some(
             crate::secret::from_env(env, name, false)
                 .map_err(|problem| Error::Usage(format!("--plan-key-env: {}", problem.message)))?,
@@ -335,9 +398,9 @@ fn run_options(args: &RequestArgs, bytes: &[u8], env: &dyn EnvLookup) -> Result<
     };
     Ok(RunOptions {
         plan_key,
-        expect_plan: args.expect_plan.clone(),
+        expect_plan: flags.expect_plan.map(str::to_string),
         request: serde_json::from_slice(bytes).unwrap_or_default(),
-        rollback_to: args.to.unwrap_or(1),
+        rollback_to: flags.to.unwrap_or(1),
     })
 }
 

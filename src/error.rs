@@ -119,8 +119,13 @@ pub enum ErrorKind {
     PurgeFailed,
     /// `lint`: the path is not a directory in a git work tree.
     LintPathInvalid,
-    /// `lint` found problems; each is listed in `findings`.
+    /// `lint` found problems; each is listed in `findings` (exit 4).
     LintFindings,
+    /// `plan`: a deploy would change hosts; each is `planned` (exit 4).
+    ChangesPending,
+    /// `drift`: hosts differ from the request, or a shared key does not hold one
+    /// value everywhere; each such host is `drifted` (exit 4).
+    DriftFound,
 }
 
 /// What went wrong on one host: a stable kind and words that never hold a secret.

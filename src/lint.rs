@@ -173,25 +173,26 @@ pub fn run(root: &Path, credential_maps: &[PathBuf], report: &mut Report) -> Res
         findings.extend(check_credential_map(root, map));
     }
     if !findings.is_empty() {
-        report.ok = false;
-        report.exit_code = EXIT_DIFFERENCES;
-        report.error = Some(crate::report::ErrorReport {
-            kind: ErrorKind::LintFindings,
-            message: format!(
-                "{} finding{}: {}",
-                findings.len(),
-                if findings.len() == 1 { "" } else { "s" },
-                findings
-                    .iter()
-                    .map(|f| match f.line {
-                        Some(line) => format!("{}:{line}", f.file),
-                        None => f.file.clone(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            field: None,
-        });
+        report.set_outcome(
+            EXIT_DIFFERENCES,
+            Some(crate::report::ErrorReport {
+                kind: ErrorKind::LintFindings,
+                message: format!(
+                    "{} finding{}: {}",
+                    findings.len(),
+                    if findings.len() == 1 { "" } else { "s" },
+                    findings
+                        .iter()
+                        .map(|f| match f.line {
+                            Some(line) => format!("{}:{line}", f.file),
+                            None => f.file.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                field: None,
+            }),
+        );
     }
     report.findings = Some(findings);
     Ok(())

@@ -60,7 +60,9 @@ pub struct Report {
     pub kind: &'static str,
     /// The action that ran.
     pub action: Action,
-    /// True when the action succeeded (exit code 0).
+    /// True exactly when `exitCode` is 0. Whenever it is false, `error` says
+    /// why: a rejection, `hostsFailed`, or for exit 4 what differs
+    /// (`changesPending`, `driftFound`, `lintFindings`).
     pub ok: bool,
     /// The process exit code: 0 ok, 1 a host failed, 2 rejected, 3 a host needs a person, 4 differences found.
     pub exit_code: i32,
@@ -562,12 +564,26 @@ impl Report {
 
     /// Marks the report as failed by `error`; hosts are left out of a rejection.
     pub fn fail(&mut self, error: &Error) {
-        self.ok = false;
-        self.exit_code = error.exit_code();
-        if self.exit_code == EXIT_REJECTED {
+        if error.exit_code() == EXIT_REJECTED {
             self.hosts.clear();
             self.summary = Summary::default();
         }
-        self.error = Some(ErrorReport::from(error));
+        self.set_outcome(error.exit_code(), Some(ErrorReport::from(error)));
+    }
+
+    /// The one place that sets `exitCode`, `ok` and `error`: `ok` follows
+    /// from the code, and every code but 0 carries an error.
+    pub fn set_outcome(&mut self, exit_code: i32, error: Option<ErrorReport>) {
+        self.exit_code = exit_code;
+        self.ok = exit_code == EXIT_OK;
+        self.error = match (exit_code, error) {
+            (EXIT_OK, _) => None,
+            (_, Some(error)) => Some(error),
+            (code, None) => Some(ErrorReport {
+                kind: ErrorKind::Internal,
+                message: format!("hostenv ended with exit {code} without saying why"),
+                field: None,
+            }),
+        };
     }
 }

@@ -173,7 +173,7 @@ pub fn resolve(
 
 /// Renders, then reads back with the independent reader: the bytes are used only
 /// if they give exactly the values that went in.
-fn render_checked(values: &[(String, SecretString)]) -> Result<SecretString> {
+pub fn render_checked(values: &[(String, SecretString)]) -> Result<SecretString> {
     let text = systemd::render(values.iter().map(|(k, v)| (k.as_str(), v.expose_secret())));
     let parsed = systemd::parse(&text);
     let same = parsed.lines_without_assignment.is_empty()

@@ -200,9 +200,15 @@ impl SshConfig {
 /// What a remote command returned.
 pub struct Output {
     pub status: i32,
-    /// May hold secret bytes (a file read back); never logged.
+    /// May hold secret bytes (a file read back); never logged, zeroed when dropped.
     pub stdout: Vec<u8>,
     pub stderr: String,
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.stdout);
+    }
 }
 
 /// The most one write to a channel offers (libssh2 takes less when its window is smaller).

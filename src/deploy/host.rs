@@ -27,7 +27,7 @@ use crate::systemd;
 /// What the host has and what a deploy would do there, known before any write.
 pub(super) struct Assessment {
     pub current: Current,
-    pub current_values: BTreeMap<String, String>,
+    pub current_values: Values,
     pub units: Vec<String>,
     pub same_file: bool,
     /// With an identical file: the units to restart anyway (`restart.force`, or
@@ -64,8 +64,10 @@ pub(super) struct HostRun<'a> {
     switches: u32,
     /// Whether the target existed before this run's first switch.
     had_previous: bool,
+    /// Why the host was put back, once it was: kept for a recheck to restore.
+    put_back_for: Option<HostError>,
     /// Values that must never reach a message from the host.
-    redactions: Vec<String>,
+    redactions: Vec<SecretString>,
 }
 
 impl<'a> HostRun<'a> {
@@ -90,10 +92,11 @@ impl<'a> HostRun<'a> {
             staged: false,
             switches: 0,
             had_previous: false,
+            put_back_for: None,
             redactions: file
                 .map_or(&[][..], |f| &f.values)
                 .iter()
-                .map(|(_, v)| v.expose_secret().to_string())
+                .map(|(_, v)| v.clone())
                 .collect(),
         }
     }
@@ -408,9 +411,9 @@ impl<'a> HostRun<'a> {
     }
 
     /// Whether the new file holds another value for `key` than the host does now.
-    fn changes_value_of(&self, current: &BTreeMap<String, String>, key: &str) -> bool {
+    fn changes_value_of(&self, current: &Values, key: &str) -> bool {
         let new = self.value_of(key);
-        matches!((current.get(key), new), (Some(old), Some(new)) if old != new)
+        matches!((current.get(key), new), (Some(old), Some(new)) if old.expose_secret() != new)
     }
 
     /// The value this run would write for `key`.
@@ -552,6 +555,9 @@ impl<'a> HostRun<'a> {
                 Err((HostStatus::Unknown, error))
             }
             Err(error) if !self.context.rollback_on_failure => Err((HostStatus::Unhealthy, error)),
+            // A Rotation's window puts every switched host back, this one
+            // included, in the order that lets each one's checks pass.
+            Err(error) if self.context.in_rotation() => Err((HostStatus::Failed, error)),
             Err(error) => self.put_back(error),
         }
     }
@@ -560,6 +566,7 @@ impl<'a> HostRun<'a> {
     /// file when there was none), then restarts and verifies again. `cause`
     /// is why; the outcome is `rolledBack` unless the putting back fails.
     pub fn put_back(&mut self, cause: HostError) -> Outcome {
+        self.put_back_for = Some(cause.clone());
         let backup = if self.had_previous { self.switches } else { 0 };
         if let Err(error) = self.step("rollback", |remote| remote.restore(backup)) {
             return Err((HostStatus::RollbackFailed, combine(&cause, &error)));
@@ -608,39 +615,71 @@ impl<'a> HostRun<'a> {
             if let Some(entry) = self.report.units.iter_mut().find(|u| &u.unit == unit) {
                 entry.restarted = true;
             }
-            if let Some(instance) = instance_of(unit) {
-                for check in settings
-                    .verify
-                    .iter()
-                    .filter(|c| c.url.contains("{instance}"))
-                {
-                    result = self.verify(
-                        &health::expand(&check.url, &self.host.name, Some(instance)),
-                        check,
-                    );
-                    if result.is_err() {
-                        break;
-                    }
-                }
-            }
+            result = self.instance_checks(unit);
             if result.is_err() {
                 break;
             }
         }
-        if result.is_ok() {
-            for check in settings
-                .verify
-                .iter()
-                .filter(|c| !c.url.contains("{instance}"))
-            {
-                result = self.verify(&health::expand(&check.url, &self.host.name, None), check);
-                if result.is_err() {
-                    break;
-                }
-            }
-        }
         self.redactions = redactions;
-        result
+        result?;
+        self.host_checks()
+    }
+
+    /// The checks with `{instance}`, for `unit` when it is a template's instance.
+    fn instance_checks(&mut self, unit: &str) -> Result<(), HostError> {
+        let Some(instance) = instance_of(unit) else {
+            return Ok(());
+        };
+        let settings = &self.context.settings;
+        for check in settings
+            .verify
+            .iter()
+            .filter(|c| c.url.contains("{instance}"))
+        {
+            self.verify(
+                &health::expand(&check.url, &self.host.name, Some(instance)),
+                check,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The checks without `{instance}`: the host as a whole.
+    fn host_checks(&mut self) -> Result<(), HostError> {
+        let settings = &self.context.settings;
+        for check in settings
+            .verify
+            .iter()
+            .filter(|c| !c.url.contains("{instance}"))
+        {
+            self.verify(&health::expand(&check.url, &self.host.name, None), check)?;
+        }
+        Ok(())
+    }
+
+    /// After a window put every host back: a host whose checks failed right
+    /// after its own put-back (another host was not back yet) is checked
+    /// again; it is `rollbackFailed` only if it is still unhealthy.
+    pub fn recheck(&mut self) {
+        let restored = self.switches == 0 && self.report.rollback.is_some();
+        if self.report.status != HostStatus::RollbackFailed || !restored {
+            return;
+        }
+        let Some(cause) = self.put_back_for.clone() else {
+            return;
+        };
+        let units = self
+            .assessment
+            .as_ref()
+            .map(|a| a.units.clone())
+            .unwrap_or_default();
+        let healthy = units
+            .iter()
+            .try_for_each(|unit| self.instance_checks(unit))
+            .and_then(|()| self.host_checks());
+        if healthy.is_ok() {
+            self.finish(Err((HostStatus::RolledBack, cause)));
+        }
     }
 
     fn verify(
@@ -691,7 +730,7 @@ impl<'a> HostRun<'a> {
     }
 
     /// Reads the file back after a deploy: the values the host now holds.
-    pub fn read_back(&mut self) -> Result<BTreeMap<String, String>, HostError> {
+    pub fn read_back(&mut self) -> Result<Values, HostError> {
         let current = self.step("read-back", |remote| remote.read_current())?;
         Ok(parse_values(current.content.as_ref()))
     }
@@ -721,7 +760,7 @@ impl<'a> HostRun<'a> {
                 new.iter().any(|(key, value)| {
                     values
                         .get(key.as_str())
-                        .is_some_and(|old| Some(old.as_str()) != *value)
+                        .is_some_and(|old| Some(old.expose_secret()) != *value)
                 })
             })
             .map(|(n, _)| *n)
@@ -797,25 +836,30 @@ fn combine(first: &HostError, then: &HostError) -> HostError {
     )
 }
 
-/// A file's assignments as systemd would read them; values are secrets.
-pub(super) fn parse_values(content: Option<&SecretString>) -> BTreeMap<String, String> {
+/// A file's values by key, as read from a host: secrets from the moment they are parsed.
+pub(super) type Values = BTreeMap<String, SecretString>;
+
+/// A file's assignments as systemd would read them.
+pub(super) fn parse_values(content: Option<&SecretString>) -> Values {
     content
         .map(|content| {
             grammar::parse(content.expose_secret())
                 .assignments
                 .into_iter()
-                .map(|a| (a.key, a.value))
+                .map(|a| (a.key, SecretString::from(a.value)))
                 .collect()
         })
         .unwrap_or_default()
 }
 
-fn key_changes(current: &BTreeMap<String, String>, file: &HostFile) -> KeyChanges {
+fn key_changes(current: &Values, file: &HostFile) -> KeyChanges {
     let mut changes = KeyChanges::default();
     for (key, value) in &file.values {
         match current.get(key) {
             None => changes.added.push(key.clone()),
-            Some(old) if old != value.expose_secret() => changes.changed.push(key.clone()),
+            Some(old) if old.expose_secret() != value.expose_secret() => {
+                changes.changed.push(key.clone())
+            }
             Some(_) => changes.unchanged += 1,
         }
     }
@@ -828,10 +872,14 @@ fn key_changes(current: &BTreeMap<String, String>, file: &HostFile) -> KeyChange
 }
 
 /// Replaces every occurrence of a secret in a message from a host.
-fn redact(text: &str, secrets: &[String]) -> String {
+fn redact(text: &str, secrets: &[SecretString]) -> String {
     let mut out = text.to_string();
-    for secret in secrets.iter().filter(|s| s.len() >= 3) {
-        out = out.replace(secret.as_str(), "[redacted]");
+    for secret in secrets
+        .iter()
+        .map(|s| s.expose_secret())
+        .filter(|s| s.len() >= 3)
+    {
+        out = out.replace(secret, "[redacted]");
     }
     out
 }
@@ -842,7 +890,7 @@ mod tests {
 
     #[test]
     fn redaction_removes_every_secret() {
-        let secrets = vec!["hunter2".to_string(), "ab".to_string()];
+        let secrets = vec![SecretString::from("hunter2"), SecretString::from("ab")];
         assert_eq!(redact("pw hunter2 ab", &secrets), "pw [redacted] ab");
     }
 }

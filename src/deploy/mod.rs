@@ -27,7 +27,7 @@ use crate::error::{Error, ErrorKind, HostError, Result};
 use crate::lock;
 use crate::remote::Invocation;
 use crate::report::{
-    wire_name, Action, ContractReport, DeploymentReport, HostStatus, Report, Summary,
+    wire_name, Action, ContractReport, DeploymentReport, ErrorReport, HostStatus, Report, Summary,
     EXIT_DIFFERENCES, EXIT_FAILED, EXIT_NEEDS_PERSON,
 };
 use crate::request::{Amount, Deployment, Rotation, SudoMode};
@@ -251,6 +251,7 @@ pub fn run_rotation(
         contexts.push(context);
     }
     let overlap = window::Overlap::from_request(rotation, &contexts)?;
+    let run_key = shared::RunKey::new()?;
     let mut runs: Vec<HostRun> = contexts.iter().flat_map(Context::host_runs).collect();
     let parallel = widest(&contexts);
     open(&mut runs, parallel, options, report);
@@ -260,15 +261,20 @@ pub fn run_rotation(
         Action::Drift => {
             in_parallel(&mut runs, parallel, HostRun::drift);
             let holdings = shared::holdings_now(&runs, &rotation.shared);
-            let reports = shared::reports(&rotation.shared, &runs, &holdings);
+            let reports = shared::reports(&rotation.shared, &runs, &holdings, &run_key);
             differences = reports.iter().any(|r| !r.identical);
             report.shared = Some(reports);
         }
         Action::HostInstall => {}
         _ => {
-            if let Some(reports) =
-                window::apply(&mut runs, &contexts, &overlap, &rotation.shared, parallel)
-            {
+            if let Some(reports) = window::apply(
+                &mut runs,
+                &contexts,
+                &overlap,
+                &rotation.shared,
+                &run_key,
+                parallel,
+            ) {
                 report.shared = Some(reports);
             }
         }
@@ -338,14 +344,37 @@ fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mu
     }
 }
 
-/// Sets the exit code for differences, or records the run's error.
-fn conclude(report: &mut Report, error: Option<Error>, differences: bool) -> Result<()> {
+/// Records the run's error, or exit 4 with what differs: hosts a deploy would
+/// change (`plan`), hosts that drifted or shared keys that disagree (`drift`).
+fn conclude(report: &mut Report, error: Option<Error>, shared_differ: bool) -> Result<()> {
     if let Some(error) = error {
         return Err(error);
     }
-    if differences || report.summary.planned > 0 || report.summary.drifted > 0 {
-        report.ok = false;
-        report.exit_code = EXIT_DIFFERENCES;
+    let hosts = report.summary.hosts;
+    let (planned, drifted) = (report.summary.planned, report.summary.drifted);
+    let difference = if planned > 0 {
+        Some((
+            ErrorKind::ChangesPending,
+            format!("a deploy would change {planned} of {hosts} hosts"),
+        ))
+    } else if drifted > 0 || shared_differ {
+        let mut message = format!("{drifted} of {hosts} hosts differ from the request");
+        if shared_differ {
+            message.push_str("; a shared key does not hold one value on every host");
+        }
+        Some((ErrorKind::DriftFound, message))
+    } else {
+        None
+    };
+    if let Some((kind, message)) = difference {
+        report.set_outcome(
+            EXIT_DIFFERENCES,
+            Some(ErrorReport {
+                kind,
+                message,
+                field: None,
+            }),
+        );
     }
     Ok(())
 }

@@ -2,18 +2,17 @@
 //! memory and shown as fingerprints keyed with a random key made for this run,
 //! so they compare hosts within one result and mean nothing outside it.
 
-use std::collections::BTreeMap;
-use std::io::Read;
-
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::host::HostRun;
+use super::host::{HostRun, Values};
 use super::in_parallel;
+use crate::error::{Error, Result};
 use crate::report::{SharedHolder, SharedKeyReport, SharedValueGroup};
+use crate::secret::ExposeSecret;
 
 /// Per run, the shared keys' values its host holds (None: not read).
-pub(super) type Holdings = Vec<Option<BTreeMap<String, String>>>;
+pub(super) type Holdings = Vec<Option<Values>>;
 
 /// What the hosts held when they were assessed (`drift`).
 pub(super) fn holdings_now(runs: &[HostRun], keys: &[String]) -> Holdings {
@@ -27,7 +26,7 @@ pub(super) fn holdings_now(runs: &[HostRun], keys: &[String]) -> Holdings {
 
 /// Reads every host's file again after the switch.
 pub(super) fn read_back(runs: &mut [HostRun], keys: &[String], parallel: usize) -> Holdings {
-    let mut slots: Vec<(&mut HostRun, Option<BTreeMap<String, String>>)> =
+    let mut slots: Vec<(&mut HostRun, Option<Values>)> =
         runs.iter_mut().map(|run| (run, None)).collect();
     in_parallel(&mut slots, parallel, |(run, holding)| {
         *holding = run.read_back().ok().map(|values| only(&values, keys));
@@ -35,7 +34,7 @@ pub(super) fn read_back(runs: &mut [HostRun], keys: &[String], parallel: usize) 
     slots.into_iter().map(|(_, holding)| holding).collect()
 }
 
-fn only(values: &BTreeMap<String, String>, keys: &[String]) -> BTreeMap<String, String> {
+fn only(values: &Values, keys: &[String]) -> Values {
     values
         .iter()
         .filter(|(key, _)| keys.contains(key))
@@ -49,8 +48,8 @@ pub(super) fn reports(
     keys: &[String],
     runs: &[HostRun],
     holdings: &Holdings,
+    run_key: &RunKey,
 ) -> Vec<SharedKeyReport> {
-    let run_key = random_key();
     keys.iter()
         .map(|key| {
             let mut services: Vec<String> = Vec::new();
@@ -70,7 +69,7 @@ pub(super) fn reports(
                 }
                 let Some(holding) = holding else { continue };
                 let value = holding.get(key);
-                let fingerprint = value.map(|v| fingerprint(&run_key, v));
+                let fingerprint = value.map(|v| fingerprint(&run_key.0, v.expose_secret()));
                 let holder = SharedHolder {
                     service: service.clone(),
                     host: run.host.name.clone(),
@@ -78,7 +77,8 @@ pub(super) fn reports(
                 match groups.iter_mut().find(|g| g.fingerprint == fingerprint) {
                     Some(group) => group.hosts.push(holder),
                     None => groups.push(SharedValueGroup {
-                        expected: value.is_some_and(|v| run.value_of(key) == Some(v.as_str())),
+                        expected: value
+                            .is_some_and(|v| run.value_of(key) == Some(v.expose_secret())),
                         fingerprint,
                         hosts: vec![holder],
                     }),
@@ -103,20 +103,29 @@ fn fingerprint(run_key: &[u8], value: &str) -> String {
         .collect()
 }
 
-/// 32 bytes from the kernel, made once per run and never shown.
-fn random_key() -> Vec<u8> {
-    let mut key = vec![0u8; 32];
-    let read =
-        std::fs::File::open("/dev/urandom").and_then(|mut random| random.read_exact(&mut key));
-    if read.is_err() {
-        // The standard library's hasher seeds come from the OS as well.
-        use std::hash::BuildHasher;
-        for chunk in key.chunks_mut(8) {
-            let seed = std::collections::hash_map::RandomState::new().hash_one(0u8);
-            chunk.copy_from_slice(&seed.to_le_bytes());
+/// The key fingerprints are made with: 32 bytes from the kernel's CSPRNG,
+/// made once per run before any host is contacted, and never shown. A run
+/// that cannot have one fails rather than fall back to a weaker source.
+pub(super) struct RunKey(Vec<u8>);
+
+impl RunKey {
+    pub fn new() -> Result<RunKey> {
+        let mut key = vec![0u8; 32];
+        let mut filled = 0;
+        while filled < key.len() {
+            match rustix::rand::getrandom(&mut key[filled..], rustix::rand::GetRandomFlags::empty())
+            {
+                Ok(n) => filled += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    return Err(Error::Internal(format!(
+                    "cannot have random bytes from the kernel for the run's fingerprint key: {e}"
+                )))
+                }
+            }
         }
+        Ok(RunKey(key))
     }
-    key
 }
 
 #[cfg(test)]
@@ -125,7 +134,7 @@ mod tests {
 
     #[test]
     fn fingerprints_depend_on_the_run_key() {
-        let (one, two) = (random_key(), random_key());
+        let (one, two) = (RunKey::new().unwrap().0, RunKey::new().unwrap().0);
         assert_ne!(one, two);
         assert_eq!(fingerprint(&one, "v"), fingerprint(&one, "v"));
         assert_ne!(fingerprint(&one, "v"), fingerprint(&two, "v"));

@@ -4,10 +4,13 @@
 //! (mod.rs). Then: stage every new file; only then switch, restart and verify,
 //! deployment by deployment in request order, so the side that verifies a
 //! shared secret can go first; read back every host's file and confirm the
-//! shared keys agree. If anything fails, every host already switched, in every
-//! deployment, gets back the file it had before the run and is restarted and
-//! verified again, again in request order. Only after a success are old values
-//! purged from backups.
+//! shared keys agree. If anything fails, no host puts itself back on its own:
+//! every host already switched, in every deployment (the one that failed
+//! included), gets back the file it had before the run and is restarted and
+//! verified again, deployment by deployment with the verifying side first, so
+//! that each check runs against hosts already back; a host whose check failed
+//! before every host was back is checked once more at the end. Only after a
+//! success are old values purged from backups.
 //!
 //! With `overlap`, a shared key moves in three health-checked phases: the
 //! verifiers get the new value and keep the old one as `<KEY>_PREVIOUS`, then
@@ -58,21 +61,27 @@ impl Overlap {
         &self,
         runs: &[HostRun],
     ) -> std::result::Result<Vec<Option<SecretString>>, HostError> {
-        let mut old_values: Vec<(String, String)> = Vec::new();
+        let mut old_values: Vec<(String, SecretString)> = Vec::new();
         for key in &self.keys {
-            let mut holders: BTreeMap<Option<&String>, Vec<String>> = BTreeMap::new();
+            // Grouped by the old value, compared in memory and never shown.
+            let mut holders: BTreeMap<Option<&str>, Vec<String>> = BTreeMap::new();
+            let mut olds: BTreeMap<Option<&str>, &SecretString> = BTreeMap::new();
             let mut rotates = false;
             for run in runs.iter().filter(|run| self.verifies(run)) {
                 let current = run.assessment.as_ref().expect("assessed");
                 let old = current.current_values.get(key);
-                rotates |= old.map(String::as_str) != run.value_of(key);
-                holders.entry(old).or_default().push(run.name());
+                let text = old.map(|v| v.expose_secret());
+                rotates |= text != run.value_of(key);
+                holders.entry(text).or_default().push(run.name());
+                if let Some(old) = old {
+                    olds.insert(text, old);
+                }
             }
             if !rotates {
                 continue;
             }
             match holders.into_iter().collect::<Vec<_>>().as_slice() {
-                [(Some(old), _)] => old_values.push((key.clone(), (*old).clone())),
+                [(Some(old), _)] => old_values.push((key.clone(), olds[&Some(*old)].clone())),
                 groups => {
                     let listed: Vec<String> = groups
                         .iter()
@@ -99,34 +108,64 @@ impl Overlap {
         if old_values.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(runs
-            .iter()
+        runs.iter()
             .map(|run| {
                 if !self.verifies(run) {
                     return None;
                 }
                 let contract = &run.context.prepared.as_ref()?.contract;
-                let mut values: Vec<(String, &str)> = run
-                    .file?
-                    .values
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.expose_secret()))
-                    .collect();
+                let mut values: Vec<(String, SecretString)> = run.file?.values.clone();
                 for (key, old) in &old_values {
-                    values.push((previous_name(key), old.as_str()));
+                    values.push((previous_name(key), old.clone()));
                 }
                 values.sort_by_key(|(k, _)| contract.position(k));
-                Some(SecretString::from(grammar::render(
-                    values.iter().map(|(k, v)| (k.as_str(), *v)),
-                )))
+                Some(interim_file(&run.name(), &values))
             })
-            .collect())
+            .map(Option::transpose)
+            .collect()
+    }
+
+    /// The order deployments go back in after a failure: the verifiers (the
+    /// deployments that accept `<KEY>_PREVIOUS`) first, then the rest, each
+    /// group in request order. Without overlap, request order: the side that
+    /// verifies a shared secret is listed first (README).
+    fn put_back_order(&self, deployments: usize) -> Vec<usize> {
+        let verifiers = (0..deployments).filter(|d| self.verifiers[*d]);
+        let presenters = (0..deployments).filter(|d| !self.verifiers[*d]);
+        verifiers.chain(presenters).collect()
     }
 
     fn verifies(&self, run: &HostRun) -> bool {
         self.verifiers[run.context.index]
     }
+}
 
+/// An interim file goes through the checks every rendered file does: each
+/// `KEY=VALUE` fits a process environment, and the bytes read back exactly.
+fn interim_file(
+    name: &str,
+    values: &[(String, SecretString)],
+) -> std::result::Result<SecretString, HostError> {
+    for (key, value) in values {
+        if let Err(unfit) = grammar::check(key, value.expose_secret()) {
+            return Err(HostError::new(
+                ErrorKind::OverlapUnavailable,
+                format!(
+                    "`{name}`: the interim file cannot hold `{key}`: {}",
+                    unfit.describe()
+                ),
+            ));
+        }
+    }
+    crate::resolve::render_checked(values).map_err(|error| {
+        HostError::new(
+            ErrorKind::Internal,
+            format!("`{name}`: the interim file: {error}"),
+        )
+    })
+}
+
+impl Overlap {
     /// The switching steps in order: (deployment, whether its hosts were
     /// switched before and get their final file now).
     fn phases(&self, deployments: usize, overlapping: bool) -> Vec<(usize, bool)> {
@@ -165,9 +204,10 @@ pub(super) fn apply(
     contexts: &[Context],
     overlap: &Overlap,
     shared_keys: &[String],
+    run_key: &shared::RunKey,
     parallel: usize,
 ) -> Option<Vec<SharedKeyReport>> {
-    let result = switch_everything(runs, contexts, overlap, shared_keys, parallel);
+    let result = switch_everything(runs, contexts, overlap, shared_keys, run_key, parallel);
     let reports = match result {
         Ok(reports) => {
             in_parallel(runs, parallel, HostRun::purge_after_success);
@@ -183,9 +223,15 @@ pub(super) fn apply(
             None
         }
         Err(Stop::PutBack(cause, reports)) => {
-            for range in ranges(contexts) {
+            // Deployment by deployment, the verifying side first, so each
+            // host's checks run against hosts already back; then a host whose
+            // checks failed before every host was back is checked again.
+            let ranges = ranges(contexts);
+            for deployment in overlap.put_back_order(contexts.len()) {
+                let range = ranges[deployment].clone();
                 in_parallel(&mut runs[range], parallel, |run| put_back(run, &cause));
             }
+            in_parallel(runs, parallel, HostRun::recheck);
             reports
         }
     };
@@ -204,6 +250,7 @@ fn switch_everything(
     contexts: &[Context],
     overlap: &Overlap,
     shared_keys: &[String],
+    run_key: &shared::RunKey,
     parallel: usize,
 ) -> std::result::Result<Option<Vec<SharedKeyReport>>, Stop> {
     if let Some(cause) = first_failure(runs) {
@@ -278,7 +325,7 @@ fn switch_everything(
         return Ok(None);
     }
     let holdings = shared::read_back(runs, shared_keys, parallel);
-    let reports = shared::reports(shared_keys, runs, &holdings);
+    let reports = shared::reports(shared_keys, runs, &holdings, run_key);
     if let Some(report) = reports.iter().find(|r| !r.identical) {
         let cause = format!(
             "the read-back found the hosts disagreeing on shared key `{}`",
@@ -326,5 +373,35 @@ fn put_back(run: &mut HostRun, cause: &str) {
         } else {
             run.finish(Ok(HostStatus::Unchanged));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overlap(verifiers: &[bool]) -> Overlap {
+        Overlap {
+            keys: vec!["VOXCORE_SECRET".into()],
+            verifiers: verifiers.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_verifying_side_goes_back_first() {
+        // Request order: fleet (verifies), dialler (presents).
+        assert_eq!(overlap(&[true, false]).put_back_order(2), [0, 1]);
+        // Listed the other way round, an overlap still puts the verifier back first.
+        assert_eq!(overlap(&[false, true]).put_back_order(2), [1, 0]);
+        assert_eq!(overlap(&[false, true, false]).put_back_order(3), [1, 0, 2]);
+        // Without overlap nothing says which side verifies: request order.
+        assert_eq!(overlap(&[false, false]).put_back_order(2), [0, 1]);
+    }
+
+    #[test]
+    fn overlap_phases_switch_verifiers_around_the_presenters() {
+        let two = overlap(&[true, false]);
+        assert_eq!(two.phases(2, false), [(0, false), (1, false)]);
+        assert_eq!(two.phases(2, true), [(0, false), (1, false), (0, true)]);
     }
 }

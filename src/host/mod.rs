@@ -172,8 +172,28 @@ fn clean(text: &str) -> String {
     lock::sanitize(text).chars().take(40).collect()
 }
 
+/// Keeps a process's secrets out of core dumps and away from other processes
+/// of the same user: no core file (`RLIMIT_CORE` 0), and not dumpable, which
+/// also makes `/proc/<pid>/mem`, `environ` and the rest root's. Both programs
+/// call it first (hostenv's environment holds secrets from the start).
+pub fn protect_process() -> std::io::Result<()> {
+    use rustix::process::{self, DumpableBehavior, Resource, Rlimit};
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    process::setrlimit(Resource::Core, none)?;
+    process::set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
+    Ok(())
+}
+
 /// The program's entry point: runs one step and returns the exit code.
 pub fn main(args: Vec<String>) -> u8 {
+    // The staged file's secrets pass through this process: no core dump of it.
+    if let Err(error) = protect_process() {
+        eprintln!("hostenv-host: cannot keep secrets out of core dumps: {error}");
+        return 4;
+    }
     let result = parse(&args).and_then(|(step, service)| run(&step, service.as_deref()));
     match result {
         Ok(()) => 0,

@@ -144,25 +144,41 @@ fn run_case(name: &str, source: &Path, validator: &jsonschema::Validator) -> Res
         ));
     }
     let expected_files = source.join("expected-files");
-    if expected_files.is_dir() {
-        for entry in std::fs::read_dir(&expected_files).unwrap() {
-            let entry = entry.unwrap();
-            let want = std::fs::read(entry.path()).unwrap();
-            let got = std::fs::read(work.path().join(entry.file_name()))
-                .map_err(|e| format!("{:?} was not written: {e}", entry.file_name()))?;
-            if want != got {
-                return Err(format!(
-                    "{:?} differs:\n{}",
-                    entry.file_name(),
-                    pretty_assertions::Comparison::new(
-                        &String::from_utf8_lossy(&want),
-                        &String::from_utf8_lossy(&got)
-                    )
-                ));
-            }
+    for relative in files_below(&expected_files) {
+        let want = std::fs::read(expected_files.join(&relative)).unwrap();
+        let got = std::fs::read(work.path().join(&relative))
+            .map_err(|e| format!("{relative:?} was not written: {e}"))?;
+        if want != got {
+            return Err(format!(
+                "{relative:?} differs:\n{}",
+                pretty_assertions::Comparison::new(
+                    &String::from_utf8_lossy(&want),
+                    &String::from_utf8_lossy(&got)
+                )
+            ));
         }
     }
     Ok(())
+}
+
+/// Every file under `dir`, as paths relative to it (none when it does not exist).
+fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![std::path::PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(dir.join(&relative)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = relative.join(entry.file_name());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
 }
 
 #[test]

@@ -18,10 +18,38 @@ pub struct Run {
 }
 
 impl Run {
-    /// stdout must be exactly one JSON document.
+    /// stdout must be exactly one JSON document; a result also keeps the
+    /// protocol's contract (`assert_outcome_contract`).
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.stdout))
+        let document: Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.stdout));
+        if document["kind"] == "Result" {
+            assert_outcome_contract(&document, self.code);
+        }
+        document
+    }
+}
+
+/// `exitCode` is the process's exit code, `ok` is true exactly when it is 0,
+/// and `error` is set exactly when `ok` is false. Every result any test reads
+/// through `Run::json` is held to it, whatever the action.
+pub fn assert_outcome_contract(result: &Value, code: i32) {
+    assert_eq!(
+        result["exitCode"], code,
+        "exitCode is not the exit code: {result:#}"
+    );
+    assert_eq!(
+        result["ok"],
+        code == 0,
+        "ok does not follow the exit code: {result:#}"
+    );
+    assert_eq!(
+        result["error"].is_null(),
+        code == 0,
+        "error must be set exactly when ok is false: {result:#}"
+    );
+    if code != 0 {
+        assert!(result["error"]["kind"].is_string() && result["error"]["message"].is_string());
     }
 }
 

@@ -62,9 +62,15 @@ impl Paused {
             }
             all
         });
-        reached
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("the run never reached {step}"));
+        if reached.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the run never reached {step}:\n{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                stderr.join().unwrap()
+            );
+        }
         Paused {
             child,
             file,

@@ -74,3 +74,34 @@ fn a_rejected_request_is_one_failing_junit_testcase() {
         String::from_utf8_lossy(&parsed.stderr)
     );
 }
+
+#[test]
+fn each_action_takes_only_its_own_flags() {
+    let refused = [
+        &["check", "--to", "3"][..],
+        &["check", "--plan-key-env", "KEY"],
+        &["drift", "--expect-plan", "abc", "--plan-key-env", "KEY"],
+        &["plan", "--to", "2"],
+        &["plan", "--expect-plan", "abc", "--plan-key-env", "KEY"],
+        &["rollback", "--plan-key-env", "KEY"],
+        &["build-env", "--to", "1"],
+        &["host-install", "--to", "1"],
+        &["sudoers", "--junit", "x.xml"],
+    ];
+    for args in refused {
+        let run = run_hostenv(args, &repo_root(), &BTreeMap::new(), Some(b"{}"));
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stdout);
+        assert_eq!(run.json()["error"]["kind"], "usage", "{args:?}");
+    }
+    // Where they belong, they are read (and here the empty request is what is refused).
+    for args in [
+        &["rollback", "--to", "2"][..],
+        &["plan", "--plan-key-env", "KEY"],
+        &["deploy", "--plan-key-env", "KEY", "--expect-plan", "abc"],
+    ] {
+        let mut env = BTreeMap::new();
+        env.insert("KEY".to_string(), "k".repeat(32));
+        let run = run_hostenv(args, &repo_root(), &env, Some(b"{}"));
+        assert_ne!(run.json()["error"]["kind"], "usage", "{args:?}");
+    }
+}

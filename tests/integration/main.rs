@@ -3,8 +3,10 @@
 mod bitbucket;
 mod cases;
 mod common;
+mod core_dump;
 mod deploy;
 mod faults;
+mod fresh_machine;
 mod fuzz_corpus;
 mod hostile;
 mod intake;

@@ -216,9 +216,14 @@ fn assert_attached_with(hosts: &[&TestHost], name: &str) {
 
 /// Which service each `switch ok` progress line belongs to, in order.
 fn switch_order(stderr: &str) -> Vec<String> {
+    step_order(stderr, "switch")
+}
+
+/// Which service each `STEP ok` progress line belongs to, in order.
+fn step_order(stderr: &str, step: &str) -> Vec<String> {
     stderr
         .lines()
-        .filter(|l| l.contains(": switch ok"))
+        .filter(|l| l.contains(&format!(": {step} ok")))
         .map(|l| l.split_whitespace().nth(2).unwrap().to_string())
         .collect()
 }
@@ -254,6 +259,10 @@ pub(crate) fn scenarios(deployer: &Deployer, hosts: &[&TestHost]) {
     rotation_drift_names_the_key_edited_by_hand(deployer, hosts);
     settle(testbed, hosts);
     a_failing_fleet_host_puts_every_host_back(deployer, hosts);
+    settle(testbed, hosts);
+    a_failing_dialler_goes_back_after_the_fleet_and_is_checked(deployer, hosts);
+    settle(testbed, hosts);
+    a_fleet_host_failing_in_the_first_batch_puts_both_back(deployer, hosts);
     settle(testbed, hosts);
     rotation_rollback_restores_every_file_byte_for_byte(deployer, hosts);
     settle(testbed, hosts);
@@ -443,6 +452,66 @@ fn a_failing_fleet_host_puts_every_host_back(deployer: &Deployer, hosts: &[&Test
             host.addr
         );
     }
+    assert_attached_with(hosts, "r2");
+}
+
+/// A presenter that fails on the new value does not put itself back while the
+/// fleet still holds the new secret (its check could not pass): the window
+/// puts the fleet back first, then the dialler, whose check then passes.
+fn a_failing_dialler_goes_back_after_the_fleet_and_is_checked(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let mut request = rotation_request(testbed, hosts);
+    request["deployments"][1]["env"]["HEALTH_MODE"] = json!({"value": "fail"});
+    request["deployments"][1]["verify"][0]["deadlineMs"] = json!(1500);
+    let failed = assert_put_back(
+        deployer,
+        hosts,
+        &request,
+        "r3",
+        &[&["rolledBack", "rolledBack"], &["rolledBack"]],
+        &[
+            &["rotationAborted", "rotationAborted"],
+            &["healthCheckFailed"],
+        ],
+    );
+    assert_eq!(
+        step_order(&failed.stderr, "rollback"),
+        ["voxcore", "voxcore", "voxdialler"]
+    );
+    // The dialler's check failed on the new value, then passed once it and
+    // the fleet were back; both are in its result.
+    let checks = failed.json()["deployments"][1]["hosts"][0]["checks"].clone();
+    let passed: Vec<bool> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["ok"].as_bool().unwrap())
+        .collect();
+    assert_eq!(passed, [false, true], "{checks:#}");
+    assert_attached_with(hosts, "r2");
+}
+
+/// The first fleet host fails in the first (and only) batch: both fleet hosts
+/// go back, the dialler is never switched.
+fn a_fleet_host_failing_in_the_first_batch_puts_both_back(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let mut request = rotation_request(testbed, hosts);
+    request["deployments"][0]["hosts"][0]["env"] = json!({"HEALTH_MODE": {"value": "fail"}});
+    request["deployments"][0]["verify"][0]["deadlineMs"] = json!(1500);
+    assert_put_back(
+        deployer,
+        hosts,
+        &request,
+        "r3",
+        &[&["rolledBack", "rolledBack"], &["skipped"]],
+        &[&["healthCheckFailed", "rotationAborted"], &["notAttempted"]],
+    );
     assert_attached_with(hosts, "r2");
 }
 
