@@ -72,7 +72,7 @@ pub fn prepare(
             ));
         }
     }
-    let resolution = resolve::resolve(deployment, at, &contract, env)?;
+    let resolution = resolve::resolve(deployment, at, &contract, env, settings.target.systemd_min)?;
     Ok(Prepared {
         settings,
         contract,

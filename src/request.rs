@@ -343,6 +343,13 @@ pub struct Target {
     /// (default `/var/lib/hostenv/<service>`).
     #[serde(default)]
     pub state_dir: Option<String>,
+    /// The oldest systemd version the hosts run (default: any from 219). Values
+    /// a version from this one on would drop or read differently are refused
+    /// up front instead of on each host; from 247 on, values may hold a newline
+    /// after a backslash. A host running an older version fails before staging.
+    #[serde(default)]
+    #[schemars(range(min = 219, max = 999))]
+    pub systemd_min: Option<u32>,
 }
 
 /// The units to restart.

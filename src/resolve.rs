@@ -57,15 +57,19 @@ impl Scope {
     }
 }
 
+/// Every key of every host, for hosts of systemd `min` or later (`target.systemdMin`).
 pub fn resolve(
     deployment: &Deployment,
     at: &str,
     contract: &Contract,
     env: &dyn EnvLookup,
+    min: Option<u32>,
 ) -> Result<Resolution> {
     let top = match (&deployment.env, &deployment.env_file) {
-        (Some(sources), _) => source_scope(sources, None, contract, env),
-        (None, Some(file)) => env_file_scope(file, &format!("{at}/envFile"), None, contract, env)?,
+        (Some(sources), _) => source_scope(sources, None, contract, env, min),
+        (None, Some(file)) => {
+            env_file_scope(file, &format!("{at}/envFile"), None, contract, env, min)?
+        }
         (None, None) => Scope::default(),
     };
     let mut host_scopes = Vec::new();
@@ -79,12 +83,13 @@ pub fn resolve(
                 Some(&host),
                 contract,
                 env,
+                min,
             )?),
             None => None,
         };
         let overrides = entry
             .and_then(|e| e.env.as_ref())
-            .map(|sources| source_scope(sources, Some(&host), contract, env))
+            .map(|sources| source_scope(sources, Some(&host), contract, env, min))
             .unwrap_or_default();
         host_scopes.push((host, file, overrides));
     }
@@ -159,7 +164,7 @@ pub fn resolve(
                     }
                 }
             }
-            let text = render_checked(&values)?;
+            let text = render_checked(&values, min)?;
             files.push(HostFile {
                 host: host.clone(),
                 values,
@@ -173,30 +178,37 @@ pub fn resolve(
 
 /// Renders, then reads back with the independent reader: the bytes are used only
 /// if they give exactly the values that went in.
-pub fn render_checked(values: &[(String, SecretString)]) -> Result<SecretString> {
-    let text = systemd::render(values.iter().map(|(k, v)| (k.as_str(), v.expose_secret())));
-    let parsed = systemd::parse(&text);
-    let same = parsed.lines_without_assignment.is_empty()
-        && parsed.assignments.len() == values.len()
-        && parsed
-            .assignments
+/// Renders for hosts of systemd `min` or later, then reads back with the
+/// independent reader of every grammar generation those hosts may have: the
+/// bytes are used only if each gives exactly the values that went in (less
+/// those that generation drops, which are refused per host once its version
+/// is known).
+pub fn render_checked(values: &[(String, SecretString)], min: Option<u32>) -> Result<SecretString> {
+    let text = systemd::render_for(
+        values.iter().map(|(k, v)| (k.as_str(), v.expose_secret())),
+        min,
+    );
+    for generation in systemd::Generation::from(min.unwrap_or(systemd::OLDEST)) {
+        let parsed = systemd::parse_as(&text, generation);
+        let expected = values
             .iter()
-            .zip(values)
-            .all(|(read, (key, value))| read.key == *key && read.value == value.expose_secret());
-    if same {
-        Ok(SecretString::from(text))
-    } else {
-        let key = parsed
-            .assignments
-            .iter()
-            .zip(values)
-            .find(|(read, (key, value))| read.key != *key || read.value != value.expose_secret())
-            .map(|(_, (key, _))| key.clone())
-            .unwrap_or_default();
-        Err(Error::Internal(format!(
-            "the rendered file does not read back exactly (first difference at key `{key}`)"
-        )))
+            .filter(|(_, value)| generation.drops(value.expose_secret()).is_none());
+        let mut read = parsed.assignments.iter();
+        let mismatch = expected.clone().find(|(key, value)| {
+            read.next()
+                .is_none_or(|read| read.key != *key || read.value != value.expose_secret())
+        });
+        let complete = parsed.lines_without_assignment.is_empty()
+            && parsed.assignments.len() == expected.count();
+        if mismatch.is_some() || !complete {
+            let key = mismatch.map(|(key, _)| key.clone()).unwrap_or_default();
+            return Err(Error::Internal(format!(
+                "the rendered file does not read back exactly on systemd v{} (first difference at key `{key}`)",
+                generation.since()
+            )));
+        }
     }
+    Ok(SecretString::from(text))
 }
 
 fn not_in_contract(name: &str) -> String {
@@ -226,12 +238,13 @@ fn source_scope(
     host: Option<&str>,
     contract: &Contract,
     env: &dyn EnvLookup,
+    min: Option<u32>,
 ) -> Scope {
     let mut scope = Scope::default();
     for (key, source) in sources {
         scope.entries.insert(
             key.clone(),
-            resolve_source(key, source, host, contract, env),
+            resolve_source(key, source, host, contract, env, min),
         );
     }
     scope
@@ -243,6 +256,7 @@ fn resolve_source(
     host: Option<&str>,
     contract: &Contract,
     env: &dyn EnvLookup,
+    min: Option<u32>,
 ) -> Resolved {
     let (kind, env_name) = match (&source.value, &source.secret_env, &source.secret_file_env) {
         (Some(_), _, _) => (SourceKind::Value, None),
@@ -263,7 +277,7 @@ fn resolve_source(
     let outcome = if !contract.has(key) {
         Err(Problem::new(KeyStatus::NotInContract, not_in_contract(key)))
     } else {
-        read_source(key, source, env)
+        read_source(key, source, env, min)
     };
     match outcome {
         Ok(value) => {
@@ -286,7 +300,12 @@ fn resolve_source(
     }
 }
 
-fn read_source(key: &str, source: &Source, env: &dyn EnvLookup) -> Result<SecretString, Problem> {
+fn read_source(
+    key: &str,
+    source: &Source,
+    env: &dyn EnvLookup,
+    min: Option<u32>,
+) -> Result<SecretString, Problem> {
     let value = if let Some(literal) = &source.value {
         if let Some(reason) = credential_reason(literal) {
             return Err(Problem::new(
@@ -302,18 +321,20 @@ fn read_source(key: &str, source: &Source, env: &dyn EnvLookup) -> Result<Secret
     } else {
         return Err(Problem::new(KeyStatus::Missing, "no source"));
     };
-    check_representable(key, value)
+    check_representable(key, value, min)
 }
 
-fn check_representable(key: &str, value: SecretString) -> Result<SecretString, Problem> {
-    match systemd::check(key, value.expose_secret()) {
+fn check_representable(
+    key: &str,
+    value: SecretString,
+    min: Option<u32>,
+) -> Result<SecretString, Problem> {
+    match systemd::check_for(key, value.expose_secret(), min) {
         Ok(()) => Ok(value),
-        Err(unfit @ systemd::Unfit::Nul) => {
-            Err(Problem::new(KeyStatus::Unrepresentable, unfit.describe()))
-        }
         Err(unfit @ systemd::Unfit::TooLong { .. }) => {
             Err(Problem::new(KeyStatus::TooLong, unfit.describe()))
         }
+        Err(unfit) => Err(Problem::new(KeyStatus::Unrepresentable, unfit.describe())),
     }
 }
 
@@ -324,6 +345,7 @@ fn env_file_scope(
     host: Option<&str>,
     contract: &Contract,
     env: &dyn EnvLookup,
+    min: Option<u32>,
 ) -> Result<Scope> {
     let variable = &file.secret_file_env;
     let fail = |line: usize, reason: String| Error::EnvFileInvalid {
@@ -398,7 +420,7 @@ fn env_file_scope(
                 ),
             ))
         } else {
-            check_representable(&assignment.key, value)
+            check_representable(&assignment.key, value, min)
         };
         let value = match outcome {
             Ok(value) => Some(value),

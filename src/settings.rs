@@ -47,6 +47,8 @@ pub struct TargetSettings {
     pub mode: u32,
     pub backups: u32,
     pub state_dir: String,
+    /// `target.systemdMin`: the oldest systemd the hosts run, when the request says.
+    pub systemd_min: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +163,7 @@ impl Settings {
                     .or(default_target.backups)
                     .unwrap_or(DEFAULT_BACKUPS),
                 state_dir,
+                systemd_min: requested_target.systemd_min.or(default_target.systemd_min),
             },
             restart: RestartSettings {
                 units,

@@ -119,7 +119,11 @@ impl Overlap {
                     values.push((previous_name(key), old.clone()));
                 }
                 values.sort_by_key(|(k, _)| contract.position(k));
-                Some(interim_file(&run.name(), &values))
+                Some(interim_file(
+                    &run.name(),
+                    &values,
+                    run.context.settings.target.systemd_min,
+                ))
             })
             .map(Option::transpose)
             .collect()
@@ -145,9 +149,10 @@ impl Overlap {
 fn interim_file(
     name: &str,
     values: &[(String, SecretString)],
+    min: Option<u32>,
 ) -> std::result::Result<SecretString, HostError> {
     for (key, value) in values {
-        if let Err(unfit) = grammar::check(key, value.expose_secret()) {
+        if let Err(unfit) = grammar::check_for(key, value.expose_secret(), min) {
             return Err(HostError::new(
                 ErrorKind::OverlapUnavailable,
                 format!(
@@ -157,7 +162,7 @@ fn interim_file(
             ));
         }
     }
-    crate::resolve::render_checked(values).map_err(|error| {
+    crate::resolve::render_checked(values, min).map_err(|error| {
         HostError::new(
             ErrorKind::Internal,
             format!("`{name}`: the interim file: {error}"),

@@ -1,18 +1,136 @@
-//! The grammar of systemd's `EnvironmentFile=` (systemd.exec(5)).
+//! The grammar of systemd's `EnvironmentFile=` (systemd.exec(5)), on every
+//! systemd from v219 (RHEL 7) to v260.
 //!
-//! The writer double-quotes every value and backslash-escapes the four
-//! characters that are special inside double quotes (`"`, `\`, `` ` ``, `$`);
-//! everything else, newlines and tabs included, stands as it is. The reader is a
-//! separate character-level state machine following systemd's own parser, so a
-//! writer bug shows up as a round-trip mismatch instead of a wrong file.
+//! The grammar changed over those versions (systemd's `env-file.c`, before
+//! v240 `fileio.c`): inside `"..."` a backslash escaped anything up to v240,
+//! only `\"` in v241-v246, and `\"`, `\\`, `` \` ``, `\$` from v247; control
+//! characters other than TAB (and, from v239, LF) made systemd drop the
+//! assignment up to v247; a comment ending in `\` swallowed the next line up
+//! to v253. An unquoted `\X` reads as `X` on every version, and `$` and
+//! backtick are never expanded.
+//!
+//! So the writer spells each value in the one way every version reads alike:
+//! the part before its first backslash inside double quotes (only `"`
+//! escaped, as `\"`), the rest unquoted with every character that could end
+//! or trim it (`\`, space, TAB, quotes, `#`, `;`) backslash-escaped. A newline
+//! or CR after a backslash has no such spelling; with `target.systemdMin` 247
+//! or later the writer quotes everything the v247 way instead, which spells
+//! it. A value some version drops is written all the same and refused per
+//! host, once the host's version is known (or up front with
+//! `target.systemdMin`).
+//!
+//! The reader is a separate character-level state machine following systemd's
+//! own parser, parameterized by grammar generation, so a writer bug shows up
+//! as a round-trip mismatch instead of a wrong file.
 
 use super::Assignment;
 
 /// Longest `KEY=VALUE` a process can receive: MAX_ARG_STRLEN (32 pages) less the NUL.
 pub const MAX_ASSIGNMENT_BYTES: usize = 131_071;
+/// The oldest systemd hostenv writes for (RHEL 7) and the newest whose reader it models.
+pub const OLDEST: u32 = 219;
+pub const NEWEST: u32 = 260;
+/// From this version on, a fully double-quoted value spells every character.
+const QUOTES_SPELL_ALL: u32 = 247;
 
 const HEADER: &str =
     "# Managed by hostenv: edits on this host are overwritten by the next deploy.\n";
+
+/// One generation of the grammar: the versions from `since` on read a file alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Generation {
+    /// v219-v238: `\X` -> `X` inside quotes, `\`+newline removed; control characters but TAB dropped.
+    V219,
+    /// v239-v240: `\X` -> `X` inside quotes; control characters but TAB and LF dropped.
+    V239,
+    /// v241-v246: inside quotes only `\"` -> `"`, any other `\X` kept as it is.
+    V241,
+    /// v247: `\"`, `\\`, `` \` ``, `\$` unescaped inside quotes; still drops control characters.
+    V247,
+    /// v248-v253: nothing dropped.
+    V248,
+    /// v254-v260: a comment ending in `\` no longer swallows the next line.
+    V254,
+}
+
+impl Generation {
+    pub const ALL: [Generation; 6] = [
+        Generation::V219,
+        Generation::V239,
+        Generation::V241,
+        Generation::V247,
+        Generation::V248,
+        Generation::V254,
+    ];
+
+    pub fn since(self) -> u32 {
+        match self {
+            Generation::V219 => 219,
+            Generation::V239 => 239,
+            Generation::V241 => 241,
+            Generation::V247 => 247,
+            Generation::V248 => 248,
+            Generation::V254 => 254,
+        }
+    }
+
+    /// The generation a systemd version reads with (versions before v219 as v219's).
+    pub fn of(version: u32) -> Generation {
+        Generation::ALL
+            .into_iter()
+            .rev()
+            .find(|g| g.since() <= version)
+            .unwrap_or(Generation::V219)
+    }
+
+    /// Every generation a host of version `min` or later may read with.
+    pub fn from(min: u32) -> impl Iterator<Item = Generation> {
+        let first = Generation::of(min);
+        Generation::ALL.into_iter().filter(move |g| *g >= first)
+    }
+
+    /// What `\c` inside double quotes reads as: one character, the two as
+    /// they are, or nothing (an escaped newline removed).
+    fn quoted_escape(self, c: char) -> Escaped {
+        match self {
+            Generation::V219 if c == '\n' => Escaped::Nothing,
+            Generation::V219 | Generation::V239 => Escaped::Char,
+            Generation::V241 if c == '"' => Escaped::Char,
+            Generation::V241 => Escaped::Both,
+            _ if matches!(c, '"' | '\\' | '`' | '$') => Escaped::Char,
+            _ if c == '\n' => Escaped::Nothing,
+            _ => Escaped::Both,
+        }
+    }
+
+    /// Why this generation drops an assignment with `value`, if it does.
+    pub fn drops(self, value: &str) -> Option<&'static str> {
+        let control = |allowed: &[char]| {
+            value
+                .chars()
+                .any(|c| (c < ' ' || c == '\u{7f}') && !allowed.contains(&c))
+        };
+        match self {
+            Generation::V219 if value.contains('\n') => Some("a newline"),
+            Generation::V219 if control(&['\t']) => Some("a control character"),
+            Generation::V239 | Generation::V241 | Generation::V247 if control(&['\t', '\n']) => {
+                Some("a control character other than TAB and newline")
+            }
+            _ => None,
+        }
+    }
+
+    /// Up to v253 a backslash at the end of a comment continues it on the next line.
+    fn comments_continue(self) -> bool {
+        self < Generation::V254
+    }
+}
+
+enum Escaped {
+    Char,
+    Both,
+    Nothing,
+}
 
 /// Why a value cannot be written faithfully.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +139,16 @@ pub enum Unfit {
     Nul,
     /// The assignment would not fit in a process's environment.
     TooLong { bytes: usize },
+    /// A Unicode noncharacter: systemd's UTF-8 check fails the whole file.
+    Noncharacter,
+    /// A newline or CR after a backslash: no spelling reads alike before v247.
+    NoSpelling,
+    /// systemd `version` drops the assignment; `kept_from` on keep it.
+    Dropped {
+        what: &'static str,
+        version: u32,
+        kept_from: u32,
+    },
 }
 
 impl Unfit {
@@ -30,12 +158,22 @@ impl Unfit {
             Unfit::TooLong { bytes } => format!(
                 "KEY=VALUE is {bytes} bytes; a process environment entry holds at most {MAX_ASSIGNMENT_BYTES}"
             ),
+            Unfit::Noncharacter => "the value holds a Unicode noncharacter (U+FDD0-U+FDEF, or U+xFFFE/U+xFFFF), which makes systemd refuse the whole file".into(),
+            Unfit::NoSpelling => format!(
+                "the value has a newline or CR after a backslash, which systemd before v{QUOTES_SPELL_ALL} cannot read back; set `target.systemdMin` to {QUOTES_SPELL_ALL} if every host runs v{QUOTES_SPELL_ALL} or later"
+            ),
+            Unfit::Dropped { what, version, kept_from } => format!(
+                "systemd v{version} drops a value holding {what} (v{kept_from} and later keep it)"
+            ),
         }
     }
 }
 
-/// Checks that `key=value` can be written and read back exactly.
-pub fn check(key: &str, value: &str) -> Result<(), Unfit> {
+/// Checks that `key=value` can be written and read back exactly by every
+/// systemd from `min` (the request's `target.systemdMin`) on; without one, by
+/// every version that keeps it (what a host's own version drops is refused on
+/// that host: [`dropped_on`]).
+pub fn check_for(key: &str, value: &str, min: Option<u32>) -> Result<(), Unfit> {
     if value.contains('\0') {
         return Err(Unfit::Nul);
     }
@@ -43,24 +181,109 @@ pub fn check(key: &str, value: &str) -> Result<(), Unfit> {
     if bytes > MAX_ASSIGNMENT_BYTES {
         return Err(Unfit::TooLong { bytes });
     }
-    Ok(())
+    if value.chars().any(is_noncharacter) {
+        return Err(Unfit::Noncharacter);
+    }
+    if min.unwrap_or(OLDEST) < QUOTES_SPELL_ALL && !universal_spelling(value) {
+        return Err(Unfit::NoSpelling);
+    }
+    match min {
+        Some(version) => dropped_on(value, version).map_or(Ok(()), Err),
+        None => Ok(()),
+    }
 }
 
-/// Renders assignments in the given order. Callers check each with [`check`] first.
-pub fn render<'a>(assignments: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+/// [`check_for`] without a stated minimum version.
+pub fn check(key: &str, value: &str) -> Result<(), Unfit> {
+    check_for(key, value, None)
+}
+
+/// Whether a host running systemd `version` drops `value`, and why.
+pub fn dropped_on(value: &str, version: u32) -> Option<Unfit> {
+    let what = Generation::of(version).drops(value)?;
+    let kept_from = Generation::ALL
+        .into_iter()
+        .find(|g| g.drops(value).is_none())
+        .map_or(NEWEST, Generation::since);
+    Some(Unfit::Dropped {
+        what,
+        version,
+        kept_from,
+    })
+}
+
+/// U+FDD0-U+FDEF and the last two code points of every plane.
+fn is_noncharacter(c: char) -> bool {
+    let code = c as u32;
+    (0xFDD0..=0xFDEF).contains(&code) || code & 0xFFFE == 0xFFFE
+}
+
+/// Whether the value reads alike on every version when spelled universally:
+/// no newline or CR after its first backslash.
+fn universal_spelling(value: &str) -> bool {
+    match value.find('\\') {
+        Some(at) => !value[at..].contains(['\n', '\r']),
+        None => true,
+    }
+}
+
+/// Renders assignments in the given order for hosts of systemd `min` or later
+/// (`target.systemdMin`; every version from v219 without one). Callers check
+/// each with [`check_for`] first.
+pub fn render_for<'a>(
+    assignments: impl IntoIterator<Item = (&'a str, &'a str)>,
+    min: Option<u32>,
+) -> String {
+    let quote_all = min.is_some_and(|m| m >= QUOTES_SPELL_ALL);
     let mut out = String::from(HEADER);
     for (key, value) in assignments {
         out.push_str(key);
-        out.push_str("=\"");
-        for c in value.chars() {
-            if matches!(c, '"' | '\\' | '`' | '$') {
-                out.push('\\');
-            }
-            out.push(c);
+        out.push('=');
+        if quote_all {
+            quoted_v247(&mut out, value);
+        } else {
+            universal(&mut out, value);
         }
-        out.push_str("\"\n");
+        out.push('\n');
     }
     out
+}
+
+/// [`render_for`] for every version from v219.
+pub fn render<'a>(assignments: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    render_for(assignments, None)
+}
+
+/// The part before the first backslash in double quotes, the rest unquoted
+/// and escaped.
+fn universal(out: &mut String, value: &str) {
+    let (quoted, rest) = value.split_at(value.find('\\').unwrap_or(value.len()));
+    out.push('"');
+    for c in quoted.chars() {
+        if c == '"' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    for c in rest.chars() {
+        if matches!(c, '\\' | ' ' | '\t' | '"' | '\'' | '#' | ';') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+/// Everything in double quotes with `"`, `\`, `` ` `` and `$` escaped (v247 and later).
+fn quoted_v247(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        if matches!(c, '"' | '\\' | '`' | '$') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -87,14 +310,23 @@ fn is_whitespace(c: char) -> bool {
 
 /// What systemd would load from `text`, in file order; a later duplicate wins in
 /// systemd, so duplicates are kept here for the caller to judge. Lines that
-/// systemd ignores because they have no `=` are reported by line number.
+/// systemd ignores because they have no `=` are reported by line number, and
+/// assignments it drops for their value are set apart.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Parsed {
     pub assignments: Vec<Assignment>,
     pub lines_without_assignment: Vec<usize>,
+    pub dropped: Vec<Assignment>,
 }
 
+/// What the newest generation reads (v254 and later): the grammar hostenv
+/// reads a CI's whole `envFile` and the hosts' current files in.
 pub fn parse(text: &str) -> Parsed {
+    parse_as(text, Generation::V254)
+}
+
+/// What systemd of `generation` reads from `text`.
+pub fn parse_as(text: &str, generation: Generation) -> Parsed {
     let mut parsed = Parsed::default();
     let mut state = State::PreKey;
     let mut line = 1;
@@ -203,11 +435,13 @@ pub fn parse(text: &str) -> Parsed {
             }
             State::DoubleQuoteEscape => {
                 state = State::DoubleQuote;
-                if matches!(c, '"' | '\\' | '`' | '$') {
-                    value.push(c);
-                } else if c != '\n' {
-                    value.push('\\');
-                    value.push(c);
+                match generation.quoted_escape(c) {
+                    Escaped::Char => value.push(c),
+                    Escaped::Both => {
+                        value.push('\\');
+                        value.push(c);
+                    }
+                    Escaped::Nothing => {}
                 }
             }
             State::Comment => {
@@ -218,7 +452,7 @@ pub fn parse(text: &str) -> Parsed {
                 }
             }
             State::CommentEscape => {
-                state = if is_newline(c) {
+                state = if is_newline(c) && !generation.comments_continue() {
                     State::PreKey
                 } else {
                     State::Comment
@@ -244,6 +478,11 @@ pub fn parse(text: &str) -> Parsed {
         State::Key => parsed.lines_without_assignment.push(start_line),
         State::PreKey | State::Comment | State::CommentEscape => {}
     }
+    let (kept, dropped) = std::mem::take(&mut parsed.assignments)
+        .into_iter()
+        .partition(|a| generation.drops(&a.value).is_none());
+    parsed.assignments = kept;
+    parsed.dropped = dropped;
     parsed
 }
 
@@ -280,35 +519,134 @@ mod tests {
         assert_eq!(parse(text).lines_without_assignment, [9]);
     }
 
+    fn read_as(text: &str, generation: Generation) -> Vec<(String, String)> {
+        parse_as(text, generation)
+            .assignments
+            .into_iter()
+            .map(|a| (a.key, a.value))
+            .collect()
+    }
+
+    const AWKWARD: &[&str] = &[
+        "",
+        " lead",
+        "trail ",
+        "\ttab\t",
+        "q\"uote",
+        "sq'uote",
+        "back\\slash",
+        "\\",
+        "\\ lead space after a backslash",
+        "a\\ \t#;'\"b ",
+        "$HOME",
+        "${X}",
+        "`cmd`",
+        "#hash",
+        ";semi",
+        "a=b",
+        "line1\nline2\n",
+        "line\nthen \\ a backslash",
+        "\r\n",
+        "\u{1}ctl",
+        "ünïcødé ✓ 𝄞",
+    ];
+
     #[test]
-    fn round_trips_awkward_values() {
-        let values = [
-            "",
-            " lead",
-            "trail ",
-            "\ttab\t",
-            "q\"uote",
-            "sq'uote",
-            "back\\slash",
-            "\\",
-            "$HOME",
-            "${X}",
-            "`cmd`",
-            "#hash",
-            ";semi",
-            "a=b",
-            "line1\nline2\n",
-            "\r\n",
-            "ünïcødé ✓",
-            "\\\n",
-        ];
-        let entries: Vec<(String, String)> = values
+    fn one_spelling_reads_back_alike_on_every_generation() {
+        let entries: Vec<(String, String)> = AWKWARD
             .iter()
             .enumerate()
             .map(|(i, v)| (format!("K{i}"), v.to_string()))
             .collect();
+        for (key, value) in &entries {
+            assert_eq!(check(key, value), Ok(()), "{value:?}");
+        }
         let text = render(entries.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        assert_eq!(pairs(&text), entries);
+        for generation in Generation::ALL {
+            let kept: Vec<(String, String)> = entries
+                .iter()
+                .filter(|(_, v)| generation.drops(v).is_none())
+                .cloned()
+                .collect();
+            assert_eq!(read_as(&text, generation), kept, "{generation:?}");
+        }
+        // What each generation drops: newlines before v239, other control characters before v248.
+        assert_eq!(parse_as(&text, Generation::V219).dropped.len(), 4);
+        assert_eq!(parse_as(&text, Generation::V239).dropped.len(), 2);
+        assert_eq!(parse_as(&text, Generation::V248).dropped.len(), 0);
+    }
+
+    #[test]
+    fn a_newline_after_a_backslash_needs_v247() {
+        // A CR is a control character as well: kept from v248.
+        for (value, min) in [("\\\n", 247), ("a\\b\nc", 247), ("\\\r", 248)] {
+            assert_eq!(check("K", value), Err(Unfit::NoSpelling), "{value:?}");
+            assert_eq!(check_for("K", value, Some(min)), Ok(()));
+            let text = render_for([("K", value)], Some(min));
+            for generation in Generation::from(min) {
+                assert_eq!(read_as(&text, generation), [pair("K", value)]);
+            }
+            // The universal spelling would lose it: why it is refused below v247.
+            let universal = render([("K", value)]);
+            assert_ne!(read_as(&universal, Generation::V254), [pair("K", value)]);
+        }
+    }
+
+    #[test]
+    fn the_generations_read_quoted_backslashes_as_their_systemd_did() {
+        let text = "A=\"x\\\\y\\$z\\q\\\"\"\nB=\"l\\\nm\"\n";
+        let row = |g| read_as(text, g);
+        assert_eq!(
+            row(Generation::V219),
+            [pair("A", "x\\y$zq\""), pair("B", "lm")]
+        );
+        assert_eq!(
+            row(Generation::V239),
+            [pair("A", "x\\y$zq\""), pair("B", "l\nm")]
+        );
+        assert_eq!(
+            row(Generation::V241),
+            [pair("A", "x\\\\y\\$z\\q\""), pair("B", "l\\\nm")]
+        );
+        assert_eq!(
+            row(Generation::V247),
+            [pair("A", "x\\y$z\\q\""), pair("B", "lm")]
+        );
+        // A comment ending in a backslash swallowed the next line up to v253.
+        let comment = "# note \\\nA=1\nB=2\n";
+        assert_eq!(read_as(comment, Generation::V248), [pair("B", "2")]);
+        assert_eq!(
+            read_as(comment, Generation::V254),
+            [pair("A", "1"), pair("B", "2")]
+        );
+    }
+
+    #[test]
+    fn noncharacters_and_dropped_values_are_named() {
+        for value in ["\u{FDD0}", "a\u{FFFE}", "\u{10FFFF}", "\u{1FFFE}"] {
+            assert_eq!(check("K", value), Err(Unfit::Noncharacter), "{value:?}");
+        }
+        assert_eq!(check("K", "\u{FDCF}\u{FFFD}"), Ok(()));
+        assert_eq!(
+            dropped_on("a\nb", 219),
+            Some(Unfit::Dropped {
+                what: "a newline",
+                version: 219,
+                kept_from: 239
+            })
+        );
+        assert_eq!(dropped_on("a\nb", 239), None);
+        assert!(matches!(
+            dropped_on("a\rb", 246),
+            Some(Unfit::Dropped { kept_from: 248, .. })
+        ));
+        assert_eq!(
+            check_for("K", "a\nb", Some(230)).unwrap_err().describe(),
+            "systemd v230 drops a value holding a newline (v239 and later keep it)"
+        );
+        assert_eq!(Generation::of(245), Generation::V241);
+        assert_eq!(Generation::of(260), Generation::V254);
+        assert_eq!(Generation::from(240).collect::<Vec<_>>().len(), 5);
     }
 
     #[test]

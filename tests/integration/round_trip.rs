@@ -1,11 +1,12 @@
-//! The systemd EnvironmentFile writer against the independent reader, over
-//! thousands of generated values, and the bytes of a rendered file.
+//! The systemd EnvironmentFile writer against the independent reader of every
+//! grammar generation (v219 to v260), over thousands of generated values, and
+//! the bytes of a rendered file.
 
 use std::collections::BTreeMap;
 
 use hostenv::catalog::Catalog;
 use hostenv::check::prepare;
-use hostenv::render::systemd::{self, MAX_ASSIGNMENT_BYTES};
+use hostenv::render::systemd::{self, Generation, Unfit, MAX_ASSIGNMENT_BYTES};
 use hostenv::request::Deployment;
 use hostenv::secret::ExposeSecret;
 use pretty_assertions::assert_eq;
@@ -30,37 +31,103 @@ impl Rng {
 const PIECES: &[&str] = &[
     "\"", "'", "\\", "$", "`", "#", ";", "=", " ", "\t", "\n", "\r", "\r\n", "${X}", "$HOME",
     "\\n", "\\\"", "a", "Z", "0", "_", "-", ".", "/", ":", "@", "é", "✓", "𝄞", "\u{7f}", "\u{1}",
-    "{", "}", "export ", "KEY=",
+    "{", "}", "export ", "KEY=", "\\ ", "\\\"", "\\\\", "\\#", "\\;", "\\'", "\\\t", "\u{FFFD}",
 ];
+
+/// Noncharacters: one value in twenty holds one somewhere.
+const NONCHARACTERS: &[&str] = &["\u{FDD0}", "\u{FFFF}", "\u{10FFFE}"];
 
 fn generated_value(rng: &mut Rng) -> String {
     let len = rng.below(40);
-    (0..len).map(|_| PIECES[rng.below(PIECES.len())]).collect()
+    let mut value: String = (0..len).map(|_| PIECES[rng.below(PIECES.len())]).collect();
+    if rng.below(20) == 0 {
+        value.push_str(NONCHARACTERS[rng.below(NONCHARACTERS.len())]);
+    }
+    value
+}
+
+/// What the test expects of a value, worked out apart from the writer: a
+/// noncharacter fails the whole file everywhere; a newline or CR after a
+/// backslash has no spelling every version reads alike.
+fn expected_unfit(value: &str) -> Option<Unfit> {
+    let noncharacter = value.chars().any(|c| {
+        let code = c as u32;
+        (0xFDD0..=0xFDEF).contains(&code) || code & 0xFFFE == 0xFFFE
+    });
+    if noncharacter {
+        return Some(Unfit::Noncharacter);
+    }
+    let after_backslash = value.find('\\').map(|at| &value[at..]);
+    after_backslash
+        .is_some_and(|rest| rest.contains(['\n', '\r']))
+        .then_some(Unfit::NoSpelling)
+}
+
+fn pairs(parsed: systemd::Parsed) -> Vec<(String, String)> {
+    parsed
+        .assignments
+        .into_iter()
+        .map(|a| (a.key, a.value))
+        .collect()
 }
 
 #[test]
 fn thousands_of_generated_values_read_back_exactly() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut checked = 0;
+    let (mut checked, mut refused, mut v247_only) = (0, 0, 0);
     for round in 0..400 {
-        let entries: Vec<(String, String)> = (0..10)
+        let generated: Vec<(String, String)> = (0..10)
             .map(|i| (format!("KEY_{round}_{i}"), generated_value(&mut rng)))
             .collect();
-        for (key, value) in &entries {
-            assert_eq!(systemd::check(key, value), Ok(()), "{value:?}");
+        let mut entries = Vec::new();
+        let mut modern = Vec::new();
+        for (key, value) in generated {
+            let unfit = expected_unfit(&value);
+            assert_eq!(systemd::check(&key, &value).err(), unfit, "{value:?}");
+            match unfit {
+                None => entries.push((key, value)),
+                Some(Unfit::NoSpelling) => modern.push((key, value)),
+                Some(_) => refused += 1,
+            }
         }
+        // Every generation reads the one spelling back exactly, less what it drops.
         let text = systemd::render(entries.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let parsed = systemd::parse(&text);
-        assert!(parsed.lines_without_assignment.is_empty(), "{text:?}");
-        let read: Vec<(String, String)> = parsed
-            .assignments
-            .into_iter()
-            .map(|a| (a.key, a.value))
-            .collect();
-        assert_eq!(read, entries);
+        for generation in Generation::ALL {
+            let parsed = systemd::parse_as(&text, generation);
+            assert!(parsed.lines_without_assignment.is_empty(), "{text:?}");
+            let kept: Vec<(String, String)> = entries
+                .iter()
+                .filter(|(_, v)| generation.drops(v).is_none())
+                .cloned()
+                .collect();
+            assert_eq!(pairs(parsed), kept, "{generation:?}: {text:?}");
+        }
+        // With `target.systemdMin` 248 the v247 spelling carries all of them.
+        let all: Vec<(String, String)> = entries.iter().chain(&modern).cloned().collect();
+        for (key, value) in &all {
+            assert_eq!(
+                systemd::check_for(key, value, Some(248)),
+                Ok(()),
+                "{value:?}"
+            );
+        }
+        let text =
+            systemd::render_for(all.iter().map(|(k, v)| (k.as_str(), v.as_str())), Some(248));
+        for generation in Generation::from(248) {
+            assert_eq!(
+                pairs(systemd::parse_as(&text, generation)),
+                all,
+                "{generation:?}"
+            );
+        }
         checked += entries.len();
+        v247_only += modern.len();
     }
-    assert_eq!(checked, 4000);
+    assert_eq!(checked + refused + v247_only, 4000);
+    assert!(
+        checked > 1000 && refused > 100 && v247_only > 100,
+        "{checked} {refused} {v247_only}"
+    );
 }
 
 #[test]
@@ -106,11 +173,12 @@ fn a_rendered_host_file_has_exact_deterministic_bytes() {
     };
     let files = render();
     let header = "# Managed by hostenv: edits on this host are overwritten by the next deploy.\n";
+    // The part before a backslash quoted, the rest escaped; `$` and backtick as they are.
     assert_eq!(
         files,
         [
-            format!("{header}B=\"two words\"\nA=\"multi\nline \\`x\\` \\\\\"\nC=\"\\$HOME \\\"q\\\"\"\n"),
-            format!("{header}B=\"two words\"\nA=\"multi\nline \\`x\\` \\\\\"\nC=\"per host\"\n"),
+            format!("{header}B=\"two words\"\nA=\"multi\nline `x` \"\\\\\nC=\"$HOME \\\"q\\\"\"\n"),
+            format!("{header}B=\"two words\"\nA=\"multi\nline `x` \"\\\\\nC=\"per host\"\n"),
         ]
     );
     assert_eq!(render(), files, "same input, same bytes");
