@@ -86,6 +86,7 @@ mod tests {
             want_uid: 1,
             want_gid: 1,
             leftover_staged: false,
+            systemd: None,
         }
     }
 

@@ -92,6 +92,9 @@ pub enum ErrorKind {
     CurrentFileInvalid,
     /// The new file would change the value of a key another service shares.
     SharedKeyChange,
+    /// The host's systemd would drop a value of the new file, or is older than
+    /// `target.systemdMin`; nothing was written.
+    SystemdUnsupported,
     /// A templated unit has no instances on the host.
     NoInstances,
     /// `systemctl restart` failed.

@@ -181,6 +181,8 @@ pub struct Current {
     pub want_gid: u32,
     /// A staged file from a run that never switched it in (its host was lost) is still there.
     pub leftover_staged: bool,
+    /// The host's systemd version, when it could be told.
+    pub systemd: Option<u32>,
 }
 
 /// The remote side of one host and service, over the host's one connection.
@@ -316,8 +318,9 @@ impl Remote<'_> {
     }
 }
 
-/// `present UID GID FILE_UID FILE_GID MODE MTIME LEFT` or `absent UID GID LEFT`,
-/// then the bytes; LEFT is `staged` when a staged file was left behind.
+/// `present UID GID FILE_UID FILE_GID MODE MTIME LEFT SYSTEMD` or
+/// `absent UID GID LEFT SYSTEMD`, then the bytes; LEFT is `staged` when a
+/// staged file was left behind, SYSTEMD the host's version (0: unknown).
 fn parse_current(stdout: &[u8]) -> Option<Current> {
     let newline = stdout.iter().position(|b| *b == b'\n')?;
     let header = std::str::from_utf8(&stdout[..newline]).ok()?;
@@ -325,6 +328,12 @@ fn parse_current(stdout: &[u8]) -> Option<Current> {
     let number = |i: usize| fields.get(i).and_then(|f| f.parse::<i64>().ok());
     let (want_uid, want_gid) = (number(1)? as u32, number(2)? as u32);
     let left = |i: usize| fields.get(i).map(|f| *f == "staged");
+    let systemd = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u32>().ok())
+            .map(|v| Some(v).filter(|v| *v > 0))
+    };
     match *fields.first()? {
         "absent" => Some(Current {
             content: None,
@@ -335,6 +344,7 @@ fn parse_current(stdout: &[u8]) -> Option<Current> {
             want_uid,
             want_gid,
             leftover_staged: left(3)?,
+            systemd: systemd(4)?,
         }),
         "present" => Some(Current {
             content: Some(SecretString::from(
@@ -347,6 +357,7 @@ fn parse_current(stdout: &[u8]) -> Option<Current> {
             want_uid,
             want_gid,
             leftover_staged: left(7)?,
+            systemd: systemd(8)?,
         }),
         _ => None,
     }
@@ -433,7 +444,7 @@ mod tests {
     #[test]
     fn reads_the_header_and_keeps_the_bytes() {
         let current = parse_current(
-            b"present 61001 61001 61001 61001 600 1700000000.250000 clean\nA=\"1\"\n",
+            b"present 61001 61001 61001 61001 600 1700000000.250000 clean 252\nA=\"1\"\n",
         )
         .unwrap();
         assert_eq!(current.content.unwrap().expose_secret(), "A=\"1\"\n");
@@ -442,10 +453,12 @@ mod tests {
             (0o600, 1_700_000_000_250_000, 61001)
         );
         assert!(!current.leftover_staged);
+        assert_eq!(current.systemd, Some(252));
         assert_eq!(micros("12.5"), Some(12_500_000));
         assert_eq!(micros("12"), Some(12_000_000));
-        let absent = parse_current(b"absent 1 2 staged\n").unwrap();
+        let absent = parse_current(b"absent 1 2 staged 0\n").unwrap();
         assert!(absent.content.is_none() && absent.leftover_staged);
+        assert_eq!(absent.systemd, None);
         assert!(parse_current(b"garbage\n").is_none());
     }
 

@@ -261,6 +261,10 @@ pub struct HostReport {
     /// `purgeBackupsOf`: how many backups holding an old value were removed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backups_purged: Option<u32>,
+    /// The host's systemd version, as read before anything was written: it
+    /// decides which values the host keeps (see the README's rendered file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub systemd_version: Option<u32>,
     /// Why this host did not succeed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorReport>,
@@ -279,6 +283,7 @@ impl HostReport {
             steps: Vec::new(),
             rollback: None,
             backups_purged: None,
+            systemd_version: None,
             error: None,
         }
     }

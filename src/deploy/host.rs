@@ -347,6 +347,10 @@ impl<'a> HostRun<'a> {
         let context = self.context;
         let target = &context.settings.target;
         let current = self.step("read", |remote| remote.read_current())?;
+        self.report.systemd_version = current.systemd;
+        if context.action != Action::Drift {
+            self.check_systemd(current.systemd)?;
+        }
         let current_values = parse_values(current.content.as_ref());
         self.redactions.extend(current_values.values().cloned());
         self.report.keys = self.file.map(|file| key_changes(&current_values, file));
@@ -407,6 +411,33 @@ impl<'a> HostRun<'a> {
             same_file,
             stale_units,
         });
+        Ok(())
+    }
+
+    /// The host's systemd must be at least `target.systemdMin` and keep every
+    /// value of the new file (what a version drops, it drops silently).
+    fn check_systemd(&self, version: Option<u32>) -> Result<(), HostError> {
+        let Some(version) = version else {
+            return Ok(());
+        };
+        let unsupported = |why: String| {
+            Err(HostError::new(
+                ErrorKind::SystemdUnsupported,
+                format!("`{}`: {why}; nothing was written", self.host.name),
+            ))
+        };
+        if let Some(min) = self.context.settings.target.systemd_min {
+            if version < min {
+                return unsupported(format!(
+                    "it runs systemd v{version}, older than `target.systemdMin` ({min})"
+                ));
+            }
+        }
+        for (key, value) in self.file.map_or(&[][..], |f| &f.values) {
+            if let Some(unfit) = grammar::dropped_on(value.expose_secret(), version) {
+                return unsupported(format!("`{key}`: {}", unfit.describe()));
+            }
+        }
         Ok(())
     }
 

@@ -87,13 +87,16 @@ fn lookup(database: &str, name: &str, what: &str) -> Result<u32, Failure> {
         .ok_or_else(|| Failure::refused(format!("there is no {what} {name} on this host")))
 }
 
-/// `present UID GID FILE_UID FILE_GID MODE MTIME LEFT` and the bytes, or
-/// `absent UID GID LEFT`; LEFT says whether a staged file was left behind.
+/// `present UID GID FILE_UID FILE_GID MODE MTIME LEFT SYSTEMD` and the bytes,
+/// or `absent UID GID LEFT SYSTEMD`; LEFT says whether a staged file was left
+/// behind, SYSTEMD is the host's systemd version (0 when it cannot be told),
+/// which decides how the host reads the file.
 pub fn read(target: &Target, out: &mut dyn Write) -> Result<(), Failure> {
+    let systemd = systemd_version();
     let Some(dir) = target.dir()? else {
         return emit(
             out,
-            format!("absent {} {} clean\n", target.uid, target.gid).as_bytes(),
+            format!("absent {} {} clean {systemd}\n", target.uid, target.gid).as_bytes(),
         );
     };
     let left = if files::exists(&dir, &target.staged()) {
@@ -104,12 +107,12 @@ pub fn read(target: &Target, out: &mut dyn Write) -> Result<(), Failure> {
     match files::read_file(&dir, &target.name, MAX_FILE_BYTES)? {
         None => emit(
             out,
-            format!("absent {} {} {left}\n", target.uid, target.gid).as_bytes(),
+            format!("absent {} {} {left} {systemd}\n", target.uid, target.gid).as_bytes(),
         ),
         Some(contents) => {
             let stat = &contents.stat;
             let header = format!(
-                "present {} {} {} {} {:o} {}.{:06} {left}\n",
+                "present {} {} {} {} {:o} {}.{:06} {left} {systemd}\n",
                 target.uid,
                 target.gid,
                 stat.st_uid,
@@ -122,6 +125,22 @@ pub fn read(target: &Target, out: &mut dyn Write) -> Result<(), Failure> {
             emit(out, &contents.bytes)
         }
     }
+}
+
+/// The first number of `systemctl --version` (`systemd 252 (252.30-1)`), or 0.
+fn systemd_version() -> u32 {
+    std::process::Command::new("systemctl")
+        .arg("--version")
+        .env_clear()
+        .env("PATH", super::CHILD_PATH)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .and_then(|output| {
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// The new file from stdin, beside the target, owner and mode set, fsynced.

@@ -19,7 +19,12 @@ pub(crate) const VOXBRIDGE_CONTRACT: &str =
 /// The secrets a scenario binds, as Jenkins would.
 pub(crate) fn secrets(generation: &str) -> BTreeMap<String, String> {
     [
-        ("JWT_SECRET", format!("CANARY-jwt-{generation}-\"$quote'")),
+        // A backslash, and blanks, quotes, `#` and `;` after it: the real
+        // systemd must read back what the universal spelling says.
+        (
+            "JWT_SECRET",
+            format!("CANARY-jwt-{generation}-\"$quote' \\back\\ slash #;'\"\\"),
+        ),
         ("MONGODB_URI", format!("CANARY-mongo-{generation}://u:p@db")),
         (
             "REDIS_URL",
@@ -210,19 +215,27 @@ pub(crate) fn file_on(testbed: &Testbed, host: &TestHost, path: &str) -> (String
     (meta.trim().to_string(), bytes)
 }
 
+/// The file a deploy of `secrets` writes, spelled as every systemd from v219
+/// reads it: the part before a backslash in double quotes (only `"`
+/// escaped), the rest unquoted with `\`, blanks, quotes, `#` and `;` escaped.
 pub(crate) fn expected_voxbridge_file(secrets: &BTreeMap<String, String>) -> String {
-    let quoted = |v: &str| {
-        v.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('`', "\\`")
-            .replace('$', "\\$")
+    let spelled = |v: &str| {
+        let (quoted, rest) = v.split_at(v.find('\\').unwrap_or(v.len()));
+        let mut out = format!("\"{}\"", quoted.replace('"', "\\\""));
+        for c in rest.chars() {
+            if "\\ \t\"'#;".contains(c) {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
     };
     format!(
         "# Managed by hostenv: edits on this host are overwritten by the next deploy.\n\
-         JWT_SECRET=\"{}\"\nMONGODB_URI=\"{}\"\nMONGODB_DB=\"voxbridge\"\nREDIS_URL=\"{}\"\nLOG_LEVEL=\"info\"\n",
-        quoted(&secrets["JWT_SECRET"]),
-        quoted(&secrets["MONGODB_URI"]),
-        quoted(&secrets["REDIS_URL"]),
+         JWT_SECRET={}\nMONGODB_URI={}\nMONGODB_DB=\"voxbridge\"\nREDIS_URL={}\nLOG_LEVEL=\"info\"\n",
+        spelled(&secrets["JWT_SECRET"]),
+        spelled(&secrets["MONGODB_URI"]),
+        spelled(&secrets["REDIS_URL"]),
     )
 }
 
@@ -235,6 +248,8 @@ fn deploy_on_the_testbed() {
     first_deploy_installs_and_restarts(&deployer, &hosts);
     settle(&testbed, &hosts);
     same_request_changes_nothing(&deployer, &hosts);
+    settle(&testbed, &hosts);
+    the_hosts_systemd_version_is_known_before_anything_is_written(&deployer, &hosts);
     settle(&testbed, &hosts);
     failing_health_check_rolls_back(&deployer, &hosts);
     settle(&testbed, &hosts);
@@ -1805,6 +1820,44 @@ pub(crate) fn settle(testbed: &Testbed, hosts: &[&TestHost]) {
     for host in hosts {
         testbed.sh_ok(host, "systemctl reset-failed");
     }
+}
+
+/// The read step learns each host's systemd version; a host older than
+/// `target.systemdMin` fails before staging and keeps its file.
+fn the_hosts_systemd_version_is_known_before_anything_is_written(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let installed: u64 = testbed
+        .sh_ok(hosts[0], "systemctl --version | head -1 | cut -d' ' -f2")
+        .trim()
+        .parse()
+        .unwrap();
+    let request = voxbridge_request(testbed, &hosts[..1], "root", json!({}));
+    let plan = deployer.run("plan", &request, &secrets("one")).json();
+    assert_eq!(plan["hosts"][0]["systemdVersion"], installed, "{plan:#}");
+    let before = file_on(testbed, hosts[0], "/opt/voxbridge/.env");
+    let mut newer = request.clone();
+    newer["target"] = json!({"systemdMin": installed + 1});
+    let run = deployer.run("deploy", &newer, &secrets("version"));
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let host = &run.json()["hosts"][0];
+    assert_eq!(host["error"]["kind"], "systemdUnsupported");
+    let message = host["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "systemd v{installed}, older than `target.systemdMin` ({})",
+            installed + 1
+        )),
+        "{message}"
+    );
+    assert!(!host["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "stage"));
+    assert_eq!(file_on(testbed, hosts[0], "/opt/voxbridge/.env"), before);
 }
 
 fn first_deploy_installs_and_restarts(deployer: &Deployer, hosts: &[&TestHost]) {
