@@ -141,7 +141,13 @@ fn values_up_to_the_length_limit_round_trip_and_one_more_byte_is_refused() {
     assert_eq!(key.len() + 1 + longest.len(), MAX_ASSIGNMENT_BYTES);
     assert_eq!(systemd::check(key, &longest), Ok(()));
     let text = systemd::render([(key, longest.as_str())]);
-    assert_eq!(systemd::parse(&text).assignments[0].value, longest);
+    for generation in Generation::ALL {
+        assert_eq!(
+            systemd::parse_as(&text, generation).assignments[0].value,
+            longest,
+            "{generation:?}"
+        );
+    }
     let over = format!("{longest}y");
     assert!(systemd::check(key, &over).is_err());
 }
