@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what hostenv's examples and tests need on a fresh Debian machine of
 # this project's kind: systemd, OpenSSH, sudo, Python and strace for the
-# testbed hosts, iptables for the fault tests, Node for the Vite round-trip tests, Groovy 2.4 (the Groovy
+# testbed hosts, iptables for the fault tests, musl-tools and Rust's musl target for
+# the static release build, Node for the Vite round-trip tests, Groovy 2.4 (the Groovy
 # Jenkins runs) and git for the library's tests, check-jsonschema for the
 # Bitbucket Pipelines example, and the Rust lints.
 set -euo pipefail
@@ -9,7 +10,8 @@ set -euo pipefail
 missing=()
 for need in /usr/lib/systemd/systemd:systemd /usr/sbin/sshd:openssh-server /usr/bin/sudo:sudo \
             /usr/bin/python3:python3 /usr/bin/nsenter:util-linux /usr/bin/strace:strace \
-            /usr/bin/groovy:groovy /usr/bin/git:git /usr/sbin/iptables:iptables; do
+            /usr/bin/groovy:groovy /usr/bin/git:git /usr/sbin/iptables:iptables \
+            /usr/bin/musl-gcc:musl-tools; do
   [ -e "${need%%:*}" ] || missing+=("${need##*:}")
 done
 command -v node >/dev/null || missing+=(nodejs)
@@ -34,3 +36,5 @@ fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
+# The static release build (scripts/release.sh, and the test that runs it).
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl

@@ -27,6 +27,16 @@ pub struct ServiceDefaults {
     pub verify: Vec<Verify>,
 }
 
+/// `sha256:<hex>` of the embedded catalog's bytes: the Groovy steps compare it
+/// with the digest of the `catalog.json` they load, so a binary built with
+/// another catalog is refused.
+pub fn builtin_digest() -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(BUILTIN.as_bytes());
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 impl Catalog {
     /// The catalog compiled into the binary; its validity is checked by a unit test.
     pub fn builtin() -> Catalog {

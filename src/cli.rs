@@ -247,6 +247,9 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
                     "kind": "Version",
                     "version": env!("CARGO_PKG_VERSION"),
                     "apiVersions": [API_VERSION],
+                    // What the host program on each host must speak (`hostenv-host version`).
+                    "hostProtocol": crate::host::PROTOCOL,
+                    "catalogDigest": crate::catalog::builtin_digest(),
                     // Test-only features compiled in; empty in every build for use.
                     "testFeatures": test_features(),
                 }))

@@ -44,8 +44,12 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("mkfifo", "coreutils"),
     ("find", "findutils"),
     ("stat", "coreutils"),
-    // Run by scripts/test.sh.
+    // Run by scripts/test.sh, and by scripts/release.sh (which the tests run).
     ("npm", "npm"),
+    ("ldd", "libc-bin"),
+    ("tar", "tar"),
+    ("gzip", "gzip"),
+    ("musl-gcc", "musl-tools"),
 ];
 
 /// Programs only the benchmark runs; scripts/bench.sh installs them itself.

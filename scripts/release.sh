@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# A release anyone can verify: fully static Linux binaries (x86_64 musl, OpenSSL
+# compiled in), packed as target/dist/hostenv-<version>-x86_64-linux.tar.gz with
+# target/dist/SHA256SUMS. The archive is deterministic (sorted, owner 0, mtime
+# of the commit), so a rebuild of the same commit gives the same checksum.
+#   scripts/release.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=x86_64-unknown-linux-musl
+rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+if ! command -v musl-gcc >/dev/null; then
+  apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools
+fi
+CC_x86_64_unknown_linux_musl=musl-gcc \
+  cargo build --release --locked --target "$target" --features static --bins
+bin="target/$target/release"
+version=$("$bin/hostenv" version)
+version=${version#hostenv }
+name="hostenv-$version-x86_64-linux"
+dist=target/dist
+rm -rf "$dist/$name"
+mkdir -p "$dist/$name"
+install -m 755 "$bin/hostenv" "$bin/hostenv-host" "$dist/$name/"
+install -m 644 README.md SECURITY.md "$dist/$name/"
+mtime=$(git log -1 --format=%ct 2>/dev/null || echo 0)
+tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$mtime" \
+  -C "$dist" -cf - "$name" | gzip -n -9 > "$dist/$name.tar.gz"
+rm -rf "${dist:?}/$name"
+(cd "$dist" && sha256sum "$name.tar.gz" > SHA256SUMS)
+echo "$dist/$name.tar.gz"

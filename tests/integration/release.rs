@@ -1,0 +1,115 @@
+//! The release (scripts/release.sh): a deterministic archive whose checksum
+//! verifies, fully static binaries, and the static `hostenv` deploying to a
+//! testbed host, where it installs the static `hostenv-host`.
+
+use std::process::{Command, Stdio};
+
+use crate::common::{repo_root, TempDir};
+use crate::deploy::{expected_voxbridge_file, file_on, secrets, voxbridge_request, Deployer};
+use crate::testbed::Testbed;
+
+fn run(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// ldd says so for a static executable (glibc's "not a dynamic executable",
+/// or "statically linked" for a static PIE).
+fn is_static(ldd: &std::process::Output) -> bool {
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ldd.stdout),
+        String::from_utf8_lossy(&ldd.stderr)
+    );
+    said.contains("statically linked") || said.contains("not a dynamic executable")
+}
+
+#[test]
+fn the_release_is_static_verifiable_and_deploys() {
+    let built = run(Command::new("bash")
+        .arg("scripts/release.sh")
+        .current_dir(repo_root())
+        .stderr(Stdio::inherit()));
+    let archive = repo_root().join(built.lines().last().unwrap().trim());
+    let dist = archive.parent().unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(archive.ends_with(format!("hostenv-{version}-x86_64-linux.tar.gz")));
+    run(Command::new("sha256sum")
+        .args(["-c", "SHA256SUMS"])
+        .current_dir(dist));
+
+    let unpacked = TempDir::new("release");
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(unpacked.path()));
+    let dir = unpacked
+        .path()
+        .join(format!("hostenv-{version}-x86_64-linux"));
+    for program in ["hostenv", "hostenv-host"] {
+        let ldd = Command::new("ldd").arg(dir.join(program)).output().unwrap();
+        assert!(is_static(&ldd), "{program} is not static: {ldd:?}");
+    }
+    let reported: serde_json::Value = serde_json::from_str(&run(
+        Command::new(dir.join("hostenv")).args(["version", "--json"])
+    ))
+    .unwrap();
+    assert_eq!(reported["version"], version);
+    assert_eq!(reported["testFeatures"], serde_json::json!([]));
+
+    // The static binary deploys; as root it installs the static host program beside it.
+    let testbed = Testbed::start(1);
+    let deployer = Deployer::new(&testbed, "release");
+    let host = testbed.host(0);
+    let request = voxbridge_request(&testbed, &[host], "root", serde_json::json!({}));
+    let values = secrets("static");
+    let output = {
+        use std::io::Write;
+        let mut child = Command::new(dir.join("hostenv"))
+            .arg("deploy")
+            .current_dir(deployer.work.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(&values)
+            .env("TESTBED_SSH_KEY", &testbed.client_key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(request.to_string().as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(result["hosts"][0]["status"], "deployed");
+    assert_eq!(
+        file_on(&testbed, host, "/opt/voxbridge/.env"),
+        (
+            "voxbridge:voxbridge 600".to_string(),
+            expected_voxbridge_file(&values)
+        )
+    );
+    let installed = testbed.sh(host, "ldd /usr/local/sbin/hostenv-host");
+    assert!(is_static(&installed), "{installed:?}");
+}
