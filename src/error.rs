@@ -76,6 +76,9 @@ pub enum ErrorKind {
     HostKeyChanged,
     /// The SSH credentials were refused, or could not be loaded.
     AuthFailed,
+    /// The SSH certificate offered with the key is expired, not yet valid, or
+    /// not for the login user; it was not offered.
+    CertificateUnusable,
     /// The SSH connection failed or timed out during a step.
     ConnectionLost,
     /// `sudo -n` refused a command: the login user lacks the right.

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod build_env;
 pub mod catalog;
+pub mod certificate;
 pub mod check;
 pub mod cli;
 pub mod contract;

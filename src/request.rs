@@ -241,6 +241,15 @@ pub struct Ssh {
     /// Authenticate with the ssh-agent at `SSH_AUTH_SOCK`.
     #[serde(default)]
     pub agent: Option<bool>,
+    /// The NAME of an environment variable holding the path of an OpenSSH user
+    /// certificate for the key (default: `<key>-cert.pub` beside an identity
+    /// file, when there is one, as OpenSSH does).
+    #[serde(default)]
+    pub certificate_file_env: Option<String>,
+    /// The NAME of an environment variable holding a base64 OpenSSH user
+    /// certificate (the `-cert.pub` file's content; Bitbucket).
+    #[serde(default)]
+    pub certificate_env: Option<String>,
     /// `auto` (default): `sudo -n` when the login user is not root; `always`; `never`.
     #[serde(default)]
     pub sudo: Option<SudoMode>,
@@ -282,6 +291,12 @@ pub struct Jump {
     /// Authenticate to the bastion with the ssh-agent.
     #[serde(default)]
     pub agent: Option<bool>,
+    /// The NAME of the variable holding the path of the bastion key's certificate.
+    #[serde(default)]
+    pub certificate_file_env: Option<String>,
+    /// The NAME of the variable holding the bastion key's certificate as base64.
+    #[serde(default)]
+    pub certificate_env: Option<String>,
     /// known_hosts for the bastion (default `ssh.knownHosts`).
     #[serde(default)]
     pub known_hosts: Option<String>,

@@ -16,6 +16,7 @@ use ssh2::{
     Channel, CheckResult, HashType, KnownHostFileKind, KnownHostKeyFormat, MethodType, Session,
 };
 
+use crate::certificate::Certificate;
 use crate::error::{Error, ErrorKind, HostError, Result};
 use crate::request::{HostKeyPolicy, Ssh};
 use crate::secret::{self, EnvLookup, ExposeSecret, SecretString};
@@ -29,12 +30,22 @@ pub enum Auth {
     KeyFile {
         path: PathBuf,
         passphrase: Option<SecretString>,
+        certificate: Option<UserCertificate>,
     },
     KeyContent {
         key: SecretString,
         passphrase: Option<SecretString>,
+        certificate: Option<UserCertificate>,
     },
     Agent,
+}
+
+/// An OpenSSH user certificate offered with the key: its text, the file it
+/// came from (if any), and what it allows.
+pub struct UserCertificate {
+    pub text: String,
+    pub path: Option<PathBuf>,
+    pub parsed: Certificate,
 }
 
 /// Where known host keys come from.
@@ -73,6 +84,8 @@ impl SshConfig {
                     own.identity_env = jump.identity_env.clone();
                     own.agent = jump.agent;
                     own.passphrase_env = jump.passphrase_env.clone();
+                    own.certificate_file_env = jump.certificate_file_env.clone();
+                    own.certificate_env = jump.certificate_env.clone();
                 }
                 if jump.known_hosts.is_some() || jump.known_hosts_env.is_some() {
                     own.known_hosts = jump.known_hosts.clone();
@@ -105,11 +118,71 @@ impl SshConfig {
             Some(name) => Some(variable("passphraseEnv", name)?),
             None => None,
         };
+        let invalid = |field: &str, message: String| {
+            Error::invalid(
+                ErrorKind::InvalidSetting,
+                format!("{at}/ssh/{field}"),
+                message,
+            )
+        };
+        let certificate = |text: String, path: Option<PathBuf>, field: &str| {
+            let parsed = Certificate::parse(&text).ok_or_else(|| {
+                invalid(
+                    field,
+                    "not an OpenSSH user certificate (a `-cert.pub` file)".into(),
+                )
+            })?;
+            Ok::<_, Error>(UserCertificate { text, path, parsed })
+        };
+        let named_certificate = match (&ssh.certificate_file_env, &ssh.certificate_env) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "certificateEnv",
+                    "set at most one of `certificateFileEnv` and `certificateEnv`".into(),
+                ))
+            }
+            (Some(name), None) => {
+                let path = PathBuf::from(variable("certificateFileEnv", name)?.expose_secret());
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        "certificateFileEnv",
+                        format!("the certificate named by `{name}` cannot be read: {e}"),
+                    )
+                })?;
+                Some(certificate(text, Some(path), "certificateFileEnv")?)
+            }
+            (None, Some(name)) => {
+                let encoded = variable("certificateEnv", name)?;
+                let text = secret::decode_base64(encoded.expose_secret())
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .ok_or_else(|| {
+                        invalid(
+                            "certificateEnv",
+                            format!("environment variable `{name}` is not a base64 certificate"),
+                        )
+                    })?;
+                Some(certificate(text, None, "certificateEnv")?)
+            }
+            (None, None) => None,
+        };
         let auth = match (&ssh.identity_file_env, &ssh.identity_env, ssh.agent) {
-            (Some(name), None, None | Some(false)) => Auth::KeyFile {
-                path: PathBuf::from(variable("identityFileEnv", name)?.expose_secret()),
-                passphrase,
-            },
+            (Some(name), None, None | Some(false)) => {
+                let path = PathBuf::from(variable("identityFileEnv", name)?.expose_secret());
+                // As OpenSSH does: a certificate beside the key is offered with it.
+                let beside = PathBuf::from(format!("{}-cert.pub", path.display()));
+                let certificate = match named_certificate {
+                    Some(named) => Some(named),
+                    None => match std::fs::read_to_string(&beside) {
+                        Ok(text) => Some(certificate(text, Some(beside), "identityFileEnv")?),
+                        Err(_) => None,
+                    },
+                };
+                Auth::KeyFile {
+                    path,
+                    passphrase,
+                    certificate,
+                }
+            }
             (None, Some(name), None | Some(false)) => {
                 let encoded = variable("identityEnv", name)?;
                 let key = secret::decode_base64(encoded.expose_secret())
@@ -124,7 +197,14 @@ impl SshConfig {
                 Auth::KeyContent {
                     key: SecretString::from(key),
                     passphrase,
+                    certificate: named_certificate,
                 }
+            }
+            (None, None, Some(true)) if named_certificate.is_some() => {
+                return Err(invalid(
+                    "agent",
+                    "the agent offers its own certificates; leave out `certificateFileEnv` and `certificateEnv`".into(),
+                ))
             }
             (None, None, Some(true)) => Auth::Agent,
             _ => {
@@ -332,19 +412,74 @@ impl Connection {
                 ),
             )
         };
+        let offered = match &config.auth {
+            Auth::KeyFile { certificate, .. } | Auth::KeyContent { certificate, .. } => {
+                certificate.as_ref()
+            }
+            Auth::Agent => None,
+        };
+        if let Some(certificate) = offered {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if let Some(why) = certificate.parsed.unusable_for(user, now) {
+                return Err(HostError::new(
+                    ErrorKind::CertificateUnusable,
+                    format!("`{name}`: {why}"),
+                ));
+            }
+        }
         match &config.auth {
-            Auth::KeyFile { path, passphrase } => session
-                .userauth_pubkey_file(
+            Auth::KeyFile {
+                path,
+                passphrase,
+                certificate,
+            } => match certificate {
+                // libssh2 offers the certificate when it is given as the public key.
+                Some(UserCertificate {
+                    path: Some(cert_path),
+                    ..
+                }) => session.userauth_pubkey_file(
+                    user,
+                    Some(cert_path),
+                    path,
+                    passphrase.as_ref().map(|p| p.expose_secret()),
+                ),
+                Some(certificate) => {
+                    let key = std::fs::read_to_string(path)
+                        .map(SecretString::from)
+                        .map_err(|e| {
+                            HostError::new(
+                                ErrorKind::AuthFailed,
+                                format!(
+                                    "`{name}`: the key `{}` cannot be read: {e}",
+                                    path.display()
+                                ),
+                            )
+                        })?;
+                    session.userauth_pubkey_memory(
+                        user,
+                        Some(&certificate.text),
+                        key.expose_secret(),
+                        passphrase.as_ref().map(|p| p.expose_secret()),
+                    )
+                }
+                None => session.userauth_pubkey_file(
                     user,
                     None,
                     path,
                     passphrase.as_ref().map(|p| p.expose_secret()),
-                )
-                .map_err(refused)?,
-            Auth::KeyContent { key, passphrase } => session
+                ),
+            }
+            .map_err(refused)?,
+            Auth::KeyContent {
+                key,
+                passphrase,
+                certificate,
+            } => session
                 .userauth_pubkey_memory(
                     user,
-                    None,
+                    certificate.as_ref().map(|c| c.text.as_str()),
                     key.expose_secret(),
                     passphrase.as_ref().map(|p| p.expose_secret()),
                 )

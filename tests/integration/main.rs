@@ -2,6 +2,7 @@
 
 mod bitbucket;
 mod cases;
+mod certificates;
 mod common;
 mod core_dump;
 mod deploy;
@@ -14,6 +15,7 @@ mod jenkins;
 mod lint;
 mod load;
 mod privilege;
+mod release;
 mod rotation;
 mod round_trip;
 mod schema_files;
