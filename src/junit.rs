@@ -47,10 +47,11 @@ pub fn render(report: &Report) -> String {
             .unwrap_or_default();
         let failed = !report.ok && report.error.is_some();
         xml.push_str(&format!(
-            "  <testsuite name=\"{}\" tests=\"1\" failures=\"{}\" skipped=\"0\">\n    <testcase classname=\"{}\" name=\"request\">\n",
+            "  <testsuite name=\"{}\" tests=\"1\" failures=\"{}\" skipped=\"0\">\n    <testcase classname=\"{}\" name=\"{} request\">\n",
             escape(&name),
             u8::from(failed),
-            escape(&name)
+            escape(&name),
+            escape(&action)
         ));
         if failed {
             xml.push_str(&failure(&kind, &message));
@@ -72,8 +73,11 @@ pub fn render(report: &Report) -> String {
         for host in hosts {
             let ms: u64 = host.steps.iter().map(|s| s.ms).sum();
             xml.push_str(&format!(
-                "    <testcase classname=\"{}\" name=\"{}\" time=\"{}\">\n",
+                // The action in the name: a build that checks, then deploys,
+                // reports two testcases per host, told apart.
+                "    <testcase classname=\"{}\" name=\"{} {}\" time=\"{}\">\n",
                 escape(&name),
+                escape(&action),
                 escape(&host.host),
                 seconds(ms)
             ));

@@ -115,6 +115,8 @@ impl SshConfig {
             })
         };
         let passphrase = match &ssh.passphrase_env {
+            // Jenkins binds a key's passphrase variable empty when it has none.
+            Some(name) if env.get(name).is_some_and(|v| v.is_empty()) => None,
             Some(name) => Some(variable("passphraseEnv", name)?),
             None => None,
         };

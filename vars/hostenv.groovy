@@ -29,6 +29,12 @@ if [ -n "${HOSTENV_PLAN_KEY_ENV:-}" ]; then set -- "$@" --plan-key-env "$HOSTENV
 if [ -n "${HOSTENV_EXPECT_PLAN:-}" ]; then set -- "$@" --expect-plan "$HOSTENV_EXPECT_PLAN"; fi
 "$HOSTENV_BINARY" "$HOSTENV_ACTION" --junit "$HOSTENV_JUNIT" "$@" < "$HOSTENV_WORK/request.json" > "$HOSTENV_WORK/result.json"'''
 
+// A step's scratch directory and JUnit file go once the step has ended.
+@groovy.transform.Field
+static final String CLEANUP_SCRIPT = '''set +x
+rm -rf -- "$HOSTENV_WORK"
+if [ -n "${HOSTENV_JUNIT:-}" ]; then rm -f -- "$HOSTENV_JUNIT"; fi'''
+
 @groovy.transform.Field
 static final String LINT_SCRIPT = '''set +x
 mkdir -p "$(dirname "$HOSTENV_JUNIT")"
@@ -45,9 +51,9 @@ static final Map COMMON_DEFAULTS = [binary: null, junit: true]
 // The arguments of one deployment (hostenvDeploy, and each entry of hostenvRotate's `deployments`).
 @groovy.transform.Field
 static final Map DEPLOYMENT_DEFAULTS = [
-    service: null, hosts: null, environment: 'production', contract: null,
+    service: null, hosts: null, environment: null, contract: null,
     credentials: null, values: null, optional: null, credentialMap: null,
-    sshCredential: null, sshUser: null, knownHosts: null, hostKeyPolicy: null,
+    sshCredential: null, sshCertificate: null, sshUser: null, knownHosts: null, hostKeyPolicy: null,
     sudo: null, jump: null, target: null, restart: null, restartForce: null,
     verify: null, rollout: null, rollbackOnFailure: null, allowSharedChange: null,
     purgeBackupsOf: null, deadlineMs: null,
@@ -111,7 +117,8 @@ String credentialMapText(String service) {
  * [deployment: Map, credentials: List<Map>].
  */
 Map deployment(String step, Map config) {
-    def args = arguments(step, config, DEPLOYMENT_DEFAULTS, ['service', 'hosts'])
+    // No default environment: a staging deploy must never bind production's credentials.
+    def args = arguments(step, config, DEPLOYMENT_DEFAULTS, ['service', 'hosts', 'environment'])
     expect(step, 'service', args.service, String, false)
     expect(step, 'hosts', args.hosts, List, false)
     def map = args.credentialMap != null ? args.credentialMap : credentialMap(args.service)
@@ -144,6 +151,7 @@ Map buildDeployment(String step, Map args, Map map, Map catalog) {
     def values = args.values != null ? args.values : (environment?.values ?: [:])
     def optional = args.optional != null ? args.optional : (environment?.optional ?: [])
     def sshCredential = args.sshCredential ?: environment?.sshCredential
+    def sshCertificate = args.sshCertificate ?: environment?.sshCertificate
 
     def env = [:]
     def bound = []
@@ -174,6 +182,14 @@ Map buildDeployment(String step, Map args, Map map, Map catalog) {
         def variable = variableFor(sshCredential)
         bound << [id: sshCredential, type: 'sshUserPrivateKey', variable: variable]
         ssh.identityFileEnv = variable
+        // Bound empty when the key has no passphrase; hostenv reads that as none.
+        ssh.passphraseEnv = variable + '_PASSPHRASE'
+    }
+    if (sshCertificate) {
+        // An OpenSSH user certificate for the key, kept as a secret file credential.
+        def variable = variableFor(sshCertificate)
+        bound << [id: sshCertificate, type: 'file', variable: variable]
+        ssh.certificateFileEnv = variable
     }
     if (args.sshUser) { ssh.user = args.sshUser }
     if (args.knownHosts) { ssh.knownHosts = args.knownHosts }
@@ -249,11 +265,12 @@ Map buildRequest(String step, Map config, Map own) {
     def rotation = config.deployments != null
     def defaults = new LinkedHashMap(own)
     if (rotation) {
-        defaults.putAll([shared: [], overlap: [], deployments: null, environment: 'production'])
+        defaults.putAll([shared: [], overlap: [], deployments: null, environment: null])
     } else {
         defaults.putAll(DEPLOYMENT_DEFAULTS)
     }
-    def args = arguments(step, config, defaults, rotation ? ['deployments'] : ['service', 'hosts'])
+    def args = arguments(step, config, defaults,
+                         rotation ? ['deployments', 'environment'] : ['service', 'hosts', 'environment'])
     def request
     def credentials = []
     if (rotation) {
@@ -322,53 +339,98 @@ void stampAudit(Map request) {
 Map execute(String action, Map request, List credentials, Map options) {
     def binary = binaryPath(options)
     def work = "${pwd(tmp: true)}/hostenv-${UUID.randomUUID()}"
-    checkBinary(action, binary, work)
-    def bindings = []
-    def seen = [:]
-    // A rollback puts back files the hosts hold: it needs the SSH key and no secret.
-    def needed = action == 'rollback' ? sshKeysOnly(credentials) : credentials
-    for (def credential : needed) {
-        if (seen.containsKey(credential.variable)) {
-            if (seen[credential.variable] != credential.id) {
-                error("hostenv ${action}: credentials '${seen[credential.variable]}' and '${credential.id}' would share the variable ${credential.variable}; rename one")
-            }
-            continue
-        }
-        seen[credential.variable] = credential.id
-        bindings << credentialBinding(credential)
-    }
-    writeJSON(file: "${work}/request.json", json: request, pretty: 2)
     def junitFile = "${REPORTS}/${action}-${UUID.randomUUID()}.xml"
-    def status
-    withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_ACTION=${action}", "HOSTENV_WORK=${work}",
-             "HOSTENV_JUNIT=${pwd()}/${junitFile}", "HOSTENV_TO=${options.to ?: ''}",
-             "HOSTENV_PLAN_KEY_ENV=${options.planKeyEnv ?: ''}", "HOSTENV_EXPECT_PLAN=${options.expectPlan ?: ''}"]) {
-        withCredentials(bindings) {
-            status = sh(script: RUN_SCRIPT, returnStatus: true, label: 'hostenv ' + action)
+    try {
+        checkBinary(action, binary, work)
+        // A rollback puts back files the hosts hold: it needs the SSH key and no secret.
+        def needed = action == 'rollback' ? sshKeysOnly(credentials) : credentials
+        def clash = variableClash(needed)
+        if (clash) {
+            error("hostenv ${action}: ${clash}")
+        }
+        def bindings = []
+        def seen = [] as Set
+        for (def credential : needed) {
+            if (seen.add(credential.id)) {
+                bindings << credentialBinding(credential)
+            }
+        }
+        writeJSON(file: "${work}/request.json", json: request, pretty: 2)
+        def status
+        withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_ACTION=${action}", "HOSTENV_WORK=${work}",
+                 "HOSTENV_JUNIT=${pwd()}/${junitFile}", "HOSTENV_TO=${options.to ?: ''}",
+                 "HOSTENV_PLAN_KEY_ENV=${options.planKeyEnv ?: ''}", "HOSTENV_EXPECT_PLAN=${options.expectPlan ?: ''}"]) {
+            withCredentials(bindings) {
+                status = sh(script: RUN_SCRIPT, returnStatus: true, label: 'hostenv ' + action)
+            }
+        }
+        return conclude(action, status, work, junitFile, options)
+    } finally {
+        cleanup(work, "${pwd()}/${junitFile}")
+    }
+}
+
+/** Removes a step's scratch directory and its (published) JUnit file. */
+void cleanup(String work, String junitFile) {
+    withEnv(["HOSTENV_WORK=${work}", "HOSTENV_JUNIT=${junitFile}"]) {
+        sh(script: CLEANUP_SCRIPT, returnStatus: true, label: 'hostenv cleanup')
+    }
+}
+
+/** Every variable a credential binds, by whole name. */
+@NonCPS
+List variablesOf(Map credential) {
+    if (credential.type == 'usernamePassword') {
+        return [credential.variable + '_USERNAME', credential.variable + '_PASSWORD']
+    }
+    if (credential.type == 'sshUserPrivateKey') {
+        return [credential.variable, credential.variable + '_PASSPHRASE']
+    }
+    return [credential.variable]
+}
+
+/**
+ * Why two credentials would bind the same variable (one value would silently
+ * replace the other), naming both; null when every name is unique.
+ */
+@NonCPS
+String variableClash(List credentials) {
+    def owners = [:]
+    for (def credential : credentials) {
+        for (def name : variablesOf(credential)) {
+            def owner = owners[name]
+            if (owner != null && owner != credential.id) {
+                return "credentials '${owner}' and '${credential.id}' would both bind the variable ${name}; rename one"
+            }
+            owners[name] = credential.id
         }
     }
-    return conclude(action, status, work, junitFile, options)
+    return null
 }
 
 /** `hostenv lint` of `path`, checking the credential maps of `services` too. */
 Map lint(String path, List services, Map options) {
     def binary = binaryPath(options)
     def work = "${pwd(tmp: true)}/hostenv-${UUID.randomUUID()}"
-    checkBinary('lint', binary, work)
-    for (def service : services) {
-        def text = credentialMapText(service)
-        if (text == null) {
-            error("hostenvLint: argument 'services': the library has no credential map for '${service}'")
-        }
-        writeFile(file: "${work}/maps/${service}.json", text: text)
-    }
     def junitFile = "${REPORTS}/lint-${UUID.randomUUID()}.xml"
-    def status
-    withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_WORK=${work}", "HOSTENV_LINT_PATH=${path}",
-             "HOSTENV_JUNIT=${pwd()}/${junitFile}"]) {
-        status = sh(script: LINT_SCRIPT, returnStatus: true, label: 'hostenv lint')
+    try {
+        checkBinary('lint', binary, work)
+        for (def service : services) {
+            def text = credentialMapText(service)
+            if (text == null) {
+                error("hostenvLint: argument 'services': the library has no credential map for '${service}'")
+            }
+            writeFile(file: "${work}/maps/${service}.json", text: text)
+        }
+        def status
+        withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_WORK=${work}", "HOSTENV_LINT_PATH=${path}",
+                 "HOSTENV_JUNIT=${pwd()}/${junitFile}"]) {
+            status = sh(script: LINT_SCRIPT, returnStatus: true, label: 'hostenv lint')
+        }
+        return conclude('lint', status, work, junitFile, options)
+    } finally {
+        cleanup(work, "${pwd()}/${junitFile}")
     }
-    return conclude('lint', status, work, junitFile, options)
 }
 
 /** Fails before any credential is bound unless the binary runs and speaks this library's protocol. */
@@ -413,7 +475,8 @@ def credentialBinding(Map credential) {
                                 usernameVariable: credential.variable + '_USERNAME',
                                 passwordVariable: credential.variable + '_PASSWORD')
     }
-    return sshUserPrivateKey(credentialsId: credential.id, keyFileVariable: credential.variable)
+    return sshUserPrivateKey(credentialsId: credential.id, keyFileVariable: credential.variable,
+                             passphraseVariable: credential.variable + '_PASSPHRASE')
 }
 
 /** Publishes the JUnit file, echoes a summary, and ends the step as the exit code says. */

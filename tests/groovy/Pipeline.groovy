@@ -180,6 +180,10 @@ class Pipeline {
                         secretFile.text = stored.content
                         files << secretFile
                         variables[b.type == 'file' ? b.variable : b.keyFileVariable] = secretFile.path
+                        // As the Credentials Binding plugin does: empty when the key has none.
+                        if (b.type == 'sshUserPrivateKey' && b.passphraseVariable) {
+                            variables[b.passphraseVariable] = stored.passphrase ?: ''
+                        }
                 }
             }
             try {

@@ -180,45 +180,50 @@ if (suite == 'offline') {
 
     test('arguments are validated by name before anything runs') {
         def p = pipeline(voxbridgeStore)
-        def stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['a'], hostz: 1)")
+        def stop = attempt(p, "hostenvDeploy(environment: 'production', service: 'voxbridge', hosts: ['a'], hostz: 1)")
         assert stop.message.startsWith("hostenvDeploy: unknown argument 'hostz'")
         stop = attempt(p, "hostenvDeploy(service: 'voxbridge')")
         assert stop.message == "hostenvDeploy: argument 'hosts' is required"
-        stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: 'a')")
+        stop = attempt(p, "hostenvDeploy(environment: 'production', service: 'voxbridge', hosts: 'a')")
         assert stop.message == "hostenvDeploy: argument 'hosts' must be a List, not String"
         stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['a'], environment: 'qa')")
         assert stop.message.contains("argument 'environment'") && stop.message.contains('production, staging')
-        stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['a'], credentials: [[id: 'x', key: 'K', type: 'secretText']])")
+        stop = attempt(p, "hostenvDeploy(environment: 'production', service: 'voxbridge', hosts: ['a'], credentials: [[id: 'x', key: 'K', type: 'secretText']])")
         assert stop.message.contains("'x' has type 'secretText'")
-        stop = attempt(p, "hostenvDeploy(service: 'billing', hosts: ['a'], contract: 'billing/.env.example')")
+        stop = attempt(p, "hostenvDeploy(environment: 'production', service: 'billing', hosts: ['a'], contract: 'billing/.env.example')")
         assert stop.message.startsWith("hostenvDeploy: argument 'service': 'billing' is not in the library's catalog (voxbridge, voxcore, voxdialler)")
-        stop = attempt(p, "hostenvRotate(shared: ['VOXCORE_SECRET'], deployments: [[service: 'voxcore', hosts: ['a']]])")
+        stop = attempt(p, "hostenvRotate(environment: 'production', shared: ['VOXCORE_SECRET'], deployments: [[service: 'voxcore', hosts: ['a']]])")
         assert stop.message.startsWith("hostenvRotate: argument 'deployments'")
+        // No default environment: a deploy to staging hosts never binds production's credentials.
+        stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['stg-1'])")
+        assert stop.message == "hostenvDeploy: argument 'environment' is required"
+        stop = attempt(p, "hostenvRotate(shared: ['K'], deployments: [[service: 'voxcore', hosts: ['a']], [service: 'voxdialler', hosts: ['b']]])")
+        assert stop.message == "hostenvRotate: argument 'environment' is required"
         assert sequence(p).every { it == 'error' }
     }
 
     test('a missing binary fails before any credential is bound') {
         def p = withContracts(pipeline(voxbridgeStore))
-        def stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['api-1'], binary: '/nonexistent/hostenv')")
+        def stop = attempt(p, "hostenvDeploy(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '/nonexistent/hostenv')")
         assert stop.message.contains('/nonexistent/hostenv') && stop.message.contains('does not run')
-        assert sequence(p) == ['sh:hostenv version', 'error']
+        assert sequence(p) == ['sh:hostenv version', 'error', 'sh:hostenv cleanup']
     }
 
     test('an incompatible binary fails before any credential is bound') {
         def old = fakeBinary('hostenv-v0', ['hostenv/v0'], [:], 0)
         def p = withContracts(pipeline(voxbridgeStore))
-        def stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['api-1'], binary: '${old}')")
+        def stop = attempt(p, "hostenvDeploy(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '${old}')")
         assert stop.message.contains('speaks [hostenv/v0]') && stop.message.contains('needs hostenv/v1')
-        assert sequence(p) == ['sh:hostenv version', 'error']
+        assert sequence(p) == ['sh:hostenv version', 'error', 'sh:hostenv cleanup']
         // HOSTENV_BIN is the fallback when the step names no binary.
         p = withContracts(pipeline(voxbridgeStore))
         p.env.HOSTENV_BIN = old
-        assert attempt(p, "hostenvCheck(service: 'voxbridge', hosts: ['api-1'])").message.contains('hostenv-v0')
+        assert attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])").message.contains('hostenv-v0')
     }
 
     test('exit 0: hostenvCheck returns the result; the request names variables, never values') {
         def p = withContracts(pipeline(voxbridgeStore))
-        def result = p.run("return hostenvCheck(service: 'voxbridge', hosts: ['api-1', 'api-2'])")
+        def result = p.run("return hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1', 'api-2'])")
         assert result.ok == true && result.exitCode == 0
         assert result.hosts*.status == ['checked', 'checked']
         assert p.result == 'SUCCESS'
@@ -230,14 +235,47 @@ if (suite == 'offline') {
         assert request.audit == [by: 'alice', buildUrl: 'https://ci.example/job/vox/7/']
         def bound = p.callsOf('withCredentials').first().args*.credentialsId
         assert bound.sort() == voxbridgeStore.keySet().sort()
-        assert sequence(p) == ['sh:hostenv version', 'withCredentials', 'sh:hostenv check', 'junit']
+        assert sequence(p) == ['sh:hostenv version', 'withCredentials', 'sh:hostenv check', 'junit', 'sh:hostenv cleanup']
         assertNothingLeaked(p)
+        // The key's passphrase is bound beside it (empty when it has none).
+        def key = p.callsOf('withCredentials').first().args.find { it.type == 'sshUserPrivateKey' }
+        assert key.passphraseVariable == 'HOSTENV_CRED_VOX_PRODUCTION_DEPLOY_KEY_PASSPHRASE'
+        assert request.ssh.passphraseEnv == key.passphraseVariable
+        // Nothing is left behind: no scratch directory, no JUnit file.
+        def tmp = new File(p.workspace.path + '@tmp')
+        assert !(tmp.listFiles() ?: []).any { it.name.startsWith('hostenv-') }
+        assert !(new File(p.workspace, 'hostenv-reports').listFiles() ?: []).any { it.name.endsWith('.xml') }
+    }
+
+    test('two credentials that would bind one variable fail before anything is bound') {
+        def store = voxbridgeStore + ['db': [type: 'usernamePassword', username: 'u', password: 'CANARY-db-pw'],
+                                      'db-password': [type: 'string', value: 'CANARY-db-password']]
+        def p = withContracts(pipeline(store))
+        def stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'], credentials: [" +
+            "[id: 'voxbridge-jwt-secret', key: 'JWT_SECRET', type: 'string'], [id: 'vox-mongodb-uri', key: 'MONGODB_URI', type: 'string'], " +
+            "[id: 'db', type: 'usernamePassword', usernameKey: 'REDIS_URL', passwordKey: 'OTEL_API_KEY'], [id: 'db-password', key: 'LOG_LEVEL', type: 'string']], " +
+            "values: [MONGODB_DB: 'voxbridge'])")
+        assert stop.message == "hostenv check: credentials 'db' and 'db-password' would both bind the variable HOSTENV_CRED_DB_PASSWORD; rename one"
+        assert p.callsOf('withCredentials') == []
+        assert sequence(p) == ['sh:hostenv version', 'error', 'sh:hostenv cleanup']
+        assertNothingLeaked(p)
+    }
+
+    test('an SSH certificate is bound as a file beside the key') {
+        def store = voxbridgeStore + ['vox-production-deploy-cert': [type: 'file', content: 'ssh-ed25519-cert-v01@openssh.com AAAA cert']]
+        def p = withContracts(pipeline(store))
+        def result = p.run("return hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'], sshCertificate: 'vox-production-deploy-cert')")
+        assert result.ok == true
+        def request = new JsonSlurper().parseText(p.written.values().first())
+        assert request.ssh.certificateFileEnv == 'HOSTENV_CRED_VOX_PRODUCTION_DEPLOY_CERT'
+        def bound = p.callsOf('withCredentials').first().args.find { it.credentialsId == 'vox-production-deploy-cert' }
+        assert bound.type == 'file' && bound.variable == 'HOSTENV_CRED_VOX_PRODUCTION_DEPLOY_CERT'
     }
 
     test('exit 2: a rejected request fails the build with the reason and the key problems') {
         def store = voxbridgeStore + ['voxbridge-jwt-secret': [type: 'string', value: '']]
         def p = withContracts(pipeline(store))
-        def stop = attempt(p, "hostenvCheck(service: 'voxbridge', hosts: ['api-1'])")
+        def stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
         assert stop.message.startsWith('hostenv check: the request was rejected:')
         assert stop.message.contains('keys: JWT_SECRET (empty)')
         assert p.result == 'FAILURE'
@@ -249,7 +287,7 @@ if (suite == 'offline') {
             [ok: false, exitCode: 3, hosts: [[host: 'api-1', status: 'unknown', error: [kind: 'connectionLost', message: 'lost']]],
              error: [kind: 'hostsFailed', message: '1 of 1 hosts failed: `api-1` (connectionLost, state unknown)']], 3)
         def p = withContracts(pipeline(voxbridgeStore))
-        def stop = attempt(p, "hostenvDeploy(service: 'voxbridge', hosts: ['api-1'], binary: '${fake}')")
+        def stop = attempt(p, "hostenvDeploy(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '${fake}')")
         assert stop.message.startsWith('hostenv deploy: A HOST NEEDS A PERSON (exit 3): 1 of 1 hosts failed')
         assert p.result == 'FAILURE'
         assert p.log.toString().contains('api-1: unknown - connectionLost')
@@ -303,7 +341,7 @@ if (suite == 'testbed') {
         optional: ['HEALTH_MODE']]]]
     def deploy = { Pipeline p, String step, Map extra ->
         new File(p.workspace, 'voxbridge.env.example').text = testbed.contract
-        def config = [service: 'voxbridge', hosts: testbed.hosts, credentialMap: map, knownHosts: testbed.knownHosts,
+        def config = [service: 'voxbridge', environment: 'production', hosts: testbed.hosts, credentialMap: map, knownHosts: testbed.knownHosts,
                       allowSharedChange: true, restart: [timeoutMs: 20000],
                       verify: [[url: 'http://{host}:8080/health', intervalMs: 100, deadlineMs: 8000, consecutive: 2]]] + extra
         p.binding.setVariable('config', config)

@@ -1024,14 +1024,14 @@ fn a_failing_canary_stops_the_rollout(deployer: &Deployer, hosts: &[&TestHost]) 
             "import sys, xml.etree.ElementTree as ET\n\
              root = ET.parse(sys.argv[1]).getroot()\n\
              cases = root.findall('./testsuite/testcase')\n\
-             print(len(cases), sum(1 for c in cases if c.find('failure') is not None), sum(1 for c in cases if c.find('skipped') is not None), root.find('testsuite').get('name'))",
+             print(len(cases), sum(1 for c in cases if c.find('failure') is not None), sum(1 for c in cases if c.find('skipped') is not None), root.find('testsuite').get('name'), all(c.get('name').startswith('deploy ') for c in cases))",
         )
         .arg(&junit)
         .output()
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&parsed.stdout).trim(),
-        "3 1 2 voxbridge",
+        "3 1 2 voxbridge True",
         "{}",
         String::from_utf8_lossy(&parsed.stderr)
     );

@@ -69,7 +69,7 @@ fn a_rejected_request_is_one_failing_junit_testcase() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&parsed.stdout).trim(),
-        "request invalidRequest",
+        "check request invalidRequest",
         "{}",
         String::from_utf8_lossy(&parsed.stderr)
     );
