@@ -10,6 +10,11 @@
 @groovy.transform.Field
 static final String API_VERSION = 'hostenv/v1'
 
+// The release this library is pinned to (the crate's version; a test keeps them
+// equal): a binary of another version, or built with another catalog, is refused.
+@groovy.transform.Field
+static final String BINARY_VERSION = '0.1.0'
+
 // Where JUnit files go, relative to the workspace (the junit step reads from there).
 @groovy.transform.Field
 static final String REPORTS = 'hostenv-reports'
@@ -17,7 +22,33 @@ static final String REPORTS = 'hostenv-reports'
 @groovy.transform.Field
 static final String VERSION_SCRIPT = '''set +x
 mkdir -p "$HOSTENV_WORK"
+sha256sum < "$HOSTENV_WORK/catalog.json" | cut -d' ' -f1 > "$HOSTENV_WORK/catalog.sha256"
 "$HOSTENV_BINARY" version --json > "$HOSTENV_WORK/version.json"'''
+
+// Fetches the pinned release once per agent and version, verified before use:
+// the archive's SHA-256 must be HOSTENV_SHA256 or nothing is unpacked.
+@groovy.transform.Field
+static final String PROVISION_SCRIPT = '''set +x
+set -eu
+mkdir -p "$HOSTENV_WORK"
+cache="${HOSTENV_CACHE:-${HOME:-/tmp}/.cache/hostenv}/$HOSTENV_VERSION"
+if [ -x "$cache/hostenv" ] && [ -x "$cache/hostenv-host" ]; then
+  echo "$cache/hostenv" > "$HOSTENV_WORK/binary"; exit 0
+fi
+mkdir -p "$HOSTENV_WORK/download"
+archive="$HOSTENV_WORK/download/release.tar.gz"
+curl -fsSL --proto '=https,file' -o "$archive" "$HOSTENV_URL"
+if ! echo "$HOSTENV_SHA256  $archive" | sha256sum -c --status -; then
+  echo "hostenv: the release at $HOSTENV_URL does not have the SHA-256 $HOSTENV_SHA256" >&2; exit 3
+fi
+tar -xzf "$archive" -C "$HOSTENV_WORK/download"
+unpacked="$HOSTENV_WORK/download/hostenv-$HOSTENV_VERSION-x86_64-linux"
+mkdir -p "$(dirname "$cache")"
+fresh="$cache.new.$$"
+mkdir "$fresh"
+cp "$unpacked/hostenv" "$unpacked/hostenv-host" "$fresh/"
+mv -T "$fresh" "$cache" 2>/dev/null || rm -rf "$fresh"
+echo "$cache/hostenv" > "$HOSTENV_WORK/binary"'''
 
 // Optional flags come from variables that may be empty, so the script never varies.
 @groovy.transform.Field
@@ -240,10 +271,28 @@ Map audit(def environment) {
     return audit
 }
 
-/** The binary: the step's `binary`, else HOSTENV_BIN, else `hostenv` on PATH. */
-@NonCPS
-String binaryPath(Map options) {
-    return options.binary ?: (env?.HOSTENV_BIN ?: 'hostenv')
+/**
+ * The binary: the step's `binary`, else HOSTENV_BIN, else the pinned release
+ * fetched from HOSTENV_RELEASE_URL (verified with HOSTENV_RELEASE_SHA256), else
+ * `hostenv` on PATH.
+ */
+String binaryPath(String action, Map options, String work) {
+    if (options.binary || env?.HOSTENV_BIN || !env?.HOSTENV_RELEASE_URL) {
+        return options.binary ?: (env?.HOSTENV_BIN ?: 'hostenv')
+    }
+    if (!env?.HOSTENV_RELEASE_SHA256) {
+        error("hostenv ${action}: HOSTENV_RELEASE_URL is set without HOSTENV_RELEASE_SHA256; the library fetches no binary it cannot verify")
+    }
+    def url = (env.HOSTENV_RELEASE_URL as String).replace('{version}', BINARY_VERSION)
+    def status
+    withEnv(["HOSTENV_URL=${url}", "HOSTENV_SHA256=${env.HOSTENV_RELEASE_SHA256}",
+             "HOSTENV_VERSION=${BINARY_VERSION}", "HOSTENV_WORK=${work}"]) {
+        status = sh(script: PROVISION_SCRIPT, returnStatus: true, label: 'hostenv provision')
+    }
+    if (status != 0) {
+        error("hostenv ${action}: cannot provision hostenv ${BINARY_VERSION} from ${url} (exit ${status}${status == 3 ? ': wrong SHA-256' : ''}); nothing was bound")
+    }
+    return readFile(file: "${work}/binary").trim()
 }
 
 /**
@@ -337,10 +386,10 @@ void stampAudit(Map request) {
  * result map. Options: binary, junit, to, planKeyEnv, expectPlan.
  */
 Map execute(String action, Map request, List credentials, Map options) {
-    def binary = binaryPath(options)
     def work = "${pwd(tmp: true)}/hostenv-${UUID.randomUUID()}"
     def junitFile = "${REPORTS}/${action}-${UUID.randomUUID()}.xml"
     try {
+        def binary = binaryPath(action, options, work)
         checkBinary(action, binary, work)
         // A rollback puts back files the hosts hold: it needs the SSH key and no secret.
         def needed = action == 'rollback' ? sshKeysOnly(credentials) : credentials
@@ -410,10 +459,10 @@ String variableClash(List credentials) {
 
 /** `hostenv lint` of `path`, checking the credential maps of `services` too. */
 Map lint(String path, List services, Map options) {
-    def binary = binaryPath(options)
     def work = "${pwd(tmp: true)}/hostenv-${UUID.randomUUID()}"
     def junitFile = "${REPORTS}/lint-${UUID.randomUUID()}.xml"
     try {
+        def binary = binaryPath('lint', options, work)
         checkBinary('lint', binary, work)
         for (def service : services) {
             def text = credentialMapText(service)
@@ -433,8 +482,13 @@ Map lint(String path, List services, Map options) {
     }
 }
 
-/** Fails before any credential is bound unless the binary runs and speaks this library's protocol. */
+/**
+ * Fails before any credential is bound unless the binary runs, speaks this
+ * library's protocol, is the pinned version and embeds the very catalog the
+ * library loads.
+ */
 void checkBinary(String action, String binary, String work) {
+    writeFile(file: "${work}/catalog.json", text: libraryResource('catalog.json'))
     def status
     withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_WORK=${work}"]) {
         status = sh(script: VERSION_SCRIPT, returnStatus: true, label: 'hostenv version')
@@ -451,6 +505,13 @@ void checkBinary(String action, String binary, String work) {
     def speaks = version instanceof Map ? version.apiVersions : null
     if (!(speaks instanceof List) || !speaks.contains(API_VERSION)) {
         error("hostenv ${action}: the hostenv binary `${binary}` speaks ${speaks ?: 'no known protocol'}; this library needs ${API_VERSION}")
+    }
+    if (version.version != BINARY_VERSION) {
+        error("hostenv ${action}: the hostenv binary `${binary}` is version ${version.version}; this library is pinned to ${BINARY_VERSION}")
+    }
+    def catalog = 'sha256:' + readFile(file: "${work}/catalog.sha256").trim()
+    if (version.catalogDigest != catalog) {
+        error("hostenv ${action}: the hostenv binary `${binary}` embeds another service catalog (${version.catalogDigest}) than this library's (${catalog})")
     }
 }
 

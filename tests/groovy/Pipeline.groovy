@@ -119,6 +119,10 @@ class Pipeline {
             file.parentFile.mkdirs()
             file.text = args.text
         })
+        binding.setVariable('readFile', { Map args ->
+            record('readFile', args)
+            resolve(args.file).text
+        })
         binding.setVariable('writeJSON', { Map args ->
             record('writeJSON', args)
             def file = resolve(args.file)

@@ -91,12 +91,23 @@ def sequence(Pipeline pipeline) {
     }
 }
 
-/** A fake hostenv that speaks `versions` and answers every action with `result` and `exit`. */
-def fakeBinary(String name, List versions, Map result, int exit) {
+/** `sha256:<hex>` of the library's catalog, as `hostenv version --json` reports it. */
+def catalogDigest() {
+    def hash = java.security.MessageDigest.getInstance('SHA-256').digest(new File(repo, 'resources/catalog.json').bytes)
+    return 'sha256:' + hash.encodeHex().toString()
+}
+
+/**
+ * A fake hostenv that speaks `versions` and answers every action with `result`
+ * and `exit`; it reports the pinned version and the library's catalog unless told otherwise.
+ */
+def fakeBinary(String name, List versions, Map result, int exit, Map version = [:]) {
     def file = new File(work, name)
+    def reported = [apiVersion: 'hostenv/v1', kind: 'Version', apiVersions: versions,
+                    version: '0.1.0', catalogDigest: catalogDigest()] + version
     file.text = """#!/bin/sh
 if [ "\$1" = version ]; then
-  echo '${JsonOutput.toJson([apiVersion: 'hostenv/v1', kind: 'Version', apiVersions: versions])}'
+  echo '${JsonOutput.toJson(reported)}'
   exit 0
 fi
 cat > /dev/null
@@ -219,6 +230,60 @@ if (suite == 'offline') {
         p = withContracts(pipeline(voxbridgeStore))
         p.env.HOSTENV_BIN = old
         assert attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])").message.contains('hostenv-v0')
+    }
+
+    test('a binary of another version or catalog is refused before any credential is bound') {
+        def other = fakeBinary('hostenv-9', ['hostenv/v1'], [:], 0, [version: '9.9.9'])
+        def p = withContracts(pipeline(voxbridgeStore))
+        def stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '${other}')")
+        assert stop.message.contains('is version 9.9.9; this library is pinned to 0.1.0')
+        def catalog = fakeBinary('hostenv-catalog', ['hostenv/v1'], [:], 0, [catalogDigest: 'sha256:00'])
+        p = withContracts(pipeline(voxbridgeStore))
+        stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '${catalog}')")
+        assert stop.message.contains('embeds another service catalog (sha256:00)')
+        assert p.callsOf('withCredentials') == []
+    }
+
+    test('the pinned release is fetched, verified and cached; a wrong checksum binds nothing') {
+        // A release archive as scripts/release.sh lays it out, holding this build's binaries.
+        def release = new File(work, 'release')
+        def unpacked = new File(release, 'hostenv-0.1.0-x86_64-linux')
+        unpacked.mkdirs()
+        ['hostenv', 'hostenv-host'].each { name ->
+            def target = new File(unpacked, name)
+            target.bytes = new File(new File(binary).parentFile, name).bytes
+            target.setExecutable(true)
+        }
+        def tar = new ProcessBuilder('tar', '-czf', 'hostenv-0.1.0-x86_64-linux.tar.gz', 'hostenv-0.1.0-x86_64-linux')
+            .directory(release).inheritIO().start()
+        assert tar.waitFor() == 0
+        def archive = new File(release, 'hostenv-0.1.0-x86_64-linux.tar.gz')
+        def sha256 = java.security.MessageDigest.getInstance('SHA-256').digest(archive.bytes).encodeHex().toString()
+        def cache = new File(work, 'agent-cache')
+        def provisioned = { Map env ->
+            def p = withContracts(pipeline(voxbridgeStore))
+            p.env.remove('HOSTENV_BIN')
+            p.env.putAll([HOSTENV_RELEASE_URL: "file://${release.path}/hostenv-{version}-x86_64-linux.tar.gz",
+                          HOSTENV_CACHE: cache.path] + env)
+            return p
+        }
+        def bad = provisioned([HOSTENV_RELEASE_SHA256: '0' * 64])
+        def stop = attempt(bad, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
+
+        assert stop.message.contains('cannot provision hostenv 0.1.0') && stop.message.contains('wrong SHA-256')
+        assert bad.callsOf('withCredentials') == []
+        assert !new File(cache, '0.1.0').exists()
+        def unverified = provisioned([:])
+        stop = attempt(unverified, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
+        assert stop.message.contains('without HOSTENV_RELEASE_SHA256')
+        def good = provisioned([HOSTENV_RELEASE_SHA256: sha256])
+        def result = good.run("return hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
+        assert result.ok == true
+        assert new File(cache, '0.1.0/hostenv').canExecute() && new File(cache, '0.1.0/hostenv-host').canExecute()
+        // Cached: the next run needs no download.
+        archive.delete()
+        result = provisioned([HOSTENV_RELEASE_SHA256: sha256]).run("return hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
+        assert result.ok == true
     }
 
     test('exit 0: hostenvCheck returns the result; the request names variables, never values') {

@@ -62,12 +62,25 @@ fn groovy(suite: &str, extra: &[(&str, String)]) -> String {
 }
 
 #[test]
+fn the_library_pins_this_version() {
+    let engine = std::fs::read_to_string(repo_root().join("vars/hostenv.groovy")).unwrap();
+    let pinned = format!(
+        "static final String BINARY_VERSION = '{}'",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        engine.contains(&pinned),
+        "vars/hostenv.groovy must say {pinned}"
+    );
+}
+
+#[test]
 fn library_steps_under_groovy() {
     let out = groovy("offline", &[]);
     // Every test ran, not just the first few.
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        12,
+        14,
         "{out}"
     );
 }
