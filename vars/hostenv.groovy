@@ -75,6 +75,38 @@ for map in "$HOSTENV_WORK"/maps/*.json; do
 done
 "$HOSTENV_BINARY" lint "$HOSTENV_LINT_PATH" --junit "$HOSTENV_JUNIT" "$@" > "$HOSTENV_WORK/result.json"'''
 
+// An argument error is a plain Exception (a constructor the sandbox's default
+// whitelist allows, unlike IllegalArgumentException) whose message starts with
+// this, so a step tells it from any other failure.
+@groovy.transform.Field
+static final String INVALID = 'hostenv: invalid argument: '
+
+/** An argument error naming the step and the argument. */
+@NonCPS
+Exception invalid(String message) {
+    return new Exception(INVALID + message)
+}
+
+/** The words of an argument error, or null when `failure` is something else. */
+@NonCPS
+String invalidMessage(Exception failure) {
+    def message = failure.message ?: ''
+    return message.startsWith(INVALID) ? message.substring(INVALID.length()) : null
+}
+
+/** Runs `body`; an argument error it throws fails the build with its own words. */
+def checked(Closure body) {
+    try {
+        return body.call()
+    } catch (Exception failure) {
+        def message = invalidMessage(failure)
+        if (message == null) {
+            throw failure
+        }
+        error(message)
+    }
+}
+
 // Arguments every step takes besides its own.
 @groovy.transform.Field
 static final Map COMMON_DEFAULTS = [binary: null, junit: true]
@@ -99,18 +131,18 @@ static final List CREDENTIAL_TYPES = ['string', 'file', 'sshUserPrivateKey', 'us
  */
 @NonCPS
 Map arguments(String step, Map config, Map defaults, List required) {
-    def known = new LinkedHashMap(COMMON_DEFAULTS)
+    def known = [:] + COMMON_DEFAULTS
     known.putAll(defaults)
     for (def name : config.keySet()) {
         if (!known.containsKey(name)) {
-            throw new IllegalArgumentException("${step}: unknown argument '${name}' (known: ${known.keySet().join(', ')})")
+            throw invalid("${step}: unknown argument '${name}' (known: ${known.keySet().join(', ')})")
         }
     }
-    def merged = new LinkedHashMap(known)
+    def merged = [:] + known
     merged.putAll(config)
     for (def name : required) {
         if (merged[name] == null || merged[name] == '' || merged[name] == []) {
-            throw new IllegalArgumentException("${step}: argument '${name}' is required")
+            throw invalid("${step}: argument '${name}' is required")
         }
     }
     return merged
@@ -124,7 +156,7 @@ void expect(String step, String name, def value, Class type, boolean nullable = 
     }
     if (!type.isInstance(value)) {
         def given = value == null ? 'nothing' : value.getClass().simpleName
-        throw new IllegalArgumentException("${step}: argument '${name}' must be a ${type.simpleName}, not ${given}")
+        throw invalid("${step}: argument '${name}' must be a ${type.simpleName}, not ${given}")
     }
 }
 
@@ -162,7 +194,7 @@ Map deployment(String step, Map config) {
 Map buildDeployment(String step, Map args, Map map, Map catalog) {
     def known = catalog.services.keySet()
     if (!known.contains(args.service) && (args.target == null || args.restart == null || args.verify == null)) {
-        throw new IllegalArgumentException("${step}: argument 'service': '${args.service}' is not in the library's catalog (${known.join(', ')}), so 'target', 'restart' and 'verify' are required")
+        throw invalid("${step}: argument 'service': '${args.service}' is not in the library's catalog (${known.join(', ')}), so 'target', 'restart' and 'verify' are required")
     }
     for (def name : ['credentials', 'optional', 'purgeBackupsOf', 'verify']) {
         expect(step, name, args[name], List)
@@ -172,11 +204,11 @@ Map buildDeployment(String step, Map args, Map map, Map catalog) {
     }
     def environment = map?.environments?.get(args.environment)
     if (map != null && environment == null) {
-        throw new IllegalArgumentException("${step}: argument 'environment': the credential map of '${args.service}' has no environment '${args.environment}' (it has: ${map.environments.keySet().join(', ')})")
+        throw invalid("${step}: argument 'environment': the credential map of '${args.service}' has no environment '${args.environment}' (it has: ${map.environments.keySet().join(', ')})")
     }
     def contract = args.contract ?: map?.contract
     if (!contract) {
-        throw new IllegalArgumentException("${step}: argument 'contract' is required: the library has no credential map for '${args.service}'")
+        throw invalid("${step}: argument 'contract' is required: the library has no credential map for '${args.service}'")
     }
     def credentials = args.credentials != null ? args.credentials : (environment?.credentials ?: [])
     def values = args.values != null ? args.values : (environment?.values ?: [:])
@@ -197,13 +229,13 @@ Map buildDeployment(String step, Map args, Map map, Map catalog) {
             env[credential.usernameKey] = [secretEnv: variable + '_USERNAME', credentialId: credential.id]
             env[credential.passwordKey] = [secretEnv: variable + '_PASSWORD', credentialId: credential.id]
         } else {
-            throw new IllegalArgumentException("${step}: credential '${credential.id}' is an sshUserPrivateKey; give it as 'sshCredential'")
+            throw invalid("${step}: credential '${credential.id}' is an sshUserPrivateKey; give it as 'sshCredential'")
         }
         bound << (credential + [variable: variable])
     }
     for (def entry : values.entrySet()) {
         if (env.containsKey(entry.key)) {
-            throw new IllegalArgumentException("${step}: argument 'values': '${entry.key}' also has a credential")
+            throw invalid("${step}: argument 'values': '${entry.key}' also has a credential")
         }
         env[entry.key] = [value: entry.value as String]
     }
@@ -235,7 +267,7 @@ Map buildDeployment(String step, Map args, Map map, Map catalog) {
     for (def name : ['target', 'verify', 'rollout', 'rollbackOnFailure', 'allowSharedChange', 'purgeBackupsOf', 'deadlineMs']) {
         if (args[name] != null) { deployment[name] = args[name] }
     }
-    def restart = args.restart != null ? new LinkedHashMap(args.restart) : [:]
+    def restart = args.restart != null ? [:] + args.restart : [:]
     if (args.restartForce != null) { restart.force = args.restartForce }
     if (restart) { deployment.restart = restart }
     return [deployment: deployment, credentials: bound]
@@ -244,15 +276,15 @@ Map buildDeployment(String step, Map args, Map map, Map catalog) {
 @NonCPS
 void checkCredential(String step, def credential) {
     if (!(credential instanceof Map) || !credential.id) {
-        throw new IllegalArgumentException("${step}: argument 'credentials': each entry is a map with an 'id', e.g. [id: 'voxbridge-jwt-secret', key: 'JWT_SECRET', type: 'string']")
+        throw invalid("${step}: argument 'credentials': each entry is a map with an 'id', e.g. [id: 'voxbridge-jwt-secret', key: 'JWT_SECRET', type: 'string']")
     }
     if (!CREDENTIAL_TYPES.contains(credential.type)) {
-        throw new IllegalArgumentException("${step}: argument 'credentials': '${credential.id}' has type '${credential.type}'; use one of ${CREDENTIAL_TYPES.join(', ')}")
+        throw invalid("${step}: argument 'credentials': '${credential.id}' has type '${credential.type}'; use one of ${CREDENTIAL_TYPES.join(', ')}")
     }
     def needs = credential.type == 'usernamePassword' ? ['usernameKey', 'passwordKey'] : ['key']
     for (def field : needs) {
         if (credential.type != 'sshUserPrivateKey' && !credential[field]) {
-            throw new IllegalArgumentException("${step}: argument 'credentials': '${credential.id}' needs '${field}'")
+            throw invalid("${step}: argument 'credentials': '${credential.id}' needs '${field}'")
         }
     }
 }
@@ -300,19 +332,14 @@ String binaryPath(String action, Map options, String work) {
  * `own` are the step's own arguments (with defaults) that become run options.
  */
 Map requestStep(String step, String action, Map config, Map own) {
-    def built = null
-    try {
-        built = buildRequest(step, config, own)
-    } catch (IllegalArgumentException invalid) {
-        error(invalid.message)
-    }
+    def built = checked { buildRequest(step, config, own) }
     return execute(action, built.request, built.credentials, built.args)
 }
 
 /** [request: Map, credentials: List, args: Map] from a step's arguments. */
 Map buildRequest(String step, Map config, Map own) {
     def rotation = config.deployments != null
-    def defaults = new LinkedHashMap(own)
+    def defaults = [:] + own
     if (rotation) {
         defaults.putAll([shared: [], overlap: [], deployments: null, environment: null])
     } else {

@@ -2,13 +2,11 @@
 // .env is committed, the library's credential maps match the contracts. Marks
 // the build unstable on findings. Help: hostenvLint.txt.
 def call(Map config = [:]) {
-    def args = null
-    try {
-        args = hostenv.arguments('hostenvLint', config, [path: '.', services: []], [])
-        hostenv.expect('hostenvLint', 'path', args.path, String, false)
-        hostenv.expect('hostenvLint', 'services', args.services, List)
-    } catch (IllegalArgumentException invalid) {
-        error(invalid.message)
+    def args = hostenv.checked {
+        def given = hostenv.arguments('hostenvLint', config, [path: '.', services: []], [])
+        hostenv.expect('hostenvLint', 'path', given.path, String, false)
+        hostenv.expect('hostenvLint', 'services', given.services, List)
+        return given
     }
     return hostenv.lint(args.path, args.services, args)
 }

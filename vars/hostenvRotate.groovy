@@ -11,7 +11,7 @@ def call(Map config = [:]) {
     if (!(config.deployments instanceof List) || config.deployments.size() < 2) {
         error("hostenvRotate: argument 'deployments' must list the deployments of every service that reads the shared keys")
     }
-    def rest = new LinkedHashMap(config)
+    def rest = [:] + config
     rest.remove('action')
     return hostenv.requestStep('hostenvRotate', action, rest, actions[action])
 }

@@ -166,6 +166,48 @@ def interpolatedShCalls(String name, String text) {
     return found
 }
 
+/**
+ * Constructor calls and `Class.method` calls in `text` that the sandbox's
+ * default whitelist (sandbox-whitelist.txt) does not allow: each would need a
+ * script approval in a folder-level library. Checked by type and method name.
+ */
+def outsideWhitelist(String name, String text) {
+    def allowed = new File(repo, 'tests/groovy/sandbox-whitelist.txt').readLines().findAll { !it.startsWith('#') }
+    def permits = { String entry -> allowed.any { it == entry || it.startsWith(entry + ' ') } }
+    def found = []
+    def visitor = new CodeVisitorSupport() {
+        void visitConstructorCallExpression(org.codehaus.groovy.ast.expr.ConstructorCallExpression call) {
+            if (!permits("new ${call.type.name}")) { found << "${name}:${call.lineNumber}: new ${call.type.name}" }
+            super.visitConstructorCallExpression(call)
+        }
+        void visitStaticMethodCallExpression(org.codehaus.groovy.ast.expr.StaticMethodCallExpression call) {
+            def entry = "staticMethod ${call.ownerType.name} ${call.method}"
+            // Line -1: the script class's generated main, not the library's code.
+            if (call.lineNumber > 0 && !permits(entry)) {
+                found << "${name}:${call.lineNumber}: ${entry}"
+            }
+            super.visitStaticMethodCallExpression(call)
+        }
+        void visitMethodCallExpression(MethodCallExpression call) {
+            if (call.lineNumber > 0 && call.objectExpression instanceof org.codehaus.groovy.ast.expr.ClassExpression) {
+                def entry = "staticMethod ${call.objectExpression.type.name} ${call.methodAsString}"
+                if (!permits(entry)) { found << "${name}:${call.lineNumber}: ${entry}" }
+            }
+            super.visitMethodCallExpression(call)
+        }
+    }
+    // As Jenkins compiles library files: NonCPS imported; names resolved so that types are known.
+    def imports = 'import com.cloudbees.groovy.cps.NonCPS\n'
+    new AstBuilder().buildFromString(CompilePhase.SEMANTIC_ANALYSIS, false, imports + text).each { node ->
+        if (node instanceof BlockStatement) { node.visit(visitor) }
+        if (node instanceof ClassNode) {
+            node.methods.each { it.code?.visit(visitor) }
+            node.fields.each { it.initialValueExpression?.visit(visitor) }
+        }
+    }
+    return found
+}
+
 def suite = args ? args[0] : 'offline'
 
 if (suite == 'offline') {
@@ -186,6 +228,15 @@ if (suite == 'offline') {
         assert interpolatedShCalls('good', "def f() { sh(script: 'echo \"\$HOME\"', returnStatus: true) }") == []
         new File(repo, 'vars').listFiles().findAll { it.name.endsWith('.groovy') }.each { file ->
             assert interpolatedShCalls(file.name, file.text) == []
+        }
+    }
+
+    test('the steps call nothing outside the default sandbox whitelist') {
+        def bad = outsideWhitelist('bad', "def f() { new LinkedHashMap([:]); new IllegalArgumentException('x'); new Exception('y'); UUID.randomUUID(); System.exit(1) }")
+        assert bad.size() == 3 : bad
+        assert bad.any { it.contains('new java.util.LinkedHashMap') } && bad.any { it.contains('staticMethod java.lang.System exit') }
+        new File(repo, 'vars').listFiles().findAll { it.name.endsWith('.groovy') }.each { file ->
+            assert outsideWhitelist(file.name, file.text) == []
         }
     }
 
