@@ -28,7 +28,7 @@ pub fn compute(key: &SecretString, request: &Value, hosts: &[HostState]) -> Stri
         mac.update(bytes);
     };
     field(b"hostenv plan digest v1");
-    field(canonical(request).as_bytes());
+    field(canonical(&without_audit(request)).as_bytes());
     for host in hosts {
         field(host.host.as_bytes());
         field(host.rendered.expose_secret().as_bytes());
@@ -47,6 +47,23 @@ pub fn compute(key: &SecretString, request: &Value, hosts: &[HostState]) -> Stri
     let bytes = mac.finalize().into_bytes();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{PREFIX}{hex}")
+}
+
+/// The request less its `audit` blocks: who approved the plan and which build
+/// runs it are known only after the plan was made, and change nothing on a host.
+fn without_audit(request: &Value) -> Value {
+    let mut request = request.clone();
+    if let Value::Object(map) = &mut request {
+        map.remove("audit");
+        if let Some(Value::Array(deployments)) = map.get_mut("deployments") {
+            for deployment in deployments {
+                if let Value::Object(deployment) = deployment {
+                    deployment.remove("audit");
+                }
+            }
+        }
+    }
+    request
 }
 
 /// JSON with object keys sorted, so the same request always hashes the same.
@@ -115,5 +132,13 @@ mod tests {
         assert_ne!(base, digest(json!({"a": 1, "b": 2}), &absent, &key));
         let other = SecretString::from("j".to_string());
         assert_ne!(base, digest(json!({"a": 1, "b": 2}), &now, &other));
+        // Who approved it and which build runs it are not part of what is deployed.
+        let approved = json!({"a": 1, "b": 2, "audit": {"by": "bob"}});
+        assert_eq!(base, digest(approved, &now, &key));
+        let rotation = |by: &str| json!({"deployments": [{"service": "s", "audit": {"by": by}}], "shared": []});
+        assert_eq!(
+            digest(rotation("alice"), &now, &key),
+            digest(rotation("bob"), &now, &key)
+        );
     }
 }

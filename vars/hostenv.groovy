@@ -243,7 +243,7 @@ Map buildDeployment(String step, Map args, Map map, Map catalog) {
     def ssh = [:]
     if (sshCredential) {
         def variable = variableFor(sshCredential)
-        bound << [id: sshCredential, type: 'sshUserPrivateKey', variable: variable]
+        bound << [id: sshCredential, type: 'sshUserPrivateKey', variable: variable, ssh: true]
         ssh.identityFileEnv = variable
         // Bound empty when the key has no passphrase; hostenv reads that as none.
         ssh.passphraseEnv = variable + '_PASSPHRASE'
@@ -251,7 +251,7 @@ Map buildDeployment(String step, Map args, Map map, Map catalog) {
     if (sshCertificate) {
         // An OpenSSH user certificate for the key, kept as a secret file credential.
         def variable = variableFor(sshCertificate)
-        bound << [id: sshCertificate, type: 'file', variable: variable]
+        bound << [id: sshCertificate, type: 'file', variable: variable, ssh: true]
         ssh.certificateFileEnv = variable
     }
     if (args.sshUser) { ssh.user = args.sshUser }
@@ -295,10 +295,18 @@ String variableFor(String id) {
     return 'HOSTENV_CRED_' + id.toUpperCase().replaceAll('[^A-Z0-9]', '_')
 }
 
-/** The request's audit block: which build, started by whom. */
-@NonCPS
-Map audit(def environment) {
-    def audit = [by: environment?.BUILD_USER_ID ?: 'jenkins']
+/**
+ * The request's audit block: which build, and who is answerable for it: the
+ * approver an `input` step recorded (`approvedBy`), else the user who started
+ * the build (its user cause, no extra plugin), else `jenkins`.
+ */
+Map audit(def environment, String approvedBy) {
+    def by = approvedBy
+    if (!by) {
+        def causes = currentBuild.getBuildCauses('hudson.model.Cause$UserIdCause')
+        by = causes ? causes[0].userId : null
+    }
+    def audit = [by: by ?: 'jenkins']
     if (environment?.BUILD_URL) { audit.buildUrl = environment.BUILD_URL }
     return audit
 }
@@ -333,7 +341,14 @@ String binaryPath(String action, Map options, String work) {
  */
 Map requestStep(String step, String action, Map config, Map own) {
     def built = checked { buildRequest(step, config, own) }
-    return execute(action, built.request, built.credentials, built.args)
+    def options = built.args
+    if (options.planKey) {
+        // The plan digest's key is a credential like any other: bound for the run, never seen.
+        def variable = variableFor(options.planKey)
+        built.credentials << [id: options.planKey, type: 'string', variable: variable]
+        options = options + [planKeyEnv: variable]
+    }
+    return execute(action, built.request, built.credentials, options)
 }
 
 /** [request: Map, credentials: List, args: Map] from a step's arguments. */
@@ -368,7 +383,7 @@ Map buildRequest(String step, Map config, Map own) {
         request = [apiVersion: API_VERSION, kind: 'Deploy'] + one.deployment
         credentials = one.credentials
     }
-    stampAudit(request)
+    stampAudit(request, args.approvedBy)
     return [request: request, credentials: credentials, args: args]
 }
 
@@ -398,9 +413,8 @@ Map pick(Map args, Map defaults) {
 }
 
 /** Every deployment of the request records this build. */
-@NonCPS
-void stampAudit(Map request) {
-    def stamp = audit(env)
+void stampAudit(Map request, String approvedBy) {
+    def stamp = audit(env, approvedBy)
     if (request.kind == 'Rotation') {
         for (def deployment : request.deployments) { deployment.audit = stamp }
     } else {
@@ -418,8 +432,11 @@ Map execute(String action, Map request, List credentials, Map options) {
     try {
         def binary = binaryPath(action, options, work)
         checkBinary(action, binary, work)
-        // A rollback puts back files the hosts hold: it needs the SSH key and no secret.
-        def needed = action == 'rollback' ? sshKeysOnly(credentials) : credentials
+        // A rollback puts back files the hosts hold: it needs the SSH key and no
+        // secret. A check contacts no host: it needs no SSH key.
+        def needed = credentials
+        if (action == 'rollback') { needed = sshOnly(credentials, true) }
+        if (action == 'check') { needed = sshOnly(credentials, false) }
         def clash = variableClash(needed)
         if (clash) {
             error("hostenv ${action}: ${clash}")
@@ -542,13 +559,14 @@ void checkBinary(String action, String binary, String work) {
     }
 }
 
+/** The credentials that reach hosts (the SSH key and its certificate), or all the others. */
 @NonCPS
-List sshKeysOnly(List credentials) {
-    def keys = []
+List sshOnly(List credentials, boolean wanted) {
+    def picked = []
     for (def credential : credentials) {
-        if (credential.type == 'sshUserPrivateKey') { keys << credential }
+        if ((credential.ssh == true) == wanted) { picked << credential }
     }
-    return keys
+    return picked
 }
 
 def credentialBinding(Map credential) {

@@ -2,5 +2,5 @@
 // on each host, writing nothing. Returns the result; changes pending do not
 // fail the build. Help: hostenvPlan.txt.
 def call(Map config = [:]) {
-    return hostenv.requestStep('hostenvPlan', 'plan', config, [planKeyEnv: null])
+    return hostenv.requestStep('hostenvPlan', 'plan', config, [planKeyEnv: null, planKey: null])
 }

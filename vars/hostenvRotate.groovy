@@ -2,8 +2,9 @@
 // window (a Rotation request), or plan / check / drift / roll back that window
 // with `action`. Help: hostenvRotate.txt.
 def call(Map config = [:]) {
-    def actions = ['deploy': [planKeyEnv: null, expectPlan: null], 'plan': [planKeyEnv: null],
-                   'check': [:], 'drift': [:], 'rollback': [to: null]]
+    def actions = ['deploy': [planKeyEnv: null, planKey: null, expectPlan: null, approvedBy: null],
+                   'plan': [planKeyEnv: null, planKey: null],
+                   'check': [:], 'drift': [:], 'rollback': [to: null, approvedBy: null]]
     def action = config.action ?: 'deploy'
     if (!actions.containsKey(action)) {
         error("hostenvRotate: argument 'action' must be one of ${actions.keySet().join(', ')}, not '${action}'")

@@ -17,7 +17,9 @@ class Pipeline {
     /** SUCCESS, UNSTABLE or FAILURE (set by `error`). */
     String result = 'SUCCESS'
     /** The pipeline's `env`. */
-    Map env = [BUILD_URL: 'https://ci.example/job/vox/7/', BUILD_USER_ID: 'alice']
+    Map env = [BUILD_URL: 'https://ci.example/job/vox/7/']
+    /** The build's causes, as `currentBuild.getBuildCauses(class)` returns them: who started it. */
+    List causes = [[_class: 'hudson.model.Cause$UserIdCause', userId: 'alice', userName: 'Alice']]
     /** Credential id → [type: ..., value | content | username + password]. */
     Map store = [:]
     /** Files written by writeJSON, with their text at the time. */
@@ -94,6 +96,10 @@ class Pipeline {
 
     private void defineSteps() {
         binding.setVariable('env', env)
+        binding.setVariable('currentBuild', [getBuildCauses: { String type ->
+            record('currentBuild.getBuildCauses', type)
+            causes.findAll { it._class == type }
+        }])
         binding.setVariable('echo', { String text -> record('echo', text); log << text << '\n' })
         binding.setVariable('error', { String message ->
             record('error', message)

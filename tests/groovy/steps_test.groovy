@@ -349,14 +349,13 @@ if (suite == 'offline') {
         assert request.env.MONGODB_DB == [value: 'voxbridge']
         assert request.ssh.identityFileEnv == 'HOSTENV_CRED_VOX_PRODUCTION_DEPLOY_KEY'
         assert request.audit == [by: 'alice', buildUrl: 'https://ci.example/job/vox/7/']
+        // A check contacts no host: every service credential is bound, the SSH key is not.
         def bound = p.callsOf('withCredentials').first().args*.credentialsId
-        assert bound.sort() == voxbridgeStore.keySet().sort()
+        assert bound.sort() == (voxbridgeStore.keySet() - 'vox-production-deploy-key').sort()
         assert sequence(p) == ['sh:hostenv version', 'withCredentials', 'sh:hostenv check', 'junit', 'sh:hostenv cleanup']
         assertNothingLeaked(p)
-        // The key's passphrase is bound beside it (empty when it has none).
-        def key = p.callsOf('withCredentials').first().args.find { it.type == 'sshUserPrivateKey' }
-        assert key.passphraseVariable == 'HOSTENV_CRED_VOX_PRODUCTION_DEPLOY_KEY_PASSPHRASE'
-        assert request.ssh.passphraseEnv == key.passphraseVariable
+        // The key's passphrase will be bound beside it (empty when it has none).
+        assert request.ssh.passphraseEnv == 'HOSTENV_CRED_VOX_PRODUCTION_DEPLOY_KEY_PASSPHRASE'
         // Nothing is left behind: no scratch directory, no JUnit file.
         def tmp = new File(p.workspace.path + '@tmp')
         assert !(tmp.listFiles() ?: []).any { it.name.startsWith('hostenv-') }
@@ -384,8 +383,8 @@ if (suite == 'offline') {
         assert result.ok == true
         def request = new JsonSlurper().parseText(p.written.values().first())
         assert request.ssh.certificateFileEnv == 'HOSTENV_CRED_VOX_PRODUCTION_DEPLOY_CERT'
-        def bound = p.callsOf('withCredentials').first().args.find { it.credentialsId == 'vox-production-deploy-cert' }
-        assert bound.type == 'file' && bound.variable == 'HOSTENV_CRED_VOX_PRODUCTION_DEPLOY_CERT'
+        // Like the key, the certificate is for reaching hosts: a check binds neither.
+        assert p.callsOf('withCredentials').first().args.every { it.credentialsId != 'vox-production-deploy-cert' }
     }
 
     test('exit 2: a rejected request fails the build with the reason and the key problems') {
@@ -483,6 +482,29 @@ if (suite == 'testbed') {
         assert drift.exitCode == 4 && drift.hosts*.status.every { it == 'drifted' }
         assert p.result == 'UNSTABLE'
         assertNothingLeaked(p)
+    }
+
+    test('a reviewed deploy: plan with a bound key, approval recorded, deploy only what was planned') {
+        def p = pipeline(store.second)
+        def plan = deploy(p, 'hostenvPlan', [planKey: 'plan-key'])
+        assert plan.exitCode == 4 && plan.planDigest ==~ /hmac-sha256:[0-9a-f]{64}/
+        // What `input(submitterParameter: 'approver')` returns is the approver.
+        def approved = deploy(p, 'hostenvDeploy', [planKey: 'plan-key', expectPlan: plan.planDigest, approvedBy: 'bob'])
+        assert approved.hosts*.status.every { it == 'deployed' }
+        def requests = p.written.findAll { path, text -> path.endsWith('request.json') }.values().collect { new JsonSlurper().parseText(it) }
+        assert requests.last().audit.by == 'bob'
+        // The hosts changed since that plan: the same digest now touches nothing.
+        def after = pipeline(store.first)
+        def stop = null
+        try { deploy(after, 'hostenvDeploy', [planKey: 'plan-key', expectPlan: plan.planDigest]) } catch (PipelineError e) { stop = e }
+        assert stop != null && stop.message.contains('planMismatch')
+        // Back to the first generation; without an approver the build's user answers.
+        def back = deploy(after, 'hostenvDeploy', [:])
+        assert back.hosts*.status.every { it == 'deployed' }
+        def last = new JsonSlurper().parseText(after.written.findAll { path, text -> path.endsWith('request.json') }.values().last())
+        assert last.audit.by == 'alice'
+        assertNothingLeaked(p)
+        assertNothingLeaked(after)
     }
 
     test('exit 1: a deploy whose health check fails is rolled back and fails the build') {

@@ -104,6 +104,10 @@ pub(crate) fn steps_on_the_testbed(deployer: &Deployer, hosts: &[&TestHost]) {
             "testbed-key",
             json!({"type": "sshUserPrivateKey", "content": key}),
         );
+        store.insert(
+            "plan-key",
+            json!({"type": "string", "value": "CANARY-groovy-plan-key-5f1d2c9a8b7e6f40"}),
+        );
         store
     };
     let config = json!({
@@ -115,7 +119,7 @@ pub(crate) fn steps_on_the_testbed(deployer: &Deployer, hosts: &[&TestHost]) {
     let out = groovy("testbed", &[("TESTBED_JSON", config.to_string())]);
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        3,
+        4,
         "{out}"
     );
     for host in hosts {
