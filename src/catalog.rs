@@ -1,5 +1,5 @@
 //! The built-in service catalog: per-service defaults and the keys services share.
-//! It is data (`resources/catalog.json`, also loaded by the Groovy steps), so
+//! It is data (`resources/io/hostenv/catalog.json`, also loaded by the Groovy steps), so
 //! nothing in the code is specific to one platform.
 
 use std::collections::BTreeMap;
@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::request::{Restart, Target, Verify};
 
-const BUILTIN: &str = include_str!("../resources/catalog.json");
+const BUILTIN: &str = include_str!("../resources/io/hostenv/catalog.json");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -40,7 +40,8 @@ pub fn builtin_digest() -> String {
 impl Catalog {
     /// The catalog compiled into the binary; its validity is checked by a unit test.
     pub fn builtin() -> Catalog {
-        serde_json::from_str(BUILTIN).expect("resources/catalog.json is valid (unit-tested)")
+        serde_json::from_str(BUILTIN)
+            .expect("resources/io/hostenv/catalog.json is valid (unit-tested)")
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceDefaults> {

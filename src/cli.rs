@@ -48,7 +48,7 @@ pub enum Command {
         /// The repository (or a directory in it) to check.
         #[arg(default_value = ".")]
         path: PathBuf,
-        /// A credential map (resources/credentials/<service>.json) to check against its contract; repeatable.
+        /// A credential map (resources/io/hostenv/credentials/<service>.json) to check against its contract; repeatable.
         #[arg(long = "credentials", value_name = "FILE")]
         credentials: Vec<PathBuf>,
         /// Also write the findings as JUnit XML to FILE.

@@ -67,7 +67,7 @@ pub enum FindingKind {
 }
 
 /// Which credential feeds which key, per environment: the file the Jenkins
-/// library loads from `resources/credentials/<service>.json`.
+/// library loads from `resources/io/hostenv/credentials/<service>.json`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialMap {

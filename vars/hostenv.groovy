@@ -15,6 +15,14 @@ static final String API_VERSION = 'hostenv/v1'
 @groovy.transform.Field
 static final String BINARY_VERSION = '0.1.0'
 
+// The library's own resources live under its package, so that another library's
+// `catalog.json` or `credentials/` cannot shadow them (libraryResource searches all).
+@groovy.transform.Field
+static final String RESOURCES = 'io/hostenv'
+
+@groovy.transform.Field
+static final String CATALOG = 'io/hostenv/catalog.json'
+
 // Where JUnit files go, relative to the workspace (the junit step reads from there).
 @groovy.transform.Field
 static final String REPORTS = 'hostenv-reports'
@@ -160,18 +168,26 @@ void expect(String step, String name, def value, Class type, boolean nullable = 
     }
 }
 
-/** The credential map of `service` from resources/credentials/, or null when the library has none. */
+/** The credential map of `service` from resources/io/hostenv/credentials/, or null when the library has none. */
 Map credentialMap(String service) {
     def text = credentialMapText(service)
     return text == null ? null : readJSON(text: text, returnPojo: true)
 }
 
-/** The text of resources/credentials/<service>.json, or null when the library has none. */
+/**
+ * The text of resources/io/hostenv/credentials/<service>.json, or null when the
+ * library has none; any other failure (a resource two libraries provide, say)
+ * is an error of its own, not "no credential map".
+ */
 String credentialMapText(String service) {
+    def path = "${RESOURCES}/credentials/${service}.json"
     try {
-        return libraryResource("credentials/${service}.json")
-    } catch (Exception missing) {
-        return null
+        return libraryResource(path)
+    } catch (Exception failure) {
+        if ((failure.message ?: '').contains('No such library resource')) {
+            return null
+        }
+        throw invalid("the credential map ${path} cannot be loaded: ${failure.message}")
     }
 }
 
@@ -186,7 +202,7 @@ Map deployment(String step, Map config) {
     expect(step, 'hosts', args.hosts, List, false)
     def map = args.credentialMap != null ? args.credentialMap : credentialMap(args.service)
     // The same catalog the binary embeds: its services need no target, restart or verify.
-    def catalog = readJSON(text: libraryResource('catalog.json'), returnPojo: true)
+    def catalog = readJSON(text: libraryResource(CATALOG), returnPojo: true)
     return buildDeployment(step, args, map, catalog)
 }
 
@@ -532,7 +548,7 @@ Map lint(String path, List services, Map options) {
  * library loads.
  */
 void checkBinary(String action, String binary, String work) {
-    writeFile(file: "${work}/catalog.json", text: libraryResource('catalog.json'))
+    writeFile(file: "${work}/catalog.json", text: libraryResource(CATALOG))
     def status
     withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_WORK=${work}"]) {
         status = sh(script: VERSION_SCRIPT, returnStatus: true, label: 'hostenv version')

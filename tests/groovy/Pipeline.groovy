@@ -22,6 +22,8 @@ class Pipeline {
     List causes = [[_class: 'hudson.model.Cause$UserIdCause', userId: 'alice', userName: 'Alice']]
     /** Credential id → [type: ..., value | content | username + password]. */
     Map store = [:]
+    /** Resource paths another library provides too (libraryResource then fails). */
+    Set ambiguous = [] as Set
     /** Files written by writeJSON, with their text at the time. */
     Map written = [:]
     /** Environment variables withEnv and withCredentials have set around the current step. */
@@ -143,6 +145,7 @@ class Pipeline {
         })
         binding.setVariable('libraryResource', { String path ->
             record('libraryResource', path)
+            if (path in ambiguous) { throw new IllegalStateException("Library resource ${path} ambiguous among libraries [hostenv, other]") }
             def file = new File(repo, "resources/${path}")
             if (!file.exists()) { throw new IllegalStateException("No such library resource ${path} could be found.") }
             file.text

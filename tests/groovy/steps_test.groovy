@@ -93,7 +93,7 @@ def sequence(Pipeline pipeline) {
 
 /** `sha256:<hex>` of the library's catalog, as `hostenv version --json` reports it. */
 def catalogDigest() {
-    def hash = java.security.MessageDigest.getInstance('SHA-256').digest(new File(repo, 'resources/catalog.json').bytes)
+    def hash = java.security.MessageDigest.getInstance('SHA-256').digest(new File(repo, 'resources/io/hostenv/catalog.json').bytes)
     return 'sha256:' + hash.encodeHex().toString()
 }
 
@@ -262,6 +262,15 @@ if (suite == 'offline') {
         stop = attempt(p, "hostenvRotate(shared: ['K'], deployments: [[service: 'voxcore', hosts: ['a']], [service: 'voxdialler', hosts: ['b']]])")
         assert stop.message == "hostenvRotate: argument 'environment' is required"
         assert sequence(p).every { it == 'error' }
+    }
+
+    test('a credential map another library shadows is its own error') {
+        def p = withContracts(pipeline(voxbridgeStore))
+        p.ambiguous << 'io/hostenv/credentials/voxbridge.json'
+        def stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
+        assert stop.message.contains('the credential map io/hostenv/credentials/voxbridge.json cannot be loaded')
+        assert stop.message.contains('ambiguous')
+        assert p.callsOf('withCredentials') == []
     }
 
     test('a missing binary fails before any credential is bound') {

@@ -1,6 +1,6 @@
 //! `hostenv lint` on real git repositories laid out like the platform's:
 //! `<service>/.env.example` per service, the console with a committed brand
-//! file, and the library's credential maps from `resources/credentials/`.
+//! file, and the library's credential maps from `resources/io/hostenv/credentials/`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -70,7 +70,7 @@ fn lint(dir: &Path, maps: &[&str]) -> Run {
         args.push("--credentials".into());
         args.push(
             repo_root()
-                .join(format!("resources/credentials/{map}.json"))
+                .join(format!("resources/io/hostenv/credentials/{map}.json"))
                 .display()
                 .to_string(),
         );
@@ -230,7 +230,7 @@ fn a_credential_map_must_cover_the_contract_exactly() {
     .unwrap();
     let run = lint(dir, &["voxbridge"]);
     assert_eq!(run.code, 4, "{}", run.stdout);
-    let map = repo_root().join("resources/credentials/voxbridge.json");
+    let map = repo_root().join("resources/io/hostenv/credentials/voxbridge.json");
     let map = map.display();
     assert_eq!(
         findings(&run.json()),

@@ -64,9 +64,9 @@ fn version_json_lists_the_supported_api_version() {
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(version["hostProtocol"], 1);
     // The digest of the catalog the Groovy steps load: the same file, byte for byte.
-    let catalog = std::fs::read(repo_root().join("resources/catalog.json")).unwrap();
+    let catalog = std::fs::read(repo_root().join("resources/io/hostenv/catalog.json")).unwrap();
     let out = std::process::Command::new("sha256sum")
-        .arg(repo_root().join("resources/catalog.json"))
+        .arg(repo_root().join("resources/io/hostenv/catalog.json"))
         .output()
         .unwrap();
     let hex = String::from_utf8_lossy(&out.stdout)
