@@ -367,9 +367,61 @@ Map requestStep(String step, String action, Map config, Map own) {
     return execute(action, built.request, built.credentials, options)
 }
 
+/**
+ * The step's arguments over the repository's own settings for the service,
+ * `.hostenv/<service>.json` in the workspace, when there is one: its top-level
+ * settings apply to every environment, `environments.<name>` to one, and what
+ * the step says wins. Hosts and settings are then written once, beside the code.
+ */
+Map withRepositorySettings(String step, Map config) {
+    if (!(config.service instanceof String) || !(config.service ==~ /[A-Za-z0-9._-]+/)) {
+        return config
+    }
+    def path = ".hostenv/${config.service}.json"
+    if (!fileExists(path)) {
+        return config
+    }
+    def file = readJSON(file: path, returnPojo: true)
+    return repositoryMerge(step, path, file, config)
+}
+
+@NonCPS
+Map repositoryMerge(String step, String path, def file, Map config) {
+    if (!(file instanceof Map)) {
+        throw invalid("${step}: ${path} must be a JSON object")
+    }
+    def merged = [:]
+    def take = { Map settings, String where ->
+        for (def entry : settings.entrySet()) {
+            if (!DEPLOYMENT_DEFAULTS.containsKey(entry.key) || entry.key in ['service', 'environment']) {
+                throw invalid("${step}: ${where}: '${entry.key}' is not a setting a repository can give (known: ${(DEPLOYMENT_DEFAULTS.keySet() - ['service', 'environment']).join(', ')})")
+            }
+            merged[entry.key] = entry.value
+        }
+    }
+    def shared = [:] + file
+    def environments = shared.remove('environments') ?: [:]
+    if (!(environments instanceof Map)) {
+        throw invalid("${step}: ${path}: 'environments' must map environment names to settings")
+    }
+    take(shared, path)
+    def own = environments[config.environment]
+    if (own != null) {
+        if (!(own instanceof Map)) {
+            throw invalid("${step}: ${path}: environments.${config.environment} must be an object")
+        }
+        take(own, "${path} environments.${config.environment}")
+    }
+    merged.putAll(config)
+    return merged
+}
+
 /** [request: Map, credentials: List, args: Map] from a step's arguments. */
 Map buildRequest(String step, Map config, Map own) {
     def rotation = config.deployments != null
+    if (!rotation) {
+        config = withRepositorySettings(step, config)
+    }
     def defaults = [:] + own
     if (rotation) {
         defaults.putAll([shared: [], overlap: [], deployments: null, environment: null])
@@ -388,7 +440,8 @@ Map buildRequest(String step, Map config, Map own) {
         for (int i = 0; i < args.deployments.size(); i++) {
             def entry = args.deployments[i]
             expect(step, "deployments[${i}]", entry, Map, false)
-            def one = deployment("${step} deployments[${i}]", [environment: args.environment] + entry)
+            def where = "${step} deployments[${i}]"
+            def one = deployment(where, withRepositorySettings(where, [environment: args.environment] + entry))
             deployments << one.deployment
             credentials.addAll(one.credentials)
         }

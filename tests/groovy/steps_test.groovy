@@ -264,6 +264,23 @@ if (suite == 'offline') {
         assert sequence(p).every { it == 'error' }
     }
 
+    test('a repository writes hosts and settings once in .hostenv/<service>.json') {
+        def p = withContracts(pipeline(voxbridgeStore))
+        new File(p.workspace, '.hostenv').mkdirs()
+        new File(p.workspace, '.hostenv/voxbridge.json').text = JsonOutput.toJson([
+            rollout: [canary: 1],
+            environments: [production: [hosts: ['api-7.internal', 'api-8.internal']], staging: [hosts: ['stg-1.internal']]]])
+        p.run("hostenvCheck(environment: 'production', service: 'voxbridge')")
+        def request = new JsonSlurper().parseText(p.written.values().last())
+        assert request.hosts == ['api-7.internal', 'api-8.internal'] && request.rollout == [canary: 1]
+        // What the step says wins.
+        p.run("hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-9.internal'])")
+        assert new JsonSlurper().parseText(p.written.values().last()).hosts == ['api-9.internal']
+        new File(p.workspace, '.hostenv/voxbridge.json').text = JsonOutput.toJson([hostz: ['x']])
+        def stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge')")
+        assert stop.message.startsWith("hostenvCheck: .hostenv/voxbridge.json: 'hostz' is not a setting a repository can give")
+    }
+
     test('a credential map another library shadows is its own error') {
         def p = withContracts(pipeline(voxbridgeStore))
         p.ambiguous << 'io/hostenv/credentials/voxbridge.json'
