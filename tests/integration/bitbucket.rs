@@ -41,8 +41,11 @@ fn the_pipeline_example_matches_atlassians_schema() {
     assert!(!validate(&path).status.success());
 }
 
+/// Every request the pipeline deploys (one per deployment environment, and the
+/// one that goes through the bastion) passes `hostenv check` with the
+/// deployment variables a Bitbucket step would have.
 #[test]
-fn the_bitbucket_request_checks_with_deployment_variables() {
+fn the_bitbucket_requests_check_with_deployment_variables() {
     let work = TempDir::new("bitbucket-request");
     std::fs::create_dir_all(work.path().join("voxbridge")).unwrap();
     std::fs::copy(
@@ -50,7 +53,8 @@ fn the_bitbucket_request_checks_with_deployment_variables() {
         work.path().join("voxbridge/.env.example"),
     )
     .unwrap();
-    let request = std::fs::read(repo_root().join("examples/voxbridge.bitbucket.json")).unwrap();
+    let pipeline =
+        std::fs::read_to_string(repo_root().join("examples/bitbucket-pipelines.yml")).unwrap();
     let env: BTreeMap<String, String> = [
         ("JWT_SECRET", "CANARY-bitbucket-jwt"),
         ("MONGODB_URI", "CANARY-bitbucket-mongo"),
@@ -61,13 +65,57 @@ fn the_bitbucket_request_checks_with_deployment_variables() {
             "HOSTENV_KNOWN_HOSTS_B64",
             "YXBpLTEuaW50ZXJuYWwgc3NoLWVkMjU1MTkgQUFBQQo=",
         ),
+        (
+            "HOSTENV_BASTION_KNOWN_HOSTS_B64",
+            "YmFzdGlvbi5leGFtcGxlLmNvbSBzc2gtZWQyNTUxOSBBQUFBCg==",
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let run = run_hostenv(&["check"], work.path(), &env, Some(&request));
-    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let canaries: Vec<String> = env.values().cloned().collect();
-    assert_no_leak("stdout", &run.stdout, &canaries);
-    assert_no_leak("stderr", &run.stderr, &canaries);
+    let mut checked = Vec::new();
+    for deployment in ["staging", "production"] {
+        for variant in ["", ".via-bastion"] {
+            let name = format!("voxbridge.{deployment}{variant}.json");
+            let path = repo_root().join("examples/deploy").join(&name);
+            if !path.exists() {
+                continue;
+            }
+            let request: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            assert_eq!(request["environment"], deployment, "{name}");
+            let run = run_hostenv(
+                &["check"],
+                work.path(),
+                &env,
+                Some(request.to_string().as_bytes()),
+            );
+            assert_eq!(run.code, 0, "{name}: {}\n{}", run.stdout, run.stderr);
+            assert_no_leak("stdout", &run.stdout, &canaries);
+            assert_no_leak("stderr", &run.stderr, &canaries);
+            checked.push(name);
+        }
+    }
+    assert_eq!(
+        checked,
+        [
+            "voxbridge.staging.json",
+            "voxbridge.production.json",
+            "voxbridge.production.via-bastion.json"
+        ]
+    );
+    // The pipeline deploys exactly these, and verifies the binary before it runs.
+    assert!(pipeline.contains("deploy/voxbridge.$BITBUCKET_DEPLOYMENT_ENVIRONMENT.json"));
+    assert!(
+        pipeline.contains("deploy/voxbridge.$BITBUCKET_DEPLOYMENT_ENVIRONMENT.via-bastion.json")
+    );
+    assert!(pipeline.contains(r#"echo "$HOSTENV_SHA256  /tmp/hostenv.tar.gz" | sha256sum -c -"#));
+    let bastion: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join("examples/deploy/voxbridge.production.via-bastion.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(bastion["verify"][0]["via"], "ssh");
+    assert!(bastion["ssh"]["jump"]["host"].is_string());
 }
