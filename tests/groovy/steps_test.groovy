@@ -281,6 +281,37 @@ if (suite == 'offline') {
         assert stop.message.startsWith("hostenvCheck: .hostenv/voxbridge.json: 'hostz' is not a setting a repository can give")
     }
 
+    test('hostenvRotate binds each credential of both deployments once; hostenvRollback binds only the SSH key') {
+        def store = voxbridgeStore + [
+            'voxcore-secret': [type: 'string', value: 'CANARY-groovy-voxcore-secret'],
+            'voxcore-openai-api-key': [type: 'string', value: 'CANARY-groovy-openai'],
+            'voxcore-minio': [type: 'usernamePassword', username: 'minio', password: 'CANARY-groovy-minio'],
+            'voxdialler-livekit': [type: 'usernamePassword', username: 'lk', password: 'CANARY-groovy-livekit']]
+        def window = "environment: 'production', shared: ['VOXCORE_SECRET'], deployments: [" +
+            "[service: 'voxcore', hosts: ['fleet-1']], [service: 'voxdialler', hosts: ['sip-1']]]"
+        def p = withContracts(pipeline(store))
+        def result = p.run("return hostenvRotate(action: 'check', ${window})")
+        assert result.ok == true && result.deployments*.service == ['voxcore', 'voxdialler']
+        def bound = p.callsOf('withCredentials').first().args*.credentialsId
+        // The shared secret once, each service's own, no SSH key for a check.
+        assert bound.sort() == ['vox-mongodb-uri', 'voxcore-minio', 'voxcore-openai-api-key', 'voxcore-secret', 'voxdialler-livekit']
+        def request = new JsonSlurper().parseText(p.written.values().last())
+        assert request.kind == 'Rotation' && request.deployments*.audit*.by == ['alice', 'alice']
+        assertNothingLeaked(p)
+
+        // A rollback binds the key and nothing else (a stand-in binary answers for the hosts).
+        def fake = fakeBinary('hostenv-rollback', ['hostenv/v1'],
+            [ok: true, exitCode: 0, hosts: [[host: 'api-1', status: 'rolledBack']], error: null], 0)
+        p = withContracts(pipeline(store))
+        result = p.run("return hostenvRollback(environment: 'production', service: 'voxbridge', hosts: ['api-1'], to: 2, approvedBy: 'carol', binary: '${fake}')")
+        assert result.hosts*.status == ['rolledBack']
+        assert p.callsOf('withCredentials').first().args*.credentialsId == ['vox-production-deploy-key']
+        def rollback = new JsonSlurper().parseText(p.written.values().last())
+        assert rollback.audit.by == 'carol'
+        // --to reaches the binary through the environment, never the script text.
+        assert p.callsOf('withEnv').any { it.args*.toString().contains('HOSTENV_TO=2') }
+    }
+
     test('a credential map another library shadows is its own error') {
         def p = withContracts(pipeline(voxbridgeStore))
         p.ambiguous << 'io/hostenv/credentials/voxbridge.json'
