@@ -672,6 +672,21 @@ impl Connection {
         Ok(())
     }
 
+    /// Lets go of the host lock: the holder on the host sees its stdin close
+    /// and exits, releasing the flock. Nothing to do when none is held.
+    pub fn release_lock(&self, host: &str) {
+        let Some(mut heartbeat) = self.lock.borrow_mut().take() else {
+            return;
+        };
+        let deadline = Instant::now() + self.io_timeout;
+        let _ = self.retry(host, "releasing the lock", deadline, || {
+            heartbeat.channel.send_eof()
+        });
+        let _ = self.retry(host, "releasing the lock", deadline, || {
+            heartbeat.channel.close()
+        });
+    }
+
     /// Sends the lock holder its heartbeat when one is due.
     pub fn beat(&self) {
         let mut lock = self.lock.borrow_mut();

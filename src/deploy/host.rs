@@ -66,6 +66,8 @@ pub(super) struct HostRun<'a> {
     had_previous: bool,
     /// Why the host was put back, once it was: kept for a recheck to restore.
     put_back_for: Option<HostError>,
+    /// This run holds the host's lock.
+    lock_held: bool,
     /// Values that must never reach a message from the host.
     redactions: Vec<SecretString>,
 }
@@ -93,6 +95,7 @@ impl<'a> HostRun<'a> {
             switches: 0,
             had_previous: false,
             put_back_for: None,
+            lock_held: false,
             redactions: file
                 .map_or(&[][..], |f| &f.values)
                 .iter()
@@ -318,7 +321,48 @@ impl<'a> HostRun<'a> {
         }
     }
 
-    /// Takes the host lock for the rest of the run.
+    /// Tries the host lock without waiting: true when another run holds it
+    /// (the run then lets go of every lock and waits in order, `mod.rs`).
+    pub fn try_lock(&mut self) -> bool {
+        if self.finished {
+            return false;
+        }
+        let context = self.context;
+        let started = Instant::now();
+        let result = match self.remote() {
+            Some(remote) => lock::acquire(&remote, &context.lock, &context.holder, Duration::ZERO),
+            None => return false,
+        };
+        let ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(()) => {
+                self.record("lock", true, ms);
+                self.lock_held = true;
+                false
+            }
+            Err(error) if error.kind == ErrorKind::Locked => {
+                self.record("lock-try", false, ms);
+                true
+            }
+            Err(error) => {
+                self.record("lock", false, ms);
+                self.finish(Err((HostStatus::Failed, error)));
+                false
+            }
+        }
+    }
+
+    /// Lets go of a lock this run took, so that runs can take them in order.
+    pub fn release_lock(&mut self) {
+        if self.lock_held {
+            if let Some(connection) = &self.connection {
+                connection.release_lock(&self.host.name);
+            }
+            self.lock_held = false;
+        }
+    }
+
+    /// Takes the host lock for the rest of the run, waiting up to `rollout.lockWaitMs`.
     pub fn lock(&mut self) {
         if self.finished {
             return;
@@ -327,8 +371,9 @@ impl<'a> HostRun<'a> {
         let result = self.step("lock", |remote| {
             lock::acquire(remote, &context.lock, &context.holder, context.lock_wait)
         });
-        if let Err(error) = result {
-            self.finish(Err((HostStatus::Failed, error)));
+        match result {
+            Ok(()) => self.lock_held = true,
+            Err(error) => self.finish(Err((HostStatus::Failed, error))),
         }
     }
 

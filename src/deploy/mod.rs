@@ -2,9 +2,10 @@
 //! the only module that knows the order of the steps.
 //!
 //! A run has phases. **Open**, on every host of every deployment: connect in
-//! parallel, take each host's lock one at a time in sorted order (so two runs
-//! over overlapping hosts cannot each hold what the other waits for), then
-//! read what is there and assess what a deploy would do. `plan` and `drift`
+//! parallel, try every host's lock at once without waiting and, only if another
+//! run holds one, let go of all and take them one at a time in sorted order (so
+//! two runs over overlapping hosts cannot each hold what the other waits for),
+//! then read what is there and assess what a deploy would do. `plan` and `drift`
 //! stop there and report. **Apply** differs by kind:
 //! - a Deploy goes batch by batch (canary first, then `rollout.batch` hosts at
 //!   a time, `rollout.parallel` at once); one host's failure never touches
@@ -311,13 +312,25 @@ fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mu
     {
         return;
     }
-    let mut order: Vec<usize> = (0..runs.len()).collect();
-    order.sort_by(|a, b| {
-        let key = |run: &HostRun| (run.host.name.clone(), run.context.settings.service.clone());
-        key(&runs[*a]).cmp(&key(&runs[*b]))
+    // Every lock at once, without waiting: one round trip however many hosts.
+    // Only when another run holds one does this run let go of all it took and
+    // wait for them in sorted order, so overlapping runs never deadlock.
+    let contended = Mutex::new(false);
+    in_parallel(runs, parallel, |run| {
+        if run.try_lock() {
+            *contended.lock().expect("no panic holds it") = true;
+        }
     });
-    for index in order {
-        runs[index].lock();
+    if contended.into_inner().expect("no panic held it") {
+        in_parallel(runs, parallel, HostRun::release_lock);
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        order.sort_by(|a, b| {
+            let key = |run: &HostRun| (run.host.name.clone(), run.context.settings.service.clone());
+            key(&runs[*a]).cmp(&key(&runs[*b]))
+        });
+        for index in order {
+            runs[index].lock();
+        }
     }
     in_parallel(runs, parallel, HostRun::assess);
 

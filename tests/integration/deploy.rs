@@ -291,6 +291,8 @@ fn deploy_on_the_testbed() {
     settle(&testbed, &hosts);
     two_runs_on_the_same_hosts_never_interleave(&deployer, &hosts);
     settle(&testbed, &hosts);
+    overlapping_runs_started_together_take_turns(&deployer, &hosts);
+    settle(&testbed, &hosts);
     a_killed_run_leaves_no_lock_behind(&deployer, &hosts);
     settle(&testbed, &hosts);
     a_silently_dropped_run_loses_its_lock(&deployer, &hosts);
@@ -684,6 +686,49 @@ fn lock_wait_ms(result: &Value, host: usize) -> u64 {
         .find(|s| s["name"] == "lock")
         .map(|s| s["ms"].as_u64().unwrap())
         .expect("a lock step")
+}
+
+/// Two runs over overlapping hosts (0-1 and 1-2) started at the same moment,
+/// several times: every lock is tried at once, and on contention a run lets go
+/// and waits in order, so neither deadlocks, both deploy, and the shared host
+/// ends with one whole file of one of them.
+fn overlapping_runs_started_together_take_turns(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let request = |hosts: &[&TestHost]| {
+        voxbridge_request(
+            testbed,
+            hosts,
+            "root",
+            json!({"allowSharedChange": true, "rollout": {"lockWaitMs": 60000}}),
+        )
+    };
+    for round in 0..5 {
+        settle(testbed, hosts);
+        let (a, b) = (secrets(&format!("a{round}")), secrets(&format!("b{round}")));
+        let first = deployer.spawn("deploy", &request(&hosts[..2]), &a);
+        let second = deployer.spawn("deploy", &request(&hosts[1..]), &b);
+        for (name, run) in [("a", first), ("b", second)] {
+            let output = run.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "round {round}, run {name}: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        assert_eq!(
+            file_on(testbed, hosts[0], "/opt/voxbridge/.env").1,
+            expected_voxbridge_file(&a)
+        );
+        assert_eq!(
+            file_on(testbed, hosts[2], "/opt/voxbridge/.env").1,
+            expected_voxbridge_file(&b)
+        );
+        let shared = file_on(testbed, hosts[1], "/opt/voxbridge/.env").1;
+        assert!(
+            shared == expected_voxbridge_file(&a) || shared == expected_voxbridge_file(&b),
+            "round {round}: the shared host holds neither whole file"
+        );
+    }
 }
 
 fn two_runs_on_the_same_hosts_never_interleave(deployer: &Deployer, hosts: &[&TestHost]) {
