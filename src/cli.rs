@@ -174,7 +174,7 @@ pub fn main_with_args(
         },
         Err(error) => {
             eprint!("{error}");
-            let usage = Error::Usage(first_line(&error.to_string()));
+            let usage = Error::Usage(usage_message(&error.to_string()));
             let mut report = Report::new(Action::Check);
             report.fail(&usage);
             Outcome {
@@ -185,10 +185,16 @@ pub fn main_with_args(
     }
 }
 
-fn first_line(text: &str) -> String {
+/// clap's message without its usage and help trailer, on one line: "the
+/// following required arguments were not provided: --request <FILE>", not just
+/// its first line.
+fn usage_message(text: &str) -> String {
     text.lines()
-        .next()
-        .unwrap_or_default()
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
         .trim_start_matches("error: ")
         .to_string()
 }

@@ -32,6 +32,16 @@ fn a_usage_error_still_prints_one_result_document() {
     assert_eq!(run.code, 2);
     assert_eq!(run.json()["error"]["kind"], "usage");
     assert!(run.stderr.contains("--no-such-flag"));
+    // The whole message reaches the result, the missing argument included.
+    let run = run_hostenv(&["schema"], &repo_root(), &BTreeMap::new(), None);
+    assert_eq!(run.code, 2);
+    let message = run.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.starts_with("the following required arguments were not provided:")
+            && message.contains("<WHICH>")
+            && !message.contains("Usage:"),
+        "{message}"
+    );
 }
 
 #[test]

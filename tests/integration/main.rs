@@ -6,6 +6,7 @@ mod certificates;
 mod common;
 mod core_dump;
 mod deploy;
+mod docs;
 mod faults;
 mod fresh_machine;
 mod fuzz_corpus;
