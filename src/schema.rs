@@ -128,7 +128,10 @@ pub fn validate_body(kind: Kind, body: &Value) -> Result<()> {
     without_null(&mut schema);
     let validator = jsonschema::validator_for(&schema)
         .map_err(|error| Error::Internal(format!("request schema does not compile: {error}")))?;
-    let problems: Vec<Problem> = validator.iter_errors(body).map(|e| describe(&e)).collect();
+    let problems: Vec<Problem> = validator
+        .iter_errors(body)
+        .map(|e| describe(&e, &schema))
+        .collect();
     let Some(first) = problems.first() else {
         return Ok(());
     };
@@ -157,6 +160,37 @@ pub fn validate_body(kind: Kind, body: &Value) -> Result<()> {
     ))
 }
 
+/// The known field closest to `name` where `keyword` (the failing
+/// `additionalProperties`, a canonical schema location) sits, if one is close:
+/// at most a third of its letters apart.
+fn nearest_field(schema: &Value, keyword: &str, name: &str) -> Option<String> {
+    let parent = keyword.rsplit_once('/').map(|(parent, _)| parent)?;
+    let properties = schema.pointer(parent)?.get("properties")?.as_object()?;
+    let lower = name.to_lowercase();
+    properties
+        .keys()
+        .map(|known| (edit_distance(&lower, &known.to_lowercase()), known))
+        .filter(|(distance, known)| *distance <= (known.len() / 3).max(1))
+        .min()
+        .map(|(_, known)| known.clone())
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
 fn display_pointer(pointer: &str) -> &str {
     if pointer.is_empty() {
         "/"
@@ -172,7 +206,7 @@ struct Problem {
 
 /// Words for one schema error. jsonschema's own messages quote the offending
 /// value, which may be a secret, so they are never used.
-fn describe(error: &ValidationError<'_>) -> Problem {
+fn describe(error: &ValidationError<'_>, schema: &Value) -> Problem {
     let pointer = error.instance_path().to_string();
     let at = |name: &str| format!("{pointer}/{}", escape_pointer_token(name));
     match error.kind() {
@@ -182,7 +216,15 @@ fn describe(error: &ValidationError<'_>) -> Problem {
                 .first()
                 .map(|name| at(name))
                 .unwrap_or(pointer.clone()),
-            message: format!("unknown field {}", quoted_list(unexpected)),
+            message: format!(
+                "unknown field {}{}",
+                quoted_list(unexpected),
+                unexpected
+                    .first()
+                    .and_then(|name| nearest_field(schema, &error.schema_path().to_string(), name))
+                    .map(|near| format!(" (did you mean `{near}`?)"))
+                    .unwrap_or_default()
+            ),
         },
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
@@ -201,7 +243,7 @@ fn describe(error: &ValidationError<'_>) -> Problem {
                 })
             });
             match best.and_then(|branch| branch.first()) {
-                Some(inner) => describe(inner),
+                Some(inner) => describe(inner, schema),
                 None => Problem {
                     pointer,
                     message: "does not match any of the allowed forms".into(),
@@ -272,4 +314,29 @@ fn quoted_list(names: &[String]) -> String {
 /// RFC 6901: `~` and `/` inside a reference token.
 pub fn escape_pointer_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_field_is_told_the_nearest_known_one() {
+        assert_eq!(edit_distance("hostz", "hosts"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let schema = json!({"$defs": {"Host": {"properties": {"host": {}, "port": {}, "instances": {}},
+                                                 "additionalProperties": false}}});
+        let at = "/$defs/Host/additionalProperties";
+        assert_eq!(nearest_field(&schema, at, "Host").as_deref(), Some("host"));
+        assert_eq!(
+            nearest_field(&schema, at, "instance").as_deref(),
+            Some("instances")
+        );
+        assert_eq!(nearest_field(&schema, at, "colour"), None);
+        assert_eq!(
+            nearest_field(&schema, "/nowhere/additionalProperties", "host"),
+            None
+        );
+    }
 }
