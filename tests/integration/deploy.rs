@@ -122,8 +122,21 @@ impl<'a> Deployer<'a> {
         secrets: &BTreeMap<String, String>,
         extra: &BTreeMap<String, String>,
     ) -> std::process::Child {
+        let program = std::path::Path::new(env!("CARGO_BIN_EXE_hostenv"));
+        self.spawn_program(program, action, request, secrets, extra)
+    }
+
+    /// `spawn_with` for another build of hostenv (the release's static binary).
+    pub(crate) fn spawn_program(
+        &self,
+        program: &std::path::Path,
+        action: &str,
+        request: &Value,
+        secrets: &BTreeMap<String, String>,
+        extra: &BTreeMap<String, String>,
+    ) -> std::process::Child {
         use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hostenv"))
+        let mut child = Command::new(program)
             .arg(action)
             .current_dir(self.work.path())
             .env_clear()

@@ -2,6 +2,7 @@
 //! verifies, fully static binaries, and the static `hostenv` deploying to a
 //! testbed host, where it installs the static `hostenv-host`.
 
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
 use crate::common::{repo_root, TempDir};
@@ -9,16 +10,7 @@ use crate::deploy::{expected_voxbridge_file, file_on, secrets, voxbridge_request
 use crate::testbed::Testbed;
 
 fn run(command: &mut Command) -> String {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    String::from_utf8_lossy(&crate::testbed::run(command).stdout).into_owned()
 }
 
 /// ldd says so for a static executable (glibc's "not a dynamic executable",
@@ -72,28 +64,16 @@ fn the_release_is_static_verifiable_and_deploys() {
     let host = testbed.host(0);
     let request = voxbridge_request(&testbed, &[host], "root", serde_json::json!({}));
     let values = secrets("static");
-    let output = {
-        use std::io::Write;
-        let mut child = Command::new(dir.join("hostenv"))
-            .arg("deploy")
-            .current_dir(deployer.work.path())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(&values)
-            .env("TESTBED_SSH_KEY", &testbed.client_key)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(request.to_string().as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let output = deployer
+        .spawn_program(
+            &dir.join("hostenv"),
+            "deploy",
+            &request,
+            &values,
+            &BTreeMap::new(),
+        )
+        .wait_with_output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),

@@ -55,7 +55,8 @@ pub struct Testbed {
 
 static IN_USE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn run(command: &mut Command) -> Output {
+/// Runs `command`, which must succeed; its output.
+pub fn run(command: &mut Command) -> Output {
     let output = command
         .output()
         .unwrap_or_else(|e| panic!("{command:?}: {e}"));
