@@ -144,29 +144,46 @@ pub fn install(remote: &Remote, program: &[u8], config: &str) -> Result<(), Host
 }
 
 /// The host program to install: `HOSTENV_HOST_PROGRAM`, else `hostenv-host`
-/// beside this binary (cargo and the release archive put it there).
-pub fn local_program(env: &dyn crate::secret::EnvLookup) -> Result<Vec<u8>, String> {
-    let candidates: Vec<std::path::PathBuf> = match env.get("HOSTENV_HOST_PROGRAM") {
-        Some(path) => vec![path.into()],
-        None => {
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            let dir = exe
-                .parent()
-                .map(std::path::Path::to_path_buf)
-                .unwrap_or_default();
-            // A test binary runs from deps/, one below cargo's binaries.
-            vec![dir.join("hostenv-host"), dir.join("../hostenv-host")]
-        }
-    };
-    for path in &candidates {
-        if let Ok(bytes) = std::fs::read(path) {
-            return Ok(bytes);
+/// beside this binary (cargo and the release archive put it there). Read only
+/// when a host needs it, once per run.
+pub struct LocalProgram {
+    candidates: Vec<std::path::PathBuf>,
+    bytes: std::sync::OnceLock<Result<Vec<u8>, String>>,
+}
+
+impl LocalProgram {
+    pub fn locate(env: &dyn crate::secret::EnvLookup) -> LocalProgram {
+        let candidates = match env.get("HOSTENV_HOST_PROGRAM") {
+            Some(path) => vec![path.into()],
+            None => {
+                let dir = std::env::current_exe()
+                    .ok()
+                    .and_then(|exe| exe.parent().map(std::path::Path::to_path_buf))
+                    .unwrap_or_default();
+                // A test binary runs from deps/, one below cargo's binaries.
+                vec![dir.join("hostenv-host"), dir.join("../hostenv-host")]
+            }
+        };
+        LocalProgram {
+            candidates,
+            bytes: std::sync::OnceLock::new(),
         }
     }
-    Err(format!(
-        "no host program to install at `{}` (set HOSTENV_HOST_PROGRAM)",
-        candidates[0].display()
-    ))
+
+    pub fn bytes(&self) -> Result<&[u8], String> {
+        let read = self.bytes.get_or_init(|| {
+            self.candidates
+                .iter()
+                .find_map(|path| std::fs::read(path).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "no host program to install at `{}` (set HOSTENV_HOST_PROGRAM)",
+                        self.candidates[0].display()
+                    )
+                })
+        });
+        read.as_ref().map(Vec::as_slice).map_err(Clone::clone)
+    }
 }
 
 /// The error for a host whose program a non-root login cannot fix.

@@ -262,17 +262,15 @@ impl<'a> HostRun<'a> {
     /// Logged in as root, hostenv installs or updates it; otherwise the host
     /// fails naming what to run.
     fn ensure_program(&mut self) {
-        let context = self.context;
-        let service = &context.settings.service;
-        let expected = provision::expected_config(&context.settings).render(service);
-        let state = match self.step("program", |remote| provision::inspect(remote, &expected)) {
-            Ok(state) => state,
+        let (expected, state) = match self.inspect_program() {
+            Ok(found) => found,
             Err(error) => return self.finish(Err((HostStatus::Failed, error))),
         };
         if state == State::Ready {
             return;
         }
         if self.host.user != "root" {
+            let service = &self.context.settings.service;
             let error = provision::not_ready(&self.host.name, service, &state);
             return self.finish(Err((HostStatus::Failed, error)));
         }
@@ -284,12 +282,9 @@ impl<'a> HostRun<'a> {
     /// `host-install`: puts this version of the host program and the
     /// service's configuration on the host, unless they are there already.
     fn install_program(&mut self) {
-        let context = self.context;
-        let service = &context.settings.service;
-        let expected = provision::expected_config(&context.settings).render(service);
         let outcome = self
-            .step("program", |remote| provision::inspect(remote, &expected))
-            .and_then(|state| match state {
+            .inspect_program()
+            .and_then(|(expected, state)| match state {
                 State::Ready => Ok(HostStatus::Unchanged),
                 _ => self.install(&expected).map(|()| HostStatus::Deployed),
             });
@@ -297,9 +292,17 @@ impl<'a> HostRun<'a> {
         self.finish(outcome.map_err(|error| (HostStatus::Failed, error)));
     }
 
+    /// The configuration the request needs on this host, and how the host compares.
+    fn inspect_program(&mut self) -> Result<(String, State), HostError> {
+        let settings = &self.context.settings;
+        let expected = provision::expected_config(settings).render(&settings.service);
+        let state = self.step("program", |remote| provision::inspect(remote, &expected))?;
+        Ok((expected, state))
+    }
+
     fn install(&mut self, expected: &str) -> Result<(), HostError> {
         let context = self.context;
-        let program = context.host_program.as_ref().map_err(|problem| {
+        let program = context.host_program.bytes().map_err(|problem| {
             HostError::new(
                 ErrorKind::HostProgramMissing,
                 format!(

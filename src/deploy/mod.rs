@@ -71,7 +71,7 @@ struct Context<'a> {
     lock: Invocation,
     lock_wait: Duration,
     /// The host program to install where a root login finds it missing or outdated.
-    host_program: std::result::Result<Vec<u8>, String>,
+    host_program: crate::provision::LocalProgram,
     /// Who holds the lock, for whoever waits for it next (no secrets).
     holder: String,
     /// `rollback --to N`: which backup goes back (1 = the newest).
@@ -143,7 +143,7 @@ impl<'a> Context<'a> {
                 },
             ),
             lock_wait: rollout.lock_wait,
-            host_program: crate::provision::local_program(env),
+            host_program: crate::provision::LocalProgram::locate(env),
             holder: holder(action, deployment),
             rollback_to: options.rollback_to.max(1),
             window_services: window_services.to_vec(),
@@ -315,13 +315,13 @@ fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mu
     // Every lock at once, without waiting: one round trip however many hosts.
     // Only when another run holds one does this run let go of all it took and
     // wait for them in sorted order, so overlapping runs never deadlock.
-    let contended = Mutex::new(false);
+    let contended = std::sync::atomic::AtomicBool::new(false);
     in_parallel(runs, parallel, |run| {
         if run.try_lock() {
-            *contended.lock().expect("no panic holds it") = true;
+            contended.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     });
-    if contended.into_inner().expect("no panic held it") {
+    if contended.into_inner() {
         in_parallel(runs, parallel, HostRun::release_lock);
         let mut order: Vec<usize> = (0..runs.len()).collect();
         order.sort_by(|a, b| {
