@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::catalog::Catalog;
 use crate::contract::{self, Contract};
+use crate::deploy::{Rollout, RunOptions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::report::{
     wire_name, ContractReport, DeploymentReport, HostReport, HostStatus, KeyReport, RenderedReport,
@@ -14,6 +15,7 @@ use crate::request::{Amount, Deployment, Rotation};
 use crate::resolve::{self, Resolution};
 use crate::secret::{EnvLookup, ExposeSecret};
 use crate::settings::{check_key_names, Settings};
+use crate::ssh;
 
 /// A deployment checked, resolved and rendered: everything known before any host.
 pub struct Prepared {
@@ -123,13 +125,32 @@ pub fn prepare_deploy(
     }
 }
 
+/// What a run would reject after preparing and before its first connection:
+/// the SSH settings (with `ssh_unbound`, only which sources are set) and the rollout.
+fn connection_settings(
+    prepared: &Prepared,
+    deployment: &Deployment,
+    at: &str,
+    env: &dyn EnvLookup,
+    options: &RunOptions,
+) -> Result<()> {
+    if options.ssh_unbound {
+        ssh::check_settings(deployment.ssh.as_ref(), at)?;
+    } else {
+        ssh::SshConfig::from_request(deployment.ssh.as_ref(), at, env)?;
+    }
+    Rollout::from_request(deployment, at, prepared.settings.hosts.len()).map(|_| ())
+}
+
 pub fn check_deploy(
     deployment: &Deployment,
     env: &dyn EnvLookup,
     catalog: &Catalog,
+    options: &RunOptions,
     report: &mut Report,
 ) -> Result<()> {
     let prepared = prepare_deploy(deployment, env, catalog, report)?;
+    connection_settings(&prepared, deployment, "", env, options)?;
     report.hosts = prepared.checked_hosts();
     report.summary = Summary::of(&report.hosts);
     Ok(())
@@ -139,9 +160,19 @@ pub fn check_rotation(
     rotation: &Rotation,
     env: &dyn EnvLookup,
     catalog: &Catalog,
+    options: &RunOptions,
     report: &mut Report,
 ) -> Result<()> {
     let prepared = prepare_rotation(rotation, env, catalog, report)?;
+    for (index, (deployment, one)) in rotation.deployments.iter().zip(&prepared).enumerate() {
+        connection_settings(
+            one,
+            deployment,
+            &format!("/deployments/{index}"),
+            env,
+            options,
+        )?;
+    }
     let mut deployments = Vec::new();
     let mut summary = Summary::default();
     for prepared in &prepared {

@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate, resolve and render in memory; touches no host (Deploy, Rotation, BuildEnv).
-    Check(RequestArgs),
+    Check(CheckArgs),
     /// Connect and read every host; report what a deploy would change, writing nothing (Deploy, Rotation).
     Plan(PlanArgs),
     /// Report which hosts no longer hold what the request would write; exit 4 if any (Deploy, Rotation).
@@ -102,6 +102,16 @@ pub struct RequestArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub common: RequestArgs,
+    /// The SSH credentials are not bound in this run (a test stage): check which
+    /// `ssh` sources are set, not the variables they name.
+    #[arg(long)]
+    pub ssh_unbound: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     #[command(flatten)]
     pub common: RequestArgs,
@@ -137,6 +147,7 @@ struct RunFlags<'a> {
     plan_key_env: Option<&'a str>,
     expect_plan: Option<&'a str>,
     to: Option<u32>,
+    ssh_unbound: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -201,7 +212,13 @@ fn usage_message(text: &str) -> String {
 
 pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
     match cli.command {
-        Command::Check(args) => run_action(Action::Check, &args, RunFlags::default(), env),
+        Command::Check(args) => {
+            let flags = RunFlags {
+                ssh_unbound: args.ssh_unbound,
+                ..RunFlags::default()
+            };
+            run_action(Action::Check, &args.common, flags, env)
+        }
         Command::Plan(args) => {
             let flags = RunFlags {
                 plan_key_env: args.plan_key_env.as_deref(),
@@ -221,7 +238,7 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
             let flags = RunFlags {
                 plan_key_env: args.plan_key_env.as_deref(),
                 expect_plan: args.expect_plan.as_deref(),
-                to: None,
+                ..RunFlags::default()
             };
             run_action(Action::Deploy, &args.common, flags, env)
         }
@@ -410,6 +427,7 @@ fn run_options(flags: &RunFlags, bytes: &[u8], env: &dyn EnvLookup) -> Result<Ru
         expect_plan: flags.expect_plan.map(str::to_string),
         request: serde_json::from_slice(bytes).unwrap_or_default(),
         rollback_to: flags.to.unwrap_or(1),
+        ssh_unbound: flags.ssh_unbound,
     })
 }
 
@@ -423,10 +441,10 @@ fn dispatch(
     let catalog = Catalog::builtin();
     match (action, request) {
         (Action::Check, Request::Deploy(deployment)) => {
-            check::check_deploy(deployment, env, &catalog, report)
+            check::check_deploy(deployment, env, &catalog, options, report)
         }
         (Action::Check, Request::Rotation(rotation)) => {
-            check::check_rotation(rotation, env, &catalog, report)
+            check::check_rotation(rotation, env, &catalog, options, report)
         }
         (Action::Check, Request::BuildEnv(build)) => {
             build_env::prepare(build, env, report).map(|_| ())

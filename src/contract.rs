@@ -56,7 +56,17 @@ pub fn load(path: &str) -> Result<Contract> {
         path: path.to_string(),
         reason,
     };
-    let metadata = std::fs::metadata(Path::new(path)).map_err(|e| unreadable(e.to_string()))?;
+    let metadata = std::fs::metadata(Path::new(path)).map_err(|e| {
+        // A relative path is read from where hostenv runs, which a pipeline
+        // author cannot always see: say where that was.
+        match std::env::current_dir() {
+            Ok(dir) if Path::new(path).is_relative() => unreadable(format!(
+                "{e} (resolved against the working directory `{}`)",
+                dir.display()
+            )),
+            _ => unreadable(e.to_string()),
+        }
+    })?;
     if metadata.is_dir() {
         return Err(unreadable("it is a directory".into()));
     }

@@ -216,7 +216,10 @@ pub enum HostStatus {
     InSync,
     /// `drift`: the host differs from what the request would write.
     Drifted,
-    /// Verification failed and the previous file is back and healthy.
+    /// `rollback`: the backup asked for is back, its units restarted and verified.
+    Restored,
+    /// `deploy`: restart or verification failed, and the file from before the
+    /// run is back and healthy (a failure: exit 1).
     RolledBack,
     /// Verification failed and so did the rollback: needs a person.
     RollbackFailed,
@@ -461,6 +464,8 @@ pub struct Summary {
     pub in_sync: usize,
     /// Hosts with status `drifted`.
     pub drifted: usize,
+    /// Hosts with status `restored`.
+    pub restored: usize,
     /// Hosts with status `rolledBack`.
     pub rolled_back: usize,
     /// Hosts with status `rollbackFailed`.
@@ -495,6 +500,7 @@ impl Summary {
         self.planned += other.planned;
         self.in_sync += other.in_sync;
         self.drifted += other.drifted;
+        self.restored += other.restored;
         self.rolled_back += other.rolled_back;
         self.rollback_failed += other.rollback_failed;
         self.unhealthy += other.unhealthy;
@@ -511,6 +517,7 @@ impl Summary {
             HostStatus::Planned => &mut self.planned,
             HostStatus::InSync => &mut self.in_sync,
             HostStatus::Drifted => &mut self.drifted,
+            HostStatus::Restored => &mut self.restored,
             HostStatus::RolledBack => &mut self.rolled_back,
             HostStatus::RollbackFailed => &mut self.rollback_failed,
             HostStatus::Unhealthy => &mut self.unhealthy,

@@ -66,6 +66,7 @@ set --
 if [ -n "${HOSTENV_TO:-}" ]; then set -- "$@" --to "$HOSTENV_TO"; fi
 if [ -n "${HOSTENV_PLAN_KEY_ENV:-}" ]; then set -- "$@" --plan-key-env "$HOSTENV_PLAN_KEY_ENV"; fi
 if [ -n "${HOSTENV_EXPECT_PLAN:-}" ]; then set -- "$@" --expect-plan "$HOSTENV_EXPECT_PLAN"; fi
+if [ "$HOSTENV_ACTION" = check ]; then set -- "$@" --ssh-unbound; fi
 "$HOSTENV_BINARY" "$HOSTENV_ACTION" --junit "$HOSTENV_JUNIT" "$@" < "$HOSTENV_WORK/request.json" > "$HOSTENV_WORK/result.json"'''
 
 // A step's scratch directory and JUnit file go once the step has ended.
@@ -502,7 +503,8 @@ Map execute(String action, Map request, List credentials, Map options) {
         def binary = binaryPath(action, options, work)
         checkBinary(action, binary, work)
         // A rollback puts back files the hosts hold: it needs the SSH key and no
-        // secret. A check contacts no host: it needs no SSH key.
+        // secret. A check contacts no host: it needs no SSH key (and says so
+        // with --ssh-unbound, so only the ssh settings' shape is checked).
         def needed = credentials
         if (action == 'rollback') { needed = sshOnly(credentials, true) }
         if (action == 'check') { needed = sshOnly(credentials, false) }

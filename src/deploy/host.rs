@@ -186,7 +186,7 @@ impl<'a> HostRun<'a> {
         // For `rollback`, putting the backup back is the success, and a
         // rollback undone (the file from before it restored) is a failure.
         let outcome = match (self.context.action, outcome) {
-            (Action::Rollback, Ok(HostStatus::Deployed)) => Ok(HostStatus::RolledBack),
+            (Action::Rollback, Ok(HostStatus::Deployed)) => Ok(HostStatus::Restored),
             (Action::Rollback, Err((HostStatus::RolledBack, error))) => {
                 Err((HostStatus::Failed, error))
             }
@@ -215,7 +215,7 @@ impl<'a> HostRun<'a> {
     }
 
     pub fn failed(&self) -> bool {
-        !super::succeeded(self.context.action, self.report.status)
+        !super::succeeded(self.report.status)
     }
 
     /// Whether this run has a file of its own in place on the host.

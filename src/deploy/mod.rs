@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub request: serde_json::Value,
     /// `rollback --to N`.
     pub rollback_to: u32,
+    /// `check --ssh-unbound`: the SSH credentials' variables are not set in this run.
+    pub ssh_unbound: bool,
 }
 
 /// One deployment made ready: what every host of it shares.
@@ -210,7 +212,7 @@ pub fn run(
         Action::HostInstall => {}
         _ => apply_in_batches(&mut runs, &context.rollout),
     }
-    let error = hosts_failed(action, &runs);
+    let error = hosts_failed(&runs);
     report.hosts = runs.into_iter().map(HostRun::into_report).collect();
     report.summary = Summary::of(&report.hosts);
     conclude(report, error, false)
@@ -280,7 +282,7 @@ pub fn run_rotation(
             }
         }
     }
-    let error = hosts_failed(action, &runs);
+    let error = hosts_failed(&runs);
     let mut deployments: Vec<DeploymentReport> = contexts
         .iter()
         .map(|context| DeploymentReport {
@@ -442,7 +444,7 @@ fn holder(action: Action, deployment: &Deployment) -> String {
 
 /// How the hosts are taken: canary, batch size, failures tolerated, parallelism.
 #[derive(Clone)]
-struct Rollout {
+pub(crate) struct Rollout {
     parallel: usize,
     canary: usize,
     batch: usize,
@@ -451,7 +453,7 @@ struct Rollout {
 }
 
 impl Rollout {
-    fn from_request(deployment: &Deployment, at: &str, hosts: usize) -> Result<Rollout> {
+    pub(crate) fn from_request(deployment: &Deployment, at: &str, hosts: usize) -> Result<Rollout> {
         let rollout = deployment.rollout.clone().unwrap_or_default();
         let canary = rollout.canary.unwrap_or(0) as usize;
         if canary > hosts {
@@ -562,10 +564,10 @@ fn in_parallel<T: Send>(items: &mut [T], parallel: usize, work: impl Fn(&mut T) 
 }
 
 /// The run's error when any host did not end as it should.
-fn hosts_failed(action: Action, runs: &[HostRun]) -> Option<Error> {
+fn hosts_failed(runs: &[HostRun]) -> Option<Error> {
     let bad: Vec<&HostRun> = runs
         .iter()
-        .filter(|run| !succeeded(action, run.report.status) || run.report.error.is_some())
+        .filter(|run| !succeeded(run.report.status) || run.report.error.is_some())
         .collect();
     if bad.is_empty() {
         return None;
@@ -606,18 +608,17 @@ fn hosts_failed(action: Action, runs: &[HostRun]) -> Option<Error> {
     })
 }
 
-/// Whether a host ended as `action` means it to. For `rollback`, putting the
-/// backup back is the success.
-fn succeeded(action: Action, status: HostStatus) -> bool {
-    match status {
+/// Whether a host ended as its action means it to.
+fn succeeded(status: HostStatus) -> bool {
+    matches!(
+        status,
         HostStatus::Deployed
-        | HostStatus::Unchanged
-        | HostStatus::Planned
-        | HostStatus::InSync
-        | HostStatus::Drifted => true,
-        HostStatus::RolledBack => action == Action::Rollback,
-        _ => false,
-    }
+            | HostStatus::Unchanged
+            | HostStatus::Planned
+            | HostStatus::InSync
+            | HostStatus::Drifted
+            | HostStatus::Restored
+    )
 }
 
 fn status_words(status: HostStatus) -> &'static str {
@@ -627,7 +628,7 @@ fn status_words(status: HostStatus) -> &'static str {
         HostStatus::Unhealthy => "left unhealthy",
         HostStatus::Unknown => "state unknown",
         HostStatus::Skipped => "skipped",
-        HostStatus::Deployed | HostStatus::Unchanged => "file in place",
+        HostStatus::Deployed | HostStatus::Unchanged | HostStatus::Restored => "file in place",
         _ => "nothing changed",
     }
 }

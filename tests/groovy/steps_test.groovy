@@ -301,10 +301,10 @@ if (suite == 'offline') {
 
         // A rollback binds the key and nothing else (a stand-in binary answers for the hosts).
         def fake = fakeBinary('hostenv-rollback', ['hostenv/v1'],
-            [ok: true, exitCode: 0, hosts: [[host: 'api-1', status: 'rolledBack']], error: null], 0)
+            [ok: true, exitCode: 0, hosts: [[host: 'api-1', status: 'restored']], error: null], 0)
         p = withContracts(pipeline(store))
         result = p.run("return hostenvRollback(environment: 'production', service: 'voxbridge', hosts: ['api-1'], to: 2, approvedBy: 'carol', binary: '${fake}')")
-        assert result.hosts*.status == ['rolledBack']
+        assert result.hosts*.status == ['restored']
         assert p.callsOf('withCredentials').first().args*.credentialsId == ['vox-production-deploy-key']
         def rollback = new JsonSlurper().parseText(p.written.values().last())
         assert rollback.audit.by == 'carol'

@@ -61,13 +61,15 @@ fn the_bitbucket_requests_check_with_deployment_variables() {
         ("REDIS_URL", "CANARY-bitbucket-redis"),
         // base64, as a secured variable holds them (no newlines).
         ("HOSTENV_SSH_KEY_B64", "Q0FOQVJZLWJpdGJ1Y2tldC1rZXkK"),
+        // known_hosts lines with a real (throwaway) ed25519 public key: `check`
+        // parses them as a deploy would before its first connection.
         (
             "HOSTENV_KNOWN_HOSTS_B64",
-            "YXBpLTEuaW50ZXJuYWwgc3NoLWVkMjU1MTkgQUFBQQo=",
+            "YXBpLTEuaW50ZXJuYWwgc3NoLWVkMjU1MTkgQUFBQUMzTnphQzFsWkRJMU5URTVBQUFBSU1yUUE4RlkrYVFxOTFQbnZZNGl1TjBUL29ZOUNMVmUwZ09EOU1pSGNucnUKYXBpLTIuaW50ZXJuYWwgc3NoLWVkMjU1MTkgQUFBQUMzTnphQzFsWkRJMU5URTVBQUFBSU1yUUE4RlkrYVFxOTFQbnZZNGl1TjBUL29ZOUNMVmUwZ09EOU1pSGNucnUK",
         ),
         (
             "HOSTENV_BASTION_KNOWN_HOSTS_B64",
-            "YmFzdGlvbi5leGFtcGxlLmNvbSBzc2gtZWQyNTUxOSBBQUFBCg==",
+            "YmFzdGlvbi5leGFtcGxlLmNvbSBzc2gtZWQyNTUxOSBBQUFBQzNOemFDMWxaREkxTlRFNUFBQUFJTXJRQThGWSthUXE5MVBudlk0aXVOMFQvb1k5Q0xWZTBnT0Q5TWlIY25ydQo=",
         ),
     ]
     .into_iter()

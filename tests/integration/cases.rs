@@ -43,7 +43,18 @@ fn default_args() -> Vec<String> {
     vec!["check".into(), "--request".into(), "request.json".into()]
 }
 
-fn normalise(mut result: Value) -> Value {
+/// `durationMs` set to 0 and the case's working directory spelled `{case}`,
+/// so that `expected.json` holds nothing that changes between runs.
+fn normalise(mut result: Value, dir: &str) -> Value {
+    fn replace_dir(value: &mut Value, dir: &str) {
+        match value {
+            Value::String(text) => *text = text.replace(dir, "{case}"),
+            Value::Array(items) => items.iter_mut().for_each(|v| replace_dir(v, dir)),
+            Value::Object(fields) => fields.values_mut().for_each(|v| replace_dir(v, dir)),
+            _ => {}
+        }
+    }
+    replace_dir(&mut result, dir);
     if let Some(duration) = result.get_mut("durationMs") {
         *duration = Value::from(0);
     }
@@ -107,7 +118,7 @@ fn run_case(name: &str, source: &Path, validator: &jsonschema::Validator) -> Res
         .map(|file| std::fs::read(source.join(file)).unwrap());
     let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
     let run = run_hostenv(&args, work.path(), &env, stdin.as_deref());
-    let actual = normalise(run.json());
+    let actual = normalise(run.json(), &dir);
 
     let canaries = canaries(&case, source);
     assert_no_leak(&format!("stdout of case {name}"), &run.stdout, &canaries);
@@ -208,4 +219,59 @@ fn json_driven_cases() {
         names.len(),
         failures.join("\n\n")
     );
+}
+
+/// `check` is the test stage's promise that `deploy` will not reject the
+/// request before its first connection: every Deploy or Rotation case that
+/// `check` rejects is rejected by `deploy` with the same error, and no host
+/// is contacted (the cases' hosts do not resolve).
+#[test]
+fn deploy_rejects_what_check_rejects() {
+    let root = repo_root().join("tests/cases");
+    let mut compared = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let source = entry.unwrap().path();
+        let name = source.file_name().unwrap().to_string_lossy().into_owned();
+        let case: Case =
+            serde_json::from_str(&std::fs::read_to_string(source.join("case.json")).unwrap())
+                .unwrap();
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(source.join("expected.json")).unwrap())
+                .unwrap();
+        let Ok(request) = std::fs::read_to_string(source.join("request.json")) else {
+            continue;
+        };
+        let kind = serde_json::from_str::<Value>(&request)
+            .ok()
+            .and_then(|r| r["kind"].as_str().map(str::to_string));
+        let rejected = expected["exitCode"] == 2;
+        if case.args != default_args() || case.stdin.is_some() || !rejected {
+            continue;
+        }
+        if !matches!(kind.as_deref(), Some("Deploy" | "Rotation")) {
+            continue;
+        }
+        let work = TempDir::new(&name);
+        copy_dir(&source, work.path());
+        let dir = work.path().to_str().unwrap().to_string();
+        let env: BTreeMap<String, String> = case
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.replace("{case}", &dir)))
+            .collect();
+        let run = run_hostenv(
+            &["deploy", "--request", "request.json"],
+            work.path(),
+            &env,
+            None,
+        );
+        let deployed = normalise(run.json(), &dir);
+        assert_eq!(run.code, 2, "case {name}: deploy exit {}", run.code);
+        assert_eq!(
+            deployed["error"], expected["error"],
+            "case {name}: deploy and check reject differently"
+        );
+        compared += 1;
+    }
+    assert!(compared >= 30, "only {compared} rejected cases compared");
 }

@@ -529,7 +529,7 @@ fn rollback_puts_back_a_backup_without_secrets_bound(deployer: &Deployer, hosts:
     let run = deployer.run("rollback", &request, &BTreeMap::new());
     assert_eq!(run.code, 0, "{}", run.stdout);
     let result = run.json();
-    assert_eq!(statuses(&result), ["rolledBack"]);
+    assert_eq!(statuses(&result), ["restored"]);
     assert_eq!(
         file_on(testbed, host, "/opt/voxbridge/.env"),
         (
@@ -545,20 +545,20 @@ fn rollback_puts_back_a_backup_without_secrets_bound(deployer: &Deployer, hosts:
     let last: Value = serde_json::from_str(log.trim()).unwrap();
     assert_eq!(
         (last["action"].as_str(), last["result"].as_str()),
-        (Some("rollback"), Some("rolledBack"))
+        (Some("rollback"), Some("restored"))
     );
 
     // The rollback kept what it replaced as the newest backup, so rolling back
     // again undoes it; `--to 3` reaches back past both.
     let run = deployer.run_args(&["rollback", "--to", "1"], &request, &BTreeMap::new());
-    assert_eq!(statuses(&run.json()), ["rolledBack"], "{}", run.stdout);
+    assert_eq!(statuses(&run.json()), ["restored"], "{}", run.stdout);
     assert_eq!(
         file_on(testbed, host, "/opt/voxbridge/.env").1,
         expected_voxbridge_file(&secrets("rb-two"))
     );
     let backups = testbed.sh_ok(host, "cat /var/lib/hostenv/voxbridge/env.3");
     let run = deployer.run_args(&["rollback", "--to", "3"], &request, &BTreeMap::new());
-    assert_eq!(statuses(&run.json()), ["rolledBack"], "{}", run.stdout);
+    assert_eq!(statuses(&run.json()), ["restored"], "{}", run.stdout);
     assert_eq!(file_on(testbed, host, "/opt/voxbridge/.env").1, backups);
 
     // No such backup: a clear error, nothing touched.
@@ -1448,7 +1448,7 @@ fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
             &sudo_request,
             &BTreeMap::new()
         )),
-        ["rolledBack"]
+        ["restored"]
     );
     assert_eq!(
         statuses(&run("drift", "drift", &request, &good)),

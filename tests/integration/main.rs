@@ -7,6 +7,7 @@ mod common;
 mod core_dump;
 mod deploy;
 mod docs;
+mod examples;
 mod faults;
 mod fresh_machine;
 mod fuzz_corpus;

@@ -529,7 +529,7 @@ fn rotation_rollback_restores_every_file_byte_for_byte(deployer: &Deployer, host
     let result = rollback.json();
     assert_eq!(
         statuses(&result),
-        strings(&[&["rolledBack", "rolledBack"], &["rolledBack"]])
+        strings(&[&["restored", "restored"], &["restored"]])
     );
     assert_eq!(result["shared"][0]["identical"], true, "{result}");
     assert_eq!(window_files(testbed, hosts), before);
@@ -540,7 +540,7 @@ fn rotation_rollback_restores_every_file_byte_for_byte(deployer: &Deployer, host
         (&last["action"], &last["result"], &last["rotation"]),
         (
             &json!("rollback"),
-            &json!("rolledBack"),
+            &json!("restored"),
             &json!(["voxcore", "voxdialler"])
         )
     );

@@ -1,0 +1,118 @@
+//! The shipped examples are what a newcomer copies first: every example
+//! request passes `check` with the stand-in credentials of
+//! `examples/example.env` (as `scripts/example.sh` runs it), and every
+//! credential id that an example or a documentation page names for a key is
+//! the id the library's credential maps bind to that key.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use crate::common::{repo_root, run_hostenv};
+
+fn example_env() -> BTreeMap<String, String> {
+    std::fs::read_to_string(repo_root().join("examples/example.env"))
+        .unwrap()
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The request files directly in `examples/` and in `examples/*/` (not brand files or pipelines).
+fn example_requests() -> Vec<std::path::PathBuf> {
+    let root = repo_root().join("examples");
+    let mut found = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() && dir == root {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "json") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn every_example_request_passes_check() {
+    let env = example_env();
+    let mut checked = 0;
+    for path in example_requests() {
+        let request: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // The Bitbucket requests name Bitbucket's variables; tests/integration/bitbucket.rs checks them.
+        if path.parent().unwrap().ends_with("deploy") {
+            continue;
+        }
+        let Some(kind) = request["kind"].as_str() else {
+            continue;
+        };
+        let relative = path.strip_prefix(repo_root()).unwrap().to_str().unwrap();
+        assert!(
+            matches!(kind, "Deploy" | "Rotation" | "BuildEnv"),
+            "{relative}: {kind}"
+        );
+        let run = run_hostenv(&["check", "--request", relative], &repo_root(), &env, None);
+        assert_eq!(run.code, 0, "{relative}:\n{}\n{}", run.stdout, run.stderr);
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} example requests");
+}
+
+/// Every (key, credential id) a credential map binds, in any environment.
+fn mapped_credentials() -> BTreeSet<(String, String)> {
+    let dir = repo_root().join("resources/io/hostenv/credentials");
+    let mut pairs = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let map: Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap()).unwrap();
+        for environment in map["environments"].as_object().unwrap().values() {
+            for credential in environment["credentials"].as_array().unwrap() {
+                let id = credential["id"].as_str().unwrap().to_string();
+                for field in ["key", "usernameKey", "passwordKey"] {
+                    if let Some(key) = credential[field].as_str() {
+                        pairs.insert((key.to_string(), id.clone()));
+                    }
+                }
+            }
+        }
+    }
+    pairs
+}
+
+#[test]
+fn credential_ids_are_the_credential_maps_ids() {
+    let mapped = mapped_credentials();
+    // `"KEY": {... "credentialId": "ID" ...}` in a request or a page's JSON.
+    let named =
+        regex::Regex::new(r#""([A-Z][A-Z0-9_]*)":\s*\{[^{}]*"credentialId":\s*"([^"]+)""#).unwrap();
+    let root = repo_root();
+    let mut files: Vec<std::path::PathBuf> = example_requests();
+    files.push(root.join("README.md"));
+    files.push(root.join("Jenkinsfile.example"));
+    if let Ok(docs) = std::fs::read_dir(root.join("docs")) {
+        files.extend(docs.flatten().map(|e| e.path()));
+    }
+    let mut seen = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for found in named.captures_iter(&text) {
+            let pair = (found[1].to_string(), found[2].to_string());
+            assert!(
+                mapped.contains(&pair),
+                "{} names credential `{}` for `{}`, which no credential map binds to that key",
+                file.display(),
+                pair.1,
+                pair.0
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 10, "only {seen} credential ids found");
+}
