@@ -22,7 +22,9 @@ dist=target/dist
 rm -rf "$dist/$name"
 mkdir -p "$dist/$name"
 install -m 755 "$bin/hostenv" "$bin/hostenv-host" "$dist/$name/"
-install -m 644 README.md SECURITY.md "$dist/$name/"
+install -m 644 README.md SECURITY.md CHANGELOG.md LICENSE "$dist/$name/"
+install -d "$dist/$name/docs"
+install -m 644 docs/*.md "$dist/$name/docs/"
 mtime=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$mtime" \
   -C "$dist" -cf - "$name" | gzip -n -9 > "$dist/$name.tar.gz"

@@ -66,7 +66,7 @@ pub enum ErrorKind {
     OutputWriteFailed,
     /// A bug in hostenv.
     Internal,
-    /// Some hosts did not end deployed or unchanged; each host's own error says why.
+    /// Some hosts did not end as the action means them to; each host's own error says why.
     HostsFailed,
     /// The TCP connection or SSH handshake failed or timed out.
     ConnectFailed,

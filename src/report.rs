@@ -265,7 +265,7 @@ pub struct HostReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backups_purged: Option<u32>,
     /// The host's systemd version, as read before anything was written: it
-    /// decides which values the host keeps (see the README's rendered file).
+    /// decides which values the host keeps (docs/concepts.md, the rendered host file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub systemd_version: Option<u32>,
     /// Why this host did not succeed.

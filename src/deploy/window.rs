@@ -132,7 +132,7 @@ impl Overlap {
     /// The order deployments go back in after a failure: the verifiers (the
     /// deployments that accept `<KEY>_PREVIOUS`) first, then the rest, each
     /// group in request order. Without overlap, request order: the side that
-    /// verifies a shared secret is listed first (README).
+    /// verifies a shared secret is listed first (docs/rotation.md).
     fn put_back_order(&self, deployments: usize) -> Vec<usize> {
         let verifiers = (0..deployments).filter(|d| self.verifiers[*d]);
         let presenters = (0..deployments).filter(|d| !self.verifiers[*d]);

@@ -108,3 +108,100 @@ fn help_pages_name_what_each_step_takes() {
         assert!(!page.contains("Same arguments"), "vars/{step}.txt");
     }
 }
+
+/// The names a schema gives for `name`: the properties of an object (for
+/// `Deploy`, `Rotation` and `BuildEnv`, of the request of that kind; for
+/// `Result`, of the whole result), or the values of an enum.
+fn schema_names(schema: &serde_json::Value, name: &str) -> Vec<String> {
+    let object = match name {
+        "Deploy" | "Rotation" | "BuildEnv" => schema["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|kind| kind["properties"]["kind"]["const"] == name)
+            .unwrap_or_else(|| panic!("no request of kind {name}")),
+        "Result" => schema,
+        _ => &schema["$defs"][name],
+    };
+    if let Some(properties) = object["properties"].as_object() {
+        return properties
+            .keys()
+            .filter(|field| !(name != "Result" && ["apiVersion", "kind"].contains(&field.as_str())))
+            .cloned()
+            .collect();
+    }
+    object["oneOf"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{name} is neither an object nor an enum"))
+        .iter()
+        .map(|value| value["const"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every `<!-- schema: request|result NAME -->` table of docs/protocol.md
+/// names exactly what the schema has: its first column's backticked names.
+#[test]
+fn the_protocol_reference_matches_the_schemas() {
+    let page = std::fs::read_to_string(repo_root().join("docs/protocol.md")).unwrap();
+    let schema = |which: &str| -> serde_json::Value {
+        let path = repo_root().join(format!("schema/{which}.schema.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (request, result) = (schema("request"), schema("result"));
+    let mut documented = Vec::new();
+    for section in page.split("<!-- schema: ").skip(1) {
+        let (marker, rest) = section.split_once(" -->").unwrap();
+        let (which, name) = marker.split_once(' ').unwrap();
+        let rows = rest
+            .lines()
+            .skip_while(|line| !line.starts_with('|'))
+            .take_while(|line| line.starts_with('|'))
+            .skip(2);
+        let mut names: Vec<String> = rows
+            .flat_map(|row| {
+                let first = row.split('|').nth(1).unwrap().to_string();
+                first
+                    .split(',')
+                    .map(|name| name.trim().trim_matches('`').to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut expected = schema_names(
+            if which == "request" {
+                &request
+            } else {
+                &result
+            },
+            name,
+        );
+        names.sort();
+        expected.sort();
+        assert_eq!(names, expected, "docs/protocol.md's {which} {name} table");
+        documented.push(name.to_string());
+    }
+    for required in [
+        "Deploy",
+        "HostEntry",
+        "Source",
+        "Ssh",
+        "Jump",
+        "Target",
+        "Restart",
+        "Verify",
+        "Rollout",
+        "Audit",
+        "Rotation",
+        "BuildEnv",
+        "Result",
+        "HostReport",
+        "HostStatus",
+        "KeyStatus",
+        "ErrorKind",
+        "FindingKind",
+    ] {
+        assert!(
+            documented.iter().any(|d| d == required),
+            "docs/protocol.md has no {required} table"
+        );
+    }
+}

@@ -28,6 +28,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("sha256sum", "coreutils"),
     ("ss", "iproute2"),
     ("ssh-keygen", "openssh-client"),
+    ("ssh-keyscan", "openssh-client"),
     ("strace", "strace"),
     // Run by the testbed hosts (tests/testbed/launch.sh, the units, the tests' shell lines).
     ("unshare", "util-linux"),

@@ -17,6 +17,7 @@ mod jenkins;
 mod lint;
 mod load;
 mod privilege;
+mod quickstart;
 mod release;
 mod rotation;
 mod round_trip;
