@@ -8,10 +8,19 @@
 //! commands doing the same steps followed by one `curl` each. Every run changes
 //! the file, so every run restarts every unit. Prints medians, ratios and
 //! hostenv's peak RSS, and writes them to target/bench/results.md.
+//!
+//! `latency [REPETITIONS]` puts a delay relay (bench/relay.rs) between the
+//! tools and every host and runs each cell at RTT 0 and 60 ms: the difference
+//! over 60 ms is the number of round trips a tool pays, per tool and per
+//! hostenv step (from the result's step timings). `scale [REPETITIONS]` runs
+//! hostenv alone on 100 and 200 hosts and records its CPU time and peak RSS.
 
 #[allow(dead_code)]
 #[path = "../tests/integration/testbed.rs"]
 mod testbed;
+
+#[path = "../bench/relay.rs"]
+mod relay;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +34,22 @@ struct Bench<'a> {
     testbed: &'a testbed::Testbed,
     root: PathBuf,
     work: PathBuf,
+    /// The address each tool reaches host i at: its own, or its relay's.
+    addrs: Vec<String>,
+    /// A known_hosts file for those addresses.
+    known_hosts: PathBuf,
+    /// Each Ansible run starts without a live ControlMaster (the cold case).
+    cold_ansible: bool,
+}
+
+/// What one run of a tool measured.
+#[derive(Default)]
+struct Measured {
+    seconds: f64,
+    /// hostenv only: peak RSS in KiB and user + system CPU seconds.
+    rss_and_cpu: Option<(u64, f64)>,
+    /// hostenv only: the first host's step durations in ms, summed by step name.
+    steps: BTreeMap<String, f64>,
 }
 
 fn secrets(marker: &str) -> BTreeMap<String, String> {
@@ -44,21 +69,21 @@ impl Bench<'_> {
         self.testbed.hosts.iter().take(n).collect()
     }
 
-    /// Runs one tool on `n` hosts; returns (seconds, hostenv's peak RSS in KiB and CPU seconds).
-    fn run(&self, tool: &str, n: usize, marker: &str) -> (f64, Option<(u64, f64)>) {
+    /// Runs one tool on `n` hosts.
+    fn run(&self, tool: &str, n: usize, marker: &str) -> Measured {
         let started = Instant::now();
-        let rss = match tool {
-            "hostenv" => Some(self.hostenv(n, marker)),
+        let mut measured = match tool {
+            "hostenv" => self.hostenv(n, marker),
             "ansible" => {
                 self.ansible(n, marker);
-                None
+                Measured::default()
             }
             _ => {
                 self.ssh(n, marker);
-                None
+                Measured::default()
             }
         };
-        let seconds = started.elapsed().as_secs_f64();
+        measured.seconds = started.elapsed().as_secs_f64();
         let host = &self.testbed.hosts[n - 1];
         let file = self.testbed.sh_ok(host, "cat /opt/voxbridge/.env");
         assert!(
@@ -66,22 +91,22 @@ impl Bench<'_> {
             "{tool} did not deploy {marker} to {}",
             host.addr
         );
-        (seconds, rss)
+        measured
     }
 
-    /// Runs hostenv; returns (peak RSS in KiB, user + system CPU seconds).
-    fn hostenv(&self, n: usize, marker: &str) -> (u64, f64) {
+    /// Runs hostenv; its peak RSS, CPU time and the first host's steps.
+    fn hostenv(&self, n: usize, marker: &str) -> Measured {
         let request = serde_json::json!({
             "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxbridge",
             "contract": self.work.join("voxbridge.env.example"),
-            "hosts": self.hosts(n).iter().map(|h| h.addr.clone()).collect::<Vec<_>>(),
+            "hosts": self.addrs[..n].to_vec(),
             "env": {
                 "JWT_SECRET": {"secretEnv": "JWT_SECRET"}, "MONGODB_URI": {"secretEnv": "MONGODB_URI"},
                 "REDIS_URL": {"secretEnv": "REDIS_URL"}, "MONGODB_DB": {"value": "voxbridge"},
                 "LOG_LEVEL": {"value": marker}
             },
             "allowSharedChange": true,
-            "ssh": self.testbed.ssh_settings("root"),
+            "ssh": {"user": "root", "knownHosts": self.known_hosts, "identityFileEnv": "TESTBED_SSH_KEY"},
             "rollout": {"parallel": n},
             "verify": [{"url": "http://{host}:8080/health", "intervalMs": 200, "deadlineMs": 30000, "consecutive": 1}]
         });
@@ -116,14 +141,32 @@ impl Bench<'_> {
             .split_whitespace()
             .collect();
         let number = |i: usize| fields[i].parse::<f64>().expect("a number");
-        (number(0) as u64, number(2) + number(3))
+        let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let mut steps = BTreeMap::new();
+        for step in result["hosts"][0]["steps"].as_array().into_iter().flatten() {
+            *steps
+                .entry(step["name"].as_str().unwrap().to_string())
+                .or_default() += step["ms"].as_f64().unwrap();
+        }
+        Measured {
+            seconds: 0.0,
+            rss_and_cpu: Some((number(0) as u64, number(2) + number(3))),
+            steps,
+        }
     }
 
     fn ansible(&self, n: usize, marker: &str) {
         let mut inventory = String::from("[targets]\n");
-        for host in self.hosts(n) {
-            inventory.push_str(&format!("{} ansible_host={}\n", host.hostname, host.addr));
+        for (host, addr) in self.hosts(n).iter().zip(&self.addrs) {
+            inventory.push_str(&format!("{} ansible_host={addr}\n", host.hostname));
         }
+        let control = if self.cold_ansible {
+            // A fresh control directory: no ControlMaster of an earlier run is reused.
+            self.work.join(format!("cp-{marker}"))
+        } else {
+            self.work.join("cp")
+        };
+        std::fs::create_dir_all(&control).unwrap();
         inventory.push_str(&format!(
             "[targets:vars]\nansible_user=root\nansible_ssh_private_key_file={}\nansible_python_interpreter=/usr/bin/python3\n\
              [local]\nlocalhost ansible_connection=local ansible_python_interpreter={}\n",
@@ -138,8 +181,8 @@ impl Bench<'_> {
                  retry_files_enabled = False\ninterpreter_python = /usr/bin/python3\n\
                  [ssh_connection]\npipelining = True\ncontrol_path_dir = {}\n\
                  ssh_args = -o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes\n",
-                self.work.join("cp").display(),
-                self.testbed.known_hosts.display()
+                control.display(),
+                self.known_hosts.display()
             ),
         )
         .unwrap();
@@ -170,15 +213,14 @@ impl Bench<'_> {
         let path = self.work.join("lower-bound.env");
         std::fs::write(&path, file).unwrap();
         let mut script = String::from("set -e\n");
-        for host in self.hosts(n) {
+        for addr in &self.addrs[..n] {
             script.push_str(&format!(
                 "(ssh -i {key} -o BatchMode=yes -o UserKnownHostsFile={kh} -o ControlMaster=no root@{addr} \
                  'umask 077; cat > /opt/voxbridge/.env.lb && chown voxbridge:voxbridge /opt/voxbridge/.env.lb && \
                   mv -f /opt/voxbridge/.env.lb /opt/voxbridge/.env && systemctl restart voxbridge.service' < {file} \
                  && curl -sf -o /dev/null http://{addr}:8080/health) &\n",
                 key = self.testbed.client_key.display(),
-                kh = self.testbed.known_hosts.display(),
-                addr = host.addr,
+                kh = self.known_hosts.display(),
                 file = path.display()
             ));
         }
@@ -199,15 +241,11 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-fn main() {
-    let repetitions: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(5);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
-    eprintln!("starting 50 testbed hosts");
-    let testbed = testbed::Testbed::start(50);
-    // Every run restarts every unit, many times a minute: lift systemd's start limit.
+/// The testbed of `count` hosts, with systemd's start limit lifted (every run
+/// restarts every unit, many times a minute), and the benchmark's contract.
+fn start(count: usize) -> (testbed::Testbed, PathBuf) {
+    eprintln!("starting {count} testbed hosts");
+    let testbed = testbed::Testbed::start(count);
     for host in &testbed.hosts {
         testbed.sh_ok(
             host,
@@ -223,10 +261,59 @@ fn main() {
         "JWT_SECRET=\nMONGODB_URI=\nMONGODB_DB=voxbridge\nREDIS_URL=\nLOG_LEVEL=info\n",
     )
     .unwrap();
+    (testbed, work)
+}
+
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    format!(
+        "{} UTC on {} ({} cores)",
+        hostenv::audit::rfc3339(std::time::SystemTime::now()),
+        model,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    )
+}
+
+fn write_results(root: &Path, name: &str, out: &str) {
+    println!("{out}");
+    std::fs::create_dir_all(root.join("target/bench")).unwrap();
+    std::fs::write(root.join("target/bench").join(name), out).unwrap();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mode, repetitions) = match args.first().map(String::as_str) {
+        Some(mode @ ("latency" | "scale")) => (mode.to_string(), args.get(1)),
+        _ => ("loopback".to_string(), args.first()),
+    };
+    let repetitions: usize = repetitions.and_then(|a| a.parse().ok()).unwrap_or(5);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
+    match mode.as_str() {
+        "latency" => latency(&root, repetitions),
+        "scale" => scale(&root, repetitions),
+        _ => loopback(&root, repetitions),
+    }
+}
+
+/// hostenv, Ansible and bare ssh on 1, 10 and 50 hosts over loopback.
+fn loopback(root: &Path, repetitions: usize) {
+    let (testbed, work) = start(50);
     let bench = Bench {
+        addrs: testbed.hosts.iter().map(|h| h.addr.clone()).collect(),
+        known_hosts: testbed.known_hosts.clone(),
         testbed: &testbed,
-        root: root.clone(),
+        root: root.to_path_buf(),
         work,
+        cold_ansible: false,
     };
 
     let mut times: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
@@ -240,14 +327,17 @@ fn main() {
         for rep in 0..repetitions {
             for offset in 0..TOOLS.len() {
                 let tool = TOOLS[(rep + offset) % TOOLS.len()];
-                let (seconds, peak) = bench.run(tool, n, &format!("bench-{tool}-{n}-{rep}"));
+                let measured = bench.run(tool, n, &format!("bench-{tool}-{n}-{rep}"));
                 eprintln!(
-                    "{n:>2} hosts  {tool:<8} {seconds:>7.2} s{}",
-                    peak.map(|(p, c)| format!("  peak RSS {} MiB, CPU {c:.2} s", p / 1024))
+                    "{n:>2} hosts  {tool:<8} {:>7.2} s{}",
+                    measured.seconds,
+                    measured
+                        .rss_and_cpu
+                        .map(|(p, c)| format!("  peak RSS {} MiB, CPU {c:.2} s", p / 1024))
                         .unwrap_or_default()
                 );
-                times.entry((n, tool)).or_default().push(seconds);
-                if let Some((peak, seconds)) = peak {
+                times.entry((n, tool)).or_default().push(measured.seconds);
+                if let Some((peak, seconds)) = measured.rss_and_cpu {
                     let max = rss.entry(n).or_default();
                     *max = (*max).max(peak);
                     cpu.entry(n).or_default().push(seconds);
@@ -256,21 +346,11 @@ fn main() {
         }
     }
 
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
     let mut out = format!(
-        "Measured {} UTC on {} ({} cores), {repetitions} repetitions per cell, tools alternating.\n\n\
+        "Measured {}, {repetitions} repetitions per cell, tools alternating.\n\n\
          | hosts | hostenv (s) | ansible-playbook (s) | bare ssh (s) | ansible / hostenv | hostenv / bare ssh | hostenv peak RSS | hostenv CPU (s) |\n\
          |---|---|---|---|---|---|---|---|\n",
-        hostenv::audit::rfc3339(std::time::SystemTime::now()),
-        model,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        machine()
     );
     for n in SIZES {
         let mut median_of = |tool| median(times.get_mut(&(n, tool)).unwrap());
@@ -283,7 +363,158 @@ fn main() {
             median(cpu.get_mut(&n).unwrap())
         ));
     }
-    println!("{out}");
-    std::fs::create_dir_all(root.join("target/bench")).unwrap();
-    std::fs::write(root.join("target/bench/results.md"), &out).unwrap();
+    write_results(root, "results.md", &out);
+}
+
+/// The one-way delay of the latency benchmark: RTT 60 ms.
+const ONE_WAY: std::time::Duration = std::time::Duration::from_millis(30);
+
+/// Every tool through the delay relay, at RTT 0 and 60 ms; round trips per
+/// tool, and per hostenv step at one host.
+fn latency(root: &Path, repetitions: usize) {
+    let (testbed, work) = start(50);
+    // The relay's addresses: 127.78.0.N for the host at 127.77.0.N.
+    let pairs: Vec<(String, String)> = testbed
+        .hosts
+        .iter()
+        .map(|h| {
+            let last = h.addr.rsplit('.').next().unwrap();
+            (format!("127.78.0.{last}"), h.addr.clone())
+        })
+        .collect();
+    let relay = relay::Relay::start(&pairs, &[22, 8080]);
+    let known_hosts = work.join("relay_known_hosts");
+    let mut lines = String::new();
+    for line in std::fs::read_to_string(&testbed.known_hosts)
+        .unwrap()
+        .lines()
+    {
+        let (addr, key) = line.split_once(' ').unwrap();
+        let relayed = pairs.iter().find(|(_, up)| up == addr).unwrap();
+        lines.push_str(&format!("{} {key}\n", relayed.0));
+    }
+    std::fs::write(&known_hosts, lines).unwrap();
+    let bench = Bench {
+        addrs: pairs.iter().map(|(listen, _)| listen.clone()).collect(),
+        known_hosts,
+        testbed: &testbed,
+        root: root.to_path_buf(),
+        work,
+        cold_ansible: true,
+    };
+    for tool in TOOLS {
+        bench.run(tool, 1, &format!("warmup-{tool}"));
+    }
+    let delays = [std::time::Duration::ZERO, ONE_WAY];
+    let mut times: BTreeMap<(usize, &str, u128), Vec<f64>> = BTreeMap::new();
+    let mut steps: BTreeMap<(String, u128), Vec<f64>> = BTreeMap::new();
+    for n in SIZES {
+        for rep in 0..repetitions {
+            for delay in delays {
+                relay.set_delay(delay);
+                for offset in 0..TOOLS.len() {
+                    let tool = TOOLS[(rep + offset) % TOOLS.len()];
+                    let rtt = delay.as_millis() * 2;
+                    let measured = bench.run(tool, n, &format!("lat-{tool}-{n}-{rep}-{rtt}"));
+                    eprintln!(
+                        "{n:>2} hosts  RTT {rtt:>2} ms  {tool:<8} {:>7.2} s",
+                        measured.seconds
+                    );
+                    times
+                        .entry((n, tool, rtt))
+                        .or_default()
+                        .push(measured.seconds);
+                    if n == 1 {
+                        for (step, ms) in measured.steps {
+                            steps.entry((step, rtt)).or_default().push(ms);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    relay.set_delay(std::time::Duration::ZERO);
+    let rtt60 = ONE_WAY.as_millis() * 2;
+    let mut out = format!(
+        "Measured {}, {repetitions} repetitions per cell, every tool through the delay relay \
+         (bench/relay.rs), tools alternating; round trips = (median at RTT {rtt60} ms − median at RTT 0) / {rtt60} ms.\n\n\
+         | hosts | hostenv RTT 0 / {rtt60} ms (s) | hostenv round trips | ansible RTT 0 / {rtt60} ms (s) | ansible round trips | bare ssh RTT 0 / {rtt60} ms (s) | bare ssh round trips |\n\
+         |---|---|---|---|---|---|---|\n",
+        machine()
+    );
+    for n in SIZES {
+        out.push_str(&format!("| {n} |"));
+        for tool in TOOLS {
+            let t0 = median(times.get_mut(&(n, tool, 0)).unwrap());
+            let t60 = median(times.get_mut(&(n, tool, rtt60)).unwrap());
+            out.push_str(&format!(
+                " {t0:.2} / {t60:.2} | {:.1} |",
+                (t60 - t0) * 1000.0 / rtt60 as f64
+            ));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\nhostenv at one host, per step (the result's step timings, medians):\n\n\
+         | step | RTT 0 (ms) | RTT {rtt60} ms (ms) | round trips |\n|---|---|---|---|\n"
+    ));
+    let names: std::collections::BTreeSet<String> = steps.keys().map(|(s, _)| s.clone()).collect();
+    for name in names {
+        let at = |rtt: u128, steps: &mut BTreeMap<(String, u128), Vec<f64>>| {
+            steps
+                .get_mut(&(name.clone(), rtt))
+                .map(|v| median(v))
+                .unwrap_or(0.0)
+        };
+        let (m0, m60) = (at(0, &mut steps), at(rtt60, &mut steps));
+        out.push_str(&format!(
+            "| {name} | {m0:.0} | {m60:.0} | {:.1} |\n",
+            (m60 - m0) / rtt60 as f64
+        ));
+    }
+    write_results(root, "latency.md", &out);
+}
+
+/// hostenv alone on 100 and 200 hosts: time, CPU and peak RSS, also per host.
+fn scale(root: &Path, repetitions: usize) {
+    let (testbed, work) = start(200);
+    let bench = Bench {
+        addrs: testbed.hosts.iter().map(|h| h.addr.clone()).collect(),
+        known_hosts: testbed.known_hosts.clone(),
+        testbed: &testbed,
+        root: root.to_path_buf(),
+        work,
+        cold_ansible: false,
+    };
+    bench.run("hostenv", 1, "warmup-hostenv");
+    let mut out = format!(
+        "Measured {}, {repetitions} repetitions per cell, hostenv alone over loopback.\n\n\
+         | hosts | hostenv (s) | CPU (s) | CPU per host (ms) | peak RSS | peak RSS per host (KiB) |\n\
+         |---|---|---|---|---|---|\n",
+        machine()
+    );
+    for n in [50, 100, 200] {
+        let (mut seconds, mut cpu, mut peak) = (Vec::new(), Vec::new(), 0u64);
+        for rep in 0..repetitions {
+            let measured = bench.run("hostenv", n, &format!("scale-{n}-{rep}"));
+            let (rss, used) = measured.rss_and_cpu.unwrap();
+            eprintln!(
+                "{n:>3} hosts  hostenv {:>7.2} s  CPU {used:.2} s  peak RSS {} MiB",
+                measured.seconds,
+                rss / 1024
+            );
+            seconds.push(measured.seconds);
+            cpu.push(used);
+            peak = peak.max(rss);
+        }
+        let used = median(&mut cpu);
+        out.push_str(&format!(
+            "| {n} | {:.2} | {used:.2} | {:.1} | {:.1} MiB | {:.0} |\n",
+            median(&mut seconds),
+            used * 1000.0 / n as f64,
+            peak as f64 / 1024.0,
+            peak as f64 / n as f64
+        ));
+    }
+    write_results(root, "scale.md", &out);
 }

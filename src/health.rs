@@ -18,18 +18,37 @@ pub fn expand(template: &str, host: &str, instance: Option<&str>) -> String {
 /// One HTTP GET: the status, or why there was none.
 pub type Probe<'a> = dyn Fn(&str, Duration) -> Result<u16, String> + 'a;
 
-/// A GET from this machine.
-pub fn direct(url: &str, timeout: Duration) -> Result<u16, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    agent
-        .get(url)
-        .call()
-        .map(|response| response.status().as_u16())
-        .map_err(|error| describe(&error))
+/// GETs from this machine for one check: every attempt goes through one
+/// agent, so a service that keeps connections alive is asked again on the
+/// connection of the first attempt (one round trip per attempt, not two).
+pub struct Direct {
+    agent: ureq::Agent,
+}
+
+impl Direct {
+    pub fn new(timeout: Duration) -> Direct {
+        Direct {
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(timeout))
+                .http_status_as_error(false)
+                .build()
+                .into(),
+        }
+    }
+
+    /// One GET; `timeout` is the agent's own.
+    pub fn get(&self, url: &str, _timeout: Duration) -> Result<u16, String> {
+        let mut response = self.agent.get(url).call().map_err(|e| describe(&e))?;
+        let status = response.status().as_u16();
+        // The connection goes back to the agent only once its body is read;
+        // a body too large for a health answer just costs the reuse.
+        let _ = response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_vec();
+        Ok(status)
+    }
 }
 
 /// `http://host[:port][/path]` → (host, port, path), for probes through SSH.

@@ -688,11 +688,17 @@ impl Connection {
     /// Waits until the socket is ready in the direction libssh2 is blocked on
     /// (or a short while), keeping the lock alive; fails past `deadline`.
     fn idle(&self, host: &str, deadline: Instant) -> Result<(), HostError> {
+        self.beat();
+        self.wait_for_socket(host, deadline)
+    }
+
+    /// Waits for the socket as `idle` does, without beating (for the lock's
+    /// own channel, which is being written anyway).
+    fn wait_for_socket(&self, host: &str, deadline: Instant) -> Result<(), HostError> {
         let now = Instant::now();
         if now > deadline {
             return Err(lost(host, "waiting for the host", "timed out"));
         }
-        self.beat();
         let flags = match self.session.block_directions() {
             ssh2::BlockDirections::Inbound => PollFlags::IN,
             ssh2::BlockDirections::Outbound => PollFlags::OUT,
@@ -730,6 +736,69 @@ impl Connection {
         let _ = self.retry(host, "releasing the lock", deadline, || {
             heartbeat.channel.close()
         });
+    }
+
+    /// Has the lock holder append `line` to the audit log (`host/lock.rs`),
+    /// on the lock's own channel: None when this connection holds no lock.
+    pub fn audit_on_lock(&self, host: &str, line: &str) -> Option<Result<(), HostError>> {
+        let mut lock = self.lock.borrow_mut();
+        let heartbeat = lock.as_mut()?;
+        let deadline = Instant::now() + self.io_timeout;
+        let request = format!("a{line}\n");
+        let mut written = 0;
+        while written < request.len() {
+            match heartbeat.channel.write(&request.as_bytes()[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(error) = self.wait_for_socket(host, deadline) {
+                        return Some(Err(error));
+                    }
+                }
+                Err(e) => return Some(Err(lost(host, "sending the audit line", e))),
+            }
+        }
+        heartbeat.last = Instant::now();
+        let (mut answer, mut errors) = (Vec::new(), Vec::new());
+        let mut buffer = [0u8; 1024];
+        while !answer.contains(&b'\n') {
+            let mut progressed = false;
+            for (stream, into) in [(0, &mut answer), (1, &mut errors)] {
+                match heartbeat.channel.stream(stream).read(&mut buffer) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        into.extend_from_slice(&buffer[..n]);
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Some(Err(lost(host, "reading the audit answer", e))),
+                }
+            }
+            if heartbeat.channel.eof() && !progressed {
+                return Some(Err(lost(
+                    host,
+                    "the lock holder",
+                    "ended before it answered",
+                )));
+            }
+            if !progressed {
+                if let Err(error) = self.wait_for_socket(host, deadline) {
+                    return Some(Err(error));
+                }
+            }
+        }
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let first = answer.lines().next().unwrap_or_default();
+        Some(match first.strip_prefix("audit-failed ") {
+            None if first == "audited" => Ok(()),
+            Some(reason) => Err(HostError::new(
+                ErrorKind::RemoteCommandFailed,
+                format!("`{host}`: the audit line was not appended: {reason}"),
+            )),
+            None => Err(HostError::new(
+                ErrorKind::RemoteCommandFailed,
+                format!("`{host}`: the lock holder answered the audit line with `{first}`"),
+            )),
+        })
     }
 
     /// Sends the lock holder its heartbeat when one is due.

@@ -776,10 +776,12 @@ impl<'a> HostRun<'a> {
             let connection = connection.ok_or("not connected")?;
             connection.http_get(label, &host, port, &path, timeout)
         };
+        let direct = health::Direct::new(Duration::from_millis(check.timeout_ms));
+        let from_here = |url: &str, timeout: Duration| direct.get(url, timeout);
         let probe: &health::Probe = if check.via_ssh {
             &through_ssh
         } else {
-            &health::direct
+            &from_here
         };
         let report = health::verify(url, check, probe, &|| {
             if let Some(connection) = connection {
@@ -886,7 +888,23 @@ impl<'a> HostRun<'a> {
             context.deployment,
             &context.window_services,
         );
-        let _ = self.step("audit", |remote| audit::append(remote, &line));
+        // On the lock's channel when this run holds the lock (one round
+        // trip), else as a command of its own.
+        let started = Instant::now();
+        let on_lock = self
+            .connection
+            .as_ref()
+            .and_then(|connection| connection.audit_on_lock(&self.host.name, line.text()));
+        match on_lock {
+            Some(result) => self.record(
+                "audit",
+                result.is_ok(),
+                started.elapsed().as_millis() as u64,
+            ),
+            None => {
+                let _ = self.step("audit", |remote| audit::append(remote, &line));
+            }
+        }
     }
 }
 

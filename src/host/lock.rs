@@ -4,7 +4,11 @@
 //!
 //! stdin: one line naming the holder (action, build, user, time; no secrets),
 //! then a byte every few seconds. stdout: `held-by TEXT` while another run has
-//! the lock, `acquired` once it is ours. The holder is written and read only
+//! the lock, `acquired` once it is ours. Once acquired, `a` + one JSON line
+//! appends that line to the service's audit log as the `audit` step would, and
+//! is answered `audited` or `audit-failed REASON`: the run's last word on the
+//! host travels on the channel it already has, one round trip instead of a
+//! new command's three. The holder is written and read only
 //! through the locked descriptor, with control characters removed and its
 //! length bounded, so the file can neither aim a write nor print a root file.
 
@@ -47,7 +51,7 @@ pub fn hold(service: &str, environment: &str, shared: bool) -> Result<(), Failur
                     say(&mut stdout, &format!("held-by {}", current_holder(&file)))?;
                 }
                 // Waiting ends when hostenv gives up and closes the channel.
-                if !caller_alive(&mut stdin, Duration::from_millis(200), false) {
+                if !caller_alive(&mut stdin, Duration::from_millis(200)) {
                     return Ok(());
                 }
             }
@@ -62,34 +66,81 @@ pub fn hold(service: &str, environment: &str, shared: bool) -> Result<(), Failur
     }
     say(&mut stdout, "acquired")?;
     let mut last = Instant::now();
+    let mut requests = Requests::default();
     while last.elapsed() < BEAT_TIMEOUT {
-        if caller_alive(&mut stdin, BEAT_TIMEOUT - last.elapsed(), true) {
-            last = Instant::now();
-        } else {
+        let Some(bytes) = heard(&mut stdin, BEAT_TIMEOUT - last.elapsed()) else {
             break;
+        };
+        last = Instant::now();
+        for line in requests.feed(&bytes) {
+            let answer = match super::audit_line(service, &line) {
+                Ok(()) => "audited".to_string(),
+                Err(failure) => format!(
+                    "audit-failed {}",
+                    sanitize(&failure.message.unwrap_or_default())
+                ),
+            };
+            say(&mut stdout, &answer)?;
         }
     }
     Ok(())
 }
 
-/// Waits up to `wait` for stdin: false once it has closed (or, when
-/// `need_beat`, stayed silent for all of `wait`).
-fn caller_alive(stdin: &mut std::io::Stdin, wait: Duration, need_beat: bool) -> bool {
+/// The audit lines in what the caller sends after `acquired`: heartbeats are
+/// single bytes other than `a`; `a` starts a line that ends at a newline.
+#[derive(Default)]
+struct Requests {
+    line: Option<Vec<u8>>,
+}
+
+impl Requests {
+    /// The lines completed by `bytes`. A line longer than the audit step
+    /// accepts is kept whole only up to that bound, and then refused there.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut done = Vec::new();
+        for &byte in bytes {
+            match (&mut self.line, byte) {
+                (Some(_), b'\n') => done.push(self.line.take().unwrap_or_default()),
+                (Some(line), _) => {
+                    if line.len() <= super::steps::MAX_AUDIT_LINE as usize {
+                        line.push(byte);
+                    }
+                }
+                (None, b'a') => self.line = Some(Vec::new()),
+                (None, _) => {}
+            }
+        }
+        done
+    }
+}
+
+/// Waits up to `wait` for the caller: what it sent, or None once stdin has
+/// closed or stayed silent for all of `wait`.
+fn heard(stdin: &mut std::io::Stdin, wait: Duration) -> Option<Vec<u8>> {
+    if !ready(stdin, wait) {
+        return None;
+    }
+    let mut buffer = [0u8; 4096];
+    match stdin.read(&mut buffer) {
+        Ok(n) if n > 0 => Some(buffer[..n].to_vec()),
+        _ => None,
+    }
+}
+
+fn ready(stdin: &std::io::Stdin, wait: Duration) -> bool {
     let timeout = Timespec {
         tv_sec: wait.as_secs() as i64,
         tv_nsec: i64::from(wait.subsec_nanos()),
     };
-    let ready = {
-        let fd = stdin.as_fd();
-        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        match poll(&mut fds, Some(&timeout)) {
-            Ok(0) => false,
-            Ok(_) => true,
-            Err(_) => return false,
-        }
-    };
-    if !ready {
-        return !need_beat;
+    let fd = stdin.as_fd();
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+}
+
+/// While waiting for the lock: false once the caller has closed stdin (it gave up).
+fn caller_alive(stdin: &mut std::io::Stdin, wait: Duration) -> bool {
+    if !ready(stdin, wait) {
+        return true;
     }
     let mut buffer = [0u8; 64];
     matches!(stdin.read(&mut buffer), Ok(n) if n > 0)
@@ -138,6 +189,20 @@ fn say(stdout: &mut std::io::Stdout, line: &str) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_requests_are_lines_after_a_and_beats_are_ignored() {
+        let mut requests = Requests::default();
+        assert!(requests.feed(b"hhh").is_empty());
+        assert_eq!(requests.feed(b"ha{\"x\":"), Vec::<Vec<u8>>::new());
+        assert_eq!(requests.feed(b"1}\nh"), vec![b"{\"x\":1}".to_vec()]);
+        let long = requests.feed(&[b"a".as_slice(), &[b'x'; 20_000], b"\n"].concat());
+        assert_eq!(long.len(), 1);
+        assert_eq!(
+            long[0].len(),
+            super::super::steps::MAX_AUDIT_LINE as usize + 1
+        );
+    }
 
     #[test]
     fn holders_lose_control_characters_and_length() {

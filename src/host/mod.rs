@@ -29,7 +29,7 @@ pub const CONFIG_DIR: &str = "/etc/hostenv";
 pub const LOCK_DIR: &str = "/run/hostenv";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Bumped whenever a step's arguments or answers change.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 /// The most a target, staged file or backup may hold (systemd reads no more than 4 MiB before v249).
 pub const MAX_FILE_BYTES: u64 = 4 << 20;
 /// The only PATH the programs this one starts (getent, systemctl) are looked up in.
@@ -263,6 +263,16 @@ fn run(step: &Step, service: Option<&str>) -> Result<(), Failure> {
     };
     stdout.flush().map_err(|e| Failure::io(e.to_string()))?;
     result
+}
+
+/// Appends `line` to `service`'s audit log as the `audit` step does (for the
+/// lock holder, which has no target of its own until a line arrives).
+fn audit_line(service: &str, line: &[u8]) -> Result<(), Failure> {
+    let config = load(service)?;
+    let target = steps::Target::new(&config)?;
+    let mut input = line.to_vec();
+    input.push(b'\n');
+    steps::audit(&target, &mut input.as_slice())
 }
 
 /// Why the installed program could be replaced by someone other than root, if it could.

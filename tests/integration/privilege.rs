@@ -564,6 +564,35 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
         "{message}"
     );
     assert!(!message.contains(['\u{1b}', '\n']), "{message}");
+
+    // The holder appends audit lines sent on its channel with the audit
+    // step's own checks: the deploy user gets nothing past them by talking
+    // to the lock step directly.
+    let log = "/var/lib/hostenv/voxbridge/audit.log";
+    let before = testbed.sh_ok(host, &format!("cat {log}"));
+    let long = format!("a{{\"x\":\"{}\"}}", "y".repeat(20_000));
+    let talk = as_user(
+        testbed,
+        host,
+        "deploy",
+        &format!(
+            "printf 'mallory\\nanot json\\na{{\"x\":\"\\033[2J\"}}\\n%s\\na{{\"by\":\"mallory\"}}\\n' '{long}' \
+             | sudo -n {PROGRAM} lock voxbridge staging exclusive"
+        ),
+    );
+    let answers = String::from_utf8_lossy(&talk.stdout).into_owned();
+    let lines: Vec<&str> = answers.lines().collect();
+    assert_eq!(lines.len(), 5, "{answers}");
+    assert_eq!(lines[0], "acquired");
+    for refused in &lines[1..4] {
+        assert!(
+            refused.starts_with("audit-failed the audit line must be one line of JSON"),
+            "{answers}"
+        );
+    }
+    assert_eq!(lines[4], "audited");
+    let after = testbed.sh_ok(host, &format!("cat {log}"));
+    assert_eq!(after, format!("{before}{{\"by\":\"mallory\"}}\n"));
 }
 
 fn directories_others_can_write_are_refused(deployer: &Deployer, hosts: &[&TestHost]) {

@@ -67,6 +67,10 @@ def attach(base):
 
 
 class Health(http.server.BaseHTTPRequestHandler):
+    # Keep-alive, as real services' servers (uvicorn) answer: a client may
+    # ask again on the same connection.
+    protocol_version = "HTTP/1.1"
+
     def answer(self, status, document):
         body = json.dumps(document).encode()
         self.send_response(status)
