@@ -6,14 +6,85 @@ use crate::common::repo_root;
 
 /// The `](target)` links of a Markdown text, less web links and anchors.
 fn relative_links(text: &str) -> Vec<String> {
+    links(text)
+        .into_iter()
+        .map(|(path, _)| path)
+        .filter(|path| !path.is_empty())
+        .collect()
+}
+
+/// Every `](path#anchor)` link of a Markdown text that is not a web link.
+fn links(text: &str) -> Vec<(String, Option<String>)> {
     text.split("](")
         .skip(1)
         .filter_map(|rest| rest.split_once(')').map(|(target, _)| target))
-        .map(|target| target.split('#').next().unwrap_or_default().to_string())
-        .filter(|target| {
-            !target.is_empty() && !target.contains("://") && !target.starts_with("mailto:")
+        .filter(|target| !target.contains("://") && !target.starts_with("mailto:"))
+        .map(|target| match target.split_once('#') {
+            Some((path, anchor)) => (path.to_string(), Some(anchor.to_string())),
+            None => (target.to_string(), None),
         })
         .collect()
+}
+
+/// The anchors GitHub gives a page's headings: lower case, spaces as `-`,
+/// everything but letters, digits, `-` and `_` left out.
+fn anchors(page: &str) -> Vec<String> {
+    page.lines()
+        .filter(|line| line.starts_with('#'))
+        .map(|line| {
+            line.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Every `page.md#anchor` link in the docs names a heading of that page.
+#[test]
+fn every_anchor_in_the_docs_exists() {
+    let root = repo_root();
+    let mut pages = vec![
+        root.join("README.md"),
+        root.join("SECURITY.md"),
+        root.join("CONTRIBUTING.md"),
+    ];
+    pages.extend(
+        std::fs::read_dir(root.join("docs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for (path, anchor) in links(&text) {
+            let Some(anchor) = anchor else { continue };
+            let target = if path.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(&path)
+            };
+            let heads = anchors(&std::fs::read_to_string(&target).unwrap());
+            assert!(
+                heads.contains(&anchor),
+                "{} links to `{path}#{anchor}`, which has no such heading",
+                page.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} anchors");
+    assert_eq!(
+        anchors("## Exit 3: a host needs a person"),
+        ["exit-3-a-host-needs-a-person"]
+    );
 }
 
 #[test]
