@@ -1,14 +1,3 @@
-//! Remote file operations built on the SSH transport: read what is there,
-//! stage the new file, switch it in keeping the previous one, put it back.
-//!
-//! Each privileged operation is an [`Invocation`]: a constant one-line POSIX sh
-//! script run as `[sudo -n] /bin/sh -c SCRIPT hostenv-STEP ARGS...`. The script
-//! text never varies and every argument follows from the request alone (no
-//! random names), so `hostenv sudoers` can grant exactly these command lines
-//! and nothing else. Arguments are names and paths already held to plain
-//! character sets (settings.rs) and quoted anyway; secret bytes travel only on
-//! stdin (staging) or stdout (reading back).
-
 //! Remote steps built on the SSH transport: read what is there, stage the new
 //! file, switch it in keeping the previous one, put it back.
 //!
@@ -19,8 +8,10 @@
 //! mode and unit taken from the service's root-owned configuration on the
 //! host. So `hostenv sudoers` can grant exactly these command lines, and no
 //! other split of the same text does anything. Secret bytes travel only on
-//! stdin (staging) or stdout (reading back). Read-only queries that need no
-//! privilege (`systemctl list-units`, `systemctl show`) are constant `sh`
+//! stdin (staging) or stdout (reading back). Once the run holds the host's
+//! lock, the steps go as requests on the lock's own channel (one round trip
+//! each; `host/lock.rs`), the same words with the same checks. Read-only
+//! queries that need no privilege (`systemctl list-units`, `systemctl show`) are constant `sh`
 //! scripts run as the login user.
 
 use crate::error::{ErrorKind, HostError};
@@ -197,10 +188,36 @@ pub struct Remote<'a> {
 impl Remote<'_> {
     /// Runs a privileged invocation; a non-zero exit is that step's error.
     pub fn run(&self, invocation: &Invocation, stdin: &[u8]) -> Result<Output, HostError> {
-        let output = self
-            .connection
-            .exec(self.host, &invocation.shell_line(self.sudo), stdin)?;
+        let output = self.output(invocation, stdin, None)?;
         self.check(invocation.step, output)
+    }
+
+    /// Runs a privileged invocation and returns what it answered, whatever
+    /// its exit: on the lock's channel when the run holds the lock, else as a
+    /// command of its own (within `timeout`, or the connection's I/O timeout).
+    pub fn output(
+        &self,
+        invocation: &Invocation,
+        stdin: &[u8],
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Output, HostError> {
+        if invocation.step != "configure" {
+            let mut words = vec![invocation.step.to_string()];
+            words.extend(invocation.args.iter().cloned());
+            if let Some(answer) = self
+                .connection
+                .run_on_lock(self.host, &words, stdin, timeout)
+            {
+                return answer;
+            }
+        }
+        let line = invocation.shell_line(self.sudo);
+        match timeout {
+            Some(timeout) => self
+                .connection
+                .exec_with_timeout(self.host, &line, stdin, timeout),
+            None => self.connection.exec(self.host, &line, stdin),
+        }
     }
 
     /// Runs a read-only query that needs no privilege, never through sudo.

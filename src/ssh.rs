@@ -738,67 +738,123 @@ impl Connection {
         });
     }
 
-    /// Has the lock holder append `line` to the audit log (`host/lock.rs`),
-    /// on the lock's own channel: None when this connection holds no lock.
-    pub fn audit_on_lock(&self, host: &str, line: &str) -> Option<Result<(), HostError>> {
+    /// Runs the host program's step `words` with `stdin` on the lock's own
+    /// channel (`host/lock.rs`): one round trip, where a command of its own
+    /// costs two or three. None when this connection holds no lock.
+    pub fn run_on_lock(
+        &self,
+        host: &str,
+        words: &[String],
+        stdin: &[u8],
+        timeout: Option<Duration>,
+    ) -> Option<Result<Output, HostError>> {
         let mut lock = self.lock.borrow_mut();
         let heartbeat = lock.as_mut()?;
-        let deadline = Instant::now() + self.io_timeout;
-        let request = format!("a{line}\n");
-        let mut written = 0;
-        while written < request.len() {
-            match heartbeat.channel.write(&request.as_bytes()[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Err(error) = self.wait_for_socket(host, deadline) {
-                        return Some(Err(error));
-                    }
+        let deadline = Instant::now() + timeout.unwrap_or(self.io_timeout);
+        Some(self.request(host, heartbeat, words, stdin, deadline))
+    }
+
+    fn request(
+        &self,
+        host: &str,
+        heartbeat: &mut Heartbeat,
+        words: &[String],
+        stdin: &[u8],
+        deadline: Instant,
+    ) -> Result<Output, HostError> {
+        let head = format!("x{}\n{}\n", words.join(" "), stdin.len());
+        #[cfg(feature = "fault-injection")]
+        let mut paused = false;
+        for part in [head.as_bytes(), stdin] {
+            let mut written = 0;
+            while written < part.len() {
+                // A test may cut the connection here, partway through an upload.
+                #[cfg(feature = "fault-injection")]
+                if written > 0 && !paused {
+                    paused = true;
+                    crate::fault::pause_before(host, "mid-upload");
                 }
-                Err(e) => return Some(Err(lost(host, "sending the audit line", e))),
+                let end = part.len().min(written + UPLOAD_CHUNK);
+                match heartbeat.channel.write(&part[written..end]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        self.wait_for_socket(host, deadline)?
+                    }
+                    Err(e) => return Err(lost(host, "sending a step on the lock's channel", e)),
+                }
             }
         }
         heartbeat.last = Instant::now();
-        let (mut answer, mut errors) = (Vec::new(), Vec::new());
-        let mut buffer = [0u8; 1024];
-        while !answer.contains(&b'\n') {
+        // `done CODE OUTLEN ERRLEN\n`, then that many bytes of stdout and stderr.
+        let mut answer = zeroize::Zeroizing::new(Vec::new());
+        let mut noise = Vec::new();
+        let mut expected: Option<(i32, usize, usize, usize)> = None;
+        let mut buffer = zeroize::Zeroizing::new([0u8; 16 * 1024]);
+        loop {
+            if expected.is_none() {
+                if let Some(end) = answer.iter().position(|b| *b == b'\n') {
+                    let line = String::from_utf8_lossy(&answer[..end]).into_owned();
+                    let fields: Vec<&str> = line.split(' ').collect();
+                    let parsed = match fields.as_slice() {
+                        ["done", code, out, err] => {
+                            match (code.parse(), out.parse(), err.parse()) {
+                                (Ok(code), Ok(out), Ok(err)) => Some((code, out, err, end + 1)),
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    };
+                    match parsed {
+                        Some(found) => expected = Some(found),
+                        None => {
+                            return Err(HostError::new(
+                                ErrorKind::RemoteCommandFailed,
+                                format!(
+                                    "`{host}`: the lock holder answered `{}`",
+                                    line.chars().take(80).collect::<String>()
+                                ),
+                            ))
+                        }
+                    }
+                }
+            }
+            if let Some((code, out, err, start)) = expected {
+                if answer.len() >= start + out + err {
+                    let stdout = answer[start..start + out].to_vec();
+                    let stderr = String::from_utf8_lossy(&answer[start + out..start + out + err])
+                        .into_owned();
+                    return Ok(Output {
+                        status: code,
+                        stdout,
+                        stderr,
+                    });
+                }
+            }
             let mut progressed = false;
-            for (stream, into) in [(0, &mut answer), (1, &mut errors)] {
-                match heartbeat.channel.stream(stream).read(&mut buffer) {
+            for (stream, into) in [(0, &mut *answer), (1, &mut noise)] {
+                match heartbeat.channel.stream(stream).read(&mut buffer[..]) {
                     Ok(0) => {}
                     Ok(n) => {
                         into.extend_from_slice(&buffer[..n]);
                         progressed = true;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Some(Err(lost(host, "reading the audit answer", e))),
+                    Err(e) => {
+                        return Err(lost(
+                            host,
+                            "reading a step's answer on the lock's channel",
+                            e,
+                        ))
+                    }
                 }
             }
             if heartbeat.channel.eof() && !progressed {
-                return Some(Err(lost(
-                    host,
-                    "the lock holder",
-                    "ended before it answered",
-                )));
+                return Err(lost(host, "the lock holder", "ended before it answered"));
             }
             if !progressed {
-                if let Err(error) = self.wait_for_socket(host, deadline) {
-                    return Some(Err(error));
-                }
+                self.wait_for_socket(host, deadline)?;
             }
         }
-        let answer = String::from_utf8_lossy(&answer).into_owned();
-        let first = answer.lines().next().unwrap_or_default();
-        Some(match first.strip_prefix("audit-failed ") {
-            None if first == "audited" => Ok(()),
-            Some(reason) => Err(HostError::new(
-                ErrorKind::RemoteCommandFailed,
-                format!("`{host}`: the audit line was not appended: {reason}"),
-            )),
-            None => Err(HostError::new(
-                ErrorKind::RemoteCommandFailed,
-                format!("`{host}`: the lock holder answered the audit line with `{first}`"),
-            )),
-        })
     }
 
     /// Sends the lock holder its heartbeat when one is due.

@@ -86,12 +86,10 @@ pub fn restart(
     timeout: Duration,
     redact: &dyn Fn(&str) -> String,
 ) -> Result<(), HostError> {
-    let command = restart_invocation(remote.service, unit).shell_line(remote.sudo);
-    let output = remote.connection.exec_with_timeout(
-        remote.host,
-        &command,
+    let output = remote.output(
+        &restart_invocation(remote.service, unit),
         &[],
-        timeout + Duration::from_secs(10),
+        Some(timeout + Duration::from_secs(10)),
     )?;
     if output.status == 0 {
         return Ok(());

@@ -4,16 +4,18 @@
 //!
 //! stdin: one line naming the holder (action, build, user, time; no secrets),
 //! then a byte every few seconds. stdout: `held-by TEXT` while another run has
-//! the lock, `acquired` once it is ours. Once acquired, `a` + one JSON line
-//! appends that line to the service's audit log as the `audit` step would, and
-//! is answered `audited` or `audit-failed REASON`: the run's last word on the
-//! host travels on the channel it already has, one round trip instead of a
-//! new command's three. The holder is written and read only
+//! the lock, `acquired` once it is ours. Once acquired, the channel also
+//! carries the run's other steps, each one round trip instead of a new
+//! command's two or three: `x STEP SERVICE [ARG]\nLEN\n` and LEN bytes of
+//! stdin run that step exactly as a run of its own would (the same argument
+//! checks; the locked service only; nothing that writes under a shared
+//! lock), answered `done CODE OUTLEN ERRLEN\n` and the step's stdout and
+//! stderr. Any other byte is a heartbeat. The holder is written and read only
 //! through the locked descriptor, with control characters removed and its
 //! length bounded, so the file can neither aim a write nor print a root file.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
@@ -72,46 +74,133 @@ pub fn hold(service: &str, environment: &str, shared: bool) -> Result<(), Failur
             break;
         };
         last = Instant::now();
-        for line in requests.feed(&bytes) {
-            let answer = match super::audit_line(service, &line) {
-                Ok(()) => "audited".to_string(),
-                Err(failure) => format!(
-                    "audit-failed {}",
-                    sanitize(&failure.message.unwrap_or_default())
-                ),
+        for asked in requests.feed(&bytes) {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let code = match asked {
+                Ok((words, mut input)) => {
+                    let code = super::request(service, shared, &words, &input, &mut out, &mut err);
+                    wipe(&mut input);
+                    code
+                }
+                Err(problem) => {
+                    err.extend_from_slice(format!("hostenv-host: {problem}\n").as_bytes());
+                    2
+                }
             };
-            say(&mut stdout, &answer)?;
+            let head = format!("done {code} {} {}\n", out.len(), err.len());
+            let answered = stdout
+                .write_all(head.as_bytes())
+                .and_then(|()| stdout.write_all(&out))
+                .and_then(|()| stdout.write_all(&err))
+                .and_then(|()| stdout.flush());
+            wipe(&mut out);
+            answered.map_err(|e| Failure::io(format!("cannot answer: {e}")))?;
+            // A step may take its time (a restart): the caller was not silent.
+            last = Instant::now();
         }
     }
     Ok(())
 }
 
-/// The audit lines in what the caller sends after `acquired`: heartbeats are
-/// single bytes other than `a`; `a` starts a line that ends at a newline.
+/// The longest `STEP SERVICE [ARG]` line of a request.
+const MAX_WORDS: usize = 256;
+
+/// A request's words and stdin, or why it cannot be read.
+type Asked = Result<(Vec<String>, Vec<u8>), String>;
+
+/// The requests in what the caller sends after `acquired`.
 #[derive(Default)]
 struct Requests {
-    line: Option<Vec<u8>>,
+    state: Reading,
+}
+
+#[derive(Default)]
+enum Reading {
+    /// Between requests: heartbeats until an `x`.
+    #[default]
+    Idle,
+    Words(Vec<u8>),
+    Length(Vec<String>, Vec<u8>),
+    Input(Vec<String>, usize, Vec<u8>),
 }
 
 impl Requests {
-    /// The lines completed by `bytes`. A line longer than the audit step
-    /// accepts is kept whole only up to that bound, and then refused there.
-    fn feed(&mut self, bytes: &[u8]) -> Vec<Vec<u8>> {
+    /// The requests completed by `bytes`.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Asked> {
         let mut done = Vec::new();
-        for &byte in bytes {
-            match (&mut self.line, byte) {
-                (Some(_), b'\n') => done.push(self.line.take().unwrap_or_default()),
-                (Some(line), _) => {
-                    if line.len() <= super::steps::MAX_AUDIT_LINE as usize {
-                        line.push(byte);
+        let mut rest = bytes;
+        while let Some((&byte, after)) = rest.split_first() {
+            let state = std::mem::take(&mut self.state);
+            self.state = match state {
+                Reading::Idle if byte == b'x' => Reading::Words(Vec::new()),
+                Reading::Idle => Reading::Idle,
+                Reading::Words(line) if byte == b'\n' => {
+                    let words = String::from_utf8_lossy(&line)
+                        .split(' ')
+                        .map(str::to_string)
+                        .collect();
+                    Reading::Length(words, Vec::new())
+                }
+                Reading::Words(mut line) if line.len() < MAX_WORDS => {
+                    line.push(byte);
+                    Reading::Words(line)
+                }
+                Reading::Words(_) => {
+                    done.push(Err("a request's step line is too long".to_string()));
+                    Reading::Idle
+                }
+                Reading::Length(words, digits) if byte == b'\n' => {
+                    match std::str::from_utf8(&digits)
+                        .ok()
+                        .and_then(|d| d.parse::<usize>().ok())
+                    {
+                        Some(0) => {
+                            done.push(Ok((words, Vec::new())));
+                            Reading::Idle
+                        }
+                        Some(n) if n as u64 <= super::MAX_FILE_BYTES + 64 * 1024 => {
+                            Reading::Input(words, n, Vec::with_capacity(n))
+                        }
+                        _ => {
+                            done.push(Err(
+                                "a request's stdin length is not a size it takes".to_string()
+                            ));
+                            Reading::Idle
+                        }
                     }
                 }
-                (None, b'a') => self.line = Some(Vec::new()),
-                (None, _) => {}
-            }
+                Reading::Length(words, mut digits) if digits.len() < 12 => {
+                    digits.push(byte);
+                    Reading::Length(words, digits)
+                }
+                Reading::Length(..) => {
+                    done.push(Err("a request's stdin length is not a number".to_string()));
+                    Reading::Idle
+                }
+                Reading::Input(words, want, mut input) => {
+                    // Take as much of this read as the request still wants.
+                    let take = (want - input.len()).min(rest.len());
+                    input.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if input.len() == want {
+                        done.push(Ok((words, input)));
+                        self.state = Reading::Idle;
+                    } else {
+                        self.state = Reading::Input(words, want, input);
+                    }
+                    continue;
+                }
+            };
+            rest = after;
         }
         done
     }
+}
+
+/// Secret bytes (a file read, a file staged) do not outlive their answer.
+fn wipe(bytes: &mut [u8]) {
+    bytes.fill(0);
+    std::hint::black_box(bytes);
 }
 
 /// Waits up to `wait` for the caller: what it sent, or None once stdin has
@@ -121,7 +210,7 @@ fn heard(stdin: &mut std::io::Stdin, wait: Duration) -> Option<Vec<u8>> {
         return None;
     }
     let mut buffer = [0u8; 4096];
-    match stdin.read(&mut buffer) {
+    match raw_read(stdin, &mut buffer) {
         Ok(n) if n > 0 => Some(buffer[..n].to_vec()),
         _ => None,
     }
@@ -143,14 +232,21 @@ fn caller_alive(stdin: &mut std::io::Stdin, wait: Duration) -> bool {
         return true;
     }
     let mut buffer = [0u8; 64];
-    matches!(stdin.read(&mut buffer), Ok(n) if n > 0)
+    matches!(raw_read(stdin, &mut buffer), Ok(n) if n > 0)
+}
+
+/// Reads stdin's descriptor itself: `Stdin`'s own buffer would take bytes
+/// off the pipe that `poll` then no longer sees, and a request whose end sat
+/// in that buffer would wait for the caller forever.
+fn raw_read(stdin: &std::io::Stdin, buffer: &mut [u8]) -> std::io::Result<usize> {
+    rustix::io::read(stdin.as_fd(), buffer).map_err(std::io::Error::from)
 }
 
 /// The first line of stdin, byte by byte (nothing after it is consumed).
 fn read_line(stdin: &mut std::io::Stdin) -> String {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
-    while line.len() <= MAX_HOLDER && matches!(stdin.read(&mut byte), Ok(1)) {
+    while line.len() <= MAX_HOLDER && matches!(raw_read(stdin, &mut byte), Ok(1)) {
         if byte[0] == b'\n' {
             break;
         }
@@ -191,17 +287,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn audit_requests_are_lines_after_a_and_beats_are_ignored() {
+    fn requests_are_framed_and_beats_between_them_ignored() {
         let mut requests = Requests::default();
         assert!(requests.feed(b"hhh").is_empty());
-        assert_eq!(requests.feed(b"ha{\"x\":"), Vec::<Vec<u8>>::new());
-        assert_eq!(requests.feed(b"1}\nh"), vec![b"{\"x\":1}".to_vec()]);
-        let long = requests.feed(&[b"a".as_slice(), &[b'x'; 20_000], b"\n"].concat());
-        assert_eq!(long.len(), 1);
+        assert!(requests.feed(b"hxread voxbridge\n0").is_empty());
+        let read = requests.feed(b"\nh");
+        assert_eq!(read.len(), 1);
         assert_eq!(
-            long[0].len(),
-            super::super::steps::MAX_AUDIT_LINE as usize + 1
+            read[0],
+            Ok((vec!["read".into(), "voxbridge".into()], vec![]))
         );
+        // stdin may hold any byte, `x` and newlines included, split anywhere.
+        assert!(requests.feed(b"xstage voxbridge\n5\nA=x").is_empty());
+        let staged = requests.feed(b"\nBh");
+        assert_eq!(
+            staged,
+            vec![Ok((
+                vec!["stage".into(), "voxbridge".into()],
+                b"A=x\nB".to_vec()
+            ))]
+        );
+        let long = requests.feed(&[b"x".as_slice(), &[b'r'; 300]].concat());
+        assert!(long[0].is_err());
+        let mut fresh = Requests::default();
+        assert!(fresh.feed(b"xread voxbridge\n99999999999999\n")[0].is_err());
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Failure {
         }
     }
     /// The step already said why on stdout.
-    fn silent(code: u8) -> Failure {
+    pub(crate) fn silent(code: u8) -> Failure {
         Failure {
             code,
             message: None,
@@ -244,8 +244,41 @@ fn run(step: &Step, service: Option<&str>) -> Result<(), Failure> {
         return lock::hold(service, environment, *shared);
     }
     let stdin = &mut std::io::stdin().lock();
-    let target = steps::Target::new(&config)?;
-    let result = match step {
+    let stderr = &mut std::io::stderr().lock();
+    let result = execute(step, &config, stdin, stdout, stderr);
+    stdout.flush().map_err(|e| Failure::io(e.to_string()))?;
+    result
+}
+
+impl Step {
+    /// The steps that change the host: refused under a shared lock.
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Step::Stage
+                | Step::Restage(_)
+                | Step::Switch
+                | Step::Restore(_)
+                | Step::Discard
+                | Step::Purge
+                | Step::Restart(_)
+                | Step::ResetFailed(_)
+        )
+    }
+}
+
+/// Runs one privileged file or unit step of a configured service, reading
+/// `stdin` and answering on `stdout` and `stderr`: for a run of its own, and
+/// for the lock holder, which runs the same steps for requests on its channel.
+fn execute(
+    step: &Step,
+    config: &HostConfig,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<(), Failure> {
+    let target = steps::Target::new(config)?;
+    match step {
         Step::Read => steps::read(&target, stdout),
         Step::Stage => steps::stage(&target, stdin),
         Step::Restage(n) => steps::restage(&target, *n),
@@ -255,24 +288,54 @@ fn run(step: &Step, service: Option<&str>) -> Result<(), Failure> {
         Step::ReadBackups => steps::read_backups(&target, stdout),
         Step::Purge => steps::purge(&target, stdin),
         Step::Audit => steps::audit(&target, stdin),
-        Step::Restart(unit) => units::restart(&config, unit),
-        Step::ResetFailed(unit) => units::reset_failed(&config, unit),
+        Step::Restart(unit) => units::restart(config, unit, stdout, stderr),
+        Step::ResetFailed(unit) => units::reset_failed(config, unit),
         Step::Version | Step::Describe | Step::Configure | Step::Lock { .. } => {
-            unreachable!("handled above")
+            Err(Failure::usage("this step is not run on the lock's channel"))
         }
-    };
-    stdout.flush().map_err(|e| Failure::io(e.to_string()))?;
-    result
+    }
 }
 
-/// Appends `line` to `service`'s audit log as the `audit` step does (for the
-/// lock holder, which has no target of its own until a line arrives).
-fn audit_line(service: &str, line: &[u8]) -> Result<(), Failure> {
-    let config = load(service)?;
-    let target = steps::Target::new(&config)?;
-    let mut input = line.to_vec();
-    input.push(b'\n');
-    steps::audit(&target, &mut input.as_slice())
+/// One request on the lock holder's channel (`lock.rs`): `words` as a run of
+/// its own would take them, for the locked service only, and no write under a
+/// shared lock. Returns the exit code a run of its own would have.
+fn request(
+    service: &str,
+    shared: bool,
+    words: &[String],
+    stdin: &[u8],
+    stdout: &mut Vec<u8>,
+    stderr: &mut Vec<u8>,
+) -> u8 {
+    let result = parse(words).and_then(|(step, named)| {
+        if named.as_deref() != Some(service) {
+            return Err(Failure::usage(
+                "the lock's channel runs steps of its own service only",
+            ));
+        }
+        if matches!(
+            step,
+            Step::Version | Step::Describe | Step::Configure | Step::Lock { .. }
+        ) {
+            return Err(Failure::usage("this step is not run on the lock's channel"));
+        }
+        if shared && step.writes() {
+            return Err(Failure::refused(
+                "a shared lock does not admit a step that writes",
+            ));
+        }
+        let config = load(service)?;
+        execute(&step, &config, &mut &stdin[..], stdout, stderr)
+    });
+    match result {
+        Ok(()) => 0,
+        Err(failure) => {
+            if let Some(message) = &failure.message {
+                let _ = writeln!(stderr, "hostenv-host: {message}");
+            }
+            failure.code
+        }
+    }
 }
 
 /// Why the installed program could be replaced by someone other than root, if it could.

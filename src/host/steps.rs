@@ -305,11 +305,8 @@ pub fn purge(target: &Target, input: &mut dyn Read) -> Result<(), Failure> {
 }
 
 /// Appends one line to the audit log: a single JSON object of printable text.
-/// The longest audit line the host appends, its newline included.
-pub const MAX_AUDIT_LINE: u64 = 16 * 1024;
-
 pub fn audit(target: &Target, input: &mut dyn Read) -> Result<(), Failure> {
-    const MAX_LINE: u64 = MAX_AUDIT_LINE;
+    const MAX_LINE: u64 = 16 * 1024;
     let mut line = String::new();
     input
         .take(MAX_LINE + 1)

@@ -2,6 +2,7 @@
 //! failed state before a rollback's restart. The unit must be one the
 //! service's configuration names (or an instance of its template).
 
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,12 +31,27 @@ fn admitted(config: &HostConfig, unit: &str) -> Result<(), Failure> {
 }
 
 /// `systemctl restart`; on failure prints `result=...` (systemd's verdict,
-/// `start-limit-hit` among them) and fails.
-pub fn restart(config: &HostConfig, unit: &str) -> Result<(), Failure> {
+/// `start-limit-hit` among them) and fails. systemctl's own words go to
+/// `stderr`, as they would from a run of its own.
+pub fn restart(
+    config: &HostConfig,
+    unit: &str,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<(), Failure> {
     admitted(config, unit)?;
     let mut child = systemctl(&["restart", "--", unit])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Failure::io(format!("cannot run systemctl: {e}")))?;
+    // Read while it runs: a full pipe must not hold systemctl up.
+    let mut said = child.stderr.take().expect("piped");
+    let words = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = said.read_to_end(&mut text);
+        text
+    });
     let deadline = Instant::now() + Duration::from_secs(config.restart_timeout_s);
     let succeeded = loop {
         match child.try_wait() {
@@ -44,7 +60,8 @@ pub fn restart(config: &HostConfig, unit: &str) -> Result<(), Failure> {
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                eprintln!(
+                let _ = writeln!(
+                    stderr,
                     "hostenv-host: `{unit}` did not restart within {} s",
                     config.restart_timeout_s
                 );
@@ -53,6 +70,7 @@ pub fn restart(config: &HostConfig, unit: &str) -> Result<(), Failure> {
             Err(e) => return Err(Failure::io(format!("waiting for systemctl: {e}"))),
         }
     };
+    let _ = stderr.write_all(&words.join().unwrap_or_default());
     if succeeded {
         return Ok(());
     }
@@ -61,7 +79,7 @@ pub fn restart(config: &HostConfig, unit: &str) -> Result<(), Failure> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    println!("result={verdict}");
+    writeln!(stdout, "result={verdict}").map_err(|e| Failure::io(format!("cannot answer: {e}")))?;
     Err(Failure::silent(1))
 }
 

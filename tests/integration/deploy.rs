@@ -654,7 +654,7 @@ fn shell_in_accepted_fields_never_runs(deployer: &Deployer, hosts: &[&TestHost])
     let run = deployer.run("deploy", &request, &values);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(statuses(&run.json()), ["deployed"]);
-    trace.assert_clean("hostenv-host\", \"switch", &["injected-".to_string()]);
+    trace.assert_clean("hostenv-host\", \"lock", &["injected-".to_string()]);
     let found = testbed.sh(hosts[0], "ls /tmp /opt /var/lib/hostenv / | grep injected");
     assert_eq!(
         String::from_utf8_lossy(&found.stdout),
@@ -1467,7 +1467,7 @@ fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&TestHost]) {
     let result = run("rollback", "window-rollback", &rotation, &BTreeMap::new());
     assert_eq!(result["ok"], true, "{result}");
 
-    trace.assert_clean("hostenv-host\", \"stage", &canaries);
+    trace.assert_clean("hostenv-host\", \"lock", &canaries);
 
     let patterns = testbed.dir.join("canary-patterns");
     // grep reads one pattern per line, so a multi-line form is searched line by line.

@@ -565,34 +565,90 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
     );
     assert!(!message.contains(['\u{1b}', '\n']), "{message}");
 
-    // The holder appends audit lines sent on its channel with the audit
-    // step's own checks: the deploy user gets nothing past them by talking
-    // to the lock step directly.
+    // Once it holds the lock, the holder runs the run's steps for requests on
+    // its channel: the deploy user talking to it directly gets nothing past
+    // the checks a run of its own has, and no write under a shared lock.
     let log = "/var/lib/hostenv/voxbridge/audit.log";
     let before = testbed.sh_ok(host, &format!("cat {log}"));
-    let long = format!("a{{\"x\":\"{}\"}}", "y".repeat(20_000));
-    let talk = as_user(
-        testbed,
-        host,
-        "deploy",
-        &format!(
-            "printf 'mallory\\nanot json\\na{{\"x\":\"\\033[2J\"}}\\n%s\\na{{\"by\":\"mallory\"}}\\n' '{long}' \
-             | sudo -n {PROGRAM} lock voxbridge staging exclusive"
-        ),
-    );
-    let answers = String::from_utf8_lossy(&talk.stdout).into_owned();
-    let lines: Vec<&str> = answers.lines().collect();
-    assert_eq!(lines.len(), 5, "{answers}");
-    assert_eq!(lines[0], "acquired");
-    for refused in &lines[1..4] {
-        assert!(
-            refused.starts_with("audit-failed the audit line must be one line of JSON"),
-            "{answers}"
+    let request = |words: &str, input: &str| format!("x{words}\n{}\n{input}", input.len());
+    let control = "{\"x\":\"\u{1b}[2J\"}";
+    let long = format!("{{\"x\":\"{}\"}}", "y".repeat(20_000));
+    let exclusive = [
+        request("read voxcore", ""),
+        request("configure voxbridge", "[target]\npath = /etc/shadow\n"),
+        request("lock voxbridge staging exclusive", ""),
+        request("restore voxbridge ../../etc", ""),
+        request("restart voxbridge sshd.service", ""),
+        request("audit voxbridge", control),
+        request("audit voxbridge", &long),
+        request("audit voxbridge", "{\"by\":\"mallory\"}"),
+    ];
+    let shared = [
+        request("stage voxbridge", "A=1\n"),
+        request("switch voxbridge", ""),
+    ];
+    let talk = |mode: &str, requests: &[String]| -> Vec<(i32, String)> {
+        let input = format!("mallory\n{}", requests.concat());
+        testbed.put(host, "/tmp/lock-talk", &input);
+        let out = as_user(
+            testbed,
+            host,
+            "deploy",
+            &format!("sudo -n {PROGRAM} lock voxbridge staging {mode} < /tmp/lock-talk"),
         );
-    }
-    assert_eq!(lines[4], "audited");
+        answers(&out.stdout)
+    };
+    let answered = talk("exclusive", &exclusive);
+    let codes: Vec<i32> = answered.iter().map(|(code, _)| *code).collect();
+    assert_eq!(codes, [2, 2, 2, 2, 2, 3, 3, 0], "{answered:?}");
+    assert!(
+        answered[0].1.contains("its own service only"),
+        "{answered:?}"
+    );
+    assert!(
+        answered[4].1.contains("not a unit of this service"),
+        "{answered:?}"
+    );
+    assert!(answered[5].1.contains("one line of JSON"), "{answered:?}");
+    let shared_answers = talk("shared", &shared);
+    assert_eq!(
+        shared_answers.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        [3, 3],
+        "{shared_answers:?}"
+    );
+    assert!(
+        shared_answers[0].1.contains("shared lock"),
+        "{shared_answers:?}"
+    );
     let after = testbed.sh_ok(host, &format!("cat {log}"));
     assert_eq!(after, format!("{before}{{\"by\":\"mallory\"}}\n"));
+    assert!(
+        testbed
+            .sh(host, "test -e /opt/voxbridge/.env.hostenv-new")
+            .status
+            .code()
+            == Some(1)
+    );
+}
+
+/// The lock holder's answers after `acquired`: each request's exit code and
+/// its stderr (the requests here read nothing).
+fn answers(stdout: &[u8]) -> Vec<(i32, String)> {
+    let text = String::from_utf8_lossy(stdout).into_owned();
+    let mut rest = text
+        .strip_prefix("acquired\n")
+        .unwrap_or_else(|| panic!("{text}"));
+    let mut found = Vec::new();
+    while let Some((head, after)) = rest.split_once('\n') {
+        let fields: Vec<&str> = head.split(' ').collect();
+        let ["done", code, out, err] = fields.as_slice() else {
+            panic!("not an answer: {head:?} in {text}");
+        };
+        let (out, err): (usize, usize) = (out.parse().unwrap(), err.parse().unwrap());
+        found.push((code.parse().unwrap(), after[out..out + err].to_string()));
+        rest = &after[out + err..];
+    }
+    found
 }
 
 fn directories_others_can_write_are_refused(deployer: &Deployer, hosts: &[&TestHost]) {

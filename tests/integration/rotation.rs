@@ -832,7 +832,7 @@ fn secrets_stay_out_of_commands_and_audit_lines(
     trace: ExecTrace,
 ) {
     let canaries = every_canary();
-    trace.assert_clean("hostenv-host\", \"switch", &canaries);
+    trace.assert_clean("hostenv-host\", \"lock", &canaries);
     for host in hosts {
         let logs = testbed.sh_ok(host, "cat /var/lib/hostenv/*/audit.log");
         assert!(
