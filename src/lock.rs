@@ -43,20 +43,22 @@ pub fn invocation(service: &str, environment: Option<&str>, mode: Mode) -> Invoc
 }
 
 /// Takes the lock on the host, waiting up to `wait`; `holder` (no secrets: who
-/// and when) is recorded in the lock file for whoever waits next.
+/// and when) is recorded in the lock file for whoever waits next. Returns how
+/// the host program described itself on the way (None from one that did not),
+/// with the outcome.
 pub fn acquire(
     remote: &Remote,
     invocation: &Invocation,
     holder: &str,
     wait: Duration,
-) -> Result<(), HostError> {
-    let verdict = remote.connection.hold(
+) -> Result<(Option<String>, Result<(), HostError>), HostError> {
+    let held = remote.connection.hold(
         remote.host,
         &invocation.shell_line(remote.sudo),
         holder,
         wait,
     )?;
-    verdict.map_err(|answer| {
+    let outcome = held.verdict.map_err(|answer| {
         if let Some(holder) = answer.strip_prefix("held-by ") {
             HostError::new(
                 ErrorKind::Locked,
@@ -77,7 +79,8 @@ pub fn acquire(
                 format!("`{}`: the `lock` step failed: {answer}", remote.host),
             )
         }
-    })
+    });
+    Ok((held.description, outcome))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The host program on each host (`crate::host`): installed at this hostenv's
-//! version, with the configuration the request needs for its service. At
-//! connect every run asks the host (`hostenv-host describe SERVICE`, no sudo)
-//! and compares. Logged in as root, hostenv installs or updates both itself
+//! version, with the configuration the request needs for its service. Every
+//! run compares what the host program says of itself: first thing in its
+//! answer to the lock step, or (when that fails or the program does not say)
+//! through `hostenv-host describe SERVICE`, no sudo. Logged in as root, hostenv installs or updates both itself
 //! (root can already do anything they allow); a non-root deploy user cannot,
 //! so the host fails naming what to run: `hostenv host-install`, as root.
 
@@ -49,32 +50,37 @@ pub fn inspect(remote: &Remote, expected: &str) -> Result<State, HostError> {
         return Ok(State::Missing(format!("there is no `{PROGRAM}`")));
     }
     let text = String::from_utf8_lossy(&output.stdout);
-    let (version, config) = text.split_once('\n').unwrap_or((&text, ""));
+    Ok(state_of(&text, &output.stderr, remote.service, expected))
+}
+
+/// How a description (what `describe`, or the lock step first, answered)
+/// compares with what the request needs; `stderr` speaks when it is empty.
+pub fn state_of(text: &str, stderr: &str, service: &str, expected: &str) -> State {
+    let (version, config) = text.split_once('\n').unwrap_or((text, ""));
     if version != banner() {
         let found = if version.is_empty() {
-            first_words(&output.stderr)
+            first_words(stderr)
         } else {
             version.to_string()
         };
-        return Ok(State::Differs(format!(
+        return State::Differs(format!(
             "`{PROGRAM}` is `{found}`, this hostenv needs `{}`",
             banner()
-        )));
+        ));
     }
     if let Some(problem) = config.strip_prefix("unsafe ") {
-        return Ok(State::Differs(problem.trim().to_string()));
+        return State::Differs(problem.trim().to_string());
     }
     if let Some(problem) = config.strip_prefix("unconfigured ") {
-        return Ok(State::Missing(problem.trim().to_string()));
+        return State::Missing(problem.trim().to_string());
     }
     if config != expected {
-        return Ok(State::Differs(format!(
-            "`{CONFIG_DIR}/{}.conf` differs from the request: {}",
-            remote.service,
+        return State::Differs(format!(
+            "`{CONFIG_DIR}/{service}.conf` differs from the request: {}",
             difference(config, expected)
-        )));
+        ));
     }
-    Ok(State::Ready)
+    State::Ready
 }
 
 fn first_words(text: &str) -> String {

@@ -372,6 +372,37 @@ impl std::os::fd::AsFd for Socket {
     }
 }
 
+/// What the lock step answered: whether this run holds the lock (else the
+/// holder or the failure), and how the host program described itself first
+/// (None from a program that does not).
+pub struct Held {
+    pub verdict: Result<(), String>,
+    pub description: Option<String>,
+}
+
+/// Where the lock step's description ends in `out`: the description and the
+/// offset after it, (None, 0) when the answer has none, or None while it is
+/// still arriving.
+fn description_end(out: &[u8]) -> Option<(Option<String>, usize)> {
+    const HEAD: &[u8] = b"describe ";
+    if !out.starts_with(HEAD) {
+        let could_be = out.len() < HEAD.len() && HEAD.starts_with(out);
+        return (!could_be).then_some((None, 0));
+    }
+    let newline = out.iter().position(|b| *b == b'\n')?;
+    let length: usize = std::str::from_utf8(&out[HEAD.len()..newline])
+        .ok()?
+        .parse()
+        .ok()?;
+    let end = newline + 1 + length;
+    (out.len() >= end).then(|| {
+        (
+            Some(String::from_utf8_lossy(&out[newline + 1..end]).into_owned()),
+            end,
+        )
+    })
+}
+
 /// The channel that holds a host lock, and when it last heard from us.
 struct Heartbeat {
     channel: Channel,
@@ -880,64 +911,77 @@ impl Connection {
         command: &str,
         holder: &str,
         wait: Duration,
-    ) -> Result<Result<(), String>, HostError> {
+    ) -> Result<Held, HostError> {
         let mut line = holder.to_string();
         line.push('\n');
         let answer_by = Instant::now() + self.io_timeout;
         let mut channel = self.start(host, command, line.as_bytes(), answer_by)?;
         let (mut answer, mut errors) = (Vec::new(), Vec::new());
-        let acquired = |out: &[u8]| out.split(|b| *b == b'\n').any(|l| l == b"acquired");
+        // The holder describes itself first (`describe N` and N bytes), then
+        // answers `held-by WHO` or `acquired`.
         self.drain(
             host,
             "waiting for the lock",
             &mut channel,
             (&mut answer, &mut errors),
             answer_by,
-            |out| out.contains(&b'\n'),
+            |out| description_end(out).is_some_and(|(_, end)| out[end..].contains(&b'\n')),
         )?;
-        let first = String::from_utf8_lossy(&answer)
+        let (description, start) = description_end(&answer).unwrap_or((None, 0));
+        let acquired = move |out: &[u8]| {
+            out[start.min(out.len())..]
+                .split(|b| *b == b'\n')
+                .any(|l| l == b"acquired")
+        };
+        let first = String::from_utf8_lossy(&answer[start.min(answer.len())..])
             .lines()
             .next()
             .unwrap_or_default()
             .to_string();
-        if first.starts_with("held-by ") && !acquired(&answer) {
-            let give_up = Instant::now() + wait;
-            let waited = self.drain(
-                host,
-                "waiting for the lock",
-                &mut channel,
-                (&mut answer, &mut errors),
-                give_up,
-                acquired,
-            );
-            match waited {
-                Err(_) if Instant::now() >= give_up => {
-                    // Closing the channel ends the waiting holder on the host.
-                    drop(channel);
-                    return Ok(Err(first));
+        let verdict = 'verdict: {
+            if first.starts_with("held-by ") && !acquired(&answer) {
+                let give_up = Instant::now() + wait;
+                let waited = self.drain(
+                    host,
+                    "waiting for the lock",
+                    &mut channel,
+                    (&mut answer, &mut errors),
+                    give_up,
+                    acquired,
+                );
+                match waited {
+                    Err(_) if Instant::now() >= give_up => {
+                        // Closing the channel ends the waiting holder on the host.
+                        drop(channel);
+                        break 'verdict Err(first);
+                    }
+                    Err(error) => return Err(error),
+                    Ok(()) if !acquired(&answer) => break 'verdict Err(first),
+                    Ok(()) => {}
                 }
-                Err(error) => return Err(error),
-                Ok(()) if !acquired(&answer) => return Ok(Err(first)),
-                Ok(()) => {}
             }
-        }
-        if acquired(&answer) {
-            *self.lock.borrow_mut() = Some(Heartbeat {
-                channel,
-                last: Instant::now(),
-            });
-            return Ok(Ok(()));
-        }
-        let errors = String::from_utf8_lossy(&errors).into_owned();
-        Ok(Err(if first.is_empty() {
-            errors
-                .lines()
-                .find(|l| !l.contains("unable to resolve host"))
-                .unwrap_or("no answer")
-                .to_string()
-        } else {
-            first
-        }))
+            if acquired(&answer) {
+                *self.lock.borrow_mut() = Some(Heartbeat {
+                    channel,
+                    last: Instant::now(),
+                });
+                break 'verdict Ok(());
+            }
+            let errors = String::from_utf8_lossy(&errors).into_owned();
+            Err(if first.is_empty() {
+                errors
+                    .lines()
+                    .find(|l| !l.contains("unable to resolve host"))
+                    .unwrap_or("no answer")
+                    .to_string()
+            } else {
+                first
+            })
+        };
+        Ok(Held {
+            verdict,
+            description,
+        })
     }
 }
 
@@ -1354,6 +1398,24 @@ fn record_new_key(
 
 #[cfg(test)]
 mod tests {
+    use super::description_end;
+
+    #[test]
+    fn the_lock_steps_description_is_found_whole_or_not_at_all() {
+        let answer = b"describe 13\nhostenv-host\nacquired\n";
+        assert_eq!(
+            description_end(answer),
+            Some((Some("hostenv-host\n".to_string()), 25))
+        );
+        assert_eq!(&answer[25..], b"acquired\n");
+        // Still arriving: the head, or the text.
+        assert_eq!(description_end(b"descr"), None);
+        assert_eq!(description_end(b"describe 12\nhost"), None);
+        // A program that does not describe itself.
+        assert_eq!(description_end(b"acquired\n"), Some((None, 0)));
+        assert_eq!(description_end(b"acq"), Some((None, 0)));
+    }
+
     use super::*;
 
     #[test]

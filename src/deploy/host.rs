@@ -251,10 +251,10 @@ impl<'a> HostRun<'a> {
             Ok(connection) => self.connection = Some(connection),
             Err(error) => return self.finish(Err((HostStatus::Failed, error))),
         }
+        // The host program describes itself in its answer to the lock step
+        // (`take_lock`); `host-install` asks it outright.
         if self.context.action == Action::HostInstall {
             self.install_program();
-        } else {
-            self.ensure_program();
         }
     }
 
@@ -330,29 +330,7 @@ impl<'a> HostRun<'a> {
         if self.finished {
             return false;
         }
-        let context = self.context;
-        let started = Instant::now();
-        let result = match self.remote() {
-            Some(remote) => lock::acquire(&remote, &context.lock, &context.holder, Duration::ZERO),
-            None => return false,
-        };
-        let ms = started.elapsed().as_millis() as u64;
-        match result {
-            Ok(()) => {
-                self.record("lock", true, ms);
-                self.lock_held = true;
-                false
-            }
-            Err(error) if error.kind == ErrorKind::Locked => {
-                self.record("lock-try", false, ms);
-                true
-            }
-            Err(error) => {
-                self.record("lock", false, ms);
-                self.finish(Err((HostStatus::Failed, error)));
-                false
-            }
-        }
+        self.take_lock(Duration::ZERO) == Taken::Contended
     }
 
     /// Lets go of a lock this run took, so that runs can take them in order.
@@ -370,14 +348,82 @@ impl<'a> HostRun<'a> {
         if self.finished {
             return;
         }
+        let wait = self.context.lock_wait;
+        self.take_lock(wait);
+    }
+
+    /// Takes the lock, waiting up to `wait`. The lock step first says what
+    /// the host program is; one that is not this version and configuration
+    /// (or not there: the step fails) is looked at with `describe`, installed
+    /// by a root login, and the lock taken once more. A failure finishes the
+    /// host, but for contention when `wait` is zero.
+    fn take_lock(&mut self, wait: Duration) -> Taken {
         let context = self.context;
-        let result = self.step("lock", |remote| {
-            lock::acquire(remote, &context.lock, &context.holder, context.lock_wait)
-        });
-        match result {
-            Ok(()) => self.lock_held = true,
-            Err(error) => self.finish(Err((HostStatus::Failed, error))),
+        let settings = &context.settings;
+        let expected = provision::expected_config(settings).render(&settings.service);
+        let mut last_error = None;
+        for attempt in 0..2 {
+            let started = Instant::now();
+            let Some(remote) = self.remote() else {
+                return Taken::Failed;
+            };
+            let result = lock::acquire(&remote, &context.lock, &context.holder, wait);
+            let ms = started.elapsed().as_millis() as u64;
+            let (description, outcome) = match result {
+                Ok(answer) => answer,
+                Err(error) => {
+                    self.record("lock", false, ms);
+                    self.finish(Err((HostStatus::Failed, error)));
+                    return Taken::Failed;
+                }
+            };
+            let ready = description.as_deref().is_some_and(|text| {
+                provision::state_of(text, "", &settings.service, &expected) == State::Ready
+            });
+            match outcome {
+                Ok(()) => {
+                    self.record("lock", true, ms);
+                    self.lock_held = true;
+                    if ready {
+                        return Taken::Held;
+                    }
+                    self.release_lock();
+                }
+                Err(error) if error.kind == ErrorKind::Locked && wait.is_zero() => {
+                    self.record("lock-try", false, ms);
+                    return Taken::Contended;
+                }
+                Err(error) if ready || error.kind == ErrorKind::Locked => {
+                    self.record("lock", false, ms);
+                    self.finish(Err((HostStatus::Failed, error)));
+                    return Taken::Failed;
+                }
+                // The step failed and said nothing of the program: it may
+                // be missing or old, which `describe` tells.
+                Err(error) => {
+                    self.record("lock", false, ms);
+                    last_error = Some(error);
+                }
+            }
+            if attempt == 0 {
+                self.ensure_program();
+                if self.finished {
+                    return Taken::Failed;
+                }
+            }
         }
+        let error = last_error.unwrap_or_else(|| {
+            HostError::new(
+                ErrorKind::HostProgramMismatch,
+                format!(
+                    "`{}`: `{}` does not describe itself as this hostenv needs, even after it was checked",
+                    self.host.name,
+                    crate::host::PROGRAM
+                ),
+            )
+        });
+        self.finish(Err((HostStatus::Failed, error)));
+        Taken::Failed
     }
 
     /// Reads the current file and assesses what a deploy would do; a failure
@@ -890,6 +936,16 @@ impl<'a> HostRun<'a> {
         );
         let _ = self.step("audit", |remote| audit::append(remote, &line));
     }
+}
+
+/// How taking a lock went.
+#[derive(Debug, PartialEq, Eq)]
+enum Taken {
+    Held,
+    /// Another run holds it (only when not waiting).
+    Contended,
+    /// The host is finished with the reason.
+    Failed,
 }
 
 fn value_in<'f>(file: Option<&'f HostFile>, key: &str) -> Option<&'f str> {

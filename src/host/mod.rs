@@ -221,28 +221,38 @@ fn run(step: &Step, service: Option<&str>) -> Result<(), Failure> {
         return configure(service);
     }
     let config = load(service);
+    let problem = install_problem();
+    let description = match (&problem, &config) {
+        (Some(problem), _) => format!("{}\nunsafe {problem}\n", banner()),
+        (None, Ok(config)) => format!("{}\n{}", banner(), config.render(service)),
+        (None, Err(failure)) => format!(
+            "{}\nunconfigured {}\n",
+            banner(),
+            failure.message.clone().unwrap_or_default()
+        ),
+    };
     if *step == Step::Describe {
-        let answer = match (install_problem(), &config) {
-            (Some(problem), _) => format!("{}\nunsafe {problem}\n", banner()),
-            (None, Ok(config)) => format!("{}\n{}", banner(), config.render(service)),
-            (None, Err(failure)) => format!(
-                "{}\nunconfigured {}\n",
-                banner(),
-                failure.message.clone().unwrap_or_default()
-            ),
-        };
         return stdout
-            .write_all(answer.as_bytes())
+            .write_all(description.as_bytes())
             .map_err(|e| Failure::io(e.to_string()));
     }
-    let config = config?;
     if let Step::Lock {
         environment,
         shared,
     } = step
     {
+        // The lock's first answer is the description, so that a run learns
+        // what this program is in the round trip that takes the lock.
+        write!(stdout, "describe {}\n{description}", description.len())
+            .and_then(|()| stdout.flush())
+            .map_err(|e| Failure::io(e.to_string()))?;
+        if let Some(problem) = problem {
+            return Err(Failure::refused(problem));
+        }
+        config?;
         return lock::hold(service, environment, *shared);
     }
+    let config = config?;
     let stdin = &mut std::io::stdin().lock();
     let stderr = &mut std::io::stderr().lock();
     let result = execute(step, &config, stdin, stdout, stderr);

@@ -635,7 +635,14 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
 /// its stderr (the requests here read nothing).
 fn answers(stdout: &[u8]) -> Vec<(i32, String)> {
     let text = String::from_utf8_lossy(stdout).into_owned();
-    let mut rest = text
+    // First the program's description (`describe N` and N bytes), then `acquired`.
+    let (head, described) = text
+        .strip_prefix("describe ")
+        .and_then(|rest| rest.split_once('\n'))
+        .unwrap_or_else(|| panic!("no description: {text}"));
+    let length: usize = head.parse().unwrap();
+    assert!(described[..length].starts_with("hostenv-host "), "{text}");
+    let mut rest = described[length..]
         .strip_prefix("acquired\n")
         .unwrap_or_else(|| panic!("{text}"));
     let mut found = Vec::new();
