@@ -816,7 +816,9 @@ impl Connection {
             }
         }
         heartbeat.last = Instant::now();
-        // `done CODE OUTLEN ERRLEN\n`, then that many bytes of stdout and stderr.
+        // `done CODE OUTLEN ERRLEN\n`, then that many bytes of stdout and
+        // stderr. Read here rather than through `drain`: its waits beat, and
+        // a beat would write to this very channel mid-request.
         let mut answer = zeroize::Zeroizing::new(Vec::new());
         let mut noise = Vec::new();
         let mut expected: Option<(i32, usize, usize, usize)> = None;
