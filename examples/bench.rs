@@ -197,6 +197,14 @@ impl Bench<'_> {
             .stdin(Stdio::null())
             .output()
             .unwrap();
+        if self.cold_ansible {
+            // Its ControlMasters would linger for 60 s, each holding an sshd
+            // session on a host: stop them, so runs do not pile up.
+            let _ = Command::new("pkill")
+                .arg("-f")
+                .arg(control.display().to_string())
+                .status();
+        }
         assert!(
             output.status.success(),
             "ansible: {}",

@@ -23,6 +23,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("node", "nodejs"),
     ("nsenter", "util-linux"),
     ("pgrep", "procps"),
+    ("pkill", "procps"),
     ("python3", "python3"),
     ("setpriv", "util-linux"),
     ("sha256sum", "coreutils"),
