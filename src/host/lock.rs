@@ -10,7 +10,8 @@
 //! stdin run that step exactly as a run of its own would (the same argument
 //! checks; the locked service only; nothing that writes under a shared
 //! lock), answered `done CODE OUTLEN ERRLEN\n` and the step's stdout and
-//! stderr. Any other byte is a heartbeat. The holder is written and read only
+//! stderr. Any other byte is a heartbeat. Right after `acquired` comes, unasked,
+//! the answer to `read SERVICE`: every run reads the file first. The holder is written and read only
 //! through the locked descriptor, with control characters removed and its
 //! length bounded, so the file can neither aim a write nor print a root file.
 
@@ -67,39 +68,52 @@ pub fn hold(service: &str, environment: &str, shared: bool) -> Result<(), Failur
             .map_err(|e| Failure::io(format!("cannot record the holder: {e}")))?;
     }
     say(&mut stdout, "acquired")?;
+    // Every run reads the file first thing under the lock: its answer goes
+    // with `acquired`, unasked, saving the run that round trip.
+    let read = vec![String::from("read"), service.to_string()];
+    answer(&mut stdout, Ok((read, Vec::new())), service, shared)?;
     let mut last = Instant::now();
     let mut requests = Requests::default();
     while last.elapsed() < BEAT_TIMEOUT {
         let Some(bytes) = heard(&mut stdin, BEAT_TIMEOUT - last.elapsed()) else {
             break;
         };
-        last = Instant::now();
         for asked in requests.feed(&bytes) {
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            let code = match asked {
-                Ok((words, mut input)) => {
-                    let code = super::request(service, shared, &words, &input, &mut out, &mut err);
-                    wipe(&mut input);
-                    code
-                }
-                Err(problem) => {
-                    err.extend_from_slice(format!("hostenv-host: {problem}\n").as_bytes());
-                    2
-                }
-            };
-            let head = format!("done {code} {} {}\n", out.len(), err.len());
-            let answered = stdout
-                .write_all(head.as_bytes())
-                .and_then(|()| stdout.write_all(&out))
-                .and_then(|()| stdout.write_all(&err))
-                .and_then(|()| stdout.flush());
-            wipe(&mut out);
-            answered.map_err(|e| Failure::io(format!("cannot answer: {e}")))?;
-            // A step may take its time (a restart): the caller was not silent.
-            last = Instant::now();
+            answer(&mut stdout, asked, service, shared)?;
         }
+        // A step may take its time (a restart): the caller was not silent.
+        last = Instant::now();
     }
     Ok(())
+}
+
+/// Runs one request and answers `done CODE OUTLEN ERRLEN` with its stdout and stderr.
+fn answer(
+    stdout: &mut std::io::Stdout,
+    asked: Asked,
+    service: &str,
+    shared: bool,
+) -> Result<(), Failure> {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = match asked {
+        Ok((words, mut input)) => {
+            let code = super::request(service, shared, &words, &input, &mut out, &mut err);
+            wipe(&mut input);
+            code
+        }
+        Err(problem) => {
+            err.extend_from_slice(format!("hostenv-host: {problem}\n").as_bytes());
+            2
+        }
+    };
+    let head = format!("done {code} {} {}\n", out.len(), err.len());
+    let answered = stdout
+        .write_all(head.as_bytes())
+        .and_then(|()| stdout.write_all(&out))
+        .and_then(|()| stdout.write_all(&err))
+        .and_then(|()| stdout.flush());
+    wipe(&mut out);
+    answered.map_err(|e| Failure::io(format!("cannot answer: {e}")))
 }
 
 /// The longest `STEP SERVICE [ARG]` line of a request.

@@ -631,8 +631,8 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
     );
 }
 
-/// The lock holder's answers after `acquired`: each request's exit code and
-/// its stderr (the requests here read nothing).
+/// The lock holder's answers to the requests after `acquired`: each one's
+/// exit code and its stderr (the requests here read nothing).
 fn answers(stdout: &[u8]) -> Vec<(i32, String)> {
     let text = String::from_utf8_lossy(stdout).into_owned();
     // First the program's description (`describe N` and N bytes), then `acquired`.
@@ -655,6 +655,9 @@ fn answers(stdout: &[u8]) -> Vec<(i32, String)> {
         found.push((code.parse().unwrap(), after[out..out + err].to_string()));
         rest = &after[out + err..];
     }
+    // The first answer is the holder's unasked `read` of the locked service.
+    assert_eq!(found.first().map(|(code, _)| *code), Some(0), "{text}");
+    found.remove(0);
     found
 }
 
