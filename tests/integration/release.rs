@@ -26,6 +26,10 @@ fn is_static(ldd: &std::process::Output) -> bool {
 
 #[test]
 fn the_release_is_static_verifiable_and_deploys() {
+    // The testbed first: it is taken by one test at a time, so no other
+    // test's hosts wait on two cores busy with a cold static build (a fresh
+    // clone's build once starved a handshake past its timeout).
+    let testbed = Testbed::start(1);
     let built = run(Command::new("bash")
         .arg("scripts/release.sh")
         .current_dir(repo_root())
@@ -59,7 +63,6 @@ fn the_release_is_static_verifiable_and_deploys() {
     assert_eq!(reported["testFeatures"], serde_json::json!([]));
 
     // The static binary deploys; as root it installs the static host program beside it.
-    let testbed = Testbed::start(1);
     let deployer = Deployer::new(&testbed, "release");
     let host = testbed.host(0);
     let request = voxbridge_request(&testbed, &[host], "root", serde_json::json!({}));

@@ -441,7 +441,7 @@ impl Testbed {
             "user": user,
             "knownHosts": self.known_hosts.to_str().unwrap(),
             "identityFileEnv": "TESTBED_SSH_KEY",
-            "connectTimeoutMs": 5000,
+            "connectTimeoutMs": 10000,
             "ioTimeoutMs": 20000
         })
     }
