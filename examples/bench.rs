@@ -64,7 +64,19 @@ fn secrets(marker: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
-impl Bench<'_> {
+impl<'a> Bench<'a> {
+    /// Every tool reaches the hosts at their own addresses.
+    fn direct(testbed: &'a testbed::Testbed, root: &Path, work: PathBuf) -> Bench<'a> {
+        Bench {
+            addrs: testbed.hosts.iter().map(|h| h.addr.clone()).collect(),
+            known_hosts: testbed.known_hosts.clone(),
+            testbed,
+            root: root.to_path_buf(),
+            work,
+            cold_ansible: false,
+        }
+    }
+
     fn hosts(&self, n: usize) -> Vec<&testbed::TestHost> {
         self.testbed.hosts.iter().take(n).collect()
     }
@@ -315,14 +327,7 @@ fn main() {
 /// hostenv, Ansible and bare ssh on 1, 10 and 50 hosts over loopback.
 fn loopback(root: &Path, repetitions: usize) {
     let (testbed, work) = start(50);
-    let bench = Bench {
-        addrs: testbed.hosts.iter().map(|h| h.addr.clone()).collect(),
-        known_hosts: testbed.known_hosts.clone(),
-        testbed: &testbed,
-        root: root.to_path_buf(),
-        work,
-        cold_ansible: false,
-    };
+    let bench = Bench::direct(&testbed, root, work);
 
     let mut times: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
     let mut rss: BTreeMap<usize, u64> = BTreeMap::new();
@@ -486,14 +491,7 @@ fn latency(root: &Path, repetitions: usize) {
 /// hostenv alone on 100 and 200 hosts: time, CPU and peak RSS, also per host.
 fn scale(root: &Path, repetitions: usize) {
     let (testbed, work) = start(200);
-    let bench = Bench {
-        addrs: testbed.hosts.iter().map(|h| h.addr.clone()).collect(),
-        known_hosts: testbed.known_hosts.clone(),
-        testbed: &testbed,
-        root: root.to_path_buf(),
-        work,
-        cold_ansible: false,
-    };
+    let bench = Bench::direct(&testbed, root, work);
     bench.run("hostenv", 1, "warmup-hostenv");
     let mut out = format!(
         "Measured {}, {repetitions} repetitions per cell, hostenv alone over loopback.\n\n\

@@ -403,6 +403,37 @@ fn description_end(out: &[u8]) -> Option<(Option<String>, usize)> {
     })
 }
 
+/// A lock holder's answer: its exit code and where its stdout and stderr lie.
+type Answer = (i32, std::ops::Range<usize>, std::ops::Range<usize>);
+
+/// One answer of the lock holder in `out`: `done CODE OUTLEN ERRLEN\n` and
+/// where its stdout and stderr lie; None while it is still arriving; the
+/// first line (cut short) when it is not an answer.
+fn lock_answer(out: &[u8]) -> Result<Option<Answer>, String> {
+    let Some(end) = out.iter().position(|b| *b == b'\n') else {
+        return Ok(None);
+    };
+    let line = String::from_utf8_lossy(&out[..end]);
+    let fields: Vec<&str> = line.split(' ').collect();
+    let parsed = match fields.as_slice() {
+        ["done", code, stdout, stderr] => match (code.parse(), stdout.parse(), stderr.parse()) {
+            (Ok(code), Ok(stdout), Ok(stderr)) => Some((code, stdout, stderr)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let (code, stdout, stderr): (i32, usize, usize) =
+        parsed.ok_or_else(|| line.chars().take(80).collect::<String>())?;
+    let start = end + 1;
+    Ok((out.len() >= start + stdout + stderr).then(|| {
+        (
+            code,
+            start..start + stdout,
+            start + stdout..start + stdout + stderr,
+        )
+    }))
+}
+
 /// The channel that holds a host lock, and when it last heard from us.
 struct Heartbeat {
     channel: Channel,
@@ -661,13 +692,16 @@ impl Connection {
             (&mut stdout, &mut stderr),
             deadline,
             |_| false,
+            true,
         )?;
         Ok((stdout, stderr))
     }
 
     /// Reads stdout and stderr until the channel ends or `enough(stdout)`.
     /// stderr is always drained too: libssh2 sees the end of a channel only
-    /// once everything before it has been read.
+    /// once everything before it has been read. Waits beat the lock, unless
+    /// `beat` is false (reading the lock's own channel).
+    #[allow(clippy::too_many_arguments)]
     fn drain(
         &self,
         host: &str,
@@ -676,6 +710,7 @@ impl Connection {
         (stdout, stderr): (&mut Vec<u8>, &mut Vec<u8>),
         deadline: Instant,
         enough: impl Fn(&[u8]) -> bool,
+        beat: bool,
     ) -> Result<(), HostError> {
         let mut buffer = [0u8; 16 * 1024];
         while !enough(stdout) {
@@ -695,7 +730,11 @@ impl Connection {
                 break;
             }
             if !progressed {
-                self.idle(host, deadline)?;
+                if beat {
+                    self.idle(host, deadline)?;
+                } else {
+                    self.wait_for_socket(host, deadline)?;
+                }
             }
         }
         Ok(())
@@ -839,72 +878,26 @@ impl Connection {
     ) -> Result<Output, HostError> {
         let mut answer = zeroize::Zeroizing::new(already);
         let mut noise = Vec::new();
-        let mut expected: Option<(i32, usize, usize, usize)> = None;
-        let mut buffer = zeroize::Zeroizing::new([0u8; 16 * 1024]);
-        loop {
-            if expected.is_none() {
-                if let Some(end) = answer.iter().position(|b| *b == b'\n') {
-                    let line = String::from_utf8_lossy(&answer[..end]).into_owned();
-                    let fields: Vec<&str> = line.split(' ').collect();
-                    let parsed = match fields.as_slice() {
-                        ["done", code, out, err] => {
-                            match (code.parse(), out.parse(), err.parse()) {
-                                (Ok(code), Ok(out), Ok(err)) => Some((code, out, err, end + 1)),
-                                _ => None,
-                            }
-                        }
-                        _ => None,
-                    };
-                    match parsed {
-                        Some(found) => expected = Some(found),
-                        None => {
-                            return Err(HostError::new(
-                                ErrorKind::RemoteCommandFailed,
-                                format!(
-                                    "`{host}`: the lock holder answered `{}`",
-                                    line.chars().take(80).collect::<String>()
-                                ),
-                            ))
-                        }
-                    }
-                }
-            }
-            if let Some((code, out, err, start)) = expected {
-                if answer.len() >= start + out + err {
-                    let stdout = answer[start..start + out].to_vec();
-                    let stderr = String::from_utf8_lossy(&answer[start + out..start + out + err])
-                        .into_owned();
-                    return Ok(Output {
-                        status: code,
-                        stdout,
-                        stderr,
-                    });
-                }
-            }
-            let mut progressed = false;
-            for (stream, into) in [(0, &mut *answer), (1, &mut noise)] {
-                match heartbeat.channel.stream(stream).read(&mut buffer[..]) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        into.extend_from_slice(&buffer[..n]);
-                        progressed = true;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => {
-                        return Err(lost(
-                            host,
-                            "reading a step's answer on the lock's channel",
-                            e,
-                        ))
-                    }
-                }
-            }
-            if heartbeat.channel.eof() && !progressed {
-                return Err(lost(host, "the lock holder", "ended before it answered"));
-            }
-            if !progressed {
-                self.wait_for_socket(host, deadline)?;
-            }
+        self.drain(
+            host,
+            "reading a step's answer on the lock's channel",
+            &mut heartbeat.channel,
+            (&mut answer, &mut noise),
+            deadline,
+            |out| !matches!(lock_answer(out), Ok(None)),
+            false,
+        )?;
+        match lock_answer(&answer) {
+            Ok(Some((status, out, err))) => Ok(Output {
+                status,
+                stdout: answer[out].to_vec(),
+                stderr: String::from_utf8_lossy(&answer[err]).into_owned(),
+            }),
+            Ok(None) => Err(lost(host, "the lock holder", "ended before it answered")),
+            Err(line) => Err(HostError::new(
+                ErrorKind::RemoteCommandFailed,
+                format!("`{host}`: the lock holder answered `{line}`"),
+            )),
         }
     }
 
@@ -946,6 +939,7 @@ impl Connection {
             (&mut answer, &mut errors),
             answer_by,
             |out| description_end(out).is_some_and(|(_, end)| out[end..].contains(&b'\n')),
+            true,
         )?;
         let (description, start) = description_end(&answer).unwrap_or((None, 0));
         let acquired = move |out: &[u8]| {
@@ -968,6 +962,7 @@ impl Connection {
                     (&mut answer, &mut errors),
                     give_up,
                     acquired,
+                    true,
                 );
                 match waited {
                     Err(_) if Instant::now() >= give_up => {

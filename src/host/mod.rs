@@ -70,7 +70,7 @@ impl Failure {
         }
     }
     /// The step already said why on stdout.
-    pub(crate) fn silent(code: u8) -> Failure {
+    fn silent(code: u8) -> Failure {
         Failure {
             code,
             message: None,

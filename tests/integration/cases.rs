@@ -100,18 +100,29 @@ fn result_validator() -> jsonschema::Validator {
     jsonschema::validator_for(&schema).expect("result schema compiles")
 }
 
-fn run_case(name: &str, source: &Path, validator: &jsonschema::Validator) -> Result<(), String> {
-    let case: Case =
-        serde_json::from_str(&std::fs::read_to_string(source.join("case.json")).unwrap())
-            .map_err(|e| format!("case.json: {e}"))?;
+/// A copy of the case's directory to run in, its path, and the case's
+/// environment with `{case}` spelled as that path.
+fn workspace(
+    case: &Case,
+    name: &str,
+    source: &Path,
+) -> (TempDir, String, BTreeMap<String, String>) {
     let work = TempDir::new(name);
     copy_dir(source, work.path());
     let dir = work.path().to_str().unwrap().to_string();
-    let env: BTreeMap<String, String> = case
+    let env = case
         .env
         .iter()
         .map(|(k, v)| (k.clone(), v.replace("{case}", &dir)))
         .collect();
+    (work, dir, env)
+}
+
+fn run_case(name: &str, source: &Path, validator: &jsonschema::Validator) -> Result<(), String> {
+    let case: Case =
+        serde_json::from_str(&std::fs::read_to_string(source.join("case.json")).unwrap())
+            .map_err(|e| format!("case.json: {e}"))?;
+    let (work, dir, env) = workspace(&case, name, source);
     let stdin = case
         .stdin
         .as_ref()
@@ -251,14 +262,7 @@ fn deploy_rejects_what_check_rejects() {
         if !matches!(kind.as_deref(), Some("Deploy" | "Rotation")) {
             continue;
         }
-        let work = TempDir::new(&name);
-        copy_dir(&source, work.path());
-        let dir = work.path().to_str().unwrap().to_string();
-        let env: BTreeMap<String, String> = case
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.replace("{case}", &dir)))
-            .collect();
+        let (work, dir, env) = workspace(&case, &name, &source);
         let run = run_hostenv(
             &["deploy", "--request", "request.json"],
             work.path(),

@@ -46,21 +46,27 @@ fn anchors(page: &str) -> Vec<String> {
         .collect()
 }
 
+/// The Markdown pages at the top of the repository and under docs/.
+fn doc_pages() -> Vec<std::path::PathBuf> {
+    let markdown = |dir: std::path::PathBuf| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "md"))
+            .collect()
+    };
+    let root = repo_root();
+    let mut pages = markdown(root.clone());
+    pages.extend(markdown(root.join("docs")));
+    pages
+}
+
 /// Every `page.md#anchor` link in the docs names a heading of that page.
 #[test]
 fn every_anchor_in_the_docs_exists() {
-    let root = repo_root();
-    let mut pages = vec![
-        root.join("README.md"),
-        root.join("SECURITY.md"),
-        root.join("CONTRIBUTING.md"),
-    ];
-    pages.extend(
-        std::fs::read_dir(root.join("docs"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path()),
-    );
+    let pages = doc_pages();
     let mut checked = 0;
     for page in &pages {
         let text = std::fs::read_to_string(page).unwrap();
@@ -90,19 +96,7 @@ fn every_anchor_in_the_docs_exists() {
 #[test]
 fn every_relative_link_in_the_docs_exists() {
     let root = repo_root();
-    let mut pages: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "md"))
-        .collect();
-    if let Ok(docs) = std::fs::read_dir(root.join("docs")) {
-        pages.extend(
-            docs.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "md")),
-        );
-    }
+    let pages = doc_pages();
     assert!(pages.iter().any(|p| p.ends_with("README.md")), "{pages:?}");
     let mut checked = 0;
     for page in &pages {
