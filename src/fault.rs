@@ -6,12 +6,14 @@
 
 use std::time::Duration;
 
+/// Whether the environment asks to pause before `step` on `host`.
+pub fn pauses_before(host: &str, step: &str) -> bool {
+    std::env::var("HOSTENV_PAUSE_AT").is_ok_and(|at| at == format!("{host}:{step}"))
+}
+
 /// Waits here when the environment asks to pause before `step` on `host`.
 pub fn pause_before(host: &str, step: &str) {
-    let Ok(at) = std::env::var("HOSTENV_PAUSE_AT") else {
-        return;
-    };
-    if at != format!("{host}:{step}") {
+    if !pauses_before(host, step) {
         return;
     }
     let Some(file) = std::env::var_os("HOSTENV_PAUSE_FILE") else {

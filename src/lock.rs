@@ -45,18 +45,25 @@ pub fn invocation(service: &str, environment: Option<&str>, mode: Mode) -> Invoc
 /// Takes the lock on the host, waiting up to `wait`; `holder` (no secrets: who
 /// and when) is recorded in the lock file for whoever waits next. Returns how
 /// the host program described itself on the way (None from one that did not),
-/// with the outcome.
+/// with the outcome. `first`: steps the holder takes once the lock is its
+/// own, sent with the lock step (their answers are read as the run takes them).
 pub fn acquire(
     remote: &Remote,
     invocation: &Invocation,
     holder: &str,
     wait: Duration,
+    first: &[(Invocation, &[u8])],
 ) -> Result<(Option<String>, Result<(), HostError>), HostError> {
+    let first: Vec<(Vec<String>, &[u8])> = first
+        .iter()
+        .map(|(step, stdin)| (step.words(), *stdin))
+        .collect();
     let held = remote.connection.hold(
         remote.host,
         &invocation.shell_line(remote.sudo),
         holder,
         wait,
+        &first,
     )?;
     let outcome = held.verdict.map_err(|answer| {
         if let Some(holder) = answer.strip_prefix("held-by ") {

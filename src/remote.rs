@@ -35,6 +35,13 @@ impl Invocation {
         }
     }
 
+    /// The step and its arguments, as the lock holder takes them.
+    pub fn words(&self) -> Vec<String> {
+        let mut words = vec![self.step.to_string()];
+        words.extend(self.args.iter().cloned());
+        words
+    }
+
     fn argv(&self) -> Vec<String> {
         let mut argv = vec![PROGRAM.to_string(), self.step.to_string()];
         argv.extend(self.args.iter().cloned());
@@ -202,11 +209,9 @@ impl Remote<'_> {
         timeout: Option<std::time::Duration>,
     ) -> Result<Output, HostError> {
         if invocation.step != "configure" {
-            let mut words = vec![invocation.step.to_string()];
-            words.extend(invocation.args.iter().cloned());
-            if let Some(answer) = self
-                .connection
-                .run_on_lock(self.host, &words, stdin, timeout)
+            if let Some(answer) =
+                self.connection
+                    .run_on_lock(self.host, &invocation.words(), stdin, timeout)
             {
                 return answer;
             }
@@ -218,6 +223,18 @@ impl Remote<'_> {
                 .exec_with_timeout(self.host, &line, stdin, timeout),
             None => self.connection.exec(self.host, &line, stdin),
         }
+    }
+
+    /// Sends invocations that always follow each other to the lock holder in
+    /// one go, each after the first only if the one before it succeeded;
+    /// `run` and `output` of the same invocations then only read their
+    /// answers. False when the run holds no lock (nothing was sent).
+    pub fn send_ahead(&self, steps: &[(Invocation, &[u8])]) -> bool {
+        let steps: Vec<(Vec<String>, &[u8])> = steps
+            .iter()
+            .map(|(invocation, stdin)| (invocation.words(), *stdin))
+            .collect();
+        self.connection.send_ahead(self.host, &steps)
     }
 
     /// Runs a read-only query that needs no privilege, never through sudo.

@@ -434,12 +434,45 @@ fn lock_answer(out: &[u8]) -> Result<Option<Answer>, String> {
     }))
 }
 
+/// A request's first lines for the lock holder (`host/lock.rs`): `x` or `&`
+/// (only after the one before it succeeded), the step's words, the length of
+/// the stdin that follows.
+fn request_head(marker: u8, words: &[String], stdin_len: usize) -> String {
+    format!("{}{}\n{stdin_len}\n", marker as char, words.join(" "))
+}
+
+/// A step sent to the lock holder before the run asked for its answer: its
+/// words and a digest of its stdin, so that only the very same step (a
+/// stage of the same file) takes that answer.
+#[derive(PartialEq, Eq)]
+struct SentAhead {
+    words: Vec<String>,
+    stdin: [u8; 32],
+}
+
+impl SentAhead {
+    fn new(words: &[String], stdin: &[u8]) -> SentAhead {
+        use sha2::Digest;
+        SentAhead {
+            words: words.to_vec(),
+            stdin: sha2::Sha256::digest(stdin).into(),
+        }
+    }
+}
+
 /// The channel that holds a host lock, and when it last heard from us.
 struct Heartbeat {
     channel: Channel,
     last: Instant,
     /// The holder's unasked answer to `read SERVICE`, until the run asks.
     read: Option<Output>,
+    /// Steps sent ahead whose answers are not read yet, oldest first.
+    ahead: std::collections::VecDeque<SentAhead>,
+    /// What arrived after the last answer read: the next answers' first bytes.
+    pending: zeroize::Zeroizing<Vec<u8>>,
+    /// Why the channel no longer lines requests up with answers (a write or
+    /// read that failed partway): every later step fails with it.
+    broken: Option<String>,
 }
 
 /// How often the lock holder on the host hears from hostenv; it gives up the
@@ -812,7 +845,8 @@ impl Connection {
 
     /// Runs the host program's step `words` with `stdin` on the lock's own
     /// channel (`host/lock.rs`): one round trip, where a command of its own
-    /// costs two or three. None when this connection holds no lock.
+    /// costs two or three; a step sent ahead with these words only waits for
+    /// its answer. None when this connection holds no lock.
     pub fn run_on_lock(
         &self,
         host: &str,
@@ -828,18 +862,69 @@ impl Connection {
             }
         }
         let deadline = Instant::now() + timeout.unwrap_or(self.io_timeout);
-        Some(self.request(host, heartbeat, words, stdin, deadline))
+        // Answers come in the order the steps went. A step sent ahead only
+        // waits for its answer; any other goes at once, then the answers
+        // still due before its own are read and let go (their steps were
+        // no longer wanted: one before them failed, or they tidy up).
+        let this = SentAhead::new(words, stdin);
+        if !heartbeat.ahead.contains(&this) {
+            if let Err(error) = self.send(host, heartbeat, b'x', words, stdin, deadline) {
+                return Some(Err(error));
+            }
+            heartbeat.ahead.push_back(SentAhead::new(words, stdin));
+        }
+        while let Some(sent) = heartbeat.ahead.pop_front() {
+            let answer = self.read_answer(host, heartbeat, deadline);
+            if sent == this || answer.is_err() {
+                return Some(answer);
+            }
+        }
+        Some(Err(lost(
+            host,
+            "the lock's channel",
+            "a step went unanswered",
+        )))
     }
 
-    fn request(
+    /// Sends `steps` to the lock holder at once, each after the first to run
+    /// only if the one before it succeeded; their answers are read when the
+    /// run takes each step (`run_on_lock`). For steps that always follow each
+    /// other: one round trip for all. False when this connection holds no lock.
+    pub fn send_ahead(&self, host: &str, steps: &[(Vec<String>, &[u8])]) -> bool {
+        let mut lock = self.lock.borrow_mut();
+        let Some(heartbeat) = lock.as_mut() else {
+            return false;
+        };
+        let deadline = Instant::now() + self.io_timeout;
+        for (index, (words, stdin)) in steps.iter().enumerate() {
+            let marker = if index == 0 { b'x' } else { b'&' };
+            // A failure breaks the channel; the step that reads it says so.
+            if self
+                .send(host, heartbeat, marker, words, stdin, deadline)
+                .is_err()
+            {
+                break;
+            }
+            heartbeat.ahead.push_back(SentAhead::new(words, stdin));
+        }
+        true
+    }
+
+    /// Writes one request (`marker` is `x`, or `&` for "only after the one
+    /// before it succeeded"); a write that fails partway breaks the channel.
+    fn send(
         &self,
         host: &str,
         heartbeat: &mut Heartbeat,
+        marker: u8,
         words: &[String],
         stdin: &[u8],
         deadline: Instant,
-    ) -> Result<Output, HostError> {
-        let head = format!("x{}\n{}\n", words.join(" "), stdin.len());
+    ) -> Result<(), HostError> {
+        if let Some(why) = &heartbeat.broken {
+            return Err(lost(host, "the lock's channel", why));
+        }
+        let head = request_head(marker, words, stdin.len());
         #[cfg(feature = "fault-injection")]
         let mut paused = false;
         for part in [head.as_bytes(), stdin] {
@@ -852,33 +937,42 @@ impl Connection {
                     crate::fault::pause_before(host, "mid-upload");
                 }
                 let end = part.len().min(written + UPLOAD_CHUNK);
-                match heartbeat.channel.write(&part[written..end]) {
-                    Ok(n) => written += n,
+                let wrote = match heartbeat.channel.write(&part[written..end]) {
+                    Ok(n) => Ok(n),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        self.wait_for_socket(host, deadline)?
+                        self.wait_for_socket(host, deadline).map(|()| 0)
                     }
-                    Err(e) => return Err(lost(host, "sending a step on the lock's channel", e)),
+                    Err(e) => Err(lost(host, "sending a step on the lock's channel", e)),
+                };
+                match wrote {
+                    Ok(n) => written += n,
+                    Err(error) => {
+                        heartbeat.broken = Some("a step was cut off partway".into());
+                        return Err(error);
+                    }
                 }
             }
         }
         heartbeat.last = Instant::now();
-        self.read_answer(host, heartbeat, deadline, Vec::new())
+        Ok(())
     }
 
     /// Reads one `done CODE OUTLEN ERRLEN\n` answer and that many bytes of
-    /// stdout and stderr from the lock's channel (`already`: what arrived with
-    /// an earlier read). Read here rather than through `drain`: its waits
-    /// beat, and a beat would write to this very channel mid-request.
+    /// stdout and stderr from the lock's channel, starting with what came
+    /// after the last one; what comes after this one is kept for the next.
+    /// `drain` does not beat here: a beat would write to this very channel.
     fn read_answer(
         &self,
         host: &str,
         heartbeat: &mut Heartbeat,
         deadline: Instant,
-        already: Vec<u8>,
     ) -> Result<Output, HostError> {
-        let mut answer = zeroize::Zeroizing::new(already);
+        if let Some(why) = &heartbeat.broken {
+            return Err(lost(host, "the lock's channel", why));
+        }
+        let mut answer = std::mem::take(&mut heartbeat.pending);
         let mut noise = Vec::new();
-        self.drain(
+        let drained = self.drain(
             host,
             "reading a step's answer on the lock's channel",
             &mut heartbeat.channel,
@@ -886,18 +980,29 @@ impl Connection {
             deadline,
             |out| !matches!(lock_answer(out), Ok(None)),
             false,
-        )?;
+        );
+        if let Err(error) = drained {
+            // A late answer would be taken for the next step's.
+            heartbeat.broken = Some("an answer did not come in time".into());
+            return Err(error);
+        }
         match lock_answer(&answer) {
-            Ok(Some((status, out, err))) => Ok(Output {
-                status,
-                stdout: answer[out].to_vec(),
-                stderr: String::from_utf8_lossy(&answer[err]).into_owned(),
-            }),
+            Ok(Some((status, out, err))) => {
+                heartbeat.pending = zeroize::Zeroizing::new(answer[err.end..].to_vec());
+                Ok(Output {
+                    status,
+                    stdout: answer[out].to_vec(),
+                    stderr: String::from_utf8_lossy(&answer[err]).into_owned(),
+                })
+            }
             Ok(None) => Err(lost(host, "the lock holder", "ended before it answered")),
-            Err(line) => Err(HostError::new(
-                ErrorKind::RemoteCommandFailed,
-                format!("`{host}`: the lock holder answered `{line}`"),
-            )),
+            Err(line) => {
+                heartbeat.broken = Some("an answer was not one".into());
+                Err(HostError::new(
+                    ErrorKind::RemoteCommandFailed,
+                    format!("`{host}`: the lock holder answered `{line}`"),
+                ))
+            }
         }
     }
 
@@ -917,18 +1022,26 @@ impl Connection {
     /// Runs the lock holder (`host/lock.rs`): it answers `acquired`, or first
     /// `held-by WHO` while another run has the lock; then we wait up to `wait`
     /// for `acquired`. Once acquired the channel stays open, holding the lock,
-    /// until the connection ends; a run that stops waiting closes it.
+    /// until the connection ends; a run that stops waiting closes it. `with_lock`
+    /// are steps sent with the command, for the holder to take once the lock
+    /// is its own (their answers are read as with `send_ahead`).
     pub fn hold(
         &self,
         host: &str,
         command: &str,
         holder: &str,
         wait: Duration,
+        with_lock: &[(Vec<String>, &[u8])],
     ) -> Result<Held, HostError> {
-        let mut line = holder.to_string();
-        line.push('\n');
+        // The holder line, then steps for once the lock is ours: they travel
+        // with the command and cost no round trip of their own.
+        let mut stdin = zeroize::Zeroizing::new(format!("{holder}\n").into_bytes());
+        for (words, input) in with_lock {
+            stdin.extend_from_slice(request_head(b'x', words, input.len()).as_bytes());
+            stdin.extend_from_slice(input);
+        }
         let answer_by = Instant::now() + self.io_timeout;
-        let mut channel = self.start(host, command, line.as_bytes(), answer_by)?;
+        let mut channel = self.start(host, command, &stdin, answer_by)?;
         let (mut answer, mut errors) = (Vec::new(), Vec::new());
         // The holder describes itself first (`describe N` and N bytes), then
         // answers `held-by WHO` or `acquired`.
@@ -980,6 +1093,9 @@ impl Connection {
                     channel,
                     last: Instant::now(),
                     read: None,
+                    ahead: Default::default(),
+                    pending: Default::default(),
+                    broken: None,
                 };
                 // A holder that describes itself answers `read` unasked
                 // right after `acquired`.
@@ -993,8 +1109,14 @@ impl Connection {
                     // The file's first bytes may be here: not left behind.
                     zeroize::Zeroize::zeroize(&mut answer);
                     let answer_by = Instant::now() + self.io_timeout;
-                    let read = self.read_answer(host, &mut heartbeat, answer_by, after)?;
+                    heartbeat.pending = zeroize::Zeroizing::new(after);
+                    let read = self.read_answer(host, &mut heartbeat, answer_by)?;
                     heartbeat.read = Some(read);
+                    // One that describes itself takes the steps sent with it.
+                    heartbeat.ahead = with_lock
+                        .iter()
+                        .map(|(words, stdin)| SentAhead::new(words, stdin))
+                        .collect();
                 }
                 *self.lock.borrow_mut() = Some(heartbeat);
                 break 'verdict Ok(());

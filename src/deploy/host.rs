@@ -11,7 +11,7 @@ use crate::error::{ErrorKind, HostError};
 use crate::health;
 use crate::lock;
 use crate::provision::{self, State};
-use crate::remote::{Current, Remote};
+use crate::remote::{self, Current, Invocation, Remote};
 use crate::render::systemd as grammar;
 use crate::report::{
     wire_name, Action, ErrorReport, HostReport, HostStatus, KeyChanges, RollbackAction, StepReport,
@@ -68,6 +68,9 @@ pub(super) struct HostRun<'a> {
     put_back_for: Option<HostError>,
     /// This run holds the host's lock.
     lock_held: bool,
+    /// Steps already sent to the lock holder: the run's deadline no longer
+    /// stops them (the host takes them whatever the run does next).
+    sent_ahead: Vec<&'static str>,
     /// Values that must never reach a message from the host.
     redactions: Vec<SecretString>,
 }
@@ -96,6 +99,7 @@ impl<'a> HostRun<'a> {
             had_previous: false,
             put_back_for: None,
             lock_held: false,
+            sent_ahead: Vec::new(),
             redactions: file
                 .map_or(&[][..], |f| &f.values)
                 .iter()
@@ -169,7 +173,11 @@ impl<'a> HostRun<'a> {
     ) -> Result<T, HostError> {
         #[cfg(feature = "fault-injection")]
         crate::fault::pause_before(&self.host.name, name);
-        self.check_deadline(name)?;
+        if self.sent_ahead.first() == Some(&name) {
+            self.sent_ahead.remove(0);
+        } else {
+            self.check_deadline(name)?;
+        }
         let started = Instant::now();
         let result = match self.remote() {
             Some(remote) => work(&remote),
@@ -224,6 +232,8 @@ impl<'a> HostRun<'a> {
     }
 
     pub fn skip(&mut self, reason: &str) {
+        // Its file may have gone with the lock: it does not stay.
+        self.discard_staged();
         self.report.changed = false;
         self.finish(Err((
             HostStatus::Skipped,
@@ -333,14 +343,47 @@ impl<'a> HostRun<'a> {
         self.take_lock(Duration::ZERO) == Taken::Contended
     }
 
-    /// Lets go of a lock this run took, so that runs can take them in order.
+    /// Lets go of a lock this run took, so that runs can take them in order;
+    /// a file staged with it goes first.
     pub fn release_lock(&mut self) {
         if self.lock_held {
+            self.discard_staged_unanswered();
             if let Some(connection) = &self.connection {
                 connection.release_lock(&self.host.name);
             }
             self.lock_held = false;
         }
+    }
+
+    /// The run's file, when the lock step can carry it: a Deploy's host
+    /// gets it staged the moment its lock is taken, which saves the stage
+    /// its round trip. Not a large file (the lock's answer, the current file,
+    /// comes back while it is still being sent), and never when a test
+    /// stops the run before its stage.
+    fn stage_with_lock(&self) -> Option<&'a SecretString> {
+        let file = self.file?;
+        let small = file.text.expose_secret().len() <= STAGE_WITH_LOCK_AT_MOST;
+        #[cfg(feature = "fault-injection")]
+        if ["stage", "mid-upload"]
+            .iter()
+            .any(|step| crate::fault::pauses_before(&self.host.name, step))
+        {
+            return None;
+        }
+        (self.context.stage_with_lock && small).then_some(&file.text)
+    }
+
+    /// Asks the holder to remove a staged file, without waiting for its
+    /// answer: the next step's answer comes after it (the audit line, at the
+    /// end), or the lock is let go right after and the holder still takes it.
+    fn discard_staged_unanswered(&mut self) {
+        if !self.staged {
+            return;
+        }
+        if let Some(remote) = self.remote() {
+            remote.send_ahead(&[(remote::discard(remote.service), &[])]);
+        }
+        self.staged = false;
     }
 
     /// Takes the host lock for the rest of the run, waiting up to `rollout.lockWaitMs`.
@@ -367,7 +410,17 @@ impl<'a> HostRun<'a> {
             let Some(remote) = self.remote() else {
                 return Taken::Failed;
             };
-            let result = lock::acquire(&remote, &context.lock, &context.holder, wait);
+            let stage = self.stage_with_lock();
+            let first: Vec<(Invocation, &[u8])> = stage
+                .map(|text| {
+                    (
+                        remote::stage(remote.service),
+                        text.expose_secret().as_bytes(),
+                    )
+                })
+                .into_iter()
+                .collect();
+            let result = lock::acquire(&remote, &context.lock, &context.holder, wait, &first);
             let ms = started.elapsed().as_millis() as u64;
             let (description, outcome) = match result {
                 Ok(answer) => answer,
@@ -384,7 +437,14 @@ impl<'a> HostRun<'a> {
                 Ok(()) => {
                     self.record("lock", true, ms);
                     self.lock_held = true;
+                    if stage.is_some() {
+                        // Even a holder of another version may have staged it.
+                        self.staged = true;
+                    }
                     if ready {
+                        if stage.is_some() {
+                            self.sent_ahead = vec!["stage"];
+                        }
                         return Taken::Held;
                     }
                     self.release_lock();
@@ -598,11 +658,58 @@ impl<'a> HostRun<'a> {
         if self.finished {
             return;
         }
-        let outcome = match self.stage_next(None) {
-            Ok(()) => self.switch_and_verify(),
-            Err(error) => Err(error),
-        };
+        // Staged with the lock, the file's answer is on its way already.
+        let staged_with_lock = self.sent_ahead.first() == Some(&"stage");
+        if !staged_with_lock {
+            self.send_changes_ahead(true);
+        }
+        let outcome = self.stage_next(None).and_then(|()| {
+            if staged_with_lock {
+                self.send_changes_ahead(false);
+            }
+            self.switch_and_verify()
+        });
+        self.sent_ahead.clear();
         self.finish(outcome);
+    }
+
+    /// A changed host's stage (unless it went with the lock), switch and
+    /// first restart always follow each other: sent together they cost one
+    /// round trip, not three. The host skips the rest once one fails, as
+    /// the run would.
+    fn send_changes_ahead(&mut self, with_stage: bool) {
+        let (Some(assessment), Some(file), Some(remote)) =
+            (&self.assessment, self.file, self.remote())
+        else {
+            return;
+        };
+        // Past the deadline, the stage step says so and nothing is sent.
+        if assessment.same_file || self.check_deadline("stage").is_err() {
+            return;
+        }
+        let service = remote.service;
+        let mut chain = vec![(remote::switch(service), &[][..])];
+        if with_stage {
+            chain.insert(
+                0,
+                (remote::stage(service), file.text.expose_secret().as_bytes()),
+            );
+        }
+        if let Some(first) = assessment.units.first() {
+            chain.push((systemd::restart_invocation(service, first), &[]));
+        }
+        // A test that stops the run before a step must find it not yet taken.
+        #[cfg(feature = "fault-injection")]
+        if let Some(at) = chain
+            .iter()
+            .position(|(step, _)| crate::fault::pauses_before(&self.host.name, step.step))
+        {
+            chain.truncate(at);
+        }
+        if remote.send_ahead(&chain) {
+            self.sent_ahead
+                .extend(chain.iter().map(|(step, _)| step.step));
+        }
     }
 
     /// Stages what the host gets next: `content` when given, else the run's
@@ -614,13 +721,17 @@ impl<'a> HostRun<'a> {
     ) -> Result<(), (HostStatus, HostError)> {
         let assessment = self.assessment.as_ref().expect("assessed");
         if content.is_none() && assessment.same_file {
-            // A run that lost its host after staging left its file behind.
+            // A run that lost its host after staging left its file behind
+            // (or this run staged its file with the lock).
             if assessment.current.leftover_staged {
                 let _ = self.step("discard", |remote| {
-                    remote.discard();
+                    remote.send_ahead(&[(remote::discard(remote.service), &[])]);
                     Ok(())
                 });
+                self.staged = false;
             }
+            // Its answer comes before the audit's.
+            self.discard_staged_unanswered();
             return Ok(());
         }
         let staging = match (content, self.file) {
@@ -926,6 +1037,8 @@ impl<'a> HostRun<'a> {
         if self.connection.is_none() || self.report.steps.iter().all(|s| s.name == "connect") {
             return;
         }
+        // Nothing of this run stays staged; the audit's answer confirms it.
+        self.discard_staged_unanswered();
         let context = self.context;
         let line = AuditLine::for_host(
             self.label(),
@@ -937,6 +1050,10 @@ impl<'a> HostRun<'a> {
         let _ = self.step("audit", |remote| audit::append(remote, &line));
     }
 }
+
+/// The largest file a Deploy stages with its lock step (`stage_with_lock`):
+/// far below what an SSH channel's window holds in flight.
+const STAGE_WITH_LOCK_AT_MOST: usize = 64 * 1024;
 
 /// How taking a lock went.
 #[derive(Debug, PartialEq, Eq)]

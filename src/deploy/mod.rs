@@ -82,6 +82,10 @@ struct Context<'a> {
     window_services: Vec<String>,
     /// The deployment's place in the request (0 for a Deploy).
     index: usize,
+    /// Each host's file goes with its lock step (`HostRun::stage_with_lock`):
+    /// a Deploy's hosts, which stage nothing else; never within a Rotation's
+    /// window, which stages interim files too, nor for a reviewed plan.
+    stage_with_lock: bool,
 }
 
 impl<'a> Context<'a> {
@@ -150,6 +154,7 @@ impl<'a> Context<'a> {
             rollback_to: options.rollback_to.max(1),
             window_services: window_services.to_vec(),
             index: 0,
+            stage_with_lock: false,
             settings,
             prepared,
         })
@@ -201,9 +206,11 @@ pub fn run(
         _ => Some(check::prepare_deploy(deployment, env, catalog, report)?),
     };
     let services = [deployment.service.clone()];
-    let context = Context::new(
+    let mut context = Context::new(
         action, deployment, "", prepared, &services, env, catalog, options, started,
     )?;
+    // A reviewed plan's run touches no host before its plan is compared.
+    context.stage_with_lock = action == Action::Deploy && options.expect_plan.is_none();
     let mut runs = context.host_runs();
     open(&mut runs, context.rollout.parallel, options, report);
     match action {

@@ -10,7 +10,10 @@
 //! stdin run that step exactly as a run of its own would (the same argument
 //! checks; the locked service only; nothing that writes under a shared
 //! lock), answered `done CODE OUTLEN ERRLEN\n` and the step's stdout and
-//! stderr. Any other byte is a heartbeat. Right after `acquired` comes, unasked,
+//! stderr. A request that starts `&` instead of `x` runs only when the one
+//! before it succeeded (else it is answered `done 5 ...`, skipped), so a run
+//! can send steps that always follow each other (stage, switch, restart) in
+//! one go and wait for their answers once. Any other byte is a heartbeat. Right after `acquired` comes, unasked,
 //! the answer to `read SERVICE`: every run reads the file first. The holder is written and read only
 //! through the locked descriptor, with control characters removed and its
 //! length bounded, so the file can neither aim a write nor print a root file.
@@ -45,6 +48,9 @@ pub fn hold(service: &str, environment: &str, shared: bool) -> Result<(), Failur
         FlockOperation::NonBlockingLockExclusive
     };
     let mut told = false;
+    // Steps sent before the lock was ours wait for it here.
+    let mut requests = Requests::default();
+    let mut early = Vec::new();
     loop {
         match flock(&file, operation) {
             Ok(()) => break,
@@ -54,8 +60,12 @@ pub fn hold(service: &str, environment: &str, shared: bool) -> Result<(), Failur
                     say(&mut stdout, &format!("held-by {}", current_holder(&file)))?;
                 }
                 // Waiting ends when hostenv gives up and closes the channel.
-                if !caller_alive(&mut stdin, Duration::from_millis(200)) {
-                    return Ok(());
+                match heard_while_waiting(&mut stdin, Duration::from_millis(200)) {
+                    Some(mut bytes) => {
+                        early.extend(requests.feed(&bytes));
+                        wipe(&mut bytes);
+                    }
+                    None => return Ok(()),
                 }
             }
             Err(e) => return Err(Failure::io(format!("cannot lock: {e}"))),
@@ -70,37 +80,56 @@ pub fn hold(service: &str, environment: &str, shared: bool) -> Result<(), Failur
     say(&mut stdout, "acquired")?;
     // Every run reads the file first thing under the lock: its answer goes
     // with `acquired`, unasked, saving the run that round trip.
-    let read = vec![String::from("read"), service.to_string()];
-    answer(&mut stdout, Ok((read, Vec::new())), service, shared)?;
+    let read = Request {
+        words: vec![String::from("read"), service.to_string()],
+        input: Vec::new(),
+        after_success: false,
+    };
+    let mut succeeded = answer(&mut stdout, Ok(read), service, shared)? == 0;
     let mut last = Instant::now();
-    let mut requests = Requests::default();
-    while last.elapsed() < BEAT_TIMEOUT {
-        let Some(bytes) = heard(&mut stdin, BEAT_TIMEOUT - last.elapsed()) else {
+    let mut pending = early;
+    loop {
+        for asked in pending.drain(..) {
+            let skip = !succeeded && matches!(&asked, Ok(request) if request.after_success);
+            succeeded = if skip {
+                answer_skipped(&mut stdout)?;
+                false
+            } else {
+                answer(&mut stdout, asked, service, shared)? == 0
+            };
+        }
+        if last.elapsed() >= BEAT_TIMEOUT {
+            break;
+        }
+        let Some(mut bytes) = heard(&mut stdin, BEAT_TIMEOUT - last.elapsed()) else {
             break;
         };
-        for asked in requests.feed(&bytes) {
-            answer(&mut stdout, asked, service, shared)?;
-        }
+        pending = requests.feed(&bytes);
+        wipe(&mut bytes);
         // A step may take its time (a restart): the caller was not silent.
         last = Instant::now();
     }
     Ok(())
 }
 
-/// Runs one request and answers `done CODE OUTLEN ERRLEN` with its stdout and stderr.
+/// Runs one request and answers `done CODE OUTLEN ERRLEN` with its stdout
+/// and stderr; returns CODE.
 fn answer(
     stdout: &mut std::io::Stdout,
     asked: Asked,
     service: &str,
     shared: bool,
-) -> Result<(), Failure> {
+) -> Result<u8, Failure> {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = match asked {
-        Ok((words, mut input)) => {
-            let code = super::request(service, shared, &words, &input, &mut out, &mut err);
-            wipe(&mut input);
-            code
-        }
+        Ok(request) => super::request(
+            service,
+            shared,
+            &request.words,
+            &request.input,
+            &mut out,
+            &mut err,
+        ),
         Err(problem) => {
             err.extend_from_slice(format!("hostenv-host: {problem}\n").as_bytes());
             2
@@ -113,14 +142,45 @@ fn answer(
         .and_then(|()| stdout.write_all(&err))
         .and_then(|()| stdout.flush());
     wipe(&mut out);
-    answered.map_err(|e| Failure::io(format!("cannot answer: {e}")))
+    answered.map_err(|e| Failure::io(format!("cannot answer: {e}")))?;
+    Ok(code)
+}
+
+/// The exit code of a request skipped because the one before it failed.
+pub const SKIPPED: u8 = 5;
+
+/// Answers a `&` request whose predecessor failed, without running it.
+fn answer_skipped(stdout: &mut std::io::Stdout) -> Result<(), Failure> {
+    let err = b"hostenv-host: skipped: the step before it failed\n";
+    let head = format!("done {SKIPPED} 0 {}\n", err.len());
+    stdout
+        .write_all(head.as_bytes())
+        .and_then(|()| stdout.write_all(err))
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure::io(format!("cannot answer: {e}")))
 }
 
 /// The longest `STEP SERVICE [ARG]` line of a request.
 const MAX_WORDS: usize = 256;
 
-/// A request's words and stdin, or why it cannot be read.
-type Asked = Result<(Vec<String>, Vec<u8>), String>;
+/// One step the caller asked for.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    words: Vec<String>,
+    input: Vec<u8>,
+    /// Sent with `&`: only when the request before it succeeded.
+    after_success: bool,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        // A staged file's bytes do not outlive the request.
+        wipe(&mut self.input);
+    }
+}
+
+/// A request, or why it cannot be read.
+type Asked = Result<Request, String>;
 
 /// The requests in what the caller sends after `acquired`.
 #[derive(Default)]
@@ -130,12 +190,13 @@ struct Requests {
 
 #[derive(Default)]
 enum Reading {
-    /// Between requests: heartbeats until an `x`.
+    /// Between requests: heartbeats until an `x` or `&`.
     #[default]
     Idle,
-    Words(Vec<u8>),
-    Length(Vec<String>, Vec<u8>),
-    Input(Vec<String>, usize, Vec<u8>),
+    /// The step line so far; whether the request came with `&`.
+    Words(Vec<u8>, bool),
+    Length(Vec<String>, bool, Vec<u8>),
+    Input(Request, usize),
 }
 
 impl Requests {
@@ -146,34 +207,40 @@ impl Requests {
         while let Some((&byte, after)) = rest.split_first() {
             let state = std::mem::take(&mut self.state);
             self.state = match state {
-                Reading::Idle if byte == b'x' => Reading::Words(Vec::new()),
+                Reading::Idle if byte == b'x' => Reading::Words(Vec::new(), false),
+                Reading::Idle if byte == b'&' => Reading::Words(Vec::new(), true),
                 Reading::Idle => Reading::Idle,
-                Reading::Words(line) if byte == b'\n' => {
+                Reading::Words(line, after_success) if byte == b'\n' => {
                     let words = String::from_utf8_lossy(&line)
                         .split(' ')
                         .map(str::to_string)
                         .collect();
-                    Reading::Length(words, Vec::new())
+                    Reading::Length(words, after_success, Vec::new())
                 }
-                Reading::Words(mut line) if line.len() < MAX_WORDS => {
+                Reading::Words(mut line, after_success) if line.len() < MAX_WORDS => {
                     line.push(byte);
-                    Reading::Words(line)
+                    Reading::Words(line, after_success)
                 }
-                Reading::Words(_) => {
+                Reading::Words(..) => {
                     done.push(Err("a request's step line is too long".to_string()));
                     Reading::Idle
                 }
-                Reading::Length(words, digits) if byte == b'\n' => {
+                Reading::Length(words, after_success, digits) if byte == b'\n' => {
+                    let request = |input| Request {
+                        words,
+                        input,
+                        after_success,
+                    };
                     match std::str::from_utf8(&digits)
                         .ok()
                         .and_then(|d| d.parse::<usize>().ok())
                     {
                         Some(0) => {
-                            done.push(Ok((words, Vec::new())));
+                            done.push(Ok(request(Vec::new())));
                             Reading::Idle
                         }
                         Some(n) if n as u64 <= super::MAX_FILE_BYTES + 64 * 1024 => {
-                            Reading::Input(words, n, Vec::with_capacity(n))
+                            Reading::Input(request(Vec::with_capacity(n)), n)
                         }
                         _ => {
                             done.push(Err(
@@ -183,24 +250,24 @@ impl Requests {
                         }
                     }
                 }
-                Reading::Length(words, mut digits) if digits.len() < 12 => {
+                Reading::Length(words, after_success, mut digits) if digits.len() < 12 => {
                     digits.push(byte);
-                    Reading::Length(words, digits)
+                    Reading::Length(words, after_success, digits)
                 }
                 Reading::Length(..) => {
                     done.push(Err("a request's stdin length is not a number".to_string()));
                     Reading::Idle
                 }
-                Reading::Input(words, want, mut input) => {
+                Reading::Input(mut request, want) => {
                     // Take as much of this read as the request still wants.
-                    let take = (want - input.len()).min(rest.len());
-                    input.extend_from_slice(&rest[..take]);
+                    let take = (want - request.input.len()).min(rest.len());
+                    request.input.extend_from_slice(&rest[..take]);
                     rest = &rest[take..];
-                    if input.len() == want {
-                        done.push(Ok((words, input)));
+                    if request.input.len() == want {
+                        done.push(Ok(request));
                         self.state = Reading::Idle;
                     } else {
-                        self.state = Reading::Input(words, want, input);
+                        self.state = Reading::Input(request, want);
                     }
                     continue;
                 }
@@ -240,13 +307,17 @@ fn ready(stdin: &std::io::Stdin, wait: Duration) -> bool {
     matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
 }
 
-/// While waiting for the lock: false once the caller has closed stdin (it gave up).
-fn caller_alive(stdin: &mut std::io::Stdin, wait: Duration) -> bool {
+/// While waiting for the lock: what the caller sent within `wait` (maybe
+/// nothing), or None once it has closed stdin (it gave up).
+fn heard_while_waiting(stdin: &mut std::io::Stdin, wait: Duration) -> Option<Vec<u8>> {
     if !ready(stdin, wait) {
-        return true;
+        return Some(Vec::new());
     }
-    let mut buffer = [0u8; 64];
-    matches!(raw_read(stdin, &mut buffer), Ok(n) if n > 0)
+    let mut buffer = [0u8; 4096];
+    match raw_read(stdin, &mut buffer) {
+        Ok(n) if n > 0 => Some(buffer[..n].to_vec()),
+        _ => None,
+    }
 }
 
 /// Reads stdin's descriptor itself: `Stdin`'s own buffer would take bytes
@@ -309,18 +380,29 @@ mod tests {
         assert_eq!(read.len(), 1);
         assert_eq!(
             read[0],
-            Ok((vec!["read".into(), "voxbridge".into()], vec![]))
+            Ok(Request {
+                words: vec!["read".into(), "voxbridge".into()],
+                input: vec![],
+                after_success: false
+            })
         );
         // stdin may hold any byte, `x` and newlines included, split anywhere.
         assert!(requests.feed(b"xstage voxbridge\n5\nA=x").is_empty());
         let staged = requests.feed(b"\nBh");
         assert_eq!(
             staged,
-            vec![Ok((
-                vec!["stage".into(), "voxbridge".into()],
-                b"A=x\nB".to_vec()
-            ))]
+            vec![Ok(Request {
+                words: vec!["stage".into(), "voxbridge".into()],
+                input: b"A=x\nB".to_vec(),
+                after_success: false
+            })]
         );
+        // `&` marks a request that runs only after its predecessor succeeded.
+        let chained = requests.feed(b"&switch voxbridge\n0\n&restart voxbridge u\n0\n");
+        assert_eq!(chained.len(), 2);
+        assert!(chained
+            .iter()
+            .all(|asked| asked.as_ref().is_ok_and(|r| r.after_success)));
         let long = requests.feed(&[b"x".as_slice(), &[b'r'; 300]].concat());
         assert!(long[0].is_err());
         let mut fresh = Requests::default();

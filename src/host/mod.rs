@@ -29,7 +29,7 @@ pub const CONFIG_DIR: &str = "/etc/hostenv";
 pub const LOCK_DIR: &str = "/run/hostenv";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Bumped whenever a step's arguments or answers change.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 /// The most a target, staged file or backup may hold (systemd reads no more than 4 MiB before v249).
 pub const MAX_FILE_BYTES: u64 = 4 << 20;
 /// The only PATH the programs this one starts (getent, systemctl) are looked up in.

@@ -948,7 +948,7 @@ fn host_files(testbed: &Testbed, hosts: &[&TestHost]) -> Vec<String> {
         .map(|h| {
             testbed.sh_ok(
                 h,
-                "stat -c '%U:%G %a %Y' /opt/voxbridge/.env; cat /opt/voxbridge/.env; ls -l --time-style=+%s /var/lib/hostenv/voxbridge | grep -v -e audit.log -e '^total'",
+                "stat -c '%U:%G %a %Y' /opt/voxbridge/.env; cat /opt/voxbridge/.env; ls -l --time-style=+%s /var/lib/hostenv/voxbridge | grep -v -e audit.log -e '^total'; ls -A /opt/voxbridge",
             )
         })
         .collect()
@@ -1870,6 +1870,14 @@ fn shared_key_change_is_refused(deployer: &Deployer, hosts: &[&TestHost]) {
         expected_voxbridge_file(&secrets("one")),
         "nothing was written"
     );
+    assert_nothing_staged(testbed, hosts[1]);
+}
+
+/// A run that did not switch its file in left none of it beside the target
+/// (a Deploy's file goes with its lock step, before the run has decided).
+fn assert_nothing_staged(testbed: &Testbed, host: &TestHost) {
+    let staged = testbed.sh(host, "test -e /opt/voxbridge/.env.hostenv-new");
+    assert_eq!(staged.status.code(), Some(1), "a staged file was left");
 }
 
 /// Between scenarios: clear failed states and systemd's start-rate counters,
@@ -1881,7 +1889,8 @@ pub(crate) fn settle(testbed: &Testbed, hosts: &[&TestHost]) {
 }
 
 /// The read step learns each host's systemd version; a host older than
-/// `target.systemdMin` fails before staging and keeps its file.
+/// `target.systemdMin` fails before its file is switched in, keeps its file,
+/// and keeps nothing of the new one.
 fn the_hosts_systemd_version_is_known_before_anything_is_written(
     deployer: &Deployer,
     hosts: &[&TestHost],
@@ -1916,6 +1925,7 @@ fn the_hosts_systemd_version_is_known_before_anything_is_written(
         .iter()
         .any(|s| s["name"] == "stage"));
     assert_eq!(file_on(testbed, hosts[0], "/opt/voxbridge/.env"), before);
+    assert_nothing_staged(testbed, hosts[0]);
 }
 
 fn first_deploy_installs_and_restarts(deployer: &Deployer, hosts: &[&TestHost]) {
@@ -1979,6 +1989,7 @@ fn same_request_changes_nothing(deployer: &Deployer, hosts: &[&TestHost]) {
             "",
             "the first deploy had no previous file to keep"
         );
+        assert_nothing_staged(testbed, host);
     }
 }
 

@@ -571,6 +571,8 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
     let log = "/var/lib/hostenv/voxbridge/audit.log";
     let before = testbed.sh_ok(host, &format!("cat {log}"));
     let request = |words: &str, input: &str| format!("x{words}\n{}\n{input}", input.len());
+    // `&`: only when the request before it succeeded.
+    let then = |words: &str, input: &str| format!("&{words}\n{}\n{input}", input.len());
     let control = "{\"x\":\"\u{1b}[2J\"}";
     let long = format!("{{\"x\":\"{}\"}}", "y".repeat(20_000));
     let exclusive = [
@@ -581,7 +583,10 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
         request("restart voxbridge sshd.service", ""),
         request("audit voxbridge", control),
         request("audit voxbridge", &long),
+        then("audit voxbridge", "{\"by\":\"after a refusal\"}"),
         request("audit voxbridge", "{\"by\":\"mallory\"}"),
+        then("audit voxbridge", "{\"by\":\"after a success\"}"),
+        then("configure voxbridge", "[target]\npath = /etc/shadow\n"),
     ];
     let shared = [
         request("stage voxbridge", "A=1\n"),
@@ -600,7 +605,10 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
     };
     let answered = talk("exclusive", &exclusive);
     let codes: Vec<i32> = answered.iter().map(|(code, _)| *code).collect();
-    assert_eq!(codes, [2, 2, 2, 2, 2, 3, 3, 0], "{answered:?}");
+    // A chained request after a failure is skipped (5), after a success it
+    // is checked like any other.
+    assert_eq!(codes, [2, 2, 2, 2, 2, 3, 3, 5, 0, 0, 2], "{answered:?}");
+    assert!(answered[7].1.contains("skipped"), "{answered:?}");
     assert!(
         answered[0].1.contains("its own service only"),
         "{answered:?}"
@@ -621,7 +629,10 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
         "{shared_answers:?}"
     );
     let after = testbed.sh_ok(host, &format!("cat {log}"));
-    assert_eq!(after, format!("{before}{{\"by\":\"mallory\"}}\n"));
+    assert_eq!(
+        after,
+        format!("{before}{{\"by\":\"mallory\"}}\n{{\"by\":\"after a success\"}}\n")
+    );
     assert!(
         testbed
             .sh(host, "test -e /opt/voxbridge/.env.hostenv-new")
