@@ -295,7 +295,7 @@ fn machine() -> String {
         .unwrap_or_default();
     format!(
         "{} UTC on {} ({} cores)",
-        hostenv::audit::rfc3339(std::time::SystemTime::now()),
+        hostenv::rfc3339(std::time::SystemTime::now()),
         model,
         std::thread::available_parallelism()
             .map(|n| n.get())

@@ -39,7 +39,7 @@ fn run(
     let path = testbed.dir.join(name);
     std::fs::write(&path, serde_json::to_string_pretty(request).unwrap()).unwrap();
     eprintln!("== hostenv {action} --request {}", path.display());
-    let outcome = hostenv::cli::main_with_args(
+    let outcome = hostenv::main_with_args(
         ["hostenv", action, "--request", path.to_str().unwrap()].map(Into::into),
         env,
     );

@@ -6,15 +6,18 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::catalog::Catalog;
+use crate::commands::{build_env, check};
+use crate::deploy;
 use crate::deploy::RunOptions;
-use crate::error::{Error, Result};
-use crate::intake;
-use crate::report::{wire_name, Action, HostStatus, Report, EXIT_OK, EXIT_REJECTED};
-use crate::request::{Deployment, Kind, Request, API_VERSION};
-use crate::secret::EnvLookup;
+use crate::prepare::secret::EnvLookup;
+use crate::protocol::error::{Error, Result};
+use crate::protocol::exit::Exit;
+use crate::protocol::intake;
+use crate::protocol::report::{wire_name, Action, HostStatus, Report};
+use crate::protocol::request::{Deployment, Request, API_VERSION};
+use crate::protocol::schema;
+use crate::settings::catalog::Catalog;
 use crate::settings::Settings;
-use crate::{build_env, check, deploy, schema};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -181,7 +184,7 @@ pub fn main_with_args(
         Ok(cli) => run(cli, env),
         Err(error) if !error.use_stderr() => Outcome {
             stdout: error.to_string(),
-            exit_code: EXIT_OK,
+            exit_code: Exit::Ok.code(),
         },
         Err(error) => {
             eprint!("{error}");
@@ -190,7 +193,7 @@ pub fn main_with_args(
             report.fail(&usage);
             Outcome {
                 stdout: to_json(&report),
-                exit_code: EXIT_REJECTED,
+                exit_code: Exit::Rejected.code(),
             }
         }
     }
@@ -260,7 +263,7 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
             };
             Outcome {
                 stdout: pretty(&schema),
-                exit_code: EXIT_OK,
+                exit_code: Exit::Ok.code(),
             }
         }
         Command::Version { json } => Outcome {
@@ -272,14 +275,14 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
                     "apiVersions": [API_VERSION],
                     // What the host program on each host must speak (`hostenv-host version`).
                     "hostProtocol": crate::host::PROTOCOL,
-                    "catalogDigest": crate::catalog::builtin_digest(),
+                    "catalogDigest": crate::settings::catalog::builtin_digest(),
                     // Test-only features compiled in; empty in every build for use.
                     "testFeatures": test_features(),
                 }))
             } else {
                 format!("hostenv {}\n", env!("CARGO_PKG_VERSION"))
             },
-            exit_code: EXIT_OK,
+            exit_code: Exit::Ok.code(),
         },
     }
 }
@@ -292,7 +295,7 @@ fn lint(
 ) -> Outcome {
     let started = Instant::now();
     let mut report = Report::new(Action::Lint);
-    if let Err(error) = crate::lint::run(path, credentials, &mut report) {
+    if let Err(error) = crate::commands::lint::run(path, credentials, &mut report) {
         report.fail(&error);
     }
     finish(report, started, junit)
@@ -313,7 +316,7 @@ fn deployment_rules(deployment: &Deployment, at: &str, user: Option<&str>) -> Re
         .map(str::to_string)
         .or_else(|| deployment.ssh.as_ref().and_then(|s| s.user.clone()))
         .unwrap_or_else(|| "deploy".to_string());
-    Ok(crate::sudoers::rules(&settings, &user))
+    Ok(crate::commands::sudoers::rules(&settings, &user))
 }
 
 /// One service's `/etc/hostenv/<service>.conf`, as `host-install` would write it.
@@ -323,7 +326,7 @@ fn deployment_config(deployment: &Deployment, at: &str) -> Result<String> {
         "# {}/{}.conf\n{}",
         crate::host::CONFIG_DIR,
         settings.service,
-        crate::provision::expected_config(&settings).render(&settings.service)
+        crate::transport::provision::expected_config(&settings).render(&settings.service)
     ))
 }
 
@@ -361,7 +364,7 @@ fn per_deployment(
     match rules {
         Ok(rules) => Outcome {
             stdout: rules,
-            exit_code: EXIT_OK,
+            exit_code: Exit::Ok.code(),
         },
         Err(error) => {
             let mut report = Report::new(Action::Deploy);
@@ -393,12 +396,12 @@ fn run_action(action: Action, args: &RequestArgs, flags: RunFlags, env: &dyn Env
 fn finish(mut report: Report, started: Instant, junit: Option<&std::path::Path>) -> Outcome {
     report.duration_ms = started.elapsed().as_millis() as u64;
     if let Some(path) = junit {
-        if let Err(error) = std::fs::write(path, crate::junit::render(&report)) {
+        if let Err(error) = std::fs::write(path, crate::commands::junit::render(&report)) {
             eprintln!(
                 "hostenv: cannot write the JUnit file `{}`: {error}",
                 path.display()
             );
-            if report.exit_code == EXIT_OK {
+            if report.ok {
                 report.fail(&Error::OutputWriteFailed {
                     path: path.display().to_string(),
                     reason: error.to_string(),
@@ -417,7 +420,7 @@ fn finish(mut report: Report, started: Instant, junit: Option<&std::path::Path>)
 fn run_options(flags: &RunFlags, bytes: &[u8], env: &dyn EnvLookup) -> Result<RunOptions> {
     let plan_key = match flags.plan_key_env {
         Some(name) => Some(
-            crate::secret::from_env(env, name, false)
+            crate::prepare::secret::from_env(env, name, false)
                 .map_err(|problem| Error::Usage(format!("--plan-key-env: {}", problem.message)))?,
         ),
         None => None,
@@ -558,13 +561,4 @@ fn pretty(value: &serde_json::Value) -> String {
     let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
     text.push('\n');
     text
-}
-
-/// Kinds accepted by each action, for documentation and tests.
-pub fn accepted_kinds(action: Action) -> &'static [Kind] {
-    match action {
-        Action::Check => &[Kind::Deploy, Kind::Rotation, Kind::BuildEnv],
-        Action::BuildEnv => &[Kind::BuildEnv],
-        _ => &[Kind::Deploy, Kind::Rotation],
-    }
 }

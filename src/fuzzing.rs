@@ -2,11 +2,11 @@
 //! tests check, kept here so that both run exactly the same code. Each takes
 //! any bytes and panics only when hostenv is wrong.
 
-use crate::contract;
-use crate::error::Error;
-use crate::intake;
+use crate::prepare::contract;
+use crate::protocol::error::Error;
+use crate::protocol::exit::Exit;
+use crate::protocol::intake;
 use crate::render::{dotenv, systemd};
-use crate::report::EXIT_REJECTED;
 
 /// The request reader: any bytes are a typed request or a rejection (exit 2)
 /// whose message never repeats a string value of the document.
@@ -15,7 +15,7 @@ pub fn request(data: &[u8]) {
         Ok(_) => return,
         Err(error) => error,
     };
-    assert_eq!(error.exit_code(), EXIT_REJECTED, "{error}");
+    assert_eq!(error.exit(), Exit::Rejected, "{error}");
     let message = error.to_string();
     if let Ok(mut document) = serde_json::from_slice::<serde_json::Value>(data) {
         // The envelope is named back on purpose (`unsupported apiVersion `x``).
@@ -68,7 +68,11 @@ pub fn contract(data: &[u8]) {
         Ok(parsed) => {
             let mut last = 0;
             for (index, key) in parsed.keys.iter().enumerate() {
-                assert!(contract::is_valid_key_name(&key.name), "{:?}", key.name);
+                assert!(
+                    crate::settings::names::is_valid_key_name(&key.name),
+                    "{:?}",
+                    key.name
+                );
                 assert!(key.line > last && key.line <= lines, "line {}", key.line);
                 last = key.line;
                 assert!(

@@ -2,7 +2,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let outcome = hostenv::cli::main_with_args(std::env::args_os(), &hostenv::secret::ProcessEnv);
+    let outcome = hostenv::main_with_args(std::env::args_os(), &hostenv::ProcessEnv);
     let mut stdout = std::io::stdout().lock();
     if stdout
         .write_all(outcome.stdout.as_bytes())

@@ -6,23 +6,23 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::Context;
-use crate::audit::{self, AuditLine};
-use crate::error::{ErrorKind, HostError};
-use crate::health;
-use crate::lock;
-use crate::provision::{self, State};
-use crate::remote::{self, Current, Invocation, Remote};
-use crate::render::systemd as grammar;
-use crate::report::{
+use crate::prepare::resolve::HostFile;
+use crate::prepare::secret::{ExposeSecret, SecretString};
+use crate::protocol::error::{ErrorKind, HostError};
+use crate::protocol::report::{
     wire_name, Action, ErrorReport, HostReport, HostStatus, KeyChanges, RollbackAction, StepReport,
     UnitReport,
 };
-use crate::request::SudoMode;
-use crate::resolve::HostFile;
-use crate::secret::{ExposeSecret, SecretString};
+use crate::protocol::request::SudoMode;
+use crate::render::systemd as grammar;
 use crate::settings::HostSettings;
-use crate::ssh::Connection;
-use crate::systemd;
+use crate::transport::audit::{self, AuditLine};
+use crate::transport::health;
+use crate::transport::lock;
+use crate::transport::provision::{self, State};
+use crate::transport::remote::{self, Current, Invocation, Remote};
+use crate::transport::ssh::Connection;
+use crate::transport::units;
 
 /// What the host has and what a deploy would do there, known before any write.
 pub(super) struct Assessment {
@@ -524,7 +524,7 @@ impl<'a> HostRun<'a> {
             }
         }
         let units = self.step("units", |remote| {
-            systemd::units_on_host(
+            units::units_on_host(
                 remote,
                 &context.settings.restart.units,
                 self.host.instances.as_deref(),
@@ -550,8 +550,7 @@ impl<'a> HostRun<'a> {
         let mut stale_units = Vec::new();
         if same_file {
             for unit in &units {
-                let started =
-                    self.step("started-at", |remote| systemd::started_at(remote, unit))?;
+                let started = self.step("started-at", |remote| units::started_at(remote, unit))?;
                 // A previous run may have switched the file and died before restarting.
                 if context.settings.restart.force || started.is_none_or(|at| at < current.mtime) {
                     stale_units.push(unit.clone());
@@ -696,7 +695,7 @@ impl<'a> HostRun<'a> {
             );
         }
         if let Some(first) = assessment.units.first() {
-            chain.push((systemd::restart_invocation(service, first), &[]));
+            chain.push((units::restart_invocation(service, first), &[]));
         }
         // A test that stops the run before a step must find it not yet taken.
         #[cfg(feature = "fault-injection")]
@@ -820,7 +819,7 @@ impl<'a> HostRun<'a> {
         let units = self.assessment.as_ref().expect("assessed").units.clone();
         if let Some(remote) = self.remote() {
             for unit in &units {
-                systemd::reset_failed(&remote, unit);
+                units::reset_failed(&remote, unit);
             }
         }
         match self.restart_and_verify(&units) {
@@ -843,7 +842,7 @@ impl<'a> HostRun<'a> {
         let mut result = Ok(());
         for unit in units {
             result = self.step("restart", |remote| {
-                systemd::restart(remote, unit, timeout, &redact)
+                units::restart(remote, unit, timeout, &redact)
             });
             if result.is_err() {
                 break;

@@ -14,6 +14,7 @@
 //! - a Rotation is one window over all its deployments (window.rs): every host
 //!   either ends with the new file or is put back.
 
+pub mod digest;
 mod host;
 mod shared;
 mod window;
@@ -21,20 +22,21 @@ mod window;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::catalog::Catalog;
-use crate::check::{self, Prepared};
-use crate::digest;
-use crate::error::{Error, ErrorKind, HostError, Result};
-use crate::lock;
-use crate::remote::Invocation;
-use crate::report::{
+use crate::prepare::rotation::{prepare_rotation, rotation_rules};
+use crate::prepare::{prepare_deploy, Prepared};
+use crate::settings::catalog::Catalog;
+
+use crate::prepare::secret::{EnvLookup, SecretString};
+use crate::protocol::error::{Error, ErrorKind, HostError, Result};
+use crate::protocol::exit::Exit;
+use crate::protocol::report::{
     wire_name, Action, ContractReport, DeploymentReport, ErrorReport, HostStatus, Report, Summary,
-    EXIT_DIFFERENCES, EXIT_FAILED, EXIT_NEEDS_PERSON,
 };
-use crate::request::{Amount, Deployment, Rotation, SudoMode};
-use crate::secret::{EnvLookup, SecretString};
+use crate::protocol::request::{Amount, Deployment, Rotation, SudoMode};
 use crate::settings::Settings;
-use crate::ssh::SshConfig;
+use crate::transport::lock;
+use crate::transport::remote::Invocation;
+use crate::transport::ssh::SshConfig;
 use host::HostRun;
 
 pub const DEFAULT_PARALLEL: u32 = 10;
@@ -73,7 +75,7 @@ struct Context<'a> {
     lock: Invocation,
     lock_wait: Duration,
     /// The host program to install where a root login finds it missing or outdated.
-    host_program: crate::provision::LocalProgram,
+    host_program: crate::transport::provision::LocalProgram,
     /// Who holds the lock, for whoever waits for it next (no secrets).
     holder: String,
     /// `rollback --to N`: which backup goes back (1 = the newest).
@@ -149,7 +151,7 @@ impl<'a> Context<'a> {
                 },
             ),
             lock_wait: rollout.lock_wait,
-            host_program: crate::provision::LocalProgram::locate(env),
+            host_program: crate::transport::provision::LocalProgram::locate(env),
             holder: holder(action, deployment),
             rollback_to: options.rollback_to.max(1),
             window_services: window_services.to_vec(),
@@ -203,7 +205,7 @@ pub fn run(
     report.environment = deployment.environment.clone();
     let prepared = match action {
         Action::Rollback | Action::HostInstall => None,
-        _ => Some(check::prepare_deploy(deployment, env, catalog, report)?),
+        _ => Some(prepare_deploy(deployment, env, catalog, report)?),
     };
     let services = [deployment.service.clone()];
     let mut context = Context::new(
@@ -238,10 +240,10 @@ pub fn run_rotation(
     let prepared: Vec<Option<Prepared>> = match action {
         Action::HostInstall => rotation.deployments.iter().map(|_| None).collect(),
         Action::Rollback => {
-            check::rotation_rules(rotation)?;
+            rotation_rules(rotation)?;
             rotation.deployments.iter().map(|_| None).collect()
         }
-        _ => check::prepare_rotation(rotation, env, catalog, report)?
+        _ => prepare_rotation(rotation, env, catalog, report)?
             .into_iter()
             .map(Some)
             .collect(),
@@ -390,7 +392,7 @@ fn conclude(report: &mut Report, error: Option<Error>, shared_differ: bool) -> R
     };
     if let Some((kind, message)) = difference {
         report.set_outcome(
-            EXIT_DIFFERENCES,
+            Exit::Differences,
             Some(ErrorReport {
                 kind,
                 message,
@@ -444,7 +446,7 @@ fn holder(action: Action, deployment: &Deployment) -> String {
         "action": wire_name(&action),
         "buildUrl": audit.build_url,
         "by": audit.by,
-        "since": crate::audit::rfc3339(std::time::SystemTime::now()),
+        "since": crate::transport::audit::rfc3339(std::time::SystemTime::now()),
     })
     .to_string()
 }
@@ -607,10 +609,10 @@ fn hosts_failed(runs: &[HostRun]) -> Option<Error> {
     }
     Some(Error::HostsFailed {
         message,
-        exit_code: if needs_person {
-            EXIT_NEEDS_PERSON
+        exit: if needs_person {
+            Exit::NeedsPerson
         } else {
-            EXIT_FAILED
+            Exit::Failed
         },
     })
 }

@@ -7,9 +7,9 @@ use sha2::Sha256;
 
 use super::host::{HostRun, Values};
 use super::in_parallel;
-use crate::error::{Error, Result};
-use crate::report::{SharedHolder, SharedKeyReport, SharedValueGroup};
-use crate::secret::ExposeSecret;
+use crate::prepare::secret::ExposeSecret;
+use crate::protocol::error::{Error, Result};
+use crate::protocol::report::{SharedHolder, SharedKeyReport, SharedValueGroup};
 
 /// Per run, the shared keys' values its host holds (None: not read).
 pub(super) type Holdings = Vec<Option<Values>>;

@@ -21,12 +21,13 @@ use std::ops::Range;
 
 use super::host::{HostRun, Outcome};
 use super::{in_parallel, shared, Context};
-use crate::check::{self, previous_name, Prepared};
-use crate::error::{ErrorKind, HostError, Result};
+use crate::prepare::rotation::{overlap_verifiers, previous_name};
+use crate::prepare::secret::{ExposeSecret, SecretString};
+use crate::prepare::Prepared;
+use crate::protocol::error::{ErrorKind, HostError, Result};
+use crate::protocol::report::{HostStatus, SharedKeyReport};
+use crate::protocol::request::Rotation;
 use crate::render::systemd as grammar;
-use crate::report::{HostStatus, SharedKeyReport};
-use crate::request::Rotation;
-use crate::secret::{ExposeSecret, SecretString};
 
 /// The keys rotated in three phases, and which deployments verify them.
 pub(super) struct Overlap {
@@ -44,7 +45,7 @@ impl Overlap {
         match prepared {
             Some(all) if !rotation.overlap.is_empty() => Ok(Overlap {
                 keys: rotation.overlap.clone(),
-                verifiers: check::overlap_verifiers(rotation, &all)?,
+                verifiers: overlap_verifiers(rotation, &all)?,
             }),
             _ => Ok(Overlap {
                 keys: Vec::new(),
@@ -162,7 +163,7 @@ fn interim_file(
             ));
         }
     }
-    crate::resolve::render_checked(values, min).map_err(|error| {
+    crate::prepare::resolve::render_checked(values, min).map_err(|error| {
         HostError::new(
             ErrorKind::Internal,
             format!("`{name}`: the interim file: {error}"),

@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use hostenv::catalog::Catalog;
-use hostenv::check::prepare;
+use hostenv::prepare;
 use hostenv::render::systemd;
-use hostenv::report::EXIT_REJECTED;
-use hostenv::request::{Deployment, Request};
-use hostenv::secret::ExposeSecret;
+use hostenv::Catalog;
+use hostenv::Exit;
+use hostenv::ExposeSecret;
+use hostenv::{Deployment, Request};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -133,11 +133,11 @@ proptest! {
         let work = TempDir::new("hostile-json");
         let path = work.path().join("request.json");
         std::fs::write(&path, &bytes).unwrap();
-        let outcome = hostenv::cli::main_with_args(
+        let outcome = hostenv::main_with_args(
             ["hostenv", "check", "--request", path.to_str().unwrap()].map(Into::into),
             &BTreeMap::<String, String>::new(),
         );
-        prop_assert!(outcome.exit_code == 0 || outcome.exit_code == EXIT_REJECTED);
+        prop_assert!(outcome.exit_code == 0 || outcome.exit_code == Exit::Rejected.code());
         let result: Value = serde_json::from_str(&outcome.stdout).unwrap();
         prop_assert_eq!(&result["kind"], "Result");
     }
@@ -161,10 +161,10 @@ proptest! {
         }
         let bytes = serde_json::to_vec(&request).unwrap();
         hostenv::fuzzing::request(&bytes);
-        if let Ok(Request::Deploy(deployment)) = hostenv::intake::parse_request(&bytes) {
+        if let Ok(Request::Deploy(deployment)) = hostenv::parse_request(&bytes) {
             let env: BTreeMap<String, String> = BTreeMap::new();
             if let Err(error) = prepare(&deployment, "", &env, &Catalog::builtin()) {
-                prop_assert_eq!(error.exit_code(), EXIT_REJECTED, "{}", error);
+                prop_assert_eq!(error.exit(), Exit::Rejected, "{}", error);
             }
         }
     }

@@ -14,6 +14,7 @@ mod fuzz_corpus;
 mod hostile;
 mod intake;
 mod jenkins;
+mod layers;
 mod lint;
 mod load;
 mod privilege;

@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use hostenv::catalog::Catalog;
-use hostenv::check::prepare;
+use hostenv::prepare;
 use hostenv::render::systemd::{self, Generation, Unfit, MAX_ASSIGNMENT_BYTES};
-use hostenv::request::Deployment;
-use hostenv::secret::ExposeSecret;
+use hostenv::Catalog;
+use hostenv::Deployment;
+use hostenv::ExposeSecret;
 use pretty_assertions::assert_eq;
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.

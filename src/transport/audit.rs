@@ -5,10 +5,10 @@
 
 use serde_json::json;
 
-use crate::error::HostError;
-use crate::remote::Remote;
-use crate::report::{wire_name, HostReport};
-use crate::request::Deployment;
+use crate::protocol::error::HostError;
+use crate::protocol::report::{wire_name, HostReport};
+use crate::protocol::request::Deployment;
+use crate::transport::remote::Remote;
 
 /// One line of the log, already JSON; built only from names and outcomes.
 pub struct AuditLine(String);
@@ -61,7 +61,7 @@ impl AuditLine {
 pub fn append(remote: &Remote, line: &AuditLine) -> Result<(), HostError> {
     remote
         .run(
-            &crate::remote::audit(remote.service),
+            &crate::transport::remote::audit(remote.service),
             line.text().as_bytes(),
         )
         .map(|_| ())

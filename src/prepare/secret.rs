@@ -9,7 +9,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine;
 pub use secrecy::{ExposeSecret, SecretString};
 
-use crate::report::KeyStatus;
+use crate::protocol::report::KeyStatus;
 
 /// The largest secret file accepted (PROTOCOL.md).
 pub const MAX_SECRET_FILE_BYTES: u64 = 1024 * 1024;

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::request::{Kind, Request, API_VERSION, MAX_REQUEST_BYTES};
-use crate::schema;
+use crate::protocol::error::{Error, ErrorKind, Result};
+use crate::protocol::request::{Kind, Request, API_VERSION, MAX_REQUEST_BYTES};
+use crate::protocol::schema;
 
 /// Reads the request from `path`, or stdin when there is none, refusing more than 1 MiB.
 pub fn read_request(path: Option<&Path>) -> Result<Vec<u8>> {

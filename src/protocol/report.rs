@@ -3,8 +3,9 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::error::{Error, ErrorKind};
-use crate::request::API_VERSION;
+use crate::protocol::error::{Error, ErrorKind};
+use crate::protocol::exit::Exit;
+use crate::protocol::request::API_VERSION;
 
 /// The name a unit enum value has on the wire (`rolledBack`, `healthCheckFailed`...).
 pub fn wire_name<T: Serialize>(value: &T) -> String {
@@ -13,17 +14,6 @@ pub fn wire_name<T: Serialize>(value: &T) -> String {
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
 }
-
-/// Success, including nothing to change.
-pub const EXIT_OK: i32 = 0;
-/// A host failed (or, for `build-env`, the output could not be written).
-pub const EXIT_FAILED: i32 = 1;
-/// The request was rejected before any host was contacted.
-pub const EXIT_REJECTED: i32 = 2;
-/// A host is in an unknown state and needs a person.
-pub const EXIT_NEEDS_PERSON: i32 = 3;
-/// Differences found: `plan` would change something, `drift` found a difference, `lint` has findings.
-pub const EXIT_DIFFERENCES: i32 = 4;
 
 /// The action that produced a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
@@ -93,7 +83,7 @@ pub struct Report {
     pub output: Option<OutputReport>,
     /// `lint`: every problem found in the repository, with file and line.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub findings: Option<Vec<crate::lint::Finding>>,
+    pub findings: Option<Vec<Finding>>,
     /// Host counts by status.
     pub summary: Summary,
     /// Why the action did not succeed; null when `ok` is true.
@@ -558,7 +548,7 @@ impl Report {
             kind: "Result",
             action,
             ok: true,
-            exit_code: EXIT_OK,
+            exit_code: Exit::Ok.code(),
             duration_ms: 0,
             service: None,
             environment: None,
@@ -576,26 +566,68 @@ impl Report {
 
     /// Marks the report as failed by `error`; hosts are left out of a rejection.
     pub fn fail(&mut self, error: &Error) {
-        if error.exit_code() == EXIT_REJECTED {
+        if error.exit() == Exit::Rejected {
             self.hosts.clear();
             self.summary = Summary::default();
         }
-        self.set_outcome(error.exit_code(), Some(ErrorReport::from(error)));
+        self.set_outcome(error.exit(), Some(ErrorReport::from(error)));
     }
 
     /// The one place that sets `exitCode`, `ok` and `error`: `ok` follows
     /// from the code, and every code but 0 carries an error.
-    pub fn set_outcome(&mut self, exit_code: i32, error: Option<ErrorReport>) {
-        self.exit_code = exit_code;
-        self.ok = exit_code == EXIT_OK;
-        self.error = match (exit_code, error) {
-            (EXIT_OK, _) => None,
+    pub fn set_outcome(&mut self, exit: Exit, error: Option<ErrorReport>) {
+        self.exit_code = exit.code();
+        self.ok = exit.is_ok();
+        self.error = match (exit, error) {
+            (Exit::Ok, _) => None,
             (_, Some(error)) => Some(error),
-            (code, None) => Some(ErrorReport {
+            (exit, None) => Some(ErrorReport {
                 kind: ErrorKind::Internal,
-                message: format!("hostenv ended with exit {code} without saying why"),
+                message: format!("hostenv ended with exit {} without saying why", exit.code()),
                 field: None,
             }),
         };
     }
+}
+
+/// One problem found in the repository.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// What is wrong.
+    pub kind: FindingKind,
+    /// The file, relative to the linted directory.
+    pub file: String,
+    /// The line in that file, where there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// The key concerned, where there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// What is wrong, in words that never quote a value.
+    pub message: String,
+}
+
+/// Stable identifiers of lint findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FindingKind {
+    /// A `.env.example` does not parse (bad line, bad name, duplicate key, unclosed quote).
+    ContractInvalid,
+    /// A `.env.example` placeholder looks like a real credential.
+    SecretInContract,
+    /// A `.env` file is tracked by git.
+    EnvFileTracked,
+    /// `.env` is not ignored by git where a service would keep it.
+    EnvFileNotIgnored,
+    /// A brand file (a BuildEnv request's `from`) holds a value that looks like a credential.
+    SecretInBrandFile,
+    /// A brand file cannot be read in the grammar Vite uses.
+    BrandFileInvalid,
+    /// A credential map cannot be read or names a contract that cannot be read.
+    CredentialMapInvalid,
+    /// A contract key has no source in an environment of the credential map.
+    KeyWithoutSource,
+    /// A credential map gives a source for a key the contract does not declare.
+    SourceNotInContract,
 }

@@ -16,11 +16,11 @@ use ssh2::{
     Channel, CheckResult, HashType, KnownHostFileKind, KnownHostKeyFormat, MethodType, Session,
 };
 
-use crate::certificate::Certificate;
-use crate::error::{Error, ErrorKind, HostError, Result};
-use crate::request::{HostKeyPolicy, Ssh};
-use crate::secret::{self, EnvLookup, ExposeSecret, SecretString};
+use crate::prepare::secret::{self, EnvLookup, ExposeSecret, SecretString};
+use crate::protocol::error::{Error, ErrorKind, HostError, Result};
+use crate::protocol::request::{HostKeyPolicy, Ssh};
 use crate::settings::HostSettings;
+use crate::transport::certificate::Certificate;
 
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_IO_TIMEOUT_MS: u64 = 30_000;

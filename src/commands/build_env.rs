@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::contract::{self, Contract};
-use crate::detect::credential_reason;
-use crate::error::{Error, ErrorKind, Result};
+use crate::prepare::contract::{self, Contract};
+use crate::prepare::detect::credential_reason;
+use crate::prepare::secret::EnvLookup;
+use crate::protocol::error::{Error, ErrorKind, Result};
+use crate::protocol::report::{
+    ContractReport, KeyReport, KeyStatus, OutputReport, Report, SourceKind,
+};
+use crate::protocol::request::BuildEnv;
 use crate::render::dotenv;
-use crate::report::{ContractReport, KeyReport, KeyStatus, OutputReport, Report, SourceKind};
-use crate::request::BuildEnv;
-use crate::secret::EnvLookup;
 use crate::settings::{check_key_names, check_source_map};
 
 const DEFAULT_OUTPUT: &str = ".env";
@@ -23,7 +25,6 @@ const MAX_BRAND_FILE_BYTES: u64 = 1024 * 1024;
 /// The file Vite will read, rendered and read back.
 pub struct Rendered {
     pub output: PathBuf,
-    pub keys: Vec<String>,
     pub text: String,
 }
 
@@ -112,7 +113,7 @@ pub fn prepare(request: &BuildEnv, env: &dyn EnvLookup, report: &mut Report) -> 
         keys: keys.clone(),
     });
     let problems: Vec<&KeyReport> = keys.iter().filter(|k| k.status.is_problem()).collect();
-    if let Some(error) = crate::check::key_problems(&problems, "") {
+    if let Some(error) = crate::prepare::key_problems(&problems, "") {
         return Err(error);
     }
     check_environment(env, &contract)?;
@@ -144,10 +145,10 @@ pub fn prepare(request: &BuildEnv, env: &dyn EnvLookup, report: &mut Report) -> 
     report.output = Some(OutputReport {
         path: output.display().to_string(),
         written: false,
-        keys: keys.clone(),
+        keys,
         bytes: text.len(),
     });
-    Ok(Rendered { output, keys, text })
+    Ok(Rendered { output, text })
 }
 
 fn literal_report(key: &str, source: SourceKind, value: &str, contract: &Contract) -> KeyReport {

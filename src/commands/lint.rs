@@ -16,61 +16,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::contract::{self, Contract};
-use crate::detect::credential_reason;
-use crate::error::{Error, ErrorKind, Result};
-use crate::report::{Report, EXIT_DIFFERENCES};
-
-/// One problem found in the repository.
-#[derive(Debug, Clone, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Finding {
-    /// What is wrong.
-    pub kind: FindingKind,
-    /// The file, relative to the linted directory.
-    pub file: String,
-    /// The line in that file, where there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<usize>,
-    /// The key concerned, where there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// What is wrong, in words that never quote a value.
-    pub message: String,
-}
-
-/// Stable identifiers of lint findings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum FindingKind {
-    /// A `.env.example` does not parse (bad line, bad name, duplicate key, unclosed quote).
-    ContractInvalid,
-    /// A `.env.example` placeholder looks like a real credential.
-    SecretInContract,
-    /// A `.env` file is tracked by git.
-    EnvFileTracked,
-    /// `.env` is not ignored by git where a service would keep it.
-    EnvFileNotIgnored,
-    /// A brand file (a BuildEnv request's `from`) holds a value that looks like a credential.
-    SecretInBrandFile,
-    /// A brand file cannot be read in the grammar Vite uses.
-    BrandFileInvalid,
-    /// A credential map cannot be read or names a contract that cannot be read.
-    CredentialMapInvalid,
-    /// A contract key has no source in an environment of the credential map.
-    KeyWithoutSource,
-    /// A credential map gives a source for a key the contract does not declare.
-    SourceNotInContract,
-}
+use crate::prepare::contract::{self, Contract};
+use crate::prepare::detect::credential_reason;
+use crate::protocol::error::{Error, ErrorKind, Result};
+use crate::protocol::exit::Exit;
+use crate::protocol::report::{Finding, FindingKind, Report};
 
 /// Which credential feeds which key, per environment: the file the Jenkins
 /// library loads from `resources/io/hostenv/credentials/<service>.json`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialMap {
+    /// Read by the Jenkins library; named here so that a misspelt field is refused.
+    #[allow(dead_code)]
     pub service: String,
     /// The service's contract, relative to the repository.
     pub contract: String,
@@ -80,8 +40,10 @@ pub struct CredentialMap {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvironmentMap {
-    /// The `sshUserPrivateKey` credential the deploy logs in with.
+    /// The `sshUserPrivateKey` credential the deploy logs in with (the
+    /// Jenkins library's; named here so that a misspelt field is refused).
     #[serde(default)]
+    #[allow(dead_code)]
     pub ssh_credential: Option<String>,
     #[serde(default)]
     pub credentials: Vec<CredentialSource>,
@@ -95,8 +57,12 @@ pub struct EnvironmentMap {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialSource {
+    /// The Jenkins credential's id and type, for the library's binding; lint
+    /// reads which keys a credential feeds.
+    #[allow(dead_code)]
     pub id: String,
     #[serde(rename = "type")]
+    #[allow(dead_code)]
     pub kind: String,
     #[serde(default)]
     pub key: Option<String>,
@@ -174,8 +140,8 @@ pub fn run(root: &Path, credential_maps: &[PathBuf], report: &mut Report) -> Res
     }
     if !findings.is_empty() {
         report.set_outcome(
-            EXIT_DIFFERENCES,
-            Some(crate::report::ErrorReport {
+            Exit::Differences,
+            Some(crate::protocol::report::ErrorReport {
                 kind: ErrorKind::LintFindings,
                 message: format!(
                     "{} finding{}: {}",
@@ -371,7 +337,7 @@ fn brand_files(root: &Path, files: &[String]) -> Vec<String> {
 
 fn check_brand_file(root: &Path, path: &str) -> Vec<Finding> {
     let full = root.join(path);
-    let assignments = match crate::build_env::read_brand_file(&full.to_string_lossy()) {
+    let assignments = match crate::commands::build_env::read_brand_file(&full.to_string_lossy()) {
         Ok(assignments) => assignments,
         Err(error) => {
             return vec![Finding {

@@ -8,8 +8,8 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::remote::Current;
-use crate::secret::{ExposeSecret, SecretString};
+use crate::prepare::secret::{ExposeSecret, SecretString};
+use crate::transport::remote::Current;
 
 pub const PREFIX: &str = "hmac-sha256:";
 

@@ -3,17 +3,20 @@
 //! later reach a remote command line (hosts, users, units, paths) are held to
 //! plain character sets here, so no quoting mistake downstream can inject.
 
+pub mod catalog;
+pub mod names;
+
 use std::collections::BTreeMap;
 
-use crate::catalog::Catalog;
-use crate::contract::is_valid_key_name;
+use crate::settings::catalog::Catalog;
+use names::is_valid_key_name;
 // The host program checks the same names again; one definition serves both.
-use crate::error::{Error, ErrorKind, Result};
 use crate::host::config::{
     is_account_name, is_plain_name, is_plain_path, is_unit_name, is_unit_word,
 };
-use crate::request::{Deployment, EnvFileSource, Source, Verify};
-use crate::schema::escape_pointer_token;
+use crate::protocol::error::{Error, ErrorKind, Result};
+use crate::protocol::request::{Deployment, EnvFileSource, Source, Verify};
+use crate::protocol::schema::escape_pointer_token;
 
 pub const DEFAULT_USER: &str = "root";
 pub const DEFAULT_PORT: u16 = 22;
@@ -367,7 +370,7 @@ fn verify_settings(check: &Verify, templated: bool, at: &str) -> Result<VerifySe
     check_url_template(&check.url, templated, &format!("{at}/url"))?;
     Ok(VerifySettings {
         url: check.url.clone(),
-        via_ssh: check.via == Some(crate::request::VerifyVia::Ssh),
+        via_ssh: check.via == Some(crate::protocol::request::VerifyVia::Ssh),
         expect_status: check.expect_status.unwrap_or(200),
         timeout_ms: check.timeout_ms.unwrap_or(2_000),
         interval_ms: check.interval_ms.unwrap_or(500),

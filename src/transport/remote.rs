@@ -14,11 +14,11 @@
 //! queries that need no privilege (`systemctl list-units`, `systemctl show`) are constant `sh`
 //! scripts run as the login user.
 
-use crate::error::{ErrorKind, HostError};
 use crate::host::PROGRAM;
-use crate::secret::{ExposeSecret, SecretString};
+use crate::prepare::secret::{ExposeSecret, SecretString};
+use crate::protocol::error::{ErrorKind, HostError};
 use crate::settings::TargetSettings;
-use crate::ssh::{Connection, Output};
+use crate::transport::ssh::{Connection, Output};
 
 /// One run of the host program: a step and its arguments (the service first).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,10 +125,6 @@ fn sudoers_escape(arg: &str) -> String {
 
 pub fn read(service: &str) -> Invocation {
     Invocation::new("read", &[service])
-}
-
-pub fn staged_path(target: &TargetSettings) -> String {
-    format!("{}.hostenv-new", target.path)
 }
 
 pub fn stage(service: &str) -> Invocation {

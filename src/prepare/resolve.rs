@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::contract::Contract;
-use crate::detect::credential_reason;
-use crate::error::{Error, Result};
+use crate::prepare::contract::Contract;
+use crate::prepare::detect::credential_reason;
+use crate::prepare::secret::{self, EnvLookup, ExposeSecret, Problem, SecretString};
+use crate::protocol::error::{Error, Result};
+use crate::protocol::report::{KeyReport, KeyStatus, SourceKind};
+use crate::protocol::request::{Deployment, Encoding, EnvFileSource, Source};
 use crate::render::systemd;
-use crate::report::{KeyReport, KeyStatus, SourceKind};
-use crate::request::{Deployment, Encoding, EnvFileSource, Source};
-use crate::secret::{self, EnvLookup, ExposeSecret, Problem, SecretString};
 
 /// The file one host gets, rendered and read back.
 pub struct HostFile {
@@ -368,7 +368,8 @@ fn env_file_scope(
     // of a secret: a contract key, or a name that does not look like one.
     let shown = |name: &str, line: usize| {
         if contract.has(name)
-            || (crate::contract::is_valid_key_name(name) && credential_reason(name).is_none())
+            || (crate::settings::names::is_valid_key_name(name)
+                && credential_reason(name).is_none())
         {
             name.to_string()
         } else {
@@ -379,7 +380,7 @@ fn env_file_scope(
     let mut first_line: BTreeMap<String, usize> = BTreeMap::new();
     for assignment in parsed.assignments {
         let name = shown(&assignment.key, assignment.line);
-        if !crate::contract::is_valid_key_name(&assignment.key) {
+        if !crate::settings::names::is_valid_key_name(&assignment.key) {
             return Err(fail(
                 assignment.line,
                 "the key is not a valid variable name".into(),
@@ -394,7 +395,7 @@ fn env_file_scope(
         let mut report = KeyReport {
             name: name.clone(),
             host: host.map(str::to_string),
-            source: crate::report::SourceKind::EnvFile,
+            source: crate::protocol::report::SourceKind::EnvFile,
             env: Some(variable.clone()),
             credential_id: file.credential_id.clone(),
             value: None,

@@ -1,6 +1,7 @@
 //! The one error type. Every variant names what was wrong (field, key, path,
 //! line) and never a value: a value may be a secret.
 
+use crate::protocol::exit::Exit;
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -207,7 +208,7 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
     #[error("{message}")]
-    HostsFailed { message: String, exit_code: i32 },
+    HostsFailed { message: String, exit: Exit },
 }
 
 fn at_field(field: &str, message: &str) -> String {
@@ -273,11 +274,11 @@ impl Error {
 
     /// Everything but a failed write or failed hosts is found before any host
     /// is contacted or any file written, so it is a rejection.
-    pub fn exit_code(&self) -> i32 {
+    pub fn exit(&self) -> Exit {
         match self {
-            Error::OutputWriteFailed { .. } => crate::report::EXIT_FAILED,
-            Error::HostsFailed { exit_code, .. } => *exit_code,
-            _ => crate::report::EXIT_REJECTED,
+            Error::OutputWriteFailed { .. } => Exit::Failed,
+            Error::HostsFailed { exit, .. } => *exit,
+            _ => Exit::Rejected,
         }
     }
 }

@@ -6,7 +6,8 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::protocol::error::{Error, Result};
+use crate::settings::names::is_valid_key_name;
 
 /// Contracts are small; a larger file is almost certainly the wrong file.
 const MAX_CONTRACT_BYTES: u64 = 1024 * 1024;
@@ -42,13 +43,6 @@ impl Contract {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|key| key.name.as_str())
     }
-}
-
-/// True for names a process environment and systemd accept: `[A-Za-z_][A-Za-z0-9_]*`.
-pub fn is_valid_key_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 pub fn load(path: &str) -> Result<Contract> {

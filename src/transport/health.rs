@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::report::CheckReport;
+use crate::protocol::report::CheckReport;
 use crate::settings::VerifySettings;
 
 /// Expands `{host}` and `{instance}` in a verify URL template.

@@ -6,12 +6,12 @@
 //! (root can already do anything they allow); a non-root deploy user cannot,
 //! so the host fails naming what to run: `hostenv host-install`, as root.
 
-use crate::error::{ErrorKind, HostError};
 use crate::host::config::HostConfig;
 use crate::host::{banner, CONFIG_DIR, PROGRAM};
-use crate::remote::{quote, Invocation, Remote};
+use crate::protocol::error::{ErrorKind, HostError};
 use crate::settings::Settings;
-use crate::systemd;
+use crate::transport::remote::{quote, Invocation, Remote};
+use crate::transport::units;
 
 /// What the request needs `/etc/hostenv/<service>.conf` to say.
 pub fn expected_config(settings: &Settings) -> HostConfig {
@@ -24,7 +24,7 @@ pub fn expected_config(settings: &Settings) -> HostConfig {
         backups: target.backups.max(1),
         state_dir: target.state_dir.clone(),
         units: settings.restart.units.clone(),
-        restart_timeout_s: systemd::timeout_seconds(std::time::Duration::from_millis(
+        restart_timeout_s: units::timeout_seconds(std::time::Duration::from_millis(
             settings.restart.timeout_ms,
         )),
     }
@@ -158,7 +158,7 @@ pub struct LocalProgram {
 }
 
 impl LocalProgram {
-    pub fn locate(env: &dyn crate::secret::EnvLookup) -> LocalProgram {
+    pub fn locate(env: &dyn crate::prepare::secret::EnvLookup) -> LocalProgram {
         let candidates = match env.get("HOSTENV_HOST_PROGRAM") {
             Some(path) => vec![path.into()],
             None => {

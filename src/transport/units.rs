@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use crate::error::{ErrorKind, HostError};
-use crate::remote::{Invocation, Query, Remote};
+use crate::protocol::error::{ErrorKind, HostError};
 use crate::settings::is_template;
+use crate::transport::remote::{Invocation, Query, Remote};
 
 // Queries, run without sudo.
 const INSTANCES: &str = r#"systemctl list-units --all --plain --no-legend --no-pager -- "$1""#;

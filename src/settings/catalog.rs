@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::request::{Restart, Target, Verify};
+use crate::protocol::request::{Restart, Target, Verify};
 
-const BUILTIN: &str = include_str!("../resources/io/hostenv/catalog.json");
+const BUILTIN: &str = include_str!("../../resources/io/hostenv/catalog.json");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

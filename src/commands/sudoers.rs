@@ -7,9 +7,9 @@
 //! class admits no space (sudo 1.9.10 or later).
 
 use crate::host::PROGRAM;
-use crate::remote;
 use crate::settings::{is_template, Settings};
-use crate::systemd;
+use crate::transport::remote;
+use crate::transport::units;
 
 /// The rules for `user`, one per line, with a comment header.
 pub fn rules(settings: &Settings, user: &str) -> String {
@@ -32,8 +32,11 @@ pub fn rules(settings: &Settings, user: &str) -> String {
     for n in 1..=target.backups.max(1) {
         invocations.push(remote::restage(service, n));
     }
-    for mode in [crate::lock::Mode::Exclusive, crate::lock::Mode::Shared] {
-        invocations.push(crate::lock::invocation(
+    for mode in [
+        crate::transport::lock::Mode::Exclusive,
+        crate::transport::lock::Mode::Shared,
+    ] {
+        invocations.push(crate::transport::lock::invocation(
             service,
             settings.environment.as_deref(),
             mode,
@@ -41,8 +44,8 @@ pub fn rules(settings: &Settings, user: &str) -> String {
     }
     let (named, discovered) = units(settings);
     for unit in &named {
-        invocations.push(systemd::restart_invocation(service, unit));
-        invocations.push(systemd::reset_failed_invocation(service, unit));
+        invocations.push(units::restart_invocation(service, unit));
+        invocations.push(units::reset_failed_invocation(service, unit));
     }
     let mut patterns = Vec::new();
     for (prefix, suffix) in &discovered {

@@ -7,9 +7,9 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
-use crate::error::{Error, ErrorKind, Result};
-use crate::report::Report;
-use crate::request::{BuildEnv, Deployment, Kind, Rotation, API_VERSION};
+use crate::protocol::error::{Error, ErrorKind, Result};
+use crate::protocol::report::Report;
+use crate::protocol::request::{BuildEnv, Deployment, Kind, Rotation, API_VERSION};
 
 const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
 

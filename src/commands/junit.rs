@@ -2,8 +2,7 @@
 //! Bitbucket's test reports. One testsuite per service, one testcase per host;
 //! a rejected request is one failing testcase named `request`.
 
-use crate::lint::Finding;
-use crate::report::{wire_name, HostReport, HostStatus, Report};
+use crate::protocol::report::{wire_name, Finding, HostReport, HostStatus, Report};
 
 pub fn render(report: &Report) -> String {
     if let Some(findings) = &report.findings {

@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use crate::error::{ErrorKind, HostError};
-use crate::remote::{Invocation, Remote};
+use crate::protocol::error::{ErrorKind, HostError};
+use crate::transport::remote::{Invocation, Remote};
 
 /// How long a run waits for a lock another run holds (`rollout.lockWaitMs`).
 pub const DEFAULT_WAIT_MS: u64 = 60_000;
@@ -24,14 +24,6 @@ pub enum Mode {
 /// The lock's environment part: the request's `environment`, or `default`.
 pub fn environment_name(environment: Option<&str>) -> &str {
     environment.unwrap_or("default")
-}
-
-pub fn path(service: &str, environment: Option<&str>) -> String {
-    format!(
-        "{}/{service}.{}.lock",
-        crate::host::LOCK_DIR,
-        environment_name(environment)
-    )
 }
 
 pub fn invocation(service: &str, environment: Option<&str>, mode: Mode) -> Invocation {
@@ -75,7 +67,7 @@ pub fn acquire(
                     wait.as_secs()
                 ),
             )
-        } else if remote.sudo && crate::remote::is_sudo_refusal(&answer) {
+        } else if remote.sudo && crate::transport::remote::is_sudo_refusal(&answer) {
             HostError::new(
                 ErrorKind::SudoRefused,
                 format!("`{}`: sudo refused the `lock` step; grant the lines `hostenv sudoers` prints: {answer}", remote.host),
@@ -96,11 +88,7 @@ mod tests {
 
     #[test]
     fn one_lock_per_service_and_environment() {
-        assert_eq!(
-            path("voxbridge", Some("production")),
-            "/run/hostenv/voxbridge.production.lock"
-        );
-        assert_eq!(path("voxcore", None), "/run/hostenv/voxcore.default.lock");
+        // The lock file itself is the host program's (`privilege.rs` checks it).
         assert_eq!(
             invocation("voxcore", None, Mode::Shared).sudoers_command(),
             "/usr/local/sbin/hostenv-host lock voxcore default shared"
