@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::commands::{build_env, check};
 use crate::deploy;
 use crate::deploy::RunOptions;
-use crate::prepare::secret::EnvLookup;
 use crate::protocol::error::{Error, Result};
 use crate::protocol::exit::Exit;
 use crate::protocol::intake;
@@ -17,6 +16,7 @@ use crate::protocol::report::{wire_name, Action, HostStatus, Report};
 use crate::protocol::request::{Deployment, Request, API_VERSION};
 use crate::protocol::schema;
 use crate::settings::catalog::Catalog;
+use crate::settings::secret::EnvLookup;
 use crate::settings::Settings;
 
 #[derive(Debug, Parser)]
@@ -420,7 +420,7 @@ fn finish(mut report: Report, started: Instant, junit: Option<&std::path::Path>)
 fn run_options(flags: &RunFlags, bytes: &[u8], env: &dyn EnvLookup) -> Result<RunOptions> {
     let plan_key = match flags.plan_key_env {
         Some(name) => Some(
-            crate::prepare::secret::from_env(env, name, false)
+            crate::settings::secret::from_env(env, name, false)
                 .map_err(|problem| Error::Usage(format!("--plan-key-env: {}", problem.message)))?,
         ),
         None => None,

@@ -33,9 +33,9 @@ pub mod host;
 // public, so the compiler sees what nothing uses.
 pub use cli::{main_with_args, Outcome};
 pub use prepare::prepare;
-pub use prepare::secret::{ExposeSecret, ProcessEnv};
 pub use protocol::exit::Exit;
 pub use protocol::intake::parse_request;
 pub use protocol::request::{Deployment, Request};
+pub use protocol::time::rfc3339;
 pub use settings::catalog::Catalog;
-pub use transport::audit::rfc3339;
+pub use settings::secret::{ExposeSecret, ProcessEnv};

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 
 use crate::prepare::contract::{self, Contract};
 use crate::prepare::detect::credential_reason;
-use crate::prepare::secret::EnvLookup;
 use crate::protocol::error::{Error, ErrorKind, Result};
 use crate::protocol::report::{
     ContractReport, KeyReport, KeyStatus, OutputReport, Report, SourceKind,
 };
 use crate::protocol::request::BuildEnv;
 use crate::render::dotenv;
+use crate::settings::secret::EnvLookup;
 use crate::settings::{check_key_names, check_source_map};
 
 const DEFAULT_OUTPUT: &str = ".env";

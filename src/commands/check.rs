@@ -1,15 +1,16 @@
 //! `hostenv check`: validate, resolve and render in memory, touching no host;
 //! and reject what a run would reject before its first connection.
 
-use crate::deploy::{Rollout, RunOptions};
+use crate::deploy::RunOptions;
 use crate::prepare::rotation::prepare_rotation;
-use crate::prepare::secret::EnvLookup;
 use crate::prepare::{prepare_deploy, Prepared};
 use crate::protocol::error::Result;
 use crate::protocol::report::{DeploymentReport, Report, Summary};
 use crate::protocol::request::{Deployment, Rotation};
 use crate::settings::catalog::Catalog;
-use crate::transport::ssh;
+use crate::settings::rollout::Rollout;
+use crate::settings::secret::EnvLookup;
+use crate::settings::ssh;
 
 /// What a run would reject after preparing and before its first connection:
 /// the SSH settings (with `ssh_unbound`, only which sources are set) and the rollout.

@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::prepare::secret::{ExposeSecret, SecretString};
+use crate::settings::secret::{ExposeSecret, SecretString};
 use crate::transport::remote::Current;
 
 pub const PREFIX: &str = "hmac-sha256:";

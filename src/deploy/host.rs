@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use super::Context;
 use crate::prepare::resolve::HostFile;
-use crate::prepare::secret::{ExposeSecret, SecretString};
 use crate::protocol::error::{ErrorKind, HostError};
 use crate::protocol::report::{
     wire_name, Action, ErrorReport, HostReport, HostStatus, KeyChanges, RollbackAction, StepReport,
@@ -15,6 +14,7 @@ use crate::protocol::report::{
 };
 use crate::protocol::request::SudoMode;
 use crate::render::systemd as grammar;
+use crate::settings::secret::{ExposeSecret, SecretString};
 use crate::settings::HostSettings;
 use crate::transport::audit::{self, AuditLine};
 use crate::transport::health;

@@ -26,20 +26,20 @@ use crate::prepare::rotation::{prepare_rotation, rotation_rules};
 use crate::prepare::{prepare_deploy, Prepared};
 use crate::settings::catalog::Catalog;
 
-use crate::prepare::secret::{EnvLookup, SecretString};
 use crate::protocol::error::{Error, ErrorKind, HostError, Result};
 use crate::protocol::exit::Exit;
 use crate::protocol::report::{
     wire_name, Action, ContractReport, DeploymentReport, ErrorReport, HostStatus, Report, Summary,
 };
-use crate::protocol::request::{Amount, Deployment, Rotation, SudoMode};
+use crate::protocol::request::{Deployment, Rotation, SudoMode};
+use crate::settings::rollout::Rollout;
+use crate::settings::secret::{EnvLookup, SecretString};
+use crate::settings::ssh::SshConfig;
 use crate::settings::Settings;
 use crate::transport::lock;
 use crate::transport::remote::Invocation;
-use crate::transport::ssh::SshConfig;
 use host::HostRun;
 
-pub const DEFAULT_PARALLEL: u32 = 10;
 pub const DEFAULT_DEADLINE_MS: u64 = 600_000;
 
 /// What the command line adds to a request: the plan digest's key, the digest
@@ -446,84 +446,9 @@ fn holder(action: Action, deployment: &Deployment) -> String {
         "action": wire_name(&action),
         "buildUrl": audit.build_url,
         "by": audit.by,
-        "since": crate::transport::audit::rfc3339(std::time::SystemTime::now()),
+        "since": crate::protocol::time::rfc3339(std::time::SystemTime::now()),
     })
     .to_string()
-}
-
-/// How the hosts are taken: canary, batch size, failures tolerated, parallelism.
-#[derive(Clone)]
-pub(crate) struct Rollout {
-    parallel: usize,
-    canary: usize,
-    batch: usize,
-    max_failed: usize,
-    lock_wait: Duration,
-}
-
-impl Rollout {
-    pub(crate) fn from_request(deployment: &Deployment, at: &str, hosts: usize) -> Result<Rollout> {
-        let rollout = deployment.rollout.clone().unwrap_or_default();
-        let canary = rollout.canary.unwrap_or(0) as usize;
-        if canary > hosts {
-            return Err(Error::invalid(
-                ErrorKind::InvalidSetting,
-                format!("{at}/rollout/canary"),
-                format!("there are only {hosts} hosts"),
-            ));
-        }
-        let batch = match &rollout.batch {
-            Some(amount) => hosts_in(amount, hosts, &format!("{at}/rollout/batch"))?.max(1),
-            None => hosts.max(1),
-        };
-        let max_failed = match &rollout.max_failed {
-            Some(amount) => hosts_in(amount, hosts, &format!("{at}/rollout/maxFailed"))?,
-            None => 0,
-        };
-        Ok(Rollout {
-            parallel: rollout.parallel.unwrap_or(DEFAULT_PARALLEL).max(1) as usize,
-            canary,
-            batch,
-            max_failed,
-            lock_wait: Duration::from_millis(rollout.lock_wait_ms.unwrap_or(lock::DEFAULT_WAIT_MS)),
-        })
-    }
-
-    /// Index ranges, in request order: the canary hosts, then batches.
-    fn batches(&self, hosts: usize) -> Vec<std::ops::Range<usize>> {
-        let mut batches = Vec::new();
-        if self.canary > 0 {
-            batches.push(0..self.canary);
-        }
-        let mut start = self.canary;
-        while start < hosts {
-            let end = (start + self.batch).min(hosts);
-            batches.push(start..end);
-            start = end;
-        }
-        batches
-    }
-}
-
-/// A count, or `"N%"` of the hosts rounded up (at least 1).
-fn hosts_in(amount: &Amount, hosts: usize, field: &str) -> Result<usize> {
-    match amount {
-        Amount::Count(count) => Ok(*count as usize),
-        Amount::Percent(text) => {
-            let percent = text
-                .strip_suffix('%')
-                .and_then(|n| n.parse::<usize>().ok())
-                .filter(|n| (1..=100).contains(n))
-                .ok_or_else(|| {
-                    Error::invalid(
-                        ErrorKind::InvalidSetting,
-                        field,
-                        "must be a whole number of hosts or a percentage from `1%` to `100%`",
-                    )
-                })?;
-            Ok((hosts * percent).div_ceil(100).max(1))
-        }
-    }
 }
 
 fn apply_in_batches(runs: &mut [HostRun], rollout: &Rollout) {
@@ -544,14 +469,7 @@ fn apply_in_batches(runs: &mut [HostRun], rollout: &Rollout) {
         });
         let failures = batch.iter().filter(|run| run.failed()).count();
         failed += failures;
-        if index == 0 && rollout.canary > 0 && failures > 0 {
-            stop = Some("not attempted: the canary failed".into());
-        } else if failed > rollout.max_failed {
-            stop = Some(format!(
-                "not attempted: {failed} hosts failed, more than `rollout.maxFailed` ({}) allows",
-                rollout.max_failed
-            ));
-        }
+        stop = rollout.stop_after(index, failures, failed);
     }
 }
 
@@ -642,34 +560,3 @@ fn status_words(status: HostStatus) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_put_the_canary_alone_first() {
-        let rollout = Rollout {
-            parallel: 4,
-            canary: 1,
-            batch: 3,
-            max_failed: 0,
-            lock_wait: Duration::from_secs(1),
-        };
-        assert_eq!(rollout.batches(8), vec![0..1, 1..4, 4..7, 7..8]);
-        let no_canary = Rollout {
-            canary: 0,
-            ..rollout
-        };
-        assert_eq!(no_canary.batches(3), vec![0..3]);
-    }
-
-    #[test]
-    fn percentages_round_up_to_at_least_one_host() {
-        let percent = |p: &str, hosts| hosts_in(&Amount::Percent(p.into()), hosts, "/f").unwrap();
-        assert_eq!(percent("25%", 10), 3);
-        assert_eq!(percent("1%", 3), 1);
-        assert_eq!(percent("100%", 7), 7);
-        assert!(hosts_in(&Amount::Percent("0%".into()), 3, "/f").is_err());
-        assert!(hosts_in(&Amount::Percent("x%".into()), 3, "/f").is_err());
-    }
-}

@@ -7,9 +7,9 @@ use sha2::Sha256;
 
 use super::host::{HostRun, Values};
 use super::in_parallel;
-use crate::prepare::secret::ExposeSecret;
 use crate::protocol::error::{Error, Result};
 use crate::protocol::report::{SharedHolder, SharedKeyReport, SharedValueGroup};
+use crate::settings::secret::ExposeSecret;
 
 /// Per run, the shared keys' values its host holds (None: not read).
 pub(super) type Holdings = Vec<Option<Values>>;

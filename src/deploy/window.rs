@@ -22,12 +22,12 @@ use std::ops::Range;
 use super::host::{HostRun, Outcome};
 use super::{in_parallel, shared, Context};
 use crate::prepare::rotation::{overlap_verifiers, previous_name};
-use crate::prepare::secret::{ExposeSecret, SecretString};
 use crate::prepare::Prepared;
 use crate::protocol::error::{ErrorKind, HostError, Result};
 use crate::protocol::report::{HostStatus, SharedKeyReport};
 use crate::protocol::request::Rotation;
 use crate::render::systemd as grammar;
+use crate::settings::secret::{ExposeSecret, SecretString};
 
 /// The keys rotated in three phases, and which deployments verify them.
 pub(super) struct Overlap {

@@ -7,11 +7,10 @@ pub mod contract;
 pub mod detect;
 pub mod resolve;
 pub mod rotation;
-pub mod secret;
 
+use crate::settings::secret::{EnvLookup, ExposeSecret};
 use contract::Contract;
 use resolve::Resolution;
-use secret::{EnvLookup, ExposeSecret};
 
 use crate::protocol::error::{Error, ErrorKind, Result};
 use crate::protocol::report::{

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 
 use crate::prepare::contract::Contract;
 use crate::prepare::detect::credential_reason;
-use crate::prepare::secret::{self, EnvLookup, ExposeSecret, Problem, SecretString};
 use crate::protocol::error::{Error, Result};
 use crate::protocol::report::{KeyReport, KeyStatus, SourceKind};
 use crate::protocol::request::{Deployment, Encoding, EnvFileSource, Source};
 use crate::render::systemd;
+use crate::settings::secret::{self, EnvLookup, ExposeSecret, Problem, SecretString};
 
 /// The file one host gets, rendered and read back.
 pub struct HostFile {

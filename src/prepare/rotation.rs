@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use super::secret::{EnvLookup, ExposeSecret};
 use super::{key_problems, prepare, Prepared};
 use crate::protocol::error::{Error, ErrorKind, Result};
 use crate::protocol::report::{DeploymentReport, KeyReport, Report, SharedKeyReport, Summary};
 use crate::protocol::request::{Amount, Rotation};
 use crate::settings::catalog::Catalog;
 use crate::settings::check_key_names;
+use crate::settings::secret::{EnvLookup, ExposeSecret};
 
 /// One window deploys each service once.
 pub fn distinct_services(rotation: &Rotation) -> Result<()> {

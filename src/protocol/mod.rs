@@ -8,3 +8,4 @@ pub mod intake;
 pub mod report;
 pub mod request;
 pub mod schema;
+pub mod time;

@@ -4,7 +4,12 @@
 //! plain character sets here, so no quoting mistake downstream can inject.
 
 pub mod catalog;
+pub mod certificate;
+pub mod known_hosts;
 pub mod names;
+pub mod rollout;
+pub mod secret;
+pub mod ssh;
 
 use std::collections::BTreeMap;
 

@@ -11,9 +11,6 @@ use std::time::Duration;
 use crate::protocol::error::{ErrorKind, HostError};
 use crate::transport::remote::{Invocation, Remote};
 
-/// How long a run waits for a lock another run holds (`rollout.lockWaitMs`).
-pub const DEFAULT_WAIT_MS: u64 = 60_000;
-
 /// Exclusive for runs that write (deploy, rollback), shared for runs that read (plan, drift).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -3,7 +3,6 @@
 //! audit line and installing the host program.
 
 pub mod audit;
-pub mod certificate;
 pub mod health;
 pub mod lock;
 pub mod provision;

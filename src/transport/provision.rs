@@ -158,7 +158,7 @@ pub struct LocalProgram {
 }
 
 impl LocalProgram {
-    pub fn locate(env: &dyn crate::prepare::secret::EnvLookup) -> LocalProgram {
+    pub fn locate(env: &dyn crate::settings::secret::EnvLookup) -> LocalProgram {
         let candidates = match env.get("HOSTENV_HOST_PROGRAM") {
             Some(path) => vec![path.into()],
             None => {

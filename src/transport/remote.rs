@@ -15,8 +15,8 @@
 //! scripts run as the login user.
 
 use crate::host::PROGRAM;
-use crate::prepare::secret::{ExposeSecret, SecretString};
 use crate::protocol::error::{ErrorKind, HostError};
+use crate::settings::secret::{ExposeSecret, SecretString};
 use crate::settings::TargetSettings;
 use crate::transport::ssh::{Connection, Output};
 

@@ -94,7 +94,7 @@ impl Certificate {
 
     /// Why the certificate cannot log `user` in at `now` (seconds since the epoch).
     pub fn unusable_for(&self, user: &str, now: u64) -> Option<String> {
-        let at = crate::transport::audit::rfc3339;
+        let at = crate::protocol::time::rfc3339;
         let time = |s: u64| at(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
         if now < self.valid_after {
             return Some(format!(
