@@ -7,7 +7,8 @@
 //! class admits no space (sudo 1.9.10 or later).
 
 use crate::host::PROGRAM;
-use crate::settings::{is_template, Settings};
+use crate::settings::names::Unit;
+use crate::settings::Settings;
 use crate::transport::remote;
 use crate::transport::units;
 
@@ -88,25 +89,24 @@ const INSTANCE_CLASS: &str = "[A-Za-z0-9_][A-Za-z0-9_.-]*";
 
 /// Every unit a deploy may restart, by name (plain units and the instances
 /// hosts list), and the templates (prefix, suffix) some host leaves to be discovered.
-fn units(settings: &Settings) -> (Vec<String>, Vec<(String, String)>) {
-    let mut named: Vec<String> = Vec::new();
+fn units(settings: &Settings) -> (Vec<Unit>, Vec<(String, String)>) {
+    let mut named: Vec<Unit> = Vec::new();
     let mut discovered: Vec<(String, String)> = Vec::new();
-    let mut add = |name: String| {
+    let mut add = |name: Unit| {
         if !named.contains(&name) {
             named.push(name);
         }
     };
     for unit in &settings.restart.units {
-        if !is_template(unit) {
+        let Some((prefix, suffix)) = unit.template_parts() else {
             add(unit.clone());
             continue;
-        }
-        let (prefix, suffix) = unit.split_once("@.").expect("template has @.");
+        };
         for host in &settings.hosts {
             match &host.instances {
                 Some(instances) => {
-                    for instance in instances {
-                        add(format!("{prefix}@{instance}.{suffix}"));
+                    for instance in instances.iter().filter_map(|i| unit.instance(i)) {
+                        add(instance);
                     }
                 }
                 None => {

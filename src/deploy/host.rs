@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::Context;
+use super::{assess, Context};
 use crate::prepare::resolve::HostFile;
 use crate::protocol::error::{ErrorKind, HostError};
 use crate::protocol::report::{
@@ -14,6 +14,7 @@ use crate::protocol::report::{
 };
 use crate::protocol::request::SudoMode;
 use crate::render::systemd as grammar;
+use crate::settings::names::Unit;
 use crate::settings::secret::{ExposeSecret, SecretString};
 use crate::settings::HostSettings;
 use crate::transport::audit::{self, AuditLine};
@@ -28,11 +29,11 @@ use crate::transport::units;
 pub(super) struct Assessment {
     pub current: Current,
     pub current_values: Values,
-    pub units: Vec<String>,
+    pub units: Vec<Unit>,
     pub same_file: bool,
     /// With an identical file: the units to restart anyway (`restart.force`, or
     /// started before the file was written).
-    pub stale_units: Vec<String>,
+    pub stale_units: Vec<Unit>,
 }
 
 /// What a stage puts beside the target.
@@ -533,26 +534,20 @@ impl<'a> HostRun<'a> {
         self.report.units = units
             .iter()
             .map(|u| UnitReport {
-                unit: u.clone(),
+                unit: u.to_string(),
                 restarted: false,
                 will_restart: false,
             })
             .collect();
         // A rollback always puts a backup in place, whatever is there now.
-        let same_file = self.file.is_some_and(|file| {
-            current
-                .content
-                .as_ref()
-                .is_some_and(|c| c.expose_secret() == file.text.expose_secret())
-        }) && current.uid == current.want_uid
-            && current.gid == current.want_gid
-            && current.mode == target.mode;
+        let same_file = self
+            .file
+            .is_some_and(|file| assess::holds_the_file(&current, &file.text, target.mode));
         let mut stale_units = Vec::new();
         if same_file {
             for unit in &units {
                 let started = self.step("started-at", |remote| units::started_at(remote, unit))?;
-                // A previous run may have switched the file and died before restarting.
-                if context.settings.restart.force || started.is_none_or(|at| at < current.mtime) {
+                if assess::restart_anyway(started, current.mtime, context.settings.restart.force) {
                     stale_units.push(unit.clone());
                 }
             }
@@ -596,8 +591,7 @@ impl<'a> HostRun<'a> {
 
     /// Whether the new file holds another value for `key` than the host does now.
     fn changes_value_of(&self, current: &Values, key: &str) -> bool {
-        let new = self.value_of(key);
-        matches!((current.get(key), new), (Some(old), Some(new)) if old.expose_secret() != new)
+        assess::changes_value(current.get(key), self.value_of(key))
     }
 
     /// The value this run would write for `key`.
@@ -620,13 +614,13 @@ impl<'a> HostRun<'a> {
         let Some(assessment) = &self.assessment else {
             return;
         };
-        let restarting: &[String] = if assessment.same_file {
+        let restarting: &[Unit] = if assessment.same_file {
             &assessment.stale_units
         } else {
             &assessment.units
         };
         for unit in &mut self.report.units {
-            unit.will_restart = restarting.contains(&unit.unit);
+            unit.will_restart = restarting.iter().any(|u| u.as_str() == unit.unit);
         }
         let status = if self.has_work() {
             HostStatus::Planned
@@ -834,7 +828,7 @@ impl<'a> HostRun<'a> {
     /// Restarts units one at a time. After each instance of a template, the
     /// checks with `{instance}` run for it before the next restarts, so a host
     /// never loses all its workers at once; the other checks run at the end.
-    fn restart_and_verify(&mut self, units: &[String]) -> Result<(), HostError> {
+    fn restart_and_verify(&mut self, units: &[Unit]) -> Result<(), HostError> {
         let settings = &self.context.settings;
         let timeout = Duration::from_millis(settings.restart.timeout_ms);
         let redactions = std::mem::take(&mut self.redactions);
@@ -847,7 +841,12 @@ impl<'a> HostRun<'a> {
             if result.is_err() {
                 break;
             }
-            if let Some(entry) = self.report.units.iter_mut().find(|u| &u.unit == unit) {
+            if let Some(entry) = self
+                .report
+                .units
+                .iter_mut()
+                .find(|u| u.unit == unit.as_str())
+            {
                 entry.restarted = true;
             }
             result = self.instance_checks(unit);
@@ -861,8 +860,8 @@ impl<'a> HostRun<'a> {
     }
 
     /// The checks with `{instance}`, for `unit` when it is a template's instance.
-    fn instance_checks(&mut self, unit: &str) -> Result<(), HostError> {
-        let Some(instance) = instance_of(unit) else {
+    fn instance_checks(&mut self, unit: &Unit) -> Result<(), HostError> {
+        let Some(instance) = unit.instance_name() else {
             return Ok(());
         };
         let settings = &self.context.settings;
@@ -1070,13 +1069,6 @@ fn value_in<'f>(file: Option<&'f HostFile>, key: &str) -> Option<&'f str> {
         .iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.expose_secret())
-}
-
-fn instance_of(unit: &str) -> Option<&str> {
-    unit.split_once('@')
-        .and_then(|(_, rest)| rest.rsplit_once('.'))
-        .map(|(instance, _)| instance)
-        .filter(|instance| !instance.is_empty())
 }
 
 fn combine(first: &HostError, then: &HostError) -> HostError {

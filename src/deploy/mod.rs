@@ -14,6 +14,7 @@
 //! - a Rotation is one window over all its deployments (window.rs): every host
 //!   either ends with the new file or is put back.
 
+mod assess;
 pub mod digest;
 mod host;
 mod shared;
@@ -559,4 +560,3 @@ fn status_words(status: HostStatus) -> &'static str {
         _ => "nothing changed",
     }
 }
-

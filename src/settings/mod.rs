@@ -14,11 +14,9 @@ pub mod ssh;
 use std::collections::BTreeMap;
 
 use crate::settings::catalog::Catalog;
-use names::is_valid_key_name;
+use names::{is_valid_key_name, Unit};
 // The host program checks the same names again; one definition serves both.
-use crate::host::config::{
-    is_account_name, is_plain_name, is_plain_path, is_unit_name, is_unit_word,
-};
+use crate::host::config::{is_account_name, is_plain_name, is_plain_path, is_unit_word};
 use crate::protocol::error::{Error, ErrorKind, Result};
 use crate::protocol::request::{Deployment, EnvFileSource, Source, Verify};
 use crate::protocol::schema::escape_pointer_token;
@@ -61,7 +59,7 @@ pub struct TargetSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartSettings {
-    pub units: Vec<String>,
+    pub units: Vec<Unit>,
     pub force: bool,
     pub timeout_ms: u64,
 }
@@ -139,10 +137,12 @@ impl Settings {
                 "at least one unit is needed",
             ));
         }
-        for (index, unit) in units.iter().enumerate() {
-            check_unit_name(unit, &format!("{at}/restart/units/{index}"))?;
-        }
-        let templated = units.iter().any(|unit| is_template(unit));
+        let units = units
+            .iter()
+            .enumerate()
+            .map(|(index, unit)| unit_named(unit, &format!("{at}/restart/units/{index}")))
+            .collect::<Result<Vec<Unit>>>()?;
+        let templated = units.iter().any(Unit::is_template);
         let verify = verify
             .iter()
             .enumerate()
@@ -452,10 +452,6 @@ pub fn parse_mode(text: &str, here: &str) -> Result<u32> {
     Ok(mode)
 }
 
-pub fn is_template(unit: &str) -> bool {
-    unit.contains("@.")
-}
-
 fn check_service_name(name: &str, here: &str) -> Result<()> {
     if is_plain_name(name) {
         Ok(())
@@ -529,16 +525,14 @@ fn check_absolute_path(path: &str, here: &str) -> Result<()> {
 }
 
 /// `name.service`, `name@instance.service` or a template `name@.service`.
-fn check_unit_name(unit: &str, here: &str) -> Result<()> {
-    if is_unit_name(unit) {
-        Ok(())
-    } else {
-        Err(Error::invalid(
+fn unit_named(unit: &str, here: &str) -> Result<Unit> {
+    Unit::parse(unit).ok_or_else(|| {
+        Error::invalid(
             ErrorKind::InvalidUnitName,
             here,
             "must be a systemd unit name such as `name.service` or `name@.service`",
-        ))
-    }
+        )
+    })
 }
 
 fn check_instance_name(instance: &str, here: &str) -> Result<()> {
@@ -602,7 +596,7 @@ mod tests {
             "../x.service",
         ] {
             assert_eq!(
-                kind(check_unit_name(unit, "/u")),
+                kind(unit_named(unit, "/u").map(|_| ())),
                 ErrorKind::InvalidUnitName,
                 "{unit}"
             );
@@ -613,7 +607,7 @@ mod tests {
             "voxcore@sock1.service",
             "multi-user.target",
         ] {
-            assert!(check_unit_name(unit, "/u").is_ok(), "{unit}");
+            assert!(unit_named(unit, "/u").is_ok(), "{unit}");
         }
         for path in [
             "relative/.env",

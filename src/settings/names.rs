@@ -6,3 +6,94 @@ pub fn is_valid_key_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
+
+/// A systemd unit name checked to be one hostenv restarts (`name.service`,
+/// `.target` or `.socket`; `name@.service` a template, `name@INSTANCE.service`
+/// one of its instances): the only form in which a unit reaches a host.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Unit(String);
+
+impl Unit {
+    /// The unit `name`, when it is one.
+    pub fn parse(name: &str) -> Option<Unit> {
+        crate::host::config::is_unit_name(name).then(|| Unit(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `name@.service`: a template, restarted as its instances.
+    pub fn is_template(&self) -> bool {
+        self.template_parts().is_some()
+    }
+
+    /// A template's name on either side of its instance: `("name", "service")`.
+    pub fn template_parts(&self) -> Option<(&str, &str)> {
+        self.0.split_once("@.")
+    }
+
+    /// The template's instance `instance` (`name@INSTANCE.service`), when
+    /// this is a template and `instance` a unit word.
+    pub fn instance(&self, instance: &str) -> Option<Unit> {
+        let (prefix, suffix) = self.template_parts()?;
+        Unit::parse(&format!("{prefix}@{instance}.{suffix}"))
+    }
+
+    /// What systemd lists a template's instances by: `name@*.service`.
+    pub fn instances_pattern(&self) -> Option<String> {
+        let (prefix, suffix) = self.template_parts()?;
+        Some(format!("{prefix}@*.{suffix}"))
+    }
+
+    /// The instance this unit is of a template (`INSTANCE`), if it is one.
+    pub fn instance_name(&self) -> Option<&str> {
+        self.0
+            .split_once('@')
+            .and_then(|(_, rest)| rest.rsplit_once('.'))
+            .map(|(instance, _)| instance)
+            .filter(|instance| !instance.is_empty())
+    }
+}
+
+impl std::fmt::Display for Unit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_know_their_templates_and_instances() {
+        let template = Unit::parse("voxcore@.service").unwrap();
+        assert!(template.is_template());
+        assert_eq!(template.template_parts(), Some(("voxcore", "service")));
+        assert_eq!(template.instances_pattern().unwrap(), "voxcore@*.service");
+        let worker = template.instance("w1").unwrap();
+        assert_eq!(worker.as_str(), "voxcore@w1.service");
+        assert!(!worker.is_template());
+        assert_eq!(worker.instance_name(), Some("w1"));
+        assert_eq!(template.instance_name(), None);
+        // Not an instance name: no unit.
+        assert_eq!(template.instance("a b"), None);
+        let plain = Unit::parse("voxbridge.service").unwrap();
+        assert!(!plain.is_template());
+        assert_eq!(plain.instance("w1"), None);
+        assert_eq!(plain.instance_name(), None);
+        for bad in ["voxbridge", "../x.service", "a b.service", "-x.service", ""] {
+            assert_eq!(Unit::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_names_are_what_environments_take() {
+        assert!(is_valid_key_name("JWT_SECRET"));
+        assert!(is_valid_key_name("_x1"));
+        assert!(!is_valid_key_name("1X"));
+        assert!(!is_valid_key_name("A-B"));
+        assert!(!is_valid_key_name(""));
+    }
+}

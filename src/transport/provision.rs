@@ -9,6 +9,7 @@
 use crate::host::config::HostConfig;
 use crate::host::{banner, CONFIG_DIR, PROGRAM};
 use crate::protocol::error::{ErrorKind, HostError};
+use crate::settings::names::Unit;
 use crate::settings::Settings;
 use crate::transport::remote::{quote, Invocation, Remote};
 use crate::transport::units;
@@ -23,7 +24,7 @@ pub fn expected_config(settings: &Settings) -> HostConfig {
         mode: target.mode,
         backups: target.backups.max(1),
         state_dir: target.state_dir.clone(),
-        units: settings.restart.units.clone(),
+        units: settings.restart.units.iter().map(Unit::to_string).collect(),
         restart_timeout_s: units::timeout_seconds(std::time::Duration::from_millis(
             settings.restart.timeout_ms,
         )),

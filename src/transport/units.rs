@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::protocol::error::{ErrorKind, HostError};
-use crate::settings::is_template;
+use crate::settings::names::Unit;
 use crate::transport::remote::{Invocation, Query, Remote};
 
 // Queries, run without sudo.
@@ -17,12 +17,12 @@ const STARTED_AT: &str = r#"t=$(systemctl show -p ExecMainStartTimestamp --times
 
 /// The host program's restart: bounded by the configuration's restart timeout,
 /// and answering `result=start-limit-hit` (systemd's verdict) when it fails.
-pub fn restart_invocation(service: &str, unit: &str) -> Invocation {
-    Invocation::new("restart", &[service, unit])
+pub fn restart_invocation(service: &str, unit: &Unit) -> Invocation {
+    Invocation::new("restart", &[service, unit.as_str()])
 }
 
-pub fn reset_failed_invocation(service: &str, unit: &str) -> Invocation {
-    Invocation::new("reset-failed", &[service, unit])
+pub fn reset_failed_invocation(service: &str, unit: &Unit) -> Invocation {
+    Invocation::new("reset-failed", &[service, unit.as_str()])
 }
 
 /// The restart timeout in whole seconds, as the host's configuration records it.
@@ -35,23 +35,22 @@ pub fn timeout_seconds(timeout: Duration) -> u64 {
 /// that are active, activating or failed.
 pub fn units_on_host(
     remote: &Remote,
-    units: &[String],
+    units: &[Unit],
     instances: Option<&[String]>,
-) -> Result<Vec<String>, HostError> {
+) -> Result<Vec<Unit>, HostError> {
     let mut out = Vec::new();
     for unit in units {
-        if !is_template(unit) {
+        let Some(pattern) = unit.instances_pattern() else {
             out.push(unit.clone());
             continue;
-        }
-        let (prefix, suffix) = unit.split_once("@.").expect("template has @.");
-        let found: Vec<String> = match instances {
+        };
+        let found: Vec<Unit> = match instances {
+            // Instance names were checked with the settings.
             Some(instances) => instances
                 .iter()
-                .map(|instance| format!("{prefix}@{instance}.{suffix}"))
+                .filter_map(|instance| unit.instance(instance))
                 .collect(),
             None => {
-                let pattern = format!("{prefix}@*.{suffix}");
                 let output = remote.query(&Query::new("units", INSTANCES, &[&pattern]))?;
                 String::from_utf8_lossy(&output.stdout)
                     .lines()
@@ -59,12 +58,20 @@ pub fn units_on_host(
                         let fields: Vec<&str> = line.split_whitespace().collect();
                         match fields.as_slice() {
                             [name, "loaded", "active" | "activating" | "failed", ..] => {
-                                Some(name.to_string())
+                                Some(Unit::parse(name).ok_or_else(|| {
+                                    HostError::new(
+                                        ErrorKind::RemoteCommandFailed,
+                                        format!(
+                                            "`{}`: systemd lists `{name}`, which is not a unit name hostenv restarts",
+                                            remote.host
+                                        ),
+                                    )
+                                }))
                             }
                             _ => None,
                         }
                     })
-                    .collect()
+                    .collect::<Result<_, _>>()?
             }
         };
         if found.is_empty() {
@@ -82,7 +89,7 @@ pub fn units_on_host(
 /// with any secret redacted by the caller's `redact`.
 pub fn restart(
     remote: &Remote,
-    unit: &str,
+    unit: &Unit,
     timeout: Duration,
     redact: &dyn Fn(&str) -> String,
 ) -> Result<(), HostError> {
@@ -115,13 +122,13 @@ pub fn restart(
 }
 
 /// Clears a failed state (and the start-limit counter) before a rollback restart.
-pub fn reset_failed(remote: &Remote, unit: &str) {
+pub fn reset_failed(remote: &Remote, unit: &Unit) {
     let _ = remote.run(&reset_failed_invocation(remote.service, unit), &[]);
 }
 
 /// When the unit's main process last started, in microseconds since the epoch.
-pub fn started_at(remote: &Remote, unit: &str) -> Result<Option<i64>, HostError> {
-    let output = remote.query(&Query::new("started-at", STARTED_AT, &[unit]))?;
+pub fn started_at(remote: &Remote, unit: &Unit) -> Result<Option<i64>, HostError> {
+    let output = remote.query(&Query::new("started-at", STARTED_AT, &[unit.as_str()]))?;
     let text = String::from_utf8_lossy(&output.stdout);
     Ok(text.trim().parse().ok())
 }

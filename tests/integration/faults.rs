@@ -15,8 +15,8 @@ use pretty_assertions::assert_eq;
 use serde_json::{json, Value};
 
 use crate::deploy::{
-    expected_voxbridge_file, file_on, fingerprint, health, secrets, settle, statuses,
-    voxbridge_request, Deployer, Firewall,
+    expected_voxbridge_file, file_on, fingerprint, health, scenario, secrets, settle, statuses,
+    voxbridge_request, Deployer, Firewall, Scenario,
 };
 use crate::testbed::{TestHost, Testbed};
 
@@ -96,22 +96,42 @@ impl Paused {
     }
 }
 
-pub(crate) fn scenarios(deployer: &Deployer, hosts: &[&TestHost]) {
-    let testbed = deployer.testbed;
-    killed_at_each_step_leaves_a_whole_file_and_converges(deployer, hosts[0]);
-    settle(testbed, hosts);
-    a_connection_lost_after_the_switch_is_unknown_and_the_next_run_repairs(deployer, hosts[0]);
-    settle(testbed, hosts);
-    a_host_that_never_speaks_ssh_times_out_alone(deployer, hosts);
-    settle(testbed, hosts);
-    health_that_hangs_flaps_or_comes_up_slowly(deployer, hosts[1]);
-    settle(testbed, hosts);
-    a_full_disk_while_staging_changes_nothing(deployer, hosts[2]);
-    settle(testbed, hosts);
-    a_connection_cut_or_reset_mid_upload_changes_nothing(deployer, hosts[0]);
-    settle(testbed, hosts);
-    the_release_build_has_no_fault_injection();
-}
+/// The fault scenarios, after the deploy scenarios on the same testbed.
+pub(crate) const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "killed_at_each_step_leaves_a_whole_file_and_converges",
+        run: |deployer, hosts| {
+            killed_at_each_step_leaves_a_whole_file_and_converges(deployer, hosts[0])
+        },
+    },
+    Scenario {
+        name: "a_connection_lost_after_the_switch_is_unknown_and_the_next_run_repairs",
+        run: |deployer, hosts| {
+            a_connection_lost_after_the_switch_is_unknown_and_the_next_run_repairs(
+                deployer, hosts[0],
+            )
+        },
+    },
+    scenario!(a_host_that_never_speaks_ssh_times_out_alone),
+    Scenario {
+        name: "health_that_hangs_flaps_or_comes_up_slowly",
+        run: |deployer, hosts| health_that_hangs_flaps_or_comes_up_slowly(deployer, hosts[1]),
+    },
+    Scenario {
+        name: "a_full_disk_while_staging_changes_nothing",
+        run: |deployer, hosts| a_full_disk_while_staging_changes_nothing(deployer, hosts[2]),
+    },
+    Scenario {
+        name: "a_connection_cut_or_reset_mid_upload_changes_nothing",
+        run: |deployer, hosts| {
+            a_connection_cut_or_reset_mid_upload_changes_nothing(deployer, hosts[0])
+        },
+    },
+    Scenario {
+        name: "the_release_build_has_no_fault_injection",
+        run: |_, _| the_release_build_has_no_fault_injection(),
+    },
+];
 
 fn request(testbed: &Testbed, host: &TestHost) -> Value {
     voxbridge_request(

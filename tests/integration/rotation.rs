@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use crate::common::{assert_no_leak, Run};
 use crate::deploy::{
-    fingerprint, health, secrets, settle, sudoers_rules, voxbridge_request, Deployer, ExecTrace,
+    fingerprint, health, scenario, secrets, settle, sudoers_rules, voxbridge_request, Deployer,
+    ExecTrace, Scenario,
 };
 use crate::testbed::{TestHost, Testbed};
 
@@ -249,7 +250,12 @@ pub(crate) fn contained_generation(name: &str) -> BTreeMap<String, String> {
     values
 }
 
-pub(crate) fn scenarios(deployer: &Deployer, hosts: &[&TestHost]) {
+/// The rotation scenarios, last on the deploy scenarios' testbed. They run as
+/// one: a trace of every command the hosts run spans them, and the
+/// scenario that reads it must come after all the others.
+pub(crate) const SCENARIOS: &[Scenario] = &[scenario!(rotations)];
+
+fn rotations(deployer: &Deployer, hosts: &[&TestHost]) {
     let testbed = deployer.testbed;
     write_contracts(deployer.work.path());
 

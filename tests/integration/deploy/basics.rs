@@ -1,0 +1,182 @@
+//! One host or three, end to end: the first deploy, a deploy that changes nothing, what refuses a host before anything is written.
+
+use crate::testbed::{TestHost, Testbed};
+use pretty_assertions::assert_eq;
+use serde_json::json;
+
+use super::*;
+
+/// A run killed between switch and restart leaves the new file with the old
+/// process; the next run sees the unit started before the file and restarts it.
+pub(super) fn a_switched_file_without_restart_converges(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let host = hosts[2];
+    let next = secrets("three");
+    let pid_before = testbed.sh_ok(
+        host,
+        "systemctl show -p ExecMainPID --value voxbridge.service",
+    );
+    // What the killed run had done: the new file in place, nothing restarted.
+    testbed.put(
+        host,
+        "/opt/voxbridge/.env.switched",
+        &expected_voxbridge_file(&next),
+    );
+    testbed.sh_ok(
+        host,
+        "sleep 1.1; chown voxbridge:voxbridge /opt/voxbridge/.env.switched; chmod 600 /opt/voxbridge/.env.switched; \
+         mv -f /opt/voxbridge/.env.switched /opt/voxbridge/.env",
+    );
+    let request = voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    let run = deployer.run("deploy", &request, &next);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["unchanged"]);
+    assert_eq!(
+        result["hosts"][0]["units"],
+        json!([{"unit": "voxbridge.service", "restarted": true}])
+    );
+    let pid_after = testbed.sh_ok(
+        host,
+        "systemctl show -p ExecMainPID --value voxbridge.service",
+    );
+    assert_ne!(pid_before, pid_after);
+    assert_eq!(
+        health(host, 8080, "/health")["fingerprints"]["JWT_SECRET"],
+        fingerprint(&next["JWT_SECRET"])
+    );
+    // And now it is settled: nothing more to do.
+    let again = deployer.run("deploy", &request, &next).json();
+    assert_eq!(again["hosts"][0]["units"][0]["restarted"], false);
+}
+
+pub(super) fn shared_key_change_is_refused(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let mut changed = secrets("one");
+    changed.insert("MONGODB_URI".into(), "CANARY-mongo-rotated://u:p@db".into());
+    let request = voxbridge_request(testbed, &hosts[1..2], "root", json!({}));
+    let run = deployer.run("deploy", &request, &changed);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["failed"]);
+    assert_eq!(result["hosts"][0]["error"]["kind"], "sharedKeyChange");
+    let (_, bytes) = file_on(testbed, hosts[1], "/opt/voxbridge/.env");
+    assert_eq!(
+        bytes,
+        expected_voxbridge_file(&secrets("one")),
+        "nothing was written"
+    );
+    assert_nothing_staged(testbed, hosts[1]);
+}
+
+/// A run that did not switch its file in left none of it beside the target
+/// (a Deploy's file goes with its lock step, before the run has decided).
+fn assert_nothing_staged(testbed: &Testbed, host: &TestHost) {
+    let staged = testbed.sh(host, "test -e /opt/voxbridge/.env.hostenv-new");
+    assert_eq!(staged.status.code(), Some(1), "a staged file was left");
+}
+
+/// The read step learns each host's systemd version; a host older than
+/// `target.systemdMin` fails before its file is switched in, keeps its file,
+/// and keeps nothing of the new one.
+pub(super) fn the_hosts_systemd_version_is_known_before_anything_is_written(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let installed: u64 = testbed
+        .sh_ok(hosts[0], "systemctl --version | head -1 | cut -d' ' -f2")
+        .trim()
+        .parse()
+        .unwrap();
+    let request = voxbridge_request(testbed, &hosts[..1], "root", json!({}));
+    let plan = deployer.run("plan", &request, &secrets("one")).json();
+    assert_eq!(plan["hosts"][0]["systemdVersion"], installed, "{plan:#}");
+    let before = file_on(testbed, hosts[0], "/opt/voxbridge/.env");
+    let mut newer = request.clone();
+    newer["target"] = json!({"systemdMin": installed + 1});
+    let run = deployer.run("deploy", &newer, &secrets("version"));
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let host = &run.json()["hosts"][0];
+    assert_eq!(host["error"]["kind"], "systemdUnsupported");
+    let message = host["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "systemd v{installed}, older than `target.systemdMin` ({})",
+            installed + 1
+        )),
+        "{message}"
+    );
+    assert!(!host["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "stage"));
+    assert_eq!(file_on(testbed, hosts[0], "/opt/voxbridge/.env"), before);
+    assert_nothing_staged(testbed, hosts[0]);
+}
+
+pub(super) fn first_deploy_installs_and_restarts(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let secrets = secrets("one");
+    let request = voxbridge_request(testbed, hosts, "root", json!({}));
+    let run = deployer.run("deploy", &request, &secrets);
+    let result = run.json();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(statuses(&result), ["deployed", "deployed", "deployed"]);
+    for host in hosts {
+        let (meta, bytes) = file_on(testbed, host, "/opt/voxbridge/.env");
+        assert_eq!(meta, "voxbridge:voxbridge 600");
+        assert_eq!(bytes, expected_voxbridge_file(&secrets));
+        let health = health(host, 8080, "/health");
+        for key in ["JWT_SECRET", "MONGODB_URI", "REDIS_URL"] {
+            assert_eq!(
+                health["fingerprints"][key],
+                fingerprint(&secrets[key]),
+                "{key} on {}",
+                host.addr
+            );
+        }
+        let state = testbed.sh_ok(host, "stat -c '%U %a' /var/lib/hostenv/voxbridge");
+        assert_eq!(state.trim(), "root 700");
+    }
+    let first = &result["hosts"][0];
+    assert_eq!(first["changed"], true);
+    assert_eq!(first["keys"]["added"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        first["units"],
+        json!([{"unit": "voxbridge.service", "restarted": true}])
+    );
+}
+
+pub(super) fn same_request_changes_nothing(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let secrets = secrets("one");
+    let before: Vec<String> = hosts
+        .iter()
+        .map(|h| testbed.sh_ok(h, "systemctl show -p ExecMainPID --value voxbridge.service"))
+        .collect();
+    let request = voxbridge_request(testbed, hosts, "root", json!({}));
+    let run = deployer.run("deploy", &request, &secrets);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["unchanged", "unchanged", "unchanged"]);
+    assert_eq!(result["hosts"][0]["changed"], false);
+    let after: Vec<String> = hosts
+        .iter()
+        .map(|h| testbed.sh_ok(h, "systemctl show -p ExecMainPID --value voxbridge.service"))
+        .collect();
+    assert_eq!(before, after, "no unit restarted");
+    for host in hosts {
+        let backups = testbed.sh_ok(
+            host,
+            "ls /var/lib/hostenv/voxbridge | grep -v audit.log || true",
+        );
+        assert_eq!(
+            backups.trim(),
+            "",
+            "the first deploy had no previous file to keep"
+        );
+        assert_nothing_staged(testbed, host);
+    }
+}

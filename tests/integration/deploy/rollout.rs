@@ -1,0 +1,408 @@
+//! Plans, reviewed plans, canaries and batches, drift, rollback, purging backups, the audit log.
+
+use crate::common::assert_no_leak;
+use crate::testbed::{TestHost, Testbed};
+use pretty_assertions::assert_eq;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use super::*;
+
+pub(super) fn drift_finds_hosts_changed_by_hand(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let request = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
+    let secrets = secrets("drift");
+    assert_eq!(deployer.run("deploy", &request, &secrets).code, 0);
+    let run = deployer.run("drift", &request, &secrets);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(statuses(&run.json()), ["inSync", "inSync", "inSync"]);
+
+    // By hand: a value edited on one host, the mode loosened on another.
+    testbed.sh_ok(
+        hosts[1],
+        "sed -i 's/^LOG_LEVEL=.*/LOG_LEVEL=\"debug\"/' /opt/voxbridge/.env",
+    );
+    testbed.sh_ok(hosts[2], "chmod 640 /opt/voxbridge/.env");
+    let before = host_files(testbed, hosts);
+    let run = deployer.run("drift", &request, &secrets);
+    assert_eq!(run.code, 4, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["inSync", "drifted", "drifted"]);
+    assert_eq!(result["hosts"][1]["keys"]["changed"], json!(["LOG_LEVEL"]));
+    assert_eq!(result["hosts"][2]["keys"]["changed"], json!([]));
+    assert_eq!(host_files(testbed, hosts), before, "drift wrote nothing");
+    assert_eq!(deployer.run("deploy", &request, &secrets).code, 0);
+    assert_eq!(
+        statuses(&deployer.run("drift", &request, &secrets).json()),
+        ["inSync", "inSync", "inSync"]
+    );
+}
+
+pub(super) fn rollback_puts_back_a_backup_without_secrets_bound(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let host = hosts[0];
+    let request = voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    assert_eq!(deployer.run("deploy", &request, &secrets("rb-one")).code, 0);
+    assert_eq!(deployer.run("deploy", &request, &secrets("rb-two")).code, 0);
+
+    // No secret is bound: a rollback only moves files the host already has.
+    let run = deployer.run("rollback", &request, &BTreeMap::new());
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["restored"]);
+    assert_eq!(
+        file_on(testbed, host, "/opt/voxbridge/.env"),
+        (
+            "voxbridge:voxbridge 600".into(),
+            expected_voxbridge_file(&secrets("rb-one"))
+        )
+    );
+    assert_eq!(
+        health(host, 8080, "/health")["fingerprints"]["JWT_SECRET"],
+        fingerprint(&secrets("rb-one")["JWT_SECRET"])
+    );
+    let log = testbed.sh_ok(host, "tail -n 1 /var/lib/hostenv/voxbridge/audit.log");
+    let last: Value = serde_json::from_str(log.trim()).unwrap();
+    assert_eq!(
+        (last["action"].as_str(), last["result"].as_str()),
+        (Some("rollback"), Some("restored"))
+    );
+
+    // The rollback kept what it replaced as the newest backup, so rolling back
+    // again undoes it; `--to 3` reaches back past both.
+    let run = deployer.run_args(&["rollback", "--to", "1"], &request, &BTreeMap::new());
+    assert_eq!(statuses(&run.json()), ["restored"], "{}", run.stdout);
+    assert_eq!(
+        file_on(testbed, host, "/opt/voxbridge/.env").1,
+        expected_voxbridge_file(&secrets("rb-two"))
+    );
+    let backups = testbed.sh_ok(host, "cat /var/lib/hostenv/voxbridge/env.3");
+    let run = deployer.run_args(&["rollback", "--to", "3"], &request, &BTreeMap::new());
+    assert_eq!(statuses(&run.json()), ["restored"], "{}", run.stdout);
+    assert_eq!(file_on(testbed, host, "/opt/voxbridge/.env").1, backups);
+
+    // No such backup: a clear error, nothing touched.
+    let before = host_files(testbed, &[host]);
+    let result = deployer
+        .run_args(&["rollback", "--to", "99"], &request, &BTreeMap::new())
+        .json();
+    assert_eq!(statuses(&result), ["failed"]);
+    assert_eq!(result["hosts"][0]["error"]["kind"], "noBackup");
+    assert_eq!(host_files(testbed, &[host]), before);
+}
+
+/// `purgeBackupsOf` in a Deploy: after the new JWT_SECRET is verified, no
+/// backup keeps an older one; backups that agree with the new value stay.
+pub(super) fn a_deploy_purges_backups_holding_a_leaked_value(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let host = hosts[0];
+    let request = voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    let mut only_log_level = request.clone();
+    only_log_level["env"]["LOG_LEVEL"] = json!({"value": "debug"});
+    assert_eq!(
+        deployer.run("deploy", &request, &secrets("purge-new")).code,
+        0
+    );
+    // A backup holding the new JWT_SECRET already: it stays.
+    assert_eq!(
+        deployer
+            .run("deploy", &only_log_level, &secrets("purge-new"))
+            .code,
+        0
+    );
+    let count = || -> u64 {
+        testbed
+            .sh_ok(host, "ls /var/lib/hostenv/voxbridge | grep -c '^env\\.'")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = count();
+    let mut purging = request.clone();
+    purging["purgeBackupsOf"] = json!(["JWT_SECRET"]);
+    let run = deployer.run("deploy", &purging, &secrets("purge-new"));
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["deployed"]);
+    // The switch made one more backup; all but the two with the new value went.
+    assert_eq!(
+        result["hosts"][0]["backupsPurged"],
+        json!((before + 1).min(5) - 2)
+    );
+    let left = testbed.sh_ok(host, "ls /var/lib/hostenv/voxbridge | grep '^env\\.'");
+    assert_eq!(
+        left.lines().collect::<Vec<_>>(),
+        ["env.1", "env.2"],
+        "renumbered from 1"
+    );
+    let backups = testbed.sh_ok(host, "cat /var/lib/hostenv/voxbridge/env.*");
+    assert_eq!(backups.matches("CANARY-jwt-purge-new").count(), 2);
+    assert_eq!(
+        backups.matches("CANARY-jwt-").count(),
+        2,
+        "an old JWT_SECRET is still in a backup"
+    );
+}
+
+fn host_files(testbed: &Testbed, hosts: &[&TestHost]) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|h| {
+            testbed.sh_ok(
+                h,
+                "stat -c '%U:%G %a %Y' /opt/voxbridge/.env; cat /opt/voxbridge/.env; ls -l --time-style=+%s /var/lib/hostenv/voxbridge | grep -v -e audit.log -e '^total'; ls -A /opt/voxbridge",
+            )
+        })
+        .collect()
+}
+
+pub(super) fn plan_reports_what_a_deploy_then_changes_and_writes_nothing(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let settle = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
+    let current = secrets("planned-base");
+    assert_eq!(deployer.run("deploy", &settle, &current).code, 0);
+    let mut next = current.clone();
+    next.insert("JWT_SECRET".into(), "CANARY-jwt-planned-next".into());
+    let before = host_files(testbed, hosts);
+
+    let run = deployer.run("plan", &settle, &next);
+    assert_eq!(run.code, 4, "{}", run.stdout);
+    let plan = run.json();
+    assert_eq!(statuses(&plan), ["planned", "planned", "planned"]);
+    assert_eq!(plan["hosts"][0]["keys"]["changed"], json!(["JWT_SECRET"]));
+    assert_eq!(
+        plan["hosts"][0]["units"],
+        json!([{"unit": "voxbridge.service", "restarted": false, "willRestart": true}])
+    );
+    assert_eq!(host_files(testbed, hosts), before, "plan wrote nothing");
+
+    let run = deployer.run("deploy", &settle, &next);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let deployed = run.json();
+    for index in 0..hosts.len() {
+        assert_eq!(
+            deployed["hosts"][index]["keys"],
+            plan["hosts"][index]["keys"]
+        );
+    }
+    let run = deployer.run("plan", &settle, &next);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(
+        statuses(&run.json()),
+        ["unchanged", "unchanged", "unchanged"]
+    );
+}
+
+pub(super) fn a_deploy_refuses_when_the_reviewed_plan_no_longer_holds(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let request = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
+    let mut reviewed = secrets("reviewed");
+    reviewed.insert("PLAN_KEY".into(), "CANARY-plan-hmac-key".into());
+    let run = deployer.run_args(&["plan", "--plan-key-env", "PLAN_KEY"], &request, &reviewed);
+    assert_eq!(run.code, 4, "{}", run.stdout);
+    let digest = run.json()["planDigest"].as_str().unwrap().to_string();
+    assert!(
+        digest.starts_with("hmac-sha256:") && digest.len() == 12 + 64,
+        "{digest}"
+    );
+
+    // A bound value changed after the review: refused, nothing touched.
+    let before = host_files(testbed, hosts);
+    let mut changed = reviewed.clone();
+    changed.insert(
+        "JWT_SECRET".into(),
+        "CANARY-jwt-changed-after-review".into(),
+    );
+    let args = [
+        "deploy",
+        "--plan-key-env",
+        "PLAN_KEY",
+        "--expect-plan",
+        digest.as_str(),
+    ];
+    let run = deployer.run_args(&args, &request, &changed);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["failed", "failed", "failed"]);
+    assert_eq!(result["hosts"][0]["error"]["kind"], "planMismatch");
+    assert_eq!(host_files(testbed, hosts), before);
+
+    // As reviewed: it goes ahead.
+    let run = deployer.run_args(&args, &request, &reviewed);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(statuses(&run.json()), ["deployed", "deployed", "deployed"]);
+}
+
+pub(super) fn a_failing_canary_stops_the_rollout(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let before = host_files(testbed, &hosts[1..]);
+    let mut request = voxbridge_request(
+        testbed,
+        hosts,
+        "root",
+        json!({
+            "allowSharedChange": true,
+            "rollout": {"canary": 1, "batch": 1},
+            "verify": quick_verify(800)
+        }),
+    );
+    request["hosts"][0] = json!({"host": hosts[0].addr, "env": {"HEALTH_MODE": {"value": "fail"}}});
+    let junit = deployer.work.path().join("canary.junit.xml");
+    let run = deployer.run_args(
+        &["deploy", "--junit", junit.to_str().unwrap()],
+        &request,
+        &secrets("canary"),
+    );
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["rolledBack", "skipped", "skipped"]);
+    assert_eq!(result["hosts"][1]["error"]["kind"], "notAttempted");
+    assert!(result["hosts"][1]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("canary"));
+    assert_eq!(
+        host_files(testbed, &hosts[1..]),
+        before,
+        "skipped hosts are untouched"
+    );
+    let canaries: Vec<String> = secrets("canary").values().cloned().collect();
+    assert_no_leak(
+        "the JUnit file",
+        &std::fs::read_to_string(&junit).unwrap(),
+        &canaries,
+    );
+    let parsed = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, xml.etree.ElementTree as ET\n\
+             root = ET.parse(sys.argv[1]).getroot()\n\
+             cases = root.findall('./testsuite/testcase')\n\
+             print(len(cases), sum(1 for c in cases if c.find('failure') is not None), sum(1 for c in cases if c.find('skipped') is not None), root.find('testsuite').get('name'), all(c.get('name').startswith('deploy ') for c in cases))",
+        )
+        .arg(&junit)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&parsed.stdout).trim(),
+        "3 1 2 voxbridge True",
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+}
+
+pub(super) fn exceeding_max_failed_stops_further_batches(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let before = host_files(testbed, &hosts[2..]);
+    let mut request = voxbridge_request(
+        testbed,
+        hosts,
+        "root",
+        json!({
+            "allowSharedChange": true,
+            "rollout": {"batch": 1, "maxFailed": 0, "parallel": 1},
+            "verify": quick_verify(800)
+        }),
+    );
+    request["hosts"][1] = json!({"host": hosts[1].addr, "env": {"HEALTH_MODE": {"value": "fail"}}});
+    let run = deployer.run("deploy", &request, &secrets("max-failed"));
+    let result = run.json();
+    assert_eq!(
+        statuses(&result),
+        ["deployed", "rolledBack", "skipped"],
+        "{result:#}"
+    );
+    assert!(result["hosts"][2]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("maxFailed"));
+    assert_eq!(host_files(testbed, &hosts[2..]), before);
+    // With one failure allowed, the last batch goes ahead.
+    request["rollout"]["maxFailed"] = json!(1);
+    let result = deployer
+        .run("deploy", &request, &secrets("max-failed-2"))
+        .json();
+    assert_eq!(
+        statuses(&result),
+        ["deployed", "rolledBack", "deployed"],
+        "{result:#}"
+    );
+}
+
+pub(super) fn the_audit_log_records_each_attempt_without_values(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let mut request = voxbridge_request(
+        testbed,
+        &hosts[..1],
+        "root",
+        json!({"allowSharedChange": true}),
+    );
+    request["audit"] = json!({"buildUrl": "https://ci.example/job/deploy/42/", "by": "jenkins"});
+    request["environment"] = json!("production");
+    let log_lines = || {
+        testbed
+            .sh_ok(
+                hosts[0],
+                "cat /var/lib/hostenv/voxbridge/audit.log 2>/dev/null || true",
+            )
+            .lines()
+            .count()
+    };
+    let before = log_lines();
+    // A failing attempt first: the health check fails and the file is put back.
+    let mut failing = request.clone();
+    failing["hosts"][0] = json!({"host": hosts[0].addr, "env": {"HEALTH_MODE": {"value": "fail"}}});
+    failing["verify"] = quick_verify(800);
+    assert_eq!(
+        deployer
+            .run("deploy", &failing, &secrets("audited-failing"))
+            .code,
+        1
+    );
+    settle(testbed, &hosts[..1]);
+    let secrets = secrets("audited");
+    assert_eq!(deployer.run("deploy", &request, &secrets).code, 0);
+    let meta = testbed.sh_ok(
+        hosts[0],
+        "stat -c '%U %a' /var/lib/hostenv/voxbridge/audit.log",
+    );
+    assert_eq!(meta.trim(), "root 600");
+    let log = testbed.sh_ok(hosts[0], "cat /var/lib/hostenv/voxbridge/audit.log");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect();
+    assert_eq!(lines.len(), before + 2, "one line per attempt");
+    let failed = &lines[lines.len() - 2];
+    assert_eq!(failed["result"], "rolledBack");
+    assert_eq!(failed["error"], "healthCheckFailed");
+    let last = lines.last().unwrap();
+    assert_eq!(last["action"], "deploy");
+    assert_eq!(last["result"], "deployed");
+    assert_eq!(last["environment"], "production");
+    assert_eq!(last["buildUrl"], "https://ci.example/job/deploy/42/");
+    assert_eq!(last["by"], "jenkins");
+    assert_eq!(last["unitsRestarted"], json!(["voxbridge.service"]));
+    assert!(last["keysChanged"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("JWT_SECRET")));
+    let canaries: Vec<String> = secrets.values().cloned().collect();
+    assert_no_leak("the audit log", &log, &canaries);
+}
