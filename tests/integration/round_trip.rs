@@ -10,22 +10,8 @@ use hostenv::Catalog;
 use hostenv::Deployment;
 use hostenv::ExposeSecret;
 use pretty_assertions::assert_eq;
-
-/// A small deterministic generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use proptest::prelude::*;
+use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
 
 /// Characters that matter to the grammar, plus ordinary and multi-byte ones.
 const PIECES: &[&str] = &[
@@ -37,13 +23,18 @@ const PIECES: &[&str] = &[
 /// Noncharacters: one value in twenty holds one somewhere.
 const NONCHARACTERS: &[&str] = &["\u{FDD0}", "\u{FFFF}", "\u{10FFFE}"];
 
-fn generated_value(rng: &mut Rng) -> String {
-    let len = rng.below(40);
-    let mut value: String = (0..len).map(|_| PIECES[rng.below(PIECES.len())]).collect();
-    if rng.below(20) == 0 {
-        value.push_str(NONCHARACTERS[rng.below(NONCHARACTERS.len())]);
-    }
-    value
+/// A value of up to 40 pieces; one in twenty ends with a noncharacter.
+fn generated_value() -> impl Strategy<Value = String> {
+    let pieces = prop::collection::vec(prop::sample::select(PIECES), 0..40);
+    let noncharacter = prop_oneof![
+        19 => Just(None),
+        1 => prop::sample::select(NONCHARACTERS).prop_map(Some),
+    ];
+    (pieces, noncharacter).prop_map(|(pieces, noncharacter)| {
+        let mut value = pieces.concat();
+        value.extend(noncharacter);
+        value
+    })
 }
 
 /// What the test expects of a value, worked out apart from the writer: a
@@ -73,17 +64,33 @@ fn pairs(parsed: systemd::Parsed) -> Vec<(String, String)> {
 
 #[test]
 fn thousands_of_generated_values_read_back_exactly() {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let (mut checked, mut refused, mut v247_only) = (0, 0, 0);
-    for round in 0..400 {
-        let generated: Vec<(String, String)> = (0..10)
-            .map(|i| (format!("KEY_{round}_{i}"), generated_value(&mut rng)))
+    // Deterministic, so a failure reproduces (and proptest shrinks it).
+    let config = ProptestConfig {
+        cases: 400,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let counts = std::cell::Cell::new((0, 0, 0));
+    let files = prop::collection::vec(generated_value(), 10);
+    let outcome = runner.run(&files, |values| {
+        let (mut checked, mut refused, mut v247_only) = counts.get();
+        let generated: Vec<(String, String)> = values
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| (format!("KEY_{i}"), value))
             .collect();
         let mut entries = Vec::new();
         let mut modern = Vec::new();
         for (key, value) in generated {
             let unfit = expected_unfit(&value);
-            assert_eq!(systemd::check(&key, &value).err(), unfit, "{value:?}");
+            prop_assert_eq!(
+                systemd::check(&key, &value).err(),
+                unfit.clone(),
+                "{:?}",
+                value
+            );
             match unfit {
                 None => entries.push((key, value)),
                 Some(Unfit::NoSpelling) => modern.push((key, value)),
@@ -94,35 +101,43 @@ fn thousands_of_generated_values_read_back_exactly() {
         let text = systemd::render(entries.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         for generation in Generation::ALL {
             let parsed = systemd::parse_as(&text, generation);
-            assert!(parsed.lines_without_assignment.is_empty(), "{text:?}");
+            prop_assert!(parsed.lines_without_assignment.is_empty(), "{:?}", text);
             let kept: Vec<(String, String)> = entries
                 .iter()
                 .filter(|(_, v)| generation.drops(v).is_none())
                 .cloned()
                 .collect();
-            assert_eq!(pairs(parsed), kept, "{generation:?}: {text:?}");
+            prop_assert_eq!(pairs(parsed), kept, "{:?}: {:?}", generation, text);
         }
         // With `target.systemdMin` 248 the v247 spelling carries all of them.
         let all: Vec<(String, String)> = entries.iter().chain(&modern).cloned().collect();
         for (key, value) in &all {
-            assert_eq!(
+            prop_assert_eq!(
                 systemd::check_for(key, value, Some(248)),
                 Ok(()),
-                "{value:?}"
+                "{:?}",
+                value
             );
         }
         let text =
             systemd::render_for(all.iter().map(|(k, v)| (k.as_str(), v.as_str())), Some(248));
         for generation in Generation::from(248) {
-            assert_eq!(
+            prop_assert_eq!(
                 pairs(systemd::parse_as(&text, generation)),
-                all,
-                "{generation:?}"
+                all.clone(),
+                "{:?}",
+                generation
             );
         }
         checked += entries.len();
         v247_only += modern.len();
+        counts.set((checked, refused, v247_only));
+        Ok(())
+    });
+    if let Err(failure) = outcome {
+        panic!("{failure}");
     }
+    let (checked, refused, v247_only) = counts.get();
     assert_eq!(checked + refused + v247_only, 4000);
     assert!(
         checked > 1000 && refused > 100 && v247_only > 100,
