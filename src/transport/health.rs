@@ -53,19 +53,30 @@ impl Direct {
 
 /// `http://host[:port][/path]` → (host, port, path), for probes through SSH.
 pub fn split_url(url: &str) -> Option<(String, u16, String)> {
-    let rest = url.strip_prefix("http://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(at) => (&rest[..at], &rest[at..]),
-        None => (rest, "/"),
+    let uri: http::Uri = url.parse().ok()?;
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    let authority = uri.authority()?;
+    // Nothing but the host and a port number (the URI type passes over a
+    // port that is not a number, and a user's name).
+    let expected = match authority.port() {
+        Some(port) => format!("{}:{}", authority.host(), port.as_str()),
+        None => authority.host().to_string(),
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(':') && port.chars().all(|c| c.is_ascii_digit()) => {
-            (host, port.parse().ok()?)
-        }
-        _ => (authority, 80),
+    if authority.as_str() != expected {
+        return None;
+    }
+    // An IPv6 address comes in brackets; the tunnel wants the address.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let path = match uri.query() {
+        Some(query) => format!("{}?{query}", uri.path()),
+        None => uri.path().to_string(),
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Some((host.to_string(), port, path.to_string()))
+    Some((host.to_string(), authority.port_u16().unwrap_or(80), path))
 }
 
 /// Polls `url` with `probe` as `check` says; never longer than `check.deadline_ms`.
@@ -139,5 +150,15 @@ mod tests {
             split("http://[::1]:9000/x?y=1"),
             ("::1".into(), 9000, "/x?y=1".into())
         );
+        assert_eq!(split("http://h:81?q"), ("h".into(), 81, "/?q".into()));
+        for not_one in [
+            "https://h/",
+            "h:80/x",
+            "http://h:port/",
+            "http:///x",
+            "http://u@h/",
+        ] {
+            assert_eq!(split_url(not_one), None, "{not_one}");
+        }
     }
 }
