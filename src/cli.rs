@@ -465,7 +465,7 @@ fn dispatch(
             build_env::write(&rendered, report)
         }
         (action, request) => Err(Error::WrongKind {
-            action: wire_name(&action),
+            action: wire_name(&action).to_string(),
             kind: request.kind().name().to_string(),
         }),
     }
@@ -534,7 +534,7 @@ fn human_summary(report: &Report) -> String {
                 key.name,
                 key.message
                     .clone()
-                    .unwrap_or_else(|| wire_name(&key.status))
+                    .unwrap_or_else(|| wire_name(&key.status).to_string())
             ));
         }
     }

@@ -20,7 +20,7 @@ pub fn render(report: &Report) -> String {
             }
         }
         None => suites.push((
-            report.service.clone().unwrap_or_else(|| action.clone()),
+            report.service.clone().unwrap_or_else(|| action.to_string()),
             report.hosts.iter().collect(),
         )),
     }
@@ -33,7 +33,7 @@ pub fn render(report: &Report) -> String {
     let total: usize = suites.iter().map(|(_, hosts)| hosts.len()).sum();
     xml.push_str(&format!(
         "<testsuites name=\"hostenv {}\" tests=\"{}\" time=\"{}\">\n",
-        escape(&action),
+        escape(action),
         if rejected { 1 } else { total },
         seconds(report.duration_ms)
     ));
@@ -50,10 +50,10 @@ pub fn render(report: &Report) -> String {
             escape(&name),
             u8::from(failed),
             escape(&name),
-            escape(&action)
+            escape(action)
         ));
         if failed {
-            xml.push_str(&failure(&kind, &message));
+            xml.push_str(&failure(kind, &message));
         }
         xml.push_str("    </testcase>\n  </testsuite>\n</testsuites>\n");
         return xml;
@@ -76,7 +76,7 @@ pub fn render(report: &Report) -> String {
                 // reports two testcases per host, told apart.
                 "    <testcase classname=\"{}\" name=\"{} {}\" time=\"{}\">\n",
                 escape(&name),
-                escape(&action),
+                escape(action),
                 escape(&host.host),
                 seconds(ms)
             ));
@@ -91,7 +91,7 @@ pub fn render(report: &Report) -> String {
                     escape(&message)
                 ));
             } else if is_failure(host.status) {
-                xml.push_str(&failure(&kind, &message));
+                xml.push_str(&failure(kind, &message));
             }
             xml.push_str(&format!(
                 "      <system-out>{}</system-out>\n    </testcase>\n",
@@ -125,7 +125,7 @@ fn render_findings(findings: &[Finding], duration_ms: u64) -> String {
             "    <testcase classname=\"lint\" name=\"{}\">\n",
             escape(&place)
         ));
-        xml.push_str(&failure(&wire_name(&finding.kind), &finding.message));
+        xml.push_str(&failure(wire_name(&finding.kind), &finding.message));
         xml.push_str("    </testcase>\n");
     }
     xml.push_str("  </testsuite>\n</testsuites>\n");

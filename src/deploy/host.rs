@@ -215,12 +215,11 @@ impl<'a> HostRun<'a> {
     }
 
     /// The wire name of the host's error kind, or "" without an error.
-    pub fn error_kind(&self) -> String {
+    pub fn error_kind(&self) -> &'static str {
         self.report
             .error
             .as_ref()
-            .map(|e| wire_name(&e.kind))
-            .unwrap_or_default()
+            .map_or("", |e| wire_name(&e.kind))
     }
 
     pub fn failed(&self) -> bool {

@@ -6,8 +6,11 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 /// Stable identifiers for every error hostenv reports, in `error.kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, strum::IntoStaticStr, strum::EnumIter,
+)]
 #[serde(rename_all = "camelCase")]
+#[strum(serialize_all = "camelCase")]
 pub enum ErrorKind {
     /// The command line was not understood.
     Usage,

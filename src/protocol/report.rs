@@ -7,17 +7,21 @@ use crate::protocol::error::{Error, ErrorKind};
 use crate::protocol::exit::Exit;
 use crate::protocol::request::API_VERSION;
 
-/// The name a unit enum value has on the wire (`rolledBack`, `healthCheckFailed`...).
-pub fn wire_name<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+/// The name a unit enum value has on the wire (`rolledBack`, `healthCheckFailed`...):
+/// strum's name, which `wire_names_are_serdes` keeps serde's.
+pub fn wire_name<'a, T>(value: &'a T) -> &'static str
+where
+    &'static str: From<&'a T>,
+{
+    value.into()
 }
 
 /// The action that produced a result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, strum::IntoStaticStr, strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Action {
     /// Validate, resolve and render in memory.
     Check,
@@ -128,8 +132,11 @@ pub enum SourceKind {
 }
 
 /// The state of one key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, strum::IntoStaticStr, strum::EnumIter,
+)]
 #[serde(rename_all = "camelCase")]
+#[strum(serialize_all = "camelCase")]
 pub enum KeyStatus {
     /// Resolved and representable.
     Ok,
@@ -191,8 +198,11 @@ pub struct KeyReport {
 }
 
 /// What happened on one host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, strum::IntoStaticStr, strum::EnumIter,
+)]
 #[serde(rename_all = "camelCase")]
+#[strum(serialize_all = "camelCase")]
 pub enum HostStatus {
     /// `check`: the host's file rendered; no host was contacted.
     Checked,
@@ -609,8 +619,11 @@ pub struct Finding {
 }
 
 /// Stable identifiers of lint findings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, strum::IntoStaticStr, strum::EnumIter,
+)]
 #[serde(rename_all = "camelCase")]
+#[strum(serialize_all = "camelCase")]
 pub enum FindingKind {
     /// A `.env.example` does not parse (bad line, bad name, duplicate key, unclosed quote).
     ContractInvalid,
@@ -630,4 +643,31 @@ pub enum FindingKind {
     KeyWithoutSource,
     /// A credential map gives a source for a key the contract does not declare.
     SourceNotInContract,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strum::IntoEnumIterator;
+
+    /// Every value's wire name is the one its JSON carries.
+    fn names_match<T>()
+    where
+        T: IntoEnumIterator + Serialize + std::fmt::Debug,
+        for<'a> &'static str: From<&'a T>,
+    {
+        for value in T::iter() {
+            let json = serde_json::to_value(&value).unwrap();
+            assert_eq!(json.as_str(), Some(wire_name(&value)), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn wire_names_are_serdes() {
+        names_match::<Action>();
+        names_match::<ErrorKind>();
+        names_match::<HostStatus>();
+        names_match::<KeyStatus>();
+        names_match::<FindingKind>();
+    }
 }
