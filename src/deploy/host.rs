@@ -125,7 +125,7 @@ impl<'a> HostRun<'a> {
         if self.context.in_rotation() {
             format!("{} {}", self.context.settings.service, self.host.name)
         } else {
-            self.host.name.clone()
+            self.host.name.to_string()
         }
     }
 

@@ -72,7 +72,7 @@ pub(super) fn reports(
                 let fingerprint = value.map(|v| fingerprint(&run_key.0, v.expose_secret()));
                 let holder = SharedHolder {
                     service: service.clone(),
-                    host: run.host.name.clone(),
+                    host: run.host.name.to_string(),
                 };
                 match groups.iter_mut().find(|g| g.fingerprint == fingerprint) {
                     Some(group) => group.hosts.push(holder),

@@ -47,7 +47,7 @@ impl Prepared {
             .iter()
             .map(|file| HostReport {
                 rendered: Some(RenderedReport {
-                    path: self.settings.target.path.clone(),
+                    path: self.settings.target.path.to_string(),
                     keys: file.values.iter().map(|(key, _)| key.clone()).collect(),
                     host_keys: file.host_keys.clone(),
                     bytes: file.text.expose_secret().len(),

@@ -14,9 +14,9 @@ pub mod ssh;
 use std::collections::BTreeMap;
 
 use crate::settings::catalog::Catalog;
-use names::{is_valid_key_name, Unit};
+use names::{is_valid_key_name, AbsolutePath, Account, HostName, Unit};
 // The host program checks the same names again; one definition serves both.
-use crate::host::config::{is_account_name, is_plain_name, is_plain_path, is_unit_word};
+use crate::host::config::{is_plain_name, is_unit_word};
 use crate::protocol::error::{Error, ErrorKind, Result};
 use crate::protocol::request::{Deployment, EnvFileSource, Source, Verify};
 use crate::protocol::schema::escape_pointer_token;
@@ -39,20 +39,20 @@ pub struct Settings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSettings {
-    pub name: String,
+    pub name: HostName,
     pub port: u16,
-    pub user: String,
+    pub user: Account,
     pub instances: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetSettings {
-    pub path: String,
-    pub owner: String,
-    pub group: String,
+    pub path: AbsolutePath,
+    pub owner: Account,
+    pub group: Account,
     pub mode: u32,
     pub backups: u32,
-    pub state_dir: String,
+    pub state_dir: AbsolutePath,
     /// `target.systemdMin`: the oldest systemd the hosts run, when the request says.
     pub systemd_min: Option<u32>,
 }
@@ -126,10 +126,10 @@ impl Settings {
             Some(mode) => parse_mode(&mode, &format!("{at}/target/mode"))?,
             None => DEFAULT_MODE,
         };
-        check_absolute_path(&path, &format!("{at}/target/path"))?;
-        check_absolute_path(&state_dir, &format!("{at}/target/stateDir"))?;
-        check_account_name(&owner, &format!("{at}/target/owner"))?;
-        check_account_name(&group, &format!("{at}/target/group"))?;
+        let path = path_named(&path, &format!("{at}/target/path"))?;
+        let state_dir = path_named(&state_dir, &format!("{at}/target/stateDir"))?;
+        let owner = account_named(&owner, &format!("{at}/target/owner"))?;
+        let group = account_named(&group, &format!("{at}/target/group"))?;
         if units.is_empty() {
             return Err(Error::invalid(
                 ErrorKind::InvalidSetting,
@@ -193,11 +193,11 @@ impl Settings {
 fn host_settings(deployment: &Deployment, at: &str, templated: bool) -> Result<Vec<HostSettings>> {
     let ssh = deployment.ssh.clone().unwrap_or_default();
     let default_user = ssh.user.unwrap_or_else(|| DEFAULT_USER.to_string());
-    check_account_name(&default_user, &format!("{at}/ssh/user"))?;
+    let default_user = account_named(&default_user, &format!("{at}/ssh/user"))?;
     if let Some(jump) = &ssh.jump {
-        check_host_name(&jump.host, &format!("{at}/ssh/jump/host"))?;
+        host_named(&jump.host, &format!("{at}/ssh/jump/host"))?;
         if let Some(user) = &jump.user {
-            check_account_name(user, &format!("{at}/ssh/jump/user"))?;
+            account_named(user, &format!("{at}/ssh/jump/user"))?;
         }
     }
     let mut seen: BTreeMap<(String, u16), usize> = BTreeMap::new();
@@ -207,17 +207,14 @@ fn host_settings(deployment: &Deployment, at: &str, templated: bool) -> Result<V
             Some(_) => format!("{at}/hosts/{index}/host"),
             None => format!("{at}/hosts/{index}"),
         };
-        check_host_name(spec.name(), &here)?;
+        let name = host_named(spec.name(), &here)?;
         let entry = spec.entry();
         let port = entry
             .and_then(|e| e.port)
             .or(ssh.port)
             .unwrap_or(DEFAULT_PORT);
         let user = match entry.and_then(|e| e.user.clone()) {
-            Some(user) => {
-                check_account_name(&user, &format!("{at}/hosts/{index}/user"))?;
-                user
-            }
+            Some(user) => account_named(&user, &format!("{at}/hosts/{index}/user"))?,
             None => default_user.clone(),
         };
         if let Some(first) = seen.insert((spec.name().to_string(), port), index) {
@@ -244,7 +241,7 @@ fn host_settings(deployment: &Deployment, at: &str, templated: bool) -> Result<V
             }
         }
         hosts.push(HostSettings {
-            name: spec.name().to_string(),
+            name,
             port,
             user,
             instances,
@@ -465,37 +462,25 @@ fn check_service_name(name: &str, here: &str) -> Result<()> {
 }
 
 /// A DNS name, an IPv4 address or an IPv6 literal.
-fn check_host_name(host: &str, here: &str) -> Result<()> {
-    let dns = host
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
-    let ipv6 = host.contains(':')
-        && host
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
-    let ok = !host.is_empty() && host.len() <= 253 && !host.starts_with('-') && (dns || ipv6);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
+pub fn host_named(host: &str, here: &str) -> Result<HostName> {
+    HostName::parse(host).ok_or_else(|| {
+        Error::invalid(
             ErrorKind::InvalidHost,
             here,
             "must be a host name or IP address (letters, digits, `.`, `-`, `:`; no spaces or shell characters)",
-        ))
-    }
+        )
+    })
 }
 
 /// POSIX-portable user and group names.
-fn check_account_name(name: &str, here: &str) -> Result<()> {
-    if is_account_name(name) {
-        Ok(())
-    } else {
-        Err(Error::invalid(
+pub fn account_named(name: &str, here: &str) -> Result<Account> {
+    Account::parse(name).ok_or_else(|| {
+        Error::invalid(
             ErrorKind::InvalidName,
             here,
             "must be a user or group name (a letter or `_`, then letters, digits, `.`, `_`, `-`)",
-        ))
-    }
+        )
+    })
 }
 
 fn check_plain_name(name: &str, here: &str, what: &str) -> Result<()> {
@@ -512,16 +497,14 @@ fn check_plain_name(name: &str, here: &str, what: &str) -> Result<()> {
 
 /// Absolute, no `..`, no empty components, and only characters that need no
 /// quoting anywhere.
-fn check_absolute_path(path: &str, here: &str) -> Result<()> {
-    if is_plain_path(path) {
-        Ok(())
-    } else {
-        Err(Error::invalid(
+fn path_named(path: &str, here: &str) -> Result<AbsolutePath> {
+    AbsolutePath::parse(path).ok_or_else(|| {
+        Error::invalid(
             ErrorKind::InvalidPath,
             here,
             "must be an absolute path to a file, without `..` or characters other than letters, digits and `/._-@+`",
-        ))
-    }
+        )
+    })
 }
 
 /// `name.service`, `name@instance.service` or a template `name@.service`.
@@ -579,13 +562,13 @@ mod tests {
             "",
         ] {
             assert_eq!(
-                kind(check_host_name(host, "/h")),
+                kind(host_named(host, "/h").map(|_| ())),
                 ErrorKind::InvalidHost,
                 "{host:?}"
             );
         }
         for host in ["api-1.internal", "10.0.0.5", "::1", "fe80::1", "127.77.0.2"] {
-            assert!(check_host_name(host, "/h").is_ok(), "{host}");
+            assert!(host_named(host, "/h").is_ok(), "{host}");
         }
         for unit in [
             "x",
@@ -618,7 +601,7 @@ mod tests {
             "/",
         ] {
             assert_eq!(
-                kind(check_absolute_path(path, "/p")),
+                kind(path_named(path, "/p").map(|_| ())),
                 ErrorKind::InvalidPath,
                 "{path}"
             );

@@ -7,6 +7,81 @@ pub fn is_valid_key_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// A name checked by `check`, as the only form in which it reaches a host:
+/// parsed once where the request is read, then read as a `str`.
+macro_rules! checked_name {
+    ($(#[$doc:meta])* $name:ident, $check:path) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// `text`, when it is one.
+            pub fn parse(text: &str) -> Option<$name> {
+                $check(text).then(|| $name(text.to_string()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+checked_name!(
+    /// A host to reach: a DNS name or an IPv4 or IPv6 address.
+    HostName,
+    is_host_name
+);
+checked_name!(
+    /// A user or group name on a host.
+    Account,
+    crate::host::config::is_account_name
+);
+checked_name!(
+    /// An absolute path without `..`, in the characters a file name here may hold.
+    AbsolutePath,
+    crate::host::config::is_plain_path
+);
+
+/// A DNS name (letters, digits, `.`, `-`, `_`; not starting with `-`) or an
+/// address, at most 253 characters.
+pub fn is_host_name(host: &str) -> bool {
+    let dns = host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+    let ipv6 = host.contains(':')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+    !host.is_empty() && host.len() <= 253 && !host.starts_with('-') && (dns || ipv6)
+}
+
 /// A systemd unit name checked to be one hostenv restarts (`name.service`,
 /// `.target` or `.socket`; `name@.service` a template, `name@INSTANCE.service`
 /// one of its instances): the only form in which a unit reaches a host.

@@ -10,7 +10,7 @@ use crate::protocol::request::{HostKeyPolicy, Ssh};
 use crate::settings::certificate::Certificate;
 use crate::settings::known_hosts::{check_known_hosts, read_known_hosts};
 use crate::settings::secret::{self, EnvLookup, ExposeSecret, SecretString};
-use crate::settings::HostSettings;
+use crate::settings::{account_named, host_named, HostSettings};
 
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_IO_TIMEOUT_MS: u64 = 30_000;
@@ -139,8 +139,10 @@ impl<'a> Sources<'a> {
 }
 
 /// The bastion's own settings, each falling back to the hosts' ones, and the bastion as a host.
-fn bastion(ssh: &Ssh) -> Option<(Ssh, HostSettings)> {
-    let jump = ssh.jump.as_ref()?;
+fn bastion(ssh: &Ssh, at: &str) -> Result<Option<(Ssh, HostSettings)>> {
+    let Some(jump) = ssh.jump.as_ref() else {
+        return Ok(None);
+    };
     let mut own = ssh.clone();
     own.jump = None;
     own.user = jump.user.clone().or(ssh.user.clone());
@@ -157,16 +159,17 @@ fn bastion(ssh: &Ssh) -> Option<(Ssh, HostSettings)> {
         own.known_hosts = jump.known_hosts.clone();
         own.known_hosts_env = jump.known_hosts_env.clone();
     }
+    let user = own
+        .user
+        .clone()
+        .unwrap_or_else(|| crate::settings::DEFAULT_USER.into());
     let host = HostSettings {
-        name: jump.host.clone(),
+        name: host_named(&jump.host, &format!("{at}/ssh/jump/host"))?,
         port: jump.port.unwrap_or(22),
-        user: own
-            .user
-            .clone()
-            .unwrap_or_else(|| crate::settings::DEFAULT_USER.into()),
+        user: account_named(&user, &format!("{at}/ssh/jump/user"))?,
         instances: None,
     };
-    Some((own, host))
+    Ok(Some((own, host)))
 }
 
 /// Checks what `SshConfig::from_request` would reject without reading the
@@ -174,7 +177,7 @@ fn bastion(ssh: &Ssh) -> Option<(Ssh, HostSettings)> {
 /// bound): which sources are set, and a named known_hosts file.
 pub fn check_settings(ssh: Option<&Ssh>, at: &str) -> Result<()> {
     let ssh = ssh.cloned().unwrap_or_default();
-    if let Some((own, _)) = bastion(&ssh) {
+    if let Some((own, _)) = bastion(&ssh, at)? {
         check_settings(Some(&own), &format!("{at}/ssh/jump"))?;
     }
     if let KnownHostsSource::File(path) = Sources::of(&ssh, at)?.known_hosts {
@@ -199,7 +202,7 @@ impl SshConfig {
     /// Reads the credentials the request names; a problem rejects the request.
     pub fn from_request(ssh: Option<&Ssh>, at: &str, env: &dyn EnvLookup) -> Result<SshConfig> {
         let ssh = ssh.cloned().unwrap_or_default();
-        let jump = match bastion(&ssh) {
+        let jump = match bastion(&ssh, at)? {
             Some((own, host)) => {
                 let config = SshConfig::from_request(Some(&own), &format!("{at}/ssh/jump"), env)?;
                 Some(Box::new((host, config)))

@@ -18,12 +18,12 @@ use crate::transport::units;
 pub fn expected_config(settings: &Settings) -> HostConfig {
     let target = &settings.target;
     HostConfig {
-        path: target.path.clone(),
-        owner: target.owner.clone(),
-        group: target.group.clone(),
+        path: target.path.to_string(),
+        owner: target.owner.to_string(),
+        group: target.group.to_string(),
         mode: target.mode,
         backups: target.backups.max(1),
-        state_dir: target.state_dir.clone(),
+        state_dir: target.state_dir.to_string(),
         units: settings.restart.units.iter().map(Unit::to_string).collect(),
         restart_timeout_s: units::timeout_seconds(std::time::Duration::from_millis(
             settings.restart.timeout_ms,

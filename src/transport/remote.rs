@@ -17,6 +17,7 @@
 use crate::host::PROGRAM;
 use crate::protocol::error::{ErrorKind, HostError};
 use crate::settings::secret::{ExposeSecret, SecretString};
+use crate::settings::names::HostName;
 use crate::settings::TargetSettings;
 use crate::transport::ssh::{Connection, Output};
 
@@ -182,7 +183,7 @@ pub struct Current {
 /// The remote side of one host and service, over the host's one connection.
 pub struct Remote<'a> {
     pub connection: &'a Connection,
-    pub host: &'a str,
+    pub host: &'a HostName,
     pub sudo: bool,
     pub service: &'a str,
     pub target: &'a TargetSettings,
