@@ -11,22 +11,24 @@ use crate::settings::catalog::Catalog;
 use crate::settings::rollout::Rollout;
 use crate::settings::secret::EnvLookup;
 use crate::settings::ssh;
+use crate::settings::RunSettings;
 
 /// What a run would reject after preparing and before its first connection:
-/// the SSH settings (with `ssh_unbound`, only which sources are set) and the rollout.
+/// its run settings (`RunSettings::derive`), or with `ssh_unbound` only which
+/// SSH sources are set, and the rollout.
 fn connection_settings(
     prepared: &Prepared,
     deployment: &Deployment,
     at: &str,
-    env: &dyn EnvLookup,
+    (env, catalog): (&dyn EnvLookup, &Catalog),
     options: &RunOptions,
 ) -> Result<()> {
     if options.ssh_unbound {
         ssh::check_settings(deployment.ssh.as_ref(), at)?;
-    } else {
-        ssh::SshConfig::from_request(deployment.ssh.as_ref(), at, env)?;
+        return Rollout::from_request(deployment, at, prepared.settings.hosts.len()).map(|_| ());
     }
-    Rollout::from_request(deployment, at, prepared.settings.hosts.len()).map(|_| ())
+    let settings = Some(prepared.settings.clone());
+    RunSettings::derive(deployment, at, settings, catalog, env).map(|_| ())
 }
 
 pub fn check_deploy(
@@ -37,7 +39,7 @@ pub fn check_deploy(
     report: &mut Report,
 ) -> Result<()> {
     let prepared = prepare_deploy(deployment, env, catalog, report)?;
-    connection_settings(&prepared, deployment, "", env, options)?;
+    connection_settings(&prepared, deployment, "", (env, catalog), options)?;
     report.hosts = prepared.checked_hosts();
     report.summary = Summary::of(&report.hosts);
     Ok(())
@@ -56,7 +58,7 @@ pub fn check_rotation(
             one,
             deployment,
             &format!("/deployments/{index}"),
-            env,
+            (env, catalog),
             options,
         )?;
     }

@@ -27,7 +27,7 @@ use crate::prepare::rotation::{prepare_rotation, rotation_rules};
 use crate::prepare::{prepare_deploy, Prepared};
 use crate::settings::catalog::Catalog;
 
-use crate::protocol::error::{Error, ErrorKind, HostError, Result};
+use crate::protocol::error::{ErrorKind, HostError, Result};
 use crate::protocol::exit::Exit;
 use crate::protocol::report::{
     wire_name, Action, ContractReport, DeploymentReport, ErrorReport, HostStatus, Report, Summary,
@@ -36,7 +36,7 @@ use crate::protocol::request::{Deployment, Rotation, SudoMode};
 use crate::settings::rollout::Rollout;
 use crate::settings::secret::{EnvLookup, SecretString};
 use crate::settings::ssh::SshConfig;
-use crate::settings::Settings;
+use crate::settings::{RunSettings, Settings};
 use crate::transport::lock;
 use crate::transport::remote::Invocation;
 use host::HostRun;
@@ -91,25 +91,68 @@ struct Context<'a> {
     stage_with_lock: bool,
 }
 
-impl<'a> Context<'a> {
-    #[allow(clippy::too_many_arguments)]
+/// What every deployment of one run shares.
+struct RunInputs<'r> {
+    action: Action,
+    env: &'r dyn EnvLookup,
+    catalog: &'r Catalog,
+    options: &'r RunOptions,
+    started: Instant,
+    /// Every service of the run, in request order.
+    services: Vec<String>,
+    /// A Rotation: its deployments go in one window.
+    window: bool,
+}
+
+impl<'r> RunInputs<'r> {
     fn new(
         action: Action,
+        (env, catalog, options): (&'r dyn EnvLookup, &'r Catalog, &'r RunOptions),
+        started: Instant,
+        services: Vec<String>,
+        window: bool,
+    ) -> RunInputs<'r> {
+        RunInputs {
+            action,
+            env,
+            catalog,
+            options,
+            started,
+            services,
+            window,
+        }
+    }
+}
+
+impl<'a> Context<'a> {
+    /// Deployment `index` of the run (at `at` in the request), with what
+    /// `prepare` found for it (none for a rollback).
+    fn new(
+        run: &RunInputs,
+        index: usize,
         deployment: &'a Deployment,
         at: &str,
         prepared: Option<Prepared>,
-        window_services: &[String],
-        env: &dyn EnvLookup,
-        catalog: &Catalog,
-        options: &RunOptions,
-        started: Instant,
     ) -> Result<Context<'a>> {
-        let settings = match &prepared {
-            Some(prepared) => prepared.settings.clone(),
-            None => Settings::from_request(deployment, at, catalog)?,
-        };
-        let ssh = SshConfig::from_request(deployment.ssh.as_ref(), at, env)?;
-        let rollout = Rollout::from_request(deployment, at, settings.hosts.len())?;
+        let RunInputs {
+            action,
+            env,
+            catalog,
+            options,
+            started,
+            ..
+        } = *run;
+        let RunSettings {
+            settings,
+            ssh,
+            rollout,
+        } = RunSettings::derive(
+            deployment,
+            at,
+            prepared.as_ref().map(|p| p.settings.clone()),
+            catalog,
+            env,
+        )?;
         let guarded_keys = match &prepared {
             Some(prepared) if deployment.allow_shared_change != Some(true) => prepared
                 .contract
@@ -118,7 +161,7 @@ impl<'a> Context<'a> {
                     let others: Vec<String> = catalog
                         .shares_with(key, &deployment.service)
                         .into_iter()
-                        .filter(|service| !window_services.iter().any(|s| s == service))
+                        .filter(|service| !run.services.iter().any(|s| s == service))
                         .map(|service| format!("`{service}`"))
                         .collect();
                     (!others.is_empty()).then(|| (key.to_string(), others.join(" and ")))
@@ -155,9 +198,12 @@ impl<'a> Context<'a> {
             host_program: crate::transport::provision::LocalProgram::locate(env),
             holder: holder(action, deployment),
             rollback_to: options.rollback_to.max(1),
-            window_services: window_services.to_vec(),
-            index: 0,
-            stage_with_lock: false,
+            window_services: run.services.clone(),
+            index,
+            // A reviewed plan's run touches no host before its plan is compared.
+            stage_with_lock: action == Action::Deploy
+                && !run.window
+                && options.expect_plan.is_none(),
             settings,
             prepared,
         })
@@ -208,12 +254,9 @@ pub fn run(
         Action::Rollback | Action::HostInstall => None,
         _ => Some(prepare_deploy(deployment, env, catalog, report)?),
     };
-    let services = [deployment.service.clone()];
-    let mut context = Context::new(
-        action, deployment, "", prepared, &services, env, catalog, options, started,
-    )?;
-    // A reviewed plan's run touches no host before its plan is compared.
-    context.stage_with_lock = action == Action::Deploy && options.expect_plan.is_none();
+    let services = vec![deployment.service.clone()];
+    let inputs = RunInputs::new(action, (env, catalog, options), started, services, false);
+    let context = Context::new(&inputs, 0, deployment, "", prepared)?;
     let mut runs = context.host_runs();
     open(&mut runs, context.rollout.parallel, options, report);
     match action {
@@ -222,10 +265,10 @@ pub fn run(
         Action::HostInstall => {}
         _ => apply_in_batches(&mut runs, &context.rollout),
     }
-    let error = hosts_failed(&runs);
+    let failed = hosts_failed(&runs);
     report.hosts = runs.into_iter().map(HostRun::into_report).collect();
     report.summary = Summary::of(&report.hosts);
-    conclude(report, error, false)
+    conclude(report, failed, false)
 }
 
 /// `deploy`, `plan`, `drift` or `rollback` of a Rotation: every deployment in one window.
@@ -249,19 +292,16 @@ pub fn run_rotation(
             .map(Some)
             .collect(),
     };
-    let services: Vec<String> = rotation
+    let services = rotation
         .deployments
         .iter()
         .map(|d| d.service.clone())
         .collect();
+    let inputs = RunInputs::new(action, (env, catalog, options), started, services, true);
     let mut contexts = Vec::new();
     for (index, (deployment, prepared)) in rotation.deployments.iter().zip(prepared).enumerate() {
         let at = format!("/deployments/{index}");
-        let mut context = Context::new(
-            action, deployment, &at, prepared, &services, env, catalog, options, started,
-        )?;
-        context.index = index;
-        contexts.push(context);
+        contexts.push(Context::new(&inputs, index, deployment, &at, prepared)?);
     }
     let overlap = window::Overlap::from_request(rotation, &contexts)?;
     let run_key = shared::RunKey::new()?;
@@ -292,7 +332,7 @@ pub fn run_rotation(
             }
         }
     }
-    let error = hosts_failed(&runs);
+    let failed = hosts_failed(&runs);
     let mut deployments: Vec<DeploymentReport> = contexts
         .iter()
         .map(|context| DeploymentReport {
@@ -312,7 +352,7 @@ pub fn run_rotation(
     }
     report.deployments = Some(deployments);
     report.summary = summary;
-    conclude(report, error, differences)
+    conclude(report, failed, differences)
 }
 
 /// Connects, locks and assesses every host, `parallel` at once, then checks `--expect-plan`.
@@ -371,9 +411,17 @@ fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mu
 
 /// Records the run's error, or exit 4 with what differs: hosts a deploy would
 /// change (`plan`), hosts that drifted or shared keys that disagree (`drift`).
-fn conclude(report: &mut Report, error: Option<Error>, shared_differ: bool) -> Result<()> {
-    if let Some(error) = error {
-        return Err(error);
+fn conclude(report: &mut Report, failed: Option<HostsFailed>, shared_differ: bool) -> Result<()> {
+    if let Some(failed) = failed {
+        report.set_outcome(
+            failed.exit,
+            Some(ErrorReport {
+                kind: ErrorKind::HostsFailed,
+                message: failed.message,
+                field: None,
+            }),
+        );
+        return Ok(());
     }
     let hosts = report.summary.hosts;
     let (planned, drifted) = (report.summary.planned, report.summary.drifted);
@@ -492,7 +540,14 @@ fn in_parallel<T: Send>(items: &mut [T], parallel: usize, work: impl Fn(&mut T) 
 }
 
 /// The run's error when any host did not end as it should.
-fn hosts_failed(runs: &[HostRun]) -> Option<Error> {
+/// Hosts that did not end as the action means them to: an outcome of the
+/// run, which the result reports, not an error that stopped it.
+struct HostsFailed {
+    message: String,
+    exit: Exit,
+}
+
+fn hosts_failed(runs: &[HostRun]) -> Option<HostsFailed> {
     let bad: Vec<&HostRun> = runs
         .iter()
         .filter(|run| !succeeded(run.report.status) || run.report.error.is_some())
@@ -526,7 +581,7 @@ fn hosts_failed(runs: &[HostRun]) -> Option<Error> {
     if needs_person {
         message.push_str("; a host is in an unknown state and needs a person");
     }
-    Some(Error::HostsFailed {
+    Some(HostsFailed {
         message,
         exit: if needs_person {
             Exit::NeedsPerson

@@ -90,24 +90,13 @@ pub fn key_problems(problems: &[&KeyReport], within: &str) -> Option<Error> {
     if problems.is_empty() {
         return None;
     }
-    let listed: Vec<String> = problems
-        .iter()
-        .map(|key| match &key.host {
-            Some(host) => format!("`{}` on `{host}` ({})", key.name, wire_name(&key.status)),
-            None => format!("`{}` ({})", key.name, wire_name(&key.status)),
-        })
-        .collect();
-    let count = problems.len();
-    let noun = if count == 1 {
-        "key has a problem"
-    } else {
-        "keys have problems"
-    };
-    let message = format!(
-        "{count} {noun}{within}: {}; see `contract.keys`",
-        listed.join(", ")
-    );
-    Some(Error::KeyProblems(message))
+    Some(Error::KeyProblems {
+        problems: problems
+            .iter()
+            .map(|key| (key.name.clone(), key.host.clone(), wire_name(&key.status)))
+            .collect(),
+        within: within.to_string(),
+    })
 }
 
 /// Prepares a Deploy request and puts what is known on the report; key

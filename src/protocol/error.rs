@@ -2,6 +2,7 @@
 //! line) and never a value: a value may be a secret.
 
 use crate::protocol::exit::Exit;
+use crate::protocol::request::API_VERSION;
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -168,10 +169,17 @@ pub enum Error {
         line: usize,
         column: usize,
     },
-    #[error("{message}")]
-    UnsupportedApiVersion { message: String },
-    #[error("{message}")]
-    UnknownKind { message: String },
+    /// `found`: the value as the message may show it (`echo`), None when missing.
+    #[error("{}", match found {
+        Some(found) => format!("unsupported apiVersion {found}; this hostenv speaks `{API_VERSION}`"),
+        None => format!("`apiVersion` is missing; this hostenv speaks `{API_VERSION}`"),
+    })]
+    UnsupportedApiVersion { found: Option<String> },
+    #[error("{}; expected `Deploy`, `Rotation` or `BuildEnv`", match found {
+        Some(found) => format!("unknown kind {found}"),
+        None => "`kind` is missing".to_string(),
+    })]
+    UnknownKind { found: Option<String> },
     #[error("`hostenv {action}` does not take a `{kind}` request")]
     WrongKind { action: String, kind: String },
     #[error("{}", at_field(field, message))]
@@ -190,8 +198,14 @@ pub enum Error {
         line: usize,
         reason: String,
     },
-    #[error("{0}")]
-    KeyProblems(String),
+    /// Every key with a problem (its name, its host when it has one, its
+    /// status's wire name); `within` names
+    /// a Rotation's deployment (` in `service``) or is empty.
+    #[error("{}", key_problems(problems, within))]
+    KeyProblems {
+        problems: Vec<(String, Option<String>, &'static str)>,
+        within: String,
+    },
     #[error("`{field}` line {line}: {reason}")]
     EnvFileInvalid {
         field: String,
@@ -210,8 +224,26 @@ pub enum Error {
     OutputWriteFailed { path: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
-    #[error("{message}")]
-    HostsFailed { message: String, exit: Exit },
+}
+
+fn key_problems(problems: &[(String, Option<String>, &'static str)], within: &str) -> String {
+    let listed: Vec<String> = problems
+        .iter()
+        .map(|(name, host, status)| match host {
+            Some(host) => format!("`{name}` on `{host}` ({status})"),
+            None => format!("`{name}` ({status})"),
+        })
+        .collect();
+    let noun = if problems.len() == 1 {
+        "key has a problem"
+    } else {
+        "keys have problems"
+    };
+    format!(
+        "{} {noun}{within}: {}; see `contract.keys`",
+        problems.len(),
+        listed.join(", ")
+    )
 }
 
 fn at_field(field: &str, message: &str) -> String {
@@ -245,7 +277,7 @@ impl Error {
             Error::ServiceDefaultsMissing { .. } => ErrorKind::ServiceDefaultsMissing,
             Error::ContractUnreadable { .. } => ErrorKind::ContractUnreadable,
             Error::ContractInvalid { .. } => ErrorKind::ContractInvalid,
-            Error::KeyProblems(_) => ErrorKind::KeyProblems,
+            Error::KeyProblems { .. } => ErrorKind::KeyProblems,
             Error::EnvFileInvalid { .. } => ErrorKind::EnvFileInvalid,
             Error::SharedKeyMismatch { .. } => ErrorKind::SharedKeyMismatch,
             Error::BuildEnvOverride { .. } => ErrorKind::BuildEnvOverride,
@@ -253,7 +285,6 @@ impl Error {
             Error::BrandFileInvalid { .. } => ErrorKind::BrandFileInvalid,
             Error::OutputWriteFailed { .. } => ErrorKind::OutputWriteFailed,
             Error::Internal(_) => ErrorKind::Internal,
-            Error::HostsFailed { .. } => ErrorKind::HostsFailed,
         }
     }
 
@@ -275,12 +306,12 @@ impl Error {
         }
     }
 
-    /// Everything but a failed write or failed hosts is found before any host
-    /// is contacted or any file written, so it is a rejection.
+    /// Everything but a failed write is found before any host is contacted
+    /// or any file written, so it is a rejection (failed hosts are an
+    /// outcome, not an error: `deploy` reports them).
     pub fn exit(&self) -> Exit {
         match self {
             Error::OutputWriteFailed { .. } => Exit::Failed,
-            Error::HostsFailed { exit, .. } => *exit,
             _ => Exit::Rejected,
         }
     }

@@ -115,26 +115,23 @@ fn echo(value: &Value) -> String {
 }
 
 fn check_api_version(found: Option<Value>) -> Result<()> {
-    let message = match found {
-        Some(Value::String(version)) if version == API_VERSION => return Ok(()),
-        None => format!("`apiVersion` is missing; this hostenv speaks `{API_VERSION}`"),
-        Some(other) => format!(
-            "unsupported apiVersion {}; this hostenv speaks `{API_VERSION}`",
-            echo(&other)
-        ),
-    };
-    Err(Error::UnsupportedApiVersion { message })
+    match found {
+        Some(Value::String(version)) if version == API_VERSION => Ok(()),
+        found => Err(Error::UnsupportedApiVersion {
+            found: found.as_ref().map(echo),
+        }),
+    }
 }
 
 fn check_kind(found: Option<Value>) -> Result<Kind> {
-    let expected = "expected `Deploy`, `Rotation` or `BuildEnv`";
-    let message = match found {
-        Some(Value::String(name)) => match Kind::from_name(&name) {
-            Some(kind) => return Ok(kind),
-            None => format!("unknown kind {}; {expected}", echo(&Value::String(name))),
-        },
-        None => format!("`kind` is missing; {expected}"),
-        Some(other) => format!("unknown kind {}; {expected}", echo(&other)),
-    };
-    Err(Error::UnknownKind { message })
+    if let Some(kind) = found
+        .as_ref()
+        .and_then(Value::as_str)
+        .and_then(Kind::from_name)
+    {
+        return Ok(kind);
+    }
+    Err(Error::UnknownKind {
+        found: found.as_ref().map(echo),
+    })
 }

@@ -190,6 +190,39 @@ impl Settings {
     }
 }
 
+/// Everything a deployment's run derives from its request before its first
+/// connection, in one step: the settings, how its hosts are reached, how
+/// they are taken. `deploy` builds it once per deployment; `check` rejects
+/// what it would reject.
+pub struct RunSettings {
+    pub settings: Settings,
+    pub ssh: ssh::SshConfig,
+    pub rollout: rollout::Rollout,
+}
+
+impl RunSettings {
+    /// `settings` when `prepare` built them already, else from the request.
+    pub fn derive(
+        deployment: &Deployment,
+        at: &str,
+        settings: Option<Settings>,
+        catalog: &Catalog,
+        env: &dyn secret::EnvLookup,
+    ) -> Result<RunSettings> {
+        let settings = match settings {
+            Some(settings) => settings,
+            None => Settings::from_request(deployment, at, catalog)?,
+        };
+        let ssh = ssh::SshConfig::from_request(deployment.ssh.as_ref(), at, env)?;
+        let rollout = rollout::Rollout::from_request(deployment, at, settings.hosts.len())?;
+        Ok(RunSettings {
+            settings,
+            ssh,
+            rollout,
+        })
+    }
+}
+
 fn host_settings(deployment: &Deployment, at: &str, templated: bool) -> Result<Vec<HostSettings>> {
     let ssh = deployment.ssh.clone().unwrap_or_default();
     let default_user = ssh.user.unwrap_or_else(|| DEFAULT_USER.to_string());

@@ -16,8 +16,8 @@
 
 use crate::host::PROGRAM;
 use crate::protocol::error::{ErrorKind, HostError};
-use crate::settings::secret::{ExposeSecret, SecretString};
 use crate::settings::names::HostName;
+use crate::settings::secret::{ExposeSecret, SecretString};
 use crate::settings::TargetSettings;
 use crate::transport::ssh::{Connection, Output};
 
