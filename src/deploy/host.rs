@@ -36,6 +36,16 @@ pub(super) struct Assessment {
     pub stale_units: Vec<Unit>,
 }
 
+/// How far a host's run has come: an assessed host always has its connection.
+enum Progress {
+    /// Not connected: not yet, or the connection failed.
+    Closed,
+    /// Connected (and locked, once `lock` succeeded).
+    Connected(Connection),
+    /// Connected, locked and assessed: what a deploy would change is known.
+    Assessed(Connection, Assessment),
+}
+
 /// What a stage puts beside the target.
 #[derive(Clone, Copy)]
 pub(super) enum Staging<'f> {
@@ -54,9 +64,9 @@ pub(super) struct HostRun<'a> {
     /// The file a deploy would write; none for a rollback.
     pub file: Option<&'a HostFile>,
     pub report: HostReport,
-    connection: Option<Connection>,
+    progress: Progress,
     sudo: bool,
-    pub assessment: Option<Assessment>,
+    /// The outcome is in `report`: nothing more is done on the host.
     pub finished: bool,
     /// A staged file waits beside the target.
     staged: bool,
@@ -87,13 +97,12 @@ impl<'a> HostRun<'a> {
             host,
             file,
             report: HostReport::new(&host.name, HostStatus::Failed),
-            connection: None,
+            progress: Progress::Closed,
             sudo: match context.sudo {
                 SudoMode::Always => true,
                 SudoMode::Never => false,
                 SudoMode::Auto => host.user != "root",
             },
-            assessment: None,
             finished: false,
             staged: false,
             switches: 0,
@@ -129,8 +138,35 @@ impl<'a> HostRun<'a> {
         }
     }
 
+    fn connection(&self) -> Option<&Connection> {
+        match &self.progress {
+            Progress::Closed => None,
+            Progress::Connected(connection) | Progress::Assessed(connection, _) => Some(connection),
+        }
+    }
+
+    /// What the host has and a deploy would do there, once assessed.
+    pub fn assessment(&self) -> Option<&Assessment> {
+        match &self.progress {
+            Progress::Assessed(_, assessment) => Some(assessment),
+            _ => None,
+        }
+    }
+
+    /// The assessment of a host the run goes on changing: every host that is
+    /// not finished has one (`assess` finishes a host it cannot assess).
+    fn assessed(&self) -> Result<&Assessment, (HostStatus, HostError)> {
+        self.assessment().ok_or_else(|| {
+            let message = format!("`{}`: not assessed before a change", self.host.name);
+            (
+                HostStatus::Failed,
+                HostError::new(ErrorKind::Internal, message),
+            )
+        })
+    }
+
     fn remote(&self) -> Option<Remote<'_>> {
-        self.connection.as_ref().map(|connection| Remote {
+        self.connection().map(|connection| Remote {
             connection,
             host: &self.host.name,
             sudo: self.sudo,
@@ -258,7 +294,7 @@ impl<'a> HostRun<'a> {
             started.elapsed().as_millis() as u64,
         );
         match connection {
-            Ok(connection) => self.connection = Some(connection),
+            Ok(connection) => self.progress = Progress::Connected(connection),
             Err(error) => return self.finish(Err((HostStatus::Failed, error))),
         }
         // The host program describes itself in its answer to the lock step
@@ -348,7 +384,7 @@ impl<'a> HostRun<'a> {
     pub fn release_lock(&mut self) {
         if self.lock_held {
             self.discard_staged_unanswered();
-            if let Some(connection) = &self.connection {
+            if let Some(connection) = self.connection() {
                 connection.release_lock(&self.host.name);
             }
             self.lock_held = false;
@@ -551,13 +587,20 @@ impl<'a> HostRun<'a> {
                 }
             }
         }
-        self.assessment = Some(Assessment {
+        let assessment = Assessment {
             current,
             current_values,
             units,
             same_file,
             stale_units,
-        });
+        };
+        // Reading the host took its connection: an assessed host keeps it.
+        self.progress = match std::mem::replace(&mut self.progress, Progress::Closed) {
+            Progress::Connected(connection) | Progress::Assessed(connection, _) => {
+                Progress::Assessed(connection, assessment)
+            }
+            Progress::Closed => Progress::Closed,
+        };
         Ok(())
     }
 
@@ -600,8 +643,7 @@ impl<'a> HostRun<'a> {
 
     /// Whether a deploy has anything to do here: a file to switch or units to restart.
     pub fn has_work(&self) -> bool {
-        self.assessment
-            .as_ref()
+        self.assessment()
             .is_some_and(|a| !a.same_file || !a.stale_units.is_empty())
     }
 
@@ -610,7 +652,7 @@ impl<'a> HostRun<'a> {
         if self.finished {
             return;
         }
-        let Some(assessment) = &self.assessment else {
+        let Progress::Assessed(_, assessment) = &self.progress else {
             return;
         };
         let restarting: &[Unit] = if assessment.same_file {
@@ -634,7 +676,7 @@ impl<'a> HostRun<'a> {
         if self.finished {
             return;
         }
-        let Some(assessment) = &self.assessment else {
+        let Some(assessment) = self.assessment() else {
             return;
         };
         let status = if assessment.same_file {
@@ -671,7 +713,7 @@ impl<'a> HostRun<'a> {
     /// the run would.
     fn send_changes_ahead(&mut self, with_stage: bool) {
         let (Some(assessment), Some(file), Some(remote)) =
-            (&self.assessment, self.file, self.remote())
+            (self.assessment(), self.file, self.remote())
         else {
             return;
         };
@@ -711,7 +753,7 @@ impl<'a> HostRun<'a> {
         &mut self,
         content: Option<&SecretString>,
     ) -> Result<(), (HostStatus, HostError)> {
-        let assessment = self.assessment.as_ref().expect("assessed");
+        let assessment = self.assessed()?;
         if content.is_none() && assessment.same_file {
             // A run that lost its host after staging left its file behind
             // (or this run staged its file with the lock).
@@ -753,7 +795,7 @@ impl<'a> HostRun<'a> {
     /// Switches the staged file in (if any), restarts and verifies; a failure
     /// puts back what was there before the run (unless `rollbackOnFailure` is off).
     pub fn switch_and_verify(&mut self) -> Outcome {
-        let assessment = self.assessment.as_ref().expect("assessed");
+        let assessment = self.assessed()?;
         if !self.staged {
             // The host holds the file already; restart what started before it.
             let stale = assessment.stale_units.clone();
@@ -809,7 +851,10 @@ impl<'a> HostRun<'a> {
         if !self.had_previous {
             return Err((HostStatus::RolledBack, cause));
         }
-        let units = self.assessment.as_ref().expect("assessed").units.clone();
+        let units = match self.assessed() {
+            Ok(assessment) => assessment.units.clone(),
+            Err((_, error)) => return Err((HostStatus::RollbackFailed, combine(&cause, &error))),
+        };
         if let Some(remote) = self.remote() {
             for unit in &units {
                 units::reset_failed(&remote, unit);
@@ -902,8 +947,7 @@ impl<'a> HostRun<'a> {
             return;
         };
         let units = self
-            .assessment
-            .as_ref()
+            .assessment()
             .map(|a| a.units.clone())
             .unwrap_or_default();
         let healthy = units
@@ -923,7 +967,7 @@ impl<'a> HostRun<'a> {
         #[cfg(feature = "fault-injection")]
         crate::fault::pause_before(&self.host.name, "verify");
         self.check_deadline("verify")?;
-        let connection = self.connection.as_ref();
+        let connection = self.connection();
         let label = self.host.name.as_str();
         let through_ssh = |url: &str, timeout: Duration| -> std::result::Result<u16, String> {
             let (host, port, path) = health::split_url(url).ok_or("not an http URL")?;
@@ -1031,7 +1075,7 @@ impl<'a> HostRun<'a> {
 
     /// Appends this attempt to the host's audit log, when the host was reached.
     pub fn audit(&mut self) {
-        if self.connection.is_none() || self.report.steps.iter().all(|s| s.name == "connect") {
+        if self.connection().is_none() || self.report.steps.iter().all(|s| s.name == "connect") {
             return;
         }
         // Nothing of this run stays staged; the audit's answer confirms it.

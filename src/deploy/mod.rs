@@ -477,7 +477,7 @@ fn plan_digest(
         .iter()
         .zip(&names)
         .map(|(run, name)| {
-            let assessment = run.assessment.as_ref().filter(|_| !run.finished)?;
+            let assessment = run.assessment().filter(|_| !run.finished)?;
             Some(digest::HostState {
                 host: name,
                 rendered: &run.file?.text,

@@ -18,7 +18,7 @@ pub(super) type Holdings = Vec<Option<Values>>;
 pub(super) fn holdings_now(runs: &[HostRun], keys: &[String]) -> Holdings {
     runs.iter()
         .map(|run| {
-            let assessment = run.assessment.as_ref()?;
+            let assessment = run.assessment()?;
             Some(only(&assessment.current_values, keys))
         })
         .collect()

@@ -69,7 +69,10 @@ impl Overlap {
             let mut olds: BTreeMap<Option<&str>, &SecretString> = BTreeMap::new();
             let mut rotates = false;
             for run in runs.iter().filter(|run| self.verifies(run)) {
-                let current = run.assessment.as_ref().expect("assessed");
+                let current = run.assessment().ok_or_else(|| {
+                    let message = format!("`{}`: not assessed before the window", run.name());
+                    HostError::new(ErrorKind::Internal, message)
+                })?;
                 let old = current.current_values.get(key);
                 let text = old.map(|v| v.expose_secret());
                 rotates |= text != run.value_of(key);
