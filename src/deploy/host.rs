@@ -385,7 +385,7 @@ impl<'a> HostRun<'a> {
         if self.lock_held {
             self.discard_staged_unanswered();
             if let Some(connection) = self.connection() {
-                connection.release_lock(&self.host.name);
+                connection.release_lock();
             }
             self.lock_held = false;
         }
@@ -968,11 +968,10 @@ impl<'a> HostRun<'a> {
         crate::fault::pause_before(&self.host.name, "verify");
         self.check_deadline("verify")?;
         let connection = self.connection();
-        let label = self.host.name.as_str();
         let through_ssh = |url: &str, timeout: Duration| -> std::result::Result<u16, String> {
             let (host, port, path) = health::split_url(url).ok_or("not an http URL")?;
             let connection = connection.ok_or("not connected")?;
-            connection.http_get(label, &host, port, &path, timeout)
+            connection.http_get(&host, port, &path, timeout)
         };
         let direct = health::Direct::new(Duration::from_millis(check.timeout_ms));
         let from_here = |url: &str, timeout: Duration| direct.get(url, timeout);

@@ -47,13 +47,9 @@ pub fn acquire(
         .iter()
         .map(|(step, stdin)| (step.words(), *stdin))
         .collect();
-    let held = remote.connection.hold(
-        remote.host,
-        &invocation.shell_line(remote.sudo),
-        holder,
-        wait,
-        &first,
-    )?;
+    let held = remote
+        .connection
+        .hold(&invocation.shell_line(remote.sudo), holder, wait, &first)?;
     let outcome = held.verdict.map_err(|answer| {
         if let Some(holder) = answer.strip_prefix("held-by ") {
             HostError::new(

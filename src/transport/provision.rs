@@ -44,9 +44,7 @@ pub enum State {
 /// Asks the host program what it is and how the service is configured.
 pub fn inspect(remote: &Remote, expected: &str) -> Result<State, HostError> {
     let describe = Invocation::new("describe", &[remote.service]);
-    let output = remote
-        .connection
-        .exec(remote.host, &describe.shell_line(false), &[])?;
+    let output = remote.connection.exec(&describe.shell_line(false), &[])?;
     if output.status == 127 || output.stderr.contains("not found") {
         return Ok(State::Missing(format!("there is no `{PROGRAM}`")));
     }
@@ -144,7 +142,7 @@ pub fn install(remote: &Remote, program: &[u8], config: &str) -> Result<(), Host
         quote(INSTALL),
         quote(PROGRAM)
     );
-    let output = remote.connection.exec(remote.host, &line, program)?;
+    let output = remote.connection.exec(&line, program)?;
     remote.check("install", output)?;
     let configure = Invocation::new("configure", &[remote.service]);
     remote.run(&configure, config.as_bytes()).map(|_| ())

@@ -206,19 +206,17 @@ impl Remote<'_> {
         timeout: Option<std::time::Duration>,
     ) -> Result<Output, HostError> {
         if invocation.step != "configure" {
-            if let Some(answer) =
-                self.connection
-                    .run_on_lock(self.host, &invocation.words(), stdin, timeout)
+            if let Some(answer) = self
+                .connection
+                .run_on_lock(&invocation.words(), stdin, timeout)
             {
                 return answer;
             }
         }
         let line = invocation.shell_line(self.sudo);
         match timeout {
-            Some(timeout) => self
-                .connection
-                .exec_with_timeout(self.host, &line, stdin, timeout),
-            None => self.connection.exec(self.host, &line, stdin),
+            Some(timeout) => self.connection.exec_with_timeout(&line, stdin, timeout),
+            None => self.connection.exec(&line, stdin),
         }
     }
 
@@ -231,12 +229,12 @@ impl Remote<'_> {
             .iter()
             .map(|(invocation, stdin)| (invocation.words(), *stdin))
             .collect();
-        self.connection.send_ahead(self.host, &steps)
+        self.connection.send_ahead(&steps)
     }
 
     /// Runs a read-only query that needs no privilege, never through sudo.
     pub fn query(&self, query: &Query) -> Result<Output, HostError> {
-        let output = self.connection.exec(self.host, &query.shell_line(), &[])?;
+        let output = self.connection.exec(&query.shell_line(), &[])?;
         self.check(query.step, output)
     }
 

@@ -121,17 +121,15 @@ const BEAT_EVERY: Duration = Duration::from_secs(5);
 impl Connection {
     /// Lets go of the host lock: the holder on the host sees its stdin close
     /// and exits, releasing the flock. Nothing to do when none is held.
-    pub fn release_lock(&self, host: &str) {
+    pub fn release_lock(&self) {
         let Some(mut heartbeat) = self.lock.borrow_mut().take() else {
             return;
         };
         let deadline = Instant::now() + self.io_timeout;
-        let _ = self.retry(host, "releasing the lock", deadline, || {
+        let _ = self.retry("releasing the lock", deadline, || {
             heartbeat.channel.send_eof()
         });
-        let _ = self.retry(host, "releasing the lock", deadline, || {
-            heartbeat.channel.close()
-        });
+        let _ = self.retry("releasing the lock", deadline, || heartbeat.channel.close());
     }
 
     /// Runs the host program's step `words` with `stdin` on the lock's own
@@ -140,11 +138,11 @@ impl Connection {
     /// its answer. None when this connection holds no lock.
     pub fn run_on_lock(
         &self,
-        host: &str,
         words: &[String],
         stdin: &[u8],
         timeout: Option<Duration>,
     ) -> Option<Result<Output, HostError>> {
+        let host = self.host.as_str();
         let mut lock = self.lock.borrow_mut();
         let heartbeat = lock.as_mut()?;
         if words.first().is_some_and(|w| w == "read") && words.len() == 2 && stdin.is_empty() {
@@ -159,13 +157,13 @@ impl Connection {
         // no longer wanted: one before them failed, or they tidy up).
         let this = SentAhead::new(words, stdin);
         if !heartbeat.ahead.contains(&this) {
-            if let Err(error) = self.send(host, heartbeat, b'x', words, stdin, deadline) {
+            if let Err(error) = self.send(heartbeat, b'x', words, stdin, deadline) {
                 return Some(Err(error));
             }
             heartbeat.ahead.push_back(SentAhead::new(words, stdin));
         }
         while let Some(sent) = heartbeat.ahead.pop_front() {
-            let answer = self.read_answer(host, heartbeat, deadline);
+            let answer = self.read_answer(heartbeat, deadline);
             if sent == this || answer.is_err() {
                 return Some(answer);
             }
@@ -181,7 +179,7 @@ impl Connection {
     /// only if the one before it succeeded; their answers are read when the
     /// run takes each step (`run_on_lock`). For steps that always follow each
     /// other: one round trip for all. False when this connection holds no lock.
-    pub fn send_ahead(&self, host: &str, steps: &[(Vec<String>, &[u8])]) -> bool {
+    pub fn send_ahead(&self, steps: &[(Vec<String>, &[u8])]) -> bool {
         let mut lock = self.lock.borrow_mut();
         let Some(heartbeat) = lock.as_mut() else {
             return false;
@@ -191,7 +189,7 @@ impl Connection {
             let marker = if index == 0 { b'x' } else { b'&' };
             // A failure breaks the channel; the step that reads it says so.
             if self
-                .send(host, heartbeat, marker, words, stdin, deadline)
+                .send(heartbeat, marker, words, stdin, deadline)
                 .is_err()
             {
                 break;
@@ -205,13 +203,13 @@ impl Connection {
     /// before it succeeded"); a write that fails partway breaks the channel.
     fn send(
         &self,
-        host: &str,
         heartbeat: &mut Heartbeat,
         marker: u8,
         words: &[String],
         stdin: &[u8],
         deadline: Instant,
     ) -> Result<(), HostError> {
+        let host = self.host.as_str();
         if let Some(why) = &heartbeat.broken {
             return Err(lost(host, "the lock's channel", why));
         }
@@ -231,7 +229,7 @@ impl Connection {
                 let wrote = match heartbeat.channel.write(&part[written..end]) {
                     Ok(n) => Ok(n),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        self.wait_for_socket(host, deadline).map(|()| 0)
+                        self.wait_for_socket(deadline).map(|()| 0)
                     }
                     Err(e) => Err(lost(host, "sending a step on the lock's channel", e)),
                 };
@@ -254,17 +252,16 @@ impl Connection {
     /// `drain` does not beat here: a beat would write to this very channel.
     fn read_answer(
         &self,
-        host: &str,
         heartbeat: &mut Heartbeat,
         deadline: Instant,
     ) -> Result<Output, HostError> {
+        let host = self.host.as_str();
         if let Some(why) = &heartbeat.broken {
             return Err(lost(host, "the lock's channel", why));
         }
         let mut answer = std::mem::take(&mut heartbeat.pending);
         let mut noise = Vec::new();
         let drained = self.drain(
-            host,
             "reading a step's answer on the lock's channel",
             &mut heartbeat.channel,
             (&mut answer, &mut noise),
@@ -318,7 +315,6 @@ impl Connection {
     /// is its own (their answers are read as with `send_ahead`).
     pub fn hold(
         &self,
-        host: &str,
         command: &str,
         holder: &str,
         wait: Duration,
@@ -332,12 +328,11 @@ impl Connection {
             stdin.extend_from_slice(input);
         }
         let answer_by = Instant::now() + self.io_timeout;
-        let mut channel = self.start(host, command, &stdin, answer_by)?;
+        let mut channel = self.start(command, &stdin, answer_by)?;
         let (mut answer, mut errors) = (Vec::new(), Vec::new());
         // The holder describes itself first (`describe N` and N bytes), then
         // answers `held-by WHO` or `acquired`.
         self.drain(
-            host,
             "waiting for the lock",
             &mut channel,
             (&mut answer, &mut errors),
@@ -360,7 +355,6 @@ impl Connection {
             if first.starts_with("held-by ") && !acquired(&answer) {
                 let give_up = Instant::now() + wait;
                 let waited = self.drain(
-                    host,
                     "waiting for the lock",
                     &mut channel,
                     (&mut answer, &mut errors),
@@ -401,7 +395,7 @@ impl Connection {
                     zeroize::Zeroize::zeroize(&mut answer);
                     let answer_by = Instant::now() + self.io_timeout;
                     heartbeat.pending = zeroize::Zeroizing::new(after);
-                    let read = self.read_answer(host, &mut heartbeat, answer_by)?;
+                    let read = self.read_answer(&mut heartbeat, answer_by)?;
                     heartbeat.read = Some(read);
                     // One that describes itself takes the steps sent with it.
                     heartbeat.ahead = with_lock

@@ -25,6 +25,7 @@ use ssh2::{
 use crate::protocol::error::{ErrorKind, HostError, Result};
 use crate::protocol::request::HostKeyPolicy;
 use crate::settings::known_hosts::{host_key_preference, read_known_hosts};
+use crate::settings::names::HostName;
 use crate::settings::secret::{ExposeSecret, SecretString};
 use crate::settings::ssh::{Auth, KnownHosts, SshConfig, UserCertificate};
 use crate::settings::HostSettings;
@@ -50,6 +51,8 @@ const UPLOAD_CHUNK: usize = 32 * 1024;
 /// non-blocking, so that while a command runs, the host lock's heartbeat
 /// (see `lock.rs`) keeps going on its own channel of the same session.
 pub struct Connection {
+    /// The host this session reaches, as its messages name it.
+    host: HostName,
     session: Session,
     /// The session's own socket, duplicated, to wait on without busy polling.
     socket: Socket,
@@ -232,6 +235,7 @@ impl Connection {
         }
         session.set_blocking(false);
         Ok(Connection {
+            host: host.name.clone(),
             session,
             socket,
             io_timeout: config.io_timeout,
@@ -240,23 +244,23 @@ impl Connection {
     }
 
     /// Runs `command` with `stdin`; the command line itself never holds a secret.
-    pub fn exec(&self, host: &str, command: &str, stdin: &[u8]) -> Result<Output, HostError> {
-        self.exec_with_timeout(host, command, stdin, self.io_timeout)
+    pub fn exec(&self, command: &str, stdin: &[u8]) -> Result<Output, HostError> {
+        self.exec_with_timeout(command, stdin, self.io_timeout)
     }
 
     /// Like `exec`, with its own bound for commands that take their time (restarts).
     pub fn exec_with_timeout(
         &self,
-        host: &str,
         command: &str,
         stdin: &[u8],
         timeout: Duration,
     ) -> Result<Output, HostError> {
+        let host = self.host.as_str();
         let deadline = Instant::now() + timeout;
-        let mut channel = self.start(host, command, stdin, deadline)?;
-        self.retry(host, "sending data", deadline, || channel.send_eof())?;
-        let (stdout, stderr) = self.read_all(host, &mut channel, deadline)?;
-        self.retry(host, "closing a command", deadline, || channel.wait_close())?;
+        let mut channel = self.start(command, stdin, deadline)?;
+        self.retry("sending data", deadline, || channel.send_eof())?;
+        let (stdout, stderr) = self.read_all(&mut channel, deadline)?;
+        self.retry("closing a command", deadline, || channel.wait_close())?;
         let status = channel
             .exit_status()
             .map_err(|e| lost(host, "reading an exit status", e))?;
@@ -269,19 +273,12 @@ impl Connection {
 
     /// Starts `command` and writes `stdin` to it, leaving the channel open.
     /// Writes go in chunks of at most [`UPLOAD_CHUNK`] bytes.
-    fn start(
-        &self,
-        host: &str,
-        command: &str,
-        stdin: &[u8],
-        deadline: Instant,
-    ) -> Result<Channel, HostError> {
-        let mut channel = self.retry(host, "cannot open a channel", deadline, || {
+    fn start(&self, command: &str, stdin: &[u8], deadline: Instant) -> Result<Channel, HostError> {
+        let host = self.host.as_str();
+        let mut channel = self.retry("cannot open a channel", deadline, || {
             self.session.channel_session()
         })?;
-        self.retry(host, "cannot start a command", deadline, || {
-            channel.exec(command)
-        })?;
+        self.retry("cannot start a command", deadline, || channel.exec(command))?;
         let mut written = 0;
         #[cfg(feature = "fault-injection")]
         let mut paused = false;
@@ -295,9 +292,7 @@ impl Connection {
             let end = stdin.len().min(written + UPLOAD_CHUNK);
             match channel.write(&stdin[written..end]) {
                 Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.idle(host, deadline)?
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.idle(deadline)?,
                 Err(e) => return Err(lost(host, "sending data", e)),
             }
         }
@@ -307,13 +302,11 @@ impl Connection {
     /// Reads stdout and stderr to their end.
     fn read_all(
         &self,
-        host: &str,
         channel: &mut Channel,
         deadline: Instant,
     ) -> Result<(Vec<u8>, Vec<u8>), HostError> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         self.drain(
-            host,
             "reading output",
             channel,
             (&mut stdout, &mut stderr),
@@ -331,7 +324,6 @@ impl Connection {
     #[allow(clippy::too_many_arguments)]
     fn drain(
         &self,
-        host: &str,
         what: &str,
         channel: &mut Channel,
         (stdout, stderr): (&mut Vec<u8>, &mut Vec<u8>),
@@ -339,6 +331,7 @@ impl Connection {
         enough: impl Fn(&[u8]) -> bool,
         beat: bool,
     ) -> Result<(), HostError> {
+        let host = self.host.as_str();
         let mut buffer = [0u8; 16 * 1024];
         while !enough(stdout) {
             let mut progressed = false;
@@ -358,9 +351,9 @@ impl Connection {
             }
             if !progressed {
                 if beat {
-                    self.idle(host, deadline)?;
+                    self.idle(deadline)?;
                 } else {
-                    self.wait_for_socket(host, deadline)?;
+                    self.wait_for_socket(deadline)?;
                 }
             }
         }
@@ -370,15 +363,15 @@ impl Connection {
     /// Retries a libssh2 call until it stops saying "again", beating meanwhile.
     fn retry<T>(
         &self,
-        host: &str,
         what: &str,
         deadline: Instant,
         mut call: impl FnMut() -> Result<T, ssh2::Error>,
     ) -> Result<T, HostError> {
+        let host = self.host.as_str();
         loop {
             match call() {
                 Ok(value) => return Ok(value),
-                Err(e) if again(&e) => self.idle(host, deadline)?,
+                Err(e) if again(&e) => self.idle(deadline)?,
                 Err(e) => return Err(lost(host, what, e)),
             }
         }
@@ -386,14 +379,15 @@ impl Connection {
 
     /// Waits until the socket is ready in the direction libssh2 is blocked on
     /// (or a short while), keeping the lock alive; fails past `deadline`.
-    fn idle(&self, host: &str, deadline: Instant) -> Result<(), HostError> {
+    fn idle(&self, deadline: Instant) -> Result<(), HostError> {
         self.beat();
-        self.wait_for_socket(host, deadline)
+        self.wait_for_socket(deadline)
     }
 
     /// Waits for the socket as `idle` does, without beating (for the lock's
     /// own channel, which is being written anyway).
-    fn wait_for_socket(&self, host: &str, deadline: Instant) -> Result<(), HostError> {
+    fn wait_for_socket(&self, deadline: Instant) -> Result<(), HostError> {
+        let host = self.host.as_str();
         let now = Instant::now();
         if now > deadline {
             return Err(lost(host, "waiting for the host", "timed out"));
@@ -428,7 +422,6 @@ impl Connection {
     /// channel; returns the HTTP status.
     pub fn http_get(
         &self,
-        label: &str,
         host: &str,
         port: u16,
         path: &str,
@@ -436,7 +429,7 @@ impl Connection {
     ) -> Result<u16, String> {
         let deadline = Instant::now() + timeout;
         let mut channel = self
-            .retry(label, "opening a tunnel", deadline, || {
+            .retry("opening a tunnel", deadline, || {
                 self.session.channel_direct_tcpip(host, port, None)
             })
             .map_err(|e| e.message)?;
@@ -447,7 +440,7 @@ impl Connection {
             match channel.write(&request.as_bytes()[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.idle(label, deadline).map_err(|e| e.message)?
+                    self.idle(deadline).map_err(|e| e.message)?
                 }
                 Err(e) => return Err(format!("connection failed: {}", e.kind())),
             }
@@ -457,13 +450,11 @@ impl Connection {
         while !response.contains(&b'\n') {
             match channel.read(&mut buffer) {
                 Ok(0) if channel.eof() => break,
-                Ok(0) => self
-                    .idle(label, deadline)
-                    .map_err(|_| "timed out".to_string())?,
+                Ok(0) => self.idle(deadline).map_err(|_| "timed out".to_string())?,
                 Ok(n) => response.extend_from_slice(&buffer[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self
-                    .idle(label, deadline)
-                    .map_err(|_| "timed out".to_string())?,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.idle(deadline).map_err(|_| "timed out".to_string())?
+                }
                 Err(e) => return Err(format!("connection failed: {}", e.kind())),
             }
         }

@@ -30,7 +30,7 @@ pub(super) fn tunnel(
     })?;
     let deadline = Instant::now() + config.connect_timeout;
     let channel = via
-        .retry(&bastion.name, "opening a tunnel", deadline, || {
+        .retry("opening a tunnel", deadline, || {
             via.session.channel_direct_tcpip(host, port, None)
         })
         .map_err(|e| {
