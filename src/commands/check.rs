@@ -69,7 +69,7 @@ pub fn check_rotation(
         let own = Summary::of(&hosts);
         summary.add(&own);
         deployments.push(DeploymentReport {
-            service: prepared.settings.service.clone(),
+            service: prepared.settings.service.to_string(),
             contract: prepared.contract_report(),
             hosts,
             summary: own,

@@ -336,7 +336,7 @@ pub fn run_rotation(
     let mut deployments: Vec<DeploymentReport> = contexts
         .iter()
         .map(|context| DeploymentReport {
-            service: context.settings.service.clone(),
+            service: context.settings.service.to_string(),
             contract: context.contract_report(),
             hosts: Vec::new(),
             summary: Summary::default(),

@@ -64,14 +64,14 @@ pub(super) fn reports(
                 if !carries {
                     continue;
                 }
-                if !services.contains(service) {
-                    services.push(service.clone());
+                if !services.iter().any(|s| s == service.as_str()) {
+                    services.push(service.to_string());
                 }
                 let Some(holding) = holding else { continue };
                 let value = holding.get(key);
                 let fingerprint = value.map(|v| fingerprint(&run_key.0, v.expose_secret()));
                 let holder = SharedHolder {
-                    service: service.clone(),
+                    service: service.to_string(),
                     host: run.host.name.to_string(),
                 };
                 match groups.iter_mut().find(|g| g.fingerprint == fingerprint) {

@@ -55,7 +55,7 @@ pub fn prepare_rotation(
     report.deployments = Some(
         all.iter()
             .map(|prepared| DeploymentReport {
-                service: prepared.settings.service.clone(),
+                service: prepared.settings.service.to_string(),
                 contract: prepared.contract_report(),
                 hosts: Vec::new(),
                 summary: Summary::default(),
@@ -67,7 +67,7 @@ pub fn prepare_rotation(
     }
     let problems: Vec<(String, Vec<&KeyReport>)> = all
         .iter()
-        .map(|p| (p.settings.service.clone(), p.resolution.problems()))
+        .map(|p| (p.settings.service.to_string(), p.resolution.problems()))
         .filter(|(_, problems)| !problems.is_empty())
         .collect();
     if let Some((service, problems)) = problems.first() {
@@ -178,7 +178,7 @@ fn check_shared(shared: &[String], all: &[Prepared]) -> Result<Vec<SharedKeyRepo
         let services: Vec<String> = all
             .iter()
             .filter(|p| p.contract.has(key))
-            .map(|p| p.settings.service.clone())
+            .map(|p| p.settings.service.to_string())
             .collect();
         if services.is_empty() {
             return Err(Error::invalid(

@@ -14,7 +14,7 @@ pub mod ssh;
 use std::collections::BTreeMap;
 
 use crate::settings::catalog::Catalog;
-use names::{is_valid_key_name, AbsolutePath, Account, HostName, Unit};
+use names::{is_valid_key_name, AbsolutePath, Account, HostName, ServiceName, Unit};
 // The host program checks the same names again; one definition serves both.
 use crate::host::config::{is_plain_name, is_unit_word};
 use crate::protocol::error::{Error, ErrorKind, Result};
@@ -29,7 +29,7 @@ pub const DEFAULT_MODE: u32 = 0o600;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    pub service: String,
+    pub service: ServiceName,
     pub hosts: Vec<HostSettings>,
     pub target: TargetSettings,
     pub restart: RestartSettings,
@@ -78,7 +78,7 @@ pub struct VerifySettings {
 impl Settings {
     /// Validates `deployment` (found at JSON pointer `at`) and merges it over the catalog.
     pub fn from_request(deployment: &Deployment, at: &str, catalog: &Catalog) -> Result<Settings> {
-        check_service_name(&deployment.service, &format!("{at}/service"))?;
+        let service = service_named(&deployment.service, &format!("{at}/service"))?;
         check_sources(deployment, at)?;
         let defaults = catalog.service(&deployment.service);
         let requested_target = deployment.target.clone().unwrap_or_default();
@@ -159,7 +159,7 @@ impl Settings {
         }
         let hosts = host_settings(deployment, at, templated)?;
         Ok(Settings {
-            service: deployment.service.clone(),
+            service,
             hosts,
             target: TargetSettings {
                 path,
@@ -482,16 +482,14 @@ pub fn parse_mode(text: &str, here: &str) -> Result<u32> {
     Ok(mode)
 }
 
-fn check_service_name(name: &str, here: &str) -> Result<()> {
-    if is_plain_name(name) {
-        Ok(())
-    } else {
-        Err(Error::invalid(
+fn service_named(name: &str, here: &str) -> Result<ServiceName> {
+    ServiceName::parse(name).ok_or_else(|| {
+        Error::invalid(
             ErrorKind::InvalidServiceName,
             here,
             "must be a plain name (letters, digits, `.`, `_`, `-`; no `/` or `..`)",
-        ))
-    }
+        )
+    })
 }
 
 /// A DNS name, an IPv4 address or an IPv6 literal.
@@ -641,7 +639,7 @@ mod tests {
         }
         for service in ["../etc", "a/b", "", ".hidden", "a..b"] {
             assert_eq!(
-                kind(check_service_name(service, "/s")),
+                kind(service_named(service, "/s").map(|_| ())),
                 ErrorKind::InvalidServiceName
             );
         }

@@ -59,6 +59,11 @@ checked_name!(
     is_host_name
 );
 checked_name!(
+    /// A service's name: a plain name, part of every path and lock of it.
+    ServiceName,
+    crate::host::config::is_plain_name
+);
+checked_name!(
     /// A user or group name on a host.
     Account,
     crate::host::config::is_account_name
@@ -160,6 +165,27 @@ mod tests {
         assert_eq!(plain.instance_name(), None);
         for bad in ["voxbridge", "../x.service", "a b.service", "-x.service", ""] {
             assert_eq!(Unit::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_made_only_by_their_checks() {
+        assert_eq!(ServiceName::parse("voxbridge").unwrap(), "voxbridge");
+        assert_eq!(HostName::parse("10.0.0.5").unwrap().as_str(), "10.0.0.5");
+        assert_eq!(
+            Account::parse("voxbridge").unwrap().to_string(),
+            "voxbridge"
+        );
+        assert!(AbsolutePath::parse("/opt/voxbridge/.env").is_some());
+        for (kind, bad) in [
+            ("service", ServiceName::parse("../etc").is_none()),
+            ("host", HostName::parse("-oProxyCommand=x").is_none()),
+            ("host", HostName::parse("a b").is_none()),
+            ("account", Account::parse("root;id").is_none()),
+            ("path", AbsolutePath::parse("relative/.env").is_none()),
+            ("path", AbsolutePath::parse("/opt/../etc/shadow").is_none()),
+        ] {
+            assert!(bad, "a bad {kind} was accepted");
         }
     }
 

@@ -16,7 +16,7 @@
 
 use crate::host::PROGRAM;
 use crate::protocol::error::{ErrorKind, HostError};
-use crate::settings::names::HostName;
+use crate::settings::names::{HostName, ServiceName};
 use crate::settings::secret::{ExposeSecret, SecretString};
 use crate::settings::TargetSettings;
 use crate::transport::ssh::{Connection, Output};
@@ -185,7 +185,7 @@ pub struct Remote<'a> {
     pub connection: &'a Connection,
     pub host: &'a HostName,
     pub sudo: bool,
-    pub service: &'a str,
+    pub service: &'a ServiceName,
     pub target: &'a TargetSettings,
 }
 
