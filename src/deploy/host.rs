@@ -417,7 +417,7 @@ impl<'a> HostRun<'a> {
             return;
         }
         if let Some(remote) = self.remote() {
-            remote.send_ahead(&[(remote::discard(remote.service), &[])]);
+            remote.discard_unanswered();
         }
         self.staged = false;
     }
@@ -759,7 +759,7 @@ impl<'a> HostRun<'a> {
             // (or this run staged its file with the lock).
             if assessment.current.leftover_staged {
                 let _ = self.step("discard", |remote| {
-                    remote.send_ahead(&[(remote::discard(remote.service), &[])]);
+                    remote.discard_unanswered();
                     Ok(())
                 });
                 self.staged = false;

@@ -268,7 +268,8 @@ pub fn run(
     let failed = hosts_failed(&runs);
     report.hosts = runs.into_iter().map(HostRun::into_report).collect();
     report.summary = Summary::of(&report.hosts);
-    conclude(report, failed, false)
+    conclude(report, failed, false);
+    Ok(())
 }
 
 /// `deploy`, `plan`, `drift` or `rollback` of a Rotation: every deployment in one window.
@@ -352,7 +353,8 @@ pub fn run_rotation(
     }
     report.deployments = Some(deployments);
     report.summary = summary;
-    conclude(report, failed, differences)
+    conclude(report, failed, differences);
+    Ok(())
 }
 
 /// Connects, locks and assesses every host, `parallel` at once, then checks `--expect-plan`.
@@ -409,9 +411,9 @@ fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mu
     }
 }
 
-/// Records the run's error, or exit 4 with what differs: hosts a deploy would
+/// Records the run's outcome: the hosts that failed, or exit 4 with what differs: hosts a deploy would
 /// change (`plan`), hosts that drifted or shared keys that disagree (`drift`).
-fn conclude(report: &mut Report, failed: Option<HostsFailed>, shared_differ: bool) -> Result<()> {
+fn conclude(report: &mut Report, failed: Option<HostsFailed>, shared_differ: bool) {
     if let Some(failed) = failed {
         report.set_outcome(
             failed.exit,
@@ -421,7 +423,7 @@ fn conclude(report: &mut Report, failed: Option<HostsFailed>, shared_differ: boo
                 field: None,
             }),
         );
-        return Ok(());
+        return;
     }
     let hosts = report.summary.hosts;
     let (planned, drifted) = (report.summary.planned, report.summary.drifted);
@@ -449,7 +451,6 @@ fn conclude(report: &mut Report, failed: Option<HostsFailed>, shared_differ: boo
             }),
         );
     }
-    Ok(())
 }
 
 /// How many hosts a run takes on at once: the most any of its deployments allows.

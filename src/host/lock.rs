@@ -60,12 +60,13 @@ pub fn hold(service: &str, environment: &str, shared: bool) -> Result<(), Failur
                     say(&mut stdout, &format!("held-by {}", current_holder(&file)))?;
                 }
                 // Waiting ends when hostenv gives up and closes the channel.
-                match heard_while_waiting(&mut stdin, Duration::from_millis(200)) {
-                    Some(mut bytes) => {
+                match heard(&mut stdin, Duration::from_millis(200)) {
+                    Heard::Bytes(mut bytes) => {
                         early.extend(requests.feed(&bytes));
                         wipe(&mut bytes);
                     }
-                    None => return Ok(()),
+                    Heard::Silence => {}
+                    Heard::Closed => return Ok(()),
                 }
             }
             Err(e) => return Err(Failure::io(format!("cannot lock: {e}"))),
@@ -101,7 +102,7 @@ pub fn hold(service: &str, environment: &str, shared: bool) -> Result<(), Failur
         if last.elapsed() >= BEAT_TIMEOUT {
             break;
         }
-        let Some(mut bytes) = heard(&mut stdin, BEAT_TIMEOUT - last.elapsed()) else {
+        let Heard::Bytes(mut bytes) = heard(&mut stdin, BEAT_TIMEOUT - last.elapsed()) else {
             break;
         };
         pending = requests.feed(&bytes);
@@ -135,15 +136,25 @@ fn answer(
             2
         }
     };
-    let head = format!("done {code} {} {}\n", out.len(), err.len());
-    let answered = stdout
-        .write_all(head.as_bytes())
-        .and_then(|()| stdout.write_all(&out))
-        .and_then(|()| stdout.write_all(&err))
-        .and_then(|()| stdout.flush());
+    let answered = write_answer(stdout, code, &out, &err);
     wipe(&mut out);
-    answered.map_err(|e| Failure::io(format!("cannot answer: {e}")))?;
-    Ok(code)
+    answered.map(|()| code)
+}
+
+/// One answer's frame: `done CODE OUTLEN ERRLEN`, then stdout and stderr.
+fn write_answer(
+    stdout: &mut std::io::Stdout,
+    code: u8,
+    out: &[u8],
+    err: &[u8],
+) -> Result<(), Failure> {
+    let head = format!("done {code} {} {}\n", out.len(), err.len());
+    stdout
+        .write_all(head.as_bytes())
+        .and_then(|()| stdout.write_all(out))
+        .and_then(|()| stdout.write_all(err))
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure::io(format!("cannot answer: {e}")))
 }
 
 /// The exit code of a request skipped because the one before it failed.
@@ -152,12 +163,7 @@ pub const SKIPPED: u8 = 5;
 /// Answers a `&` request whose predecessor failed, without running it.
 fn answer_skipped(stdout: &mut std::io::Stdout) -> Result<(), Failure> {
     let err = b"hostenv-host: skipped: the step before it failed\n";
-    let head = format!("done {SKIPPED} 0 {}\n", err.len());
-    stdout
-        .write_all(head.as_bytes())
-        .and_then(|()| stdout.write_all(err))
-        .and_then(|()| stdout.flush())
-        .map_err(|e| Failure::io(format!("cannot answer: {e}")))
+    write_answer(stdout, SKIPPED, &[], err)
 }
 
 /// The longest `STEP SERVICE [ARG]` line of a request.
@@ -284,16 +290,24 @@ fn wipe(bytes: &mut [u8]) {
     std::hint::black_box(bytes);
 }
 
-/// Waits up to `wait` for the caller: what it sent, or None once stdin has
-/// closed or stayed silent for all of `wait`.
-fn heard(stdin: &mut std::io::Stdin, wait: Duration) -> Option<Vec<u8>> {
+/// What the caller sent within a wait.
+enum Heard {
+    Bytes(Vec<u8>),
+    /// Nothing for all of the wait.
+    Silence,
+    /// stdin closed: the caller let go (or gave up waiting).
+    Closed,
+}
+
+/// Waits up to `wait` for the caller.
+fn heard(stdin: &mut std::io::Stdin, wait: Duration) -> Heard {
     if !ready(stdin, wait) {
-        return None;
+        return Heard::Silence;
     }
     let mut buffer = [0u8; 4096];
     match raw_read(stdin, &mut buffer) {
-        Ok(n) if n > 0 => Some(buffer[..n].to_vec()),
-        _ => None,
+        Ok(n) if n > 0 => Heard::Bytes(buffer[..n].to_vec()),
+        _ => Heard::Closed,
     }
 }
 
@@ -305,19 +319,6 @@ fn ready(stdin: &std::io::Stdin, wait: Duration) -> bool {
     let fd = stdin.as_fd();
     let mut fds = [PollFd::new(&fd, PollFlags::IN)];
     matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
-}
-
-/// While waiting for the lock: what the caller sent within `wait` (maybe
-/// nothing), or None once it has closed stdin (it gave up).
-fn heard_while_waiting(stdin: &mut std::io::Stdin, wait: Duration) -> Option<Vec<u8>> {
-    if !ready(stdin, wait) {
-        return Some(Vec::new());
-    }
-    let mut buffer = [0u8; 4096];
-    match raw_read(stdin, &mut buffer) {
-        Ok(n) if n > 0 => Some(buffer[..n].to_vec()),
-        _ => None,
-    }
 }
 
 /// Reads stdin's descriptor itself: `Stdin`'s own buffer would take bytes

@@ -345,6 +345,12 @@ impl Remote<'_> {
     pub fn discard(&self) {
         let _ = self.run(&discard(self.service), &[]);
     }
+
+    /// Asks the lock holder to remove a staged file without waiting: its
+    /// answer is read before the next step's.
+    pub fn discard_unanswered(&self) {
+        self.send_ahead(&[(discard(self.service), &[])]);
+    }
 }
 
 /// `present UID GID FILE_UID FILE_GID MODE MTIME LEFT SYSTEMD` or

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ssh2::Channel;
 
-use super::{lost, Connection, Output, UPLOAD_CHUNK};
+use super::{lost, Connection, Output};
 use crate::protocol::error::{ErrorKind, HostError, Result};
 
 /// What the lock step answered: whether this run holds the lock (else the
@@ -83,7 +83,7 @@ fn request_head(marker: u8, words: &[String], stdin_len: usize) -> String {
 /// A step sent to the lock holder before the run asked for its answer: its
 /// words and a digest of its stdin, so that only the very same step (a
 /// stage of the same file) takes that answer.
-#[derive(PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 struct SentAhead {
     words: Vec<String>,
     stdin: [u8; 32],
@@ -160,7 +160,7 @@ impl Connection {
             if let Err(error) = self.send(heartbeat, b'x', words, stdin, deadline) {
                 return Some(Err(error));
             }
-            heartbeat.ahead.push_back(SentAhead::new(words, stdin));
+            heartbeat.ahead.push_back(this.clone());
         }
         while let Some(sent) = heartbeat.ahead.pop_front() {
             let answer = self.read_answer(heartbeat, deadline);
@@ -214,33 +214,10 @@ impl Connection {
             return Err(lost(host, "the lock's channel", why));
         }
         let head = request_head(marker, words, stdin.len());
-        #[cfg(feature = "fault-injection")]
-        let mut paused = false;
-        for part in [head.as_bytes(), stdin] {
-            let mut written = 0;
-            while written < part.len() {
-                // A test may cut the connection here, partway through an upload.
-                #[cfg(feature = "fault-injection")]
-                if written > 0 && !paused {
-                    paused = true;
-                    crate::fault::pause_before(host, "mid-upload");
-                }
-                let end = part.len().min(written + UPLOAD_CHUNK);
-                let wrote = match heartbeat.channel.write(&part[written..end]) {
-                    Ok(n) => Ok(n),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        self.wait_for_socket(deadline).map(|()| 0)
-                    }
-                    Err(e) => Err(lost(host, "sending a step on the lock's channel", e)),
-                };
-                match wrote {
-                    Ok(n) => written += n,
-                    Err(error) => {
-                        heartbeat.broken = Some("a step was cut off partway".into());
-                        return Err(error);
-                    }
-                }
-            }
+        let parts = [head.as_bytes(), stdin];
+        if let Err(failed) = self.write_all(&mut heartbeat.channel, &parts, deadline, false) {
+            heartbeat.broken = Some("a step was cut off partway".into());
+            return Err(failed.into_error(host, "sending a step on the lock's channel"));
         }
         heartbeat.last = Instant::now();
         Ok(())

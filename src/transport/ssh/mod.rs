@@ -79,6 +79,23 @@ const POLL: Duration = Duration::from_millis(1);
 /// The longest wait for the socket before looking again (and beating).
 const WAIT_AT_MOST: Duration = Duration::from_millis(20);
 
+/// Why a write to a channel stopped: the socket stayed full past the
+/// deadline (already the host's error), or the write itself failed.
+enum WriteFailed {
+    Waiting(HostError),
+    Io(std::io::Error),
+}
+
+impl WriteFailed {
+    /// The host's error, `what` naming the write that failed.
+    fn into_error(self, host: &str, what: &str) -> HostError {
+        match self {
+            WriteFailed::Waiting(error) => error,
+            WriteFailed::Io(error) => lost(host, what, error),
+        }
+    }
+}
+
 fn lost(host: &str, what: &str, error: impl std::fmt::Display) -> HostError {
     HostError::new(
         ErrorKind::ConnectionLost,
@@ -279,24 +296,49 @@ impl Connection {
             self.session.channel_session()
         })?;
         self.retry("cannot start a command", deadline, || channel.exec(command))?;
-        let mut written = 0;
+        self.write_all(&mut channel, &[stdin], deadline, true)
+            .map_err(|failed| failed.into_error(host, "sending data"))?;
+        Ok(channel)
+    }
+
+    /// Writes `parts` to `channel` one after the other, in chunks of at most
+    /// [`UPLOAD_CHUNK`] bytes, waiting while its window is full (and beating
+    /// the lock meanwhile when `beat`: never while writing the lock's own
+    /// channel). The error is what failed, for the caller's message.
+    fn write_all(
+        &self,
+        channel: &mut Channel,
+        parts: &[&[u8]],
+        deadline: Instant,
+        beat: bool,
+    ) -> Result<(), WriteFailed> {
         #[cfg(feature = "fault-injection")]
         let mut paused = false;
-        while written < stdin.len() {
-            // A test may cut the connection here, partway through an upload.
-            #[cfg(feature = "fault-injection")]
-            if written > 0 && !paused {
-                paused = true;
-                crate::fault::pause_before(host, "mid-upload");
-            }
-            let end = stdin.len().min(written + UPLOAD_CHUNK);
-            match channel.write(&stdin[written..end]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.idle(deadline)?,
-                Err(e) => return Err(lost(host, "sending data", e)),
+        for part in parts {
+            let mut written = 0;
+            while written < part.len() {
+                // A test may cut the connection here, partway through an upload.
+                #[cfg(feature = "fault-injection")]
+                if written > 0 && !paused {
+                    paused = true;
+                    crate::fault::pause_before(self.host.as_str(), "mid-upload");
+                }
+                let end = part.len().min(written + UPLOAD_CHUNK);
+                match channel.write(&part[written..end]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let waited = if beat {
+                            self.idle(deadline)
+                        } else {
+                            self.wait_for_socket(deadline)
+                        };
+                        waited.map_err(WriteFailed::Waiting)?;
+                    }
+                    Err(e) => return Err(WriteFailed::Io(e)),
+                }
             }
         }
-        Ok(channel)
+        Ok(())
     }
 
     /// Reads stdout and stderr to their end.
