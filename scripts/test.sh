@@ -12,5 +12,5 @@ cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo test
 
-# A short fuzzing smoke run when a nightly toolchain is present (skipped otherwise).
-bash scripts/fuzz.sh 15
+# A short fuzzing smoke run (fixed seed, fixed runs) when a nightly toolchain is present.
+bash scripts/fuzz.sh --smoke
