@@ -1,6 +1,13 @@
 //! One host through a run: connect, lock, assess, then whichever of plan,
 //! drift, stage, switch, restart, verify and put-back the run asks for, with
 //! its report growing as it goes. Nothing here knows about other hosts.
+//!
+//! The types keep the order: only a host that is connected and assessed, and
+//! whose outcome is not yet final, can be changed (`HostRun::open` gives its
+//! `OpenHost`, the only holder of the change steps), and a host's outcome is
+//! final once (`HostRun::finish`). Within a Rotation's window a host's result
+//! is provisional until the window ends (`hold`, then `settle`), because the
+//! window may still put the host back or check it again.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -46,6 +53,66 @@ enum Progress {
     Assessed(Connection, Assessment),
 }
 
+impl Progress {
+    fn connection(&self) -> Option<&Connection> {
+        match self {
+            Progress::Closed => None,
+            Progress::Connected(connection) | Progress::Assessed(connection, _) => Some(connection),
+        }
+    }
+}
+
+/// Where a host's outcome stands.
+enum Standing {
+    /// Nothing is decided yet.
+    Undecided,
+    /// Within a Rotation's window: the result so far, which the window may
+    /// still change (put the host back, check it again).
+    Provisional(Outcome),
+    /// Decided, and written to the report: nothing more is done on the host.
+    Final(Outcome),
+}
+
+impl Standing {
+    /// The result so far, provisional or final.
+    fn result(&self) -> Option<&Outcome> {
+        match self {
+            Standing::Undecided => None,
+            Standing::Provisional(outcome) | Standing::Final(outcome) => Some(outcome),
+        }
+    }
+
+    fn provisional(&self) -> Option<&Outcome> {
+        match self {
+            Standing::Provisional(outcome) => Some(outcome),
+            _ => None,
+        }
+    }
+
+    fn is_final(&self) -> bool {
+        matches!(self, Standing::Final(_))
+    }
+
+    /// Records a provisional result; false, and nothing changes, once final.
+    fn hold(&mut self, outcome: Outcome) -> bool {
+        if self.is_final() {
+            return false;
+        }
+        *self = Standing::Provisional(outcome);
+        true
+    }
+
+    /// Makes `outcome` the final one, returning it; None, and nothing
+    /// changes, when there is a final outcome already.
+    fn finish(&mut self, outcome: Outcome) -> Option<&Outcome> {
+        if self.is_final() {
+            return None;
+        }
+        *self = Standing::Final(outcome);
+        self.result()
+    }
+}
+
 /// What a stage puts beside the target.
 #[derive(Clone, Copy)]
 pub(super) enum Staging<'f> {
@@ -55,19 +122,34 @@ pub(super) enum Staging<'f> {
     Backup(u32),
 }
 
+/// A host's result: its status, with the error that led there. A host may
+/// also end in a good status with an error (its new file is in place but
+/// `purgeBackupsOf` failed).
 pub(super) type Outcome = std::result::Result<HostStatus, (HostStatus, HostError)>;
+
+fn status_of(outcome: &Outcome) -> HostStatus {
+    match outcome {
+        Ok(status) | Err((status, _)) => *status,
+    }
+}
 
 /// One host through the phases, with its report as it grows.
 pub(super) struct HostRun<'a> {
-    pub context: &'a Context<'a>,
-    pub host: &'a HostSettings,
-    /// The file a deploy would write; none for a rollback.
-    pub file: Option<&'a HostFile>,
-    pub report: HostReport,
     progress: Progress,
+    standing: Standing,
+    /// This run holds the host's lock.
+    lock_held: bool,
+    run: Ledger<'a>,
+}
+
+/// What a host's run knows and has recorded so far, whatever its progress.
+struct Ledger<'a> {
+    context: &'a Context<'a>,
+    host: &'a HostSettings,
+    /// The file a deploy would write; none for a rollback.
+    file: Option<&'a HostFile>,
+    report: HostReport,
     sudo: bool,
-    /// The outcome is in `report`: nothing more is done on the host.
-    pub finished: bool,
     /// A staged file waits beside the target.
     staged: bool,
     /// Files this run switched in on the host and has not put back: the
@@ -77,8 +159,6 @@ pub(super) struct HostRun<'a> {
     had_previous: bool,
     /// Why the host was put back, once it was: kept for a recheck to restore.
     put_back_for: Option<HostError>,
-    /// This run holds the host's lock.
-    lock_held: bool,
     /// Steps already sent to the lock holder: the run's deadline no longer
     /// stops them (the host takes them whatever the run does next).
     sent_ahead: Vec<&'static str>,
@@ -86,40 +166,18 @@ pub(super) struct HostRun<'a> {
     redactions: Vec<SecretString>,
 }
 
-impl<'a> HostRun<'a> {
-    pub fn new(
-        context: &'a Context<'a>,
-        host: &'a HostSettings,
-        file: Option<&'a HostFile>,
-    ) -> HostRun<'a> {
-        HostRun {
-            context,
-            host,
-            file,
-            report: HostReport::new(&host.name, HostStatus::Failed),
-            progress: Progress::Closed,
-            sudo: match context.sudo {
-                SudoMode::Always => true,
-                SudoMode::Never => false,
-                SudoMode::Auto => host.user != "root",
-            },
-            finished: false,
-            staged: false,
-            switches: 0,
-            had_previous: false,
-            put_back_for: None,
-            lock_held: false,
-            sent_ahead: Vec::new(),
-            redactions: file
-                .map_or(&[][..], |f| &f.values)
-                .iter()
-                .map(|(_, v)| v.clone())
-                .collect(),
-        }
-    }
+/// A host the run may change: connected, locked, assessed, and its outcome
+/// not yet final. The change steps live here, so none can reach a host
+/// without its connection and assessment.
+pub(super) struct OpenHost<'r, 'a> {
+    connection: &'r Connection,
+    assessment: &'r Assessment,
+    run: &'r mut Ledger<'a>,
+}
 
+impl<'a> Ledger<'a> {
     /// The action's name in progress lines and the audit log.
-    pub fn label(&self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self.context.action {
             Action::Plan => "plan",
             Action::Drift => "drift",
@@ -130,7 +188,7 @@ impl<'a> HostRun<'a> {
     }
 
     /// `host` for a Deploy, `service host` within a Rotation.
-    pub fn name(&self) -> String {
+    fn name(&self) -> String {
         if self.context.in_rotation() {
             format!("{} {}", self.context.settings.service, self.host.name)
         } else {
@@ -138,41 +196,14 @@ impl<'a> HostRun<'a> {
         }
     }
 
-    fn connection(&self) -> Option<&Connection> {
-        match &self.progress {
-            Progress::Closed => None,
-            Progress::Connected(connection) | Progress::Assessed(connection, _) => Some(connection),
-        }
-    }
-
-    /// What the host has and a deploy would do there, once assessed.
-    pub fn assessment(&self) -> Option<&Assessment> {
-        match &self.progress {
-            Progress::Assessed(_, assessment) => Some(assessment),
-            _ => None,
-        }
-    }
-
-    /// The assessment of a host the run goes on changing: every host that is
-    /// not finished has one (`assess` finishes a host it cannot assess).
-    fn assessed(&self) -> Result<&Assessment, (HostStatus, HostError)> {
-        self.assessment().ok_or_else(|| {
-            let message = format!("`{}`: not assessed before a change", self.host.name);
-            (
-                HostStatus::Failed,
-                HostError::new(ErrorKind::Internal, message),
-            )
-        })
-    }
-
-    fn remote(&self) -> Option<Remote<'_>> {
-        self.connection().map(|connection| Remote {
+    fn remote<'c>(&'c self, connection: &'c Connection) -> Remote<'c> {
+        Remote {
             connection,
             host: &self.host.name,
             sudo: self.sudo,
             service: &self.context.settings.service,
             target: &self.context.settings.target,
-        })
+        }
     }
 
     fn check_deadline(&self, name: &str) -> Result<(), HostError> {
@@ -205,6 +236,7 @@ impl<'a> HostRun<'a> {
     /// Runs one step on the host's remote side, timing and recording it.
     fn step<T>(
         &mut self,
+        connection: Option<&Connection>,
         name: &str,
         work: impl FnOnce(&Remote) -> Result<T, HostError>,
     ) -> Result<T, HostError> {
@@ -216,8 +248,8 @@ impl<'a> HostRun<'a> {
             self.check_deadline(name)?;
         }
         let started = Instant::now();
-        let result = match self.remote() {
-            Some(remote) => work(&remote),
+        let result = match connection {
+            Some(connection) => work(&self.remote(connection)),
             None => Err(HostError::new(
                 ErrorKind::ConnectionLost,
                 format!("`{}`: not connected", self.host.name),
@@ -227,68 +259,218 @@ impl<'a> HostRun<'a> {
         result
     }
 
-    pub fn finish(&mut self, outcome: Outcome) {
-        // For `rollback`, putting the backup back is the success, and a
-        // rollback undone (the file from before it restored) is a failure.
-        let outcome = match (self.context.action, outcome) {
+    /// For `rollback`, putting the backup back is the success, and a
+    /// rollback undone (the file from before it restored) is a failure.
+    fn as_action(&self, outcome: Outcome) -> Outcome {
+        match (self.context.action, outcome) {
             (Action::Rollback, Ok(HostStatus::Deployed)) => Ok(HostStatus::Restored),
             (Action::Rollback, Err((HostStatus::RolledBack, error))) => {
                 Err((HostStatus::Failed, error))
             }
             (_, outcome) => outcome,
+        }
+    }
+
+    /// Removes a staged file that will not be switched in.
+    fn discard_staged(&mut self, connection: Option<&Connection>) {
+        if self.staged {
+            if let Some(connection) = connection {
+                self.remote(connection).discard();
+            }
+            self.staged = false;
+        }
+    }
+
+    /// Asks the holder to remove a staged file, without waiting for its
+    /// answer: the next step's answer comes after it (the audit line, at the
+    /// end), or the lock is let go right after and the holder still takes it.
+    fn discard_staged_unanswered(&mut self, connection: Option<&Connection>) {
+        if self.staged {
+            if let Some(connection) = connection {
+                self.remote(connection).discard_unanswered();
+            }
+            self.staged = false;
+        }
+    }
+}
+
+impl<'a> HostRun<'a> {
+    pub fn new(
+        context: &'a Context<'a>,
+        host: &'a HostSettings,
+        file: Option<&'a HostFile>,
+    ) -> HostRun<'a> {
+        HostRun {
+            progress: Progress::Closed,
+            standing: Standing::Undecided,
+            lock_held: false,
+            run: Ledger {
+                context,
+                host,
+                file,
+                report: HostReport::new(&host.name, HostStatus::Failed),
+                sudo: match context.sudo {
+                    SudoMode::Always => true,
+                    SudoMode::Never => false,
+                    SudoMode::Auto => host.user != "root",
+                },
+                staged: false,
+                switches: 0,
+                had_previous: false,
+                put_back_for: None,
+                sent_ahead: Vec::new(),
+                redactions: file
+                    .map_or(&[][..], |f| &f.values)
+                    .iter()
+                    .map(|(_, v)| v.clone())
+                    .collect(),
+            },
+        }
+    }
+
+    pub fn context(&self) -> &'a Context<'a> {
+        self.run.context
+    }
+
+    pub fn host(&self) -> &'a HostSettings {
+        self.run.host
+    }
+
+    /// The file a deploy would write; none for a rollback.
+    pub fn file(&self) -> Option<&'a HostFile> {
+        self.run.file
+    }
+
+    /// `host` for a Deploy, `service host` within a Rotation.
+    pub fn name(&self) -> String {
+        self.run.name()
+    }
+
+    /// What the host has and a deploy would do there, once assessed.
+    pub fn assessment(&self) -> Option<&Assessment> {
+        match &self.progress {
+            Progress::Assessed(_, assessment) => Some(assessment),
+            _ => None,
+        }
+    }
+
+    /// The host, when the run may still change it.
+    pub fn open(&mut self) -> Option<OpenHost<'_, 'a>> {
+        match (&self.progress, &self.standing) {
+            (_, Standing::Final(_)) => None,
+            (Progress::Assessed(connection, assessment), _) => Some(OpenHost {
+                connection,
+                assessment,
+                run: &mut self.run,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The host's result so far, provisional or final.
+    pub fn result(&self) -> Option<&Outcome> {
+        self.standing.result()
+    }
+
+    /// Whether the host has a result (the run does nothing more with it,
+    /// unless a Rotation's window puts it back).
+    pub fn decided(&self) -> bool {
+        self.result().is_some()
+    }
+
+    fn is_final(&self) -> bool {
+        self.standing.is_final()
+    }
+
+    /// The host's outcome, once and for all: written to its report here and
+    /// nowhere else. The flow never finishes a host twice (a test build
+    /// stops if it does); a second outcome would be dropped.
+    pub fn finish(&mut self, outcome: Outcome) {
+        debug_assert!(!self.is_final(), "`{}` finished twice", self.name());
+        let outcome = self.run.as_action(outcome);
+        let Some(outcome) = self.standing.finish(outcome) else {
+            return;
         };
+        let report = &mut self.run.report;
         let (status, error) = match outcome {
-            Ok(status) => (status, None),
-            Err((status, error)) => (status, Some(error)),
+            Ok(status) => (*status, None),
+            Err((status, error)) => (*status, Some(error)),
         };
-        self.report.status = status;
-        self.report.error = error.map(|e| ErrorReport {
-            kind: e.kind,
-            message: e.message,
+        report.status = status;
+        report.error = error.map(|error| ErrorReport {
+            kind: error.kind,
+            message: error.message.clone(),
             field: None,
         });
-        self.finished = true;
+    }
+
+    /// A result within a Rotation's window, which the window may still change.
+    pub fn hold(&mut self, outcome: Outcome) {
+        let held = self.standing.hold(outcome);
+        debug_assert!(held, "`{}` held after it finished", self.name());
+    }
+
+    /// The window is over: a provisional result becomes the outcome.
+    pub fn settle(&mut self) {
+        if let Some(outcome) = self.standing.provisional().cloned() {
+            self.finish(outcome);
+        }
     }
 
     /// The wire name of the host's error kind, or "" without an error.
     pub fn error_kind(&self) -> &'static str {
-        self.report
-            .error
-            .as_ref()
-            .map_or("", |e| wire_name(&e.kind))
+        match self.result() {
+            Some(Err((_, error))) => wire_name(&error.kind),
+            _ => "",
+        }
     }
 
+    /// Whether the host's result so far is not what its action means it to be.
     pub fn failed(&self) -> bool {
-        !super::succeeded(self.report.status)
+        self.result()
+            .is_some_and(|outcome| !super::succeeded(status_of(outcome)))
     }
 
     /// Whether this run has a file of its own in place on the host.
     pub fn switched(&self) -> bool {
-        self.switches > 0
+        self.run.switches > 0
     }
 
+    /// The host is not changed, for `reason`; a host already finished keeps its outcome.
     pub fn skip(&mut self, reason: &str) {
+        if self.is_final() {
+            return;
+        }
         // Its file may have gone with the lock: it does not stay.
         self.discard_staged();
-        self.report.changed = false;
+        self.run.report.changed = false;
         self.finish(Err((
             HostStatus::Skipped,
             HostError::new(ErrorKind::NotAttempted, reason),
         )));
     }
 
-    pub fn into_report(self) -> HostReport {
-        self.report
+    /// The host's report; a host the run left without an outcome says so.
+    pub fn into_report(mut self) -> HostReport {
+        self.settle();
+        if !self.is_final() {
+            let message = format!("`{}`: the run ended without an outcome", self.name());
+            self.finish(Err((
+                HostStatus::Failed,
+                HostError::new(ErrorKind::Internal, message),
+            )));
+        }
+        self.run.report
     }
 
     /// Connects; a failure finishes the host as `failed`.
     pub fn connect(&mut self) {
-        if let Err(error) = self.check_deadline("connect") {
+        if let Err(error) = self.run.check_deadline("connect") {
             return self.finish(Err((HostStatus::Failed, error)));
         }
         let started = Instant::now();
-        let connection = Connection::open(self.host, &self.context.ssh);
-        self.record(
+        let connection = Connection::open(self.run.host, &self.run.context.ssh);
+        self.run.record(
             "connect",
             connection.is_ok(),
             started.elapsed().as_millis() as u64,
@@ -299,9 +481,18 @@ impl<'a> HostRun<'a> {
         }
         // The host program describes itself in its answer to the lock step
         // (`take_lock`); `host-install` asks it outright.
-        if self.context.action == Action::HostInstall {
+        if self.run.context.action == Action::HostInstall {
             self.install_program();
         }
+    }
+
+    /// Runs one step on the host's remote side, timing and recording it.
+    fn step<T>(
+        &mut self,
+        name: &str,
+        work: impl FnOnce(&Remote) -> Result<T, HostError>,
+    ) -> Result<T, HostError> {
+        self.run.step(self.progress.connection(), name, work)
     }
 
     /// The host program must be this version, configured as the request needs.
@@ -315,9 +506,10 @@ impl<'a> HostRun<'a> {
         if state == State::Ready {
             return;
         }
-        if self.host.user != "root" {
-            let service = &self.context.settings.service;
-            let error = provision::not_ready(&self.host.name, service, &state);
+        let host = self.run.host;
+        if host.user != "root" {
+            let service = &self.run.context.settings.service;
+            let error = provision::not_ready(&host.name, service, &state);
             return self.finish(Err((HostStatus::Failed, error)));
         }
         if let Err(error) = self.install(&expected) {
@@ -334,26 +526,27 @@ impl<'a> HostRun<'a> {
                 State::Ready => Ok(HostStatus::Unchanged),
                 _ => self.install(&expected).map(|()| HostStatus::Deployed),
             });
-        self.report.changed = outcome == Ok(HostStatus::Deployed);
+        self.run.report.changed = outcome == Ok(HostStatus::Deployed);
         self.finish(outcome.map_err(|error| (HostStatus::Failed, error)));
     }
 
     /// The configuration the request needs on this host, and how the host compares.
     fn inspect_program(&mut self) -> Result<(String, State), HostError> {
-        let settings = &self.context.settings;
+        let settings = &self.run.context.settings;
         let expected = provision::expected_config(settings).render(&settings.service);
         let state = self.step("program", |remote| provision::inspect(remote, &expected))?;
         Ok((expected, state))
     }
 
     fn install(&mut self, expected: &str) -> Result<(), HostError> {
-        let context = self.context;
+        let context = self.run.context;
+        let host = self.run.host;
         let program = context.host_program.bytes().map_err(|problem| {
             HostError::new(
                 ErrorKind::HostProgramMissing,
                 format!(
                     "`{}`: cannot install the host program: {problem}",
-                    self.host.name
+                    host.name
                 ),
             )
         })?;
@@ -363,7 +556,7 @@ impl<'a> HostRun<'a> {
         match self.step("program", |remote| provision::inspect(remote, expected))? {
             State::Ready => Ok(()),
             state => Err(provision::not_ready(
-                &self.host.name,
+                &host.name,
                 &context.settings.service,
                 &state,
             )),
@@ -373,7 +566,7 @@ impl<'a> HostRun<'a> {
     /// Tries the host lock without waiting: true when another run holds it
     /// (the run then lets go of every lock and waits in order, `mod.rs`).
     pub fn try_lock(&mut self) -> bool {
-        if self.finished {
+        if self.decided() {
             return false;
         }
         self.take_lock(Duration::ZERO) == Taken::Contended
@@ -383,8 +576,9 @@ impl<'a> HostRun<'a> {
     /// a file staged with it goes first.
     pub fn release_lock(&mut self) {
         if self.lock_held {
-            self.discard_staged_unanswered();
-            if let Some(connection) = self.connection() {
+            let connection = self.progress.connection();
+            self.run.discard_staged_unanswered(connection);
+            if let Some(connection) = connection {
                 connection.release_lock();
             }
             self.lock_held = false;
@@ -397,37 +591,24 @@ impl<'a> HostRun<'a> {
     /// comes back while it is still being sent), and never when a test
     /// stops the run before its stage.
     fn stage_with_lock(&self) -> Option<&'a SecretString> {
-        let file = self.file?;
+        let file = self.run.file?;
         let small = file.text.expose_secret().len() <= STAGE_WITH_LOCK_AT_MOST;
         #[cfg(feature = "fault-injection")]
         if ["stage", "mid-upload"]
             .iter()
-            .any(|step| crate::fault::pauses_before(&self.host.name, step))
+            .any(|step| crate::fault::pauses_before(&self.run.host.name, step))
         {
             return None;
         }
-        (self.context.stage_with_lock && small).then_some(&file.text)
-    }
-
-    /// Asks the holder to remove a staged file, without waiting for its
-    /// answer: the next step's answer comes after it (the audit line, at the
-    /// end), or the lock is let go right after and the holder still takes it.
-    fn discard_staged_unanswered(&mut self) {
-        if !self.staged {
-            return;
-        }
-        if let Some(remote) = self.remote() {
-            remote.discard_unanswered();
-        }
-        self.staged = false;
+        (self.run.context.stage_with_lock && small).then_some(&file.text)
     }
 
     /// Takes the host lock for the rest of the run, waiting up to `rollout.lockWaitMs`.
     pub fn lock(&mut self) {
-        if self.finished {
+        if self.decided() {
             return;
         }
-        let wait = self.context.lock_wait;
+        let wait = self.run.context.lock_wait;
         self.take_lock(wait);
     }
 
@@ -437,15 +618,16 @@ impl<'a> HostRun<'a> {
     /// by a root login, and the lock taken once more. A failure finishes the
     /// host, but for contention when `wait` is zero.
     fn take_lock(&mut self, wait: Duration) -> Taken {
-        let context = self.context;
+        let context = self.run.context;
         let settings = &context.settings;
         let expected = provision::expected_config(settings).render(&settings.service);
         let mut last_error = None;
         for attempt in 0..2 {
             let started = Instant::now();
-            let Some(remote) = self.remote() else {
+            let Some(connection) = self.progress.connection() else {
                 return Taken::Failed;
             };
+            let remote = self.run.remote(connection);
             let stage = self.stage_with_lock();
             let first: Vec<(Invocation, &[u8])> = stage
                 .map(|text| {
@@ -461,7 +643,7 @@ impl<'a> HostRun<'a> {
             let (description, outcome) = match result {
                 Ok(answer) => answer,
                 Err(error) => {
-                    self.record("lock", false, ms);
+                    self.run.record("lock", false, ms);
                     self.finish(Err((HostStatus::Failed, error)));
                     return Taken::Failed;
                 }
@@ -471,39 +653,39 @@ impl<'a> HostRun<'a> {
             });
             match outcome {
                 Ok(()) => {
-                    self.record("lock", true, ms);
+                    self.run.record("lock", true, ms);
                     self.lock_held = true;
                     if stage.is_some() {
                         // Even a holder of another version may have staged it.
-                        self.staged = true;
+                        self.run.staged = true;
                     }
                     if ready {
                         if stage.is_some() {
-                            self.sent_ahead = vec!["stage"];
+                            self.run.sent_ahead = vec!["stage"];
                         }
                         return Taken::Held;
                     }
                     self.release_lock();
                 }
                 Err(error) if error.kind == ErrorKind::Locked && wait.is_zero() => {
-                    self.record("lock-try", false, ms);
+                    self.run.record("lock-try", false, ms);
                     return Taken::Contended;
                 }
                 Err(error) if ready || error.kind == ErrorKind::Locked => {
-                    self.record("lock", false, ms);
+                    self.run.record("lock", false, ms);
                     self.finish(Err((HostStatus::Failed, error)));
                     return Taken::Failed;
                 }
                 // The step failed and said nothing of the program: it may
                 // be missing or old, which `describe` tells.
                 Err(error) => {
-                    self.record("lock", false, ms);
+                    self.run.record("lock", false, ms);
                     last_error = Some(error);
                 }
             }
             if attempt == 0 {
                 self.ensure_program();
-                if self.finished {
+                if self.decided() {
                     return Taken::Failed;
                 }
             }
@@ -513,7 +695,7 @@ impl<'a> HostRun<'a> {
                 ErrorKind::HostProgramMismatch,
                 format!(
                     "`{}`: `{}` does not describe itself as this hostenv needs, even after it was checked",
-                    self.host.name,
+                    self.run.host.name,
                     crate::host::PROGRAM
                 ),
             )
@@ -525,25 +707,36 @@ impl<'a> HostRun<'a> {
     /// Reads the current file and assesses what a deploy would do; a failure
     /// finishes the host as `failed`.
     pub fn assess(&mut self) {
-        if self.finished {
+        if self.decided() {
             return;
         }
-        if let Err(error) = self.try_assess() {
-            self.finish(Err((HostStatus::Failed, error)));
+        match self.try_assess() {
+            Ok(assessment) => {
+                // Reading the host took its connection: an assessed host keeps it.
+                self.progress = match std::mem::replace(&mut self.progress, Progress::Closed) {
+                    Progress::Connected(connection) | Progress::Assessed(connection, _) => {
+                        Progress::Assessed(connection, assessment)
+                    }
+                    Progress::Closed => Progress::Closed,
+                };
+            }
+            Err(error) => self.finish(Err((HostStatus::Failed, error))),
         }
     }
 
-    fn try_assess(&mut self) -> Result<(), HostError> {
-        let context = self.context;
+    fn try_assess(&mut self) -> Result<Assessment, HostError> {
+        let context = self.run.context;
+        let host = self.run.host;
+        let file = self.run.file;
         let target = &context.settings.target;
         let current = self.step("read", |remote| remote.read_current())?;
-        self.report.systemd_version = current.systemd;
+        self.run.report.systemd_version = current.systemd;
         if context.action != Action::Drift {
             self.check_systemd(current.systemd)?;
         }
         let current_values = parse_values(current.content.as_ref());
-        self.redactions.extend(current_values.values().cloned());
-        self.report.keys = self.file.map(|file| key_changes(&current_values, file));
+        self.run.redactions.extend(current_values.values().cloned());
+        self.run.report.keys = file.map(|file| key_changes(&current_values, file));
         if context.action != Action::Drift {
             if let Some((key, others)) = context
                 .guarded_keys
@@ -554,7 +747,7 @@ impl<'a> HostRun<'a> {
                     ErrorKind::SharedKeyChange,
                     format!(
                         "`{}`: the new file changes `{key}`, which {others} also read; rotate it with a Rotation request that includes them, or set `allowSharedChange: true`",
-                        self.host.name,
+                        host.name,
                     ),
                 ));
             }
@@ -563,10 +756,10 @@ impl<'a> HostRun<'a> {
             units::units_on_host(
                 remote,
                 &context.settings.restart.units,
-                self.host.instances.as_deref(),
+                host.instances.as_deref(),
             )
         })?;
-        self.report.units = units
+        self.run.report.units = units
             .iter()
             .map(|u| UnitReport {
                 unit: u.to_string(),
@@ -575,9 +768,8 @@ impl<'a> HostRun<'a> {
             })
             .collect();
         // A rollback always puts a backup in place, whatever is there now.
-        let same_file = self
-            .file
-            .is_some_and(|file| assess::holds_the_file(&current, &file.text, target.mode));
+        let same_file =
+            file.is_some_and(|file| assess::holds_the_file(&current, &file.text, target.mode));
         let mut stale_units = Vec::new();
         if same_file {
             for unit in &units {
@@ -587,21 +779,13 @@ impl<'a> HostRun<'a> {
                 }
             }
         }
-        let assessment = Assessment {
+        Ok(Assessment {
             current,
             current_values,
             units,
             same_file,
             stale_units,
-        };
-        // Reading the host took its connection: an assessed host keeps it.
-        self.progress = match std::mem::replace(&mut self.progress, Progress::Closed) {
-            Progress::Connected(connection) | Progress::Assessed(connection, _) => {
-                Progress::Assessed(connection, assessment)
-            }
-            Progress::Closed => Progress::Closed,
-        };
-        Ok(())
+        })
     }
 
     /// The host's systemd must be at least `target.systemdMin` and keep every
@@ -613,17 +797,17 @@ impl<'a> HostRun<'a> {
         let unsupported = |why: String| {
             Err(HostError::new(
                 ErrorKind::SystemdUnsupported,
-                format!("`{}`: {why}; nothing was written", self.host.name),
+                format!("`{}`: {why}; nothing was written", self.run.host.name),
             ))
         };
-        if let Some(min) = self.context.settings.target.systemd_min {
+        if let Some(min) = self.run.context.settings.target.systemd_min {
             if version < min {
                 return unsupported(format!(
                     "it runs systemd v{version}, older than `target.systemdMin` ({min})"
                 ));
             }
         }
-        for (key, value) in self.file.map_or(&[][..], |f| &f.values) {
+        for (key, value) in self.run.file.map_or(&[][..], |f| &f.values) {
             if let Some(unfit) = grammar::dropped_on(value.expose_secret(), version) {
                 return unsupported(format!("`{key}`: {}", unfit.describe()));
             }
@@ -638,7 +822,7 @@ impl<'a> HostRun<'a> {
 
     /// The value this run would write for `key`.
     pub fn value_of(&self, key: &str) -> Option<&str> {
-        value_in(self.file, key)
+        value_in(self.run.file, key)
     }
 
     /// Whether a deploy has anything to do here: a file to switch or units to restart.
@@ -649,7 +833,7 @@ impl<'a> HostRun<'a> {
 
     /// `plan`: report what a deploy would do, from the assessment alone.
     pub fn plan(&mut self) {
-        if self.finished {
+        if self.decided() {
             return;
         }
         let Progress::Assessed(_, assessment) = &self.progress else {
@@ -660,7 +844,7 @@ impl<'a> HostRun<'a> {
         } else {
             &assessment.units
         };
-        for unit in &mut self.report.units {
+        for unit in &mut self.run.report.units {
             unit.will_restart = restarting.iter().any(|u| u.as_str() == unit.unit);
         }
         let status = if self.has_work() {
@@ -673,7 +857,7 @@ impl<'a> HostRun<'a> {
 
     /// `drift`: the host holds exactly the file (bytes, owner, mode) a deploy would write, or not.
     pub fn drift(&mut self) {
-        if self.finished {
+        if self.decided() {
             return;
         }
         let Some(assessment) = self.assessment() else {
@@ -687,13 +871,98 @@ impl<'a> HostRun<'a> {
         self.finish(Ok(status));
     }
 
-    /// A Deploy's host on its own: stage, switch, restart, verify, put back what fails.
+    /// A Deploy's host on its own: stage, switch, restart, verify, put back
+    /// what fails, and purge old values from backups once it is in place.
     pub fn apply(&mut self) {
-        if self.finished {
+        if self.decided() {
             return;
         }
+        let Some(mut host) = self.open() else {
+            return;
+        };
+        let outcome = host.apply();
+        let outcome = host.purge_if_in_place(outcome);
+        self.finish(outcome);
+    }
+
+    /// `purgeBackupsOf` for a window's host whose new file is in place.
+    pub fn purge_after_success(&mut self) {
+        let Some(outcome) = self.standing.provisional().cloned() else {
+            return;
+        };
+        if let Some(mut host) = self.open() {
+            let outcome = host.purge_if_in_place(outcome);
+            self.hold(outcome);
+        }
+    }
+
+    /// Removes a staged file that will not be switched in.
+    pub fn discard_staged(&mut self) {
+        self.run.discard_staged(self.progress.connection());
+    }
+
+    /// Reads the file back after a switch: the values the host now holds.
+    pub fn read_back(&mut self) -> Option<Values> {
+        self.open()?.read_back().ok()
+    }
+
+    /// After a window put every host back: a host whose checks failed right
+    /// after its own put-back (another host was not back yet) is checked
+    /// again; it is `rolledBack` after all if it is healthy now.
+    pub fn recheck(&mut self) {
+        let restored = self.run.switches == 0 && self.run.report.rollback.is_some();
+        let put_back_unhealthy = matches!(
+            self.standing.provisional(),
+            Some(Err((HostStatus::RollbackFailed, _)))
+        );
+        if !restored || !put_back_unhealthy {
+            return;
+        }
+        let Some(cause) = self.run.put_back_for.clone() else {
+            return;
+        };
+        let healthy = self.open().is_some_and(|mut host| host.healthy_again());
+        if healthy {
+            self.hold(Err((HostStatus::RolledBack, cause)));
+        }
+    }
+
+    /// Appends this attempt to the host's audit log, when the host was reached.
+    pub fn audit(&mut self) {
+        let reached = self.run.report.steps.iter().any(|s| s.name != "connect");
+        let Some(connection) = self.progress.connection().filter(|_| reached) else {
+            return;
+        };
+        // Nothing of this run stays staged; the audit's answer confirms it.
+        self.run.discard_staged_unanswered(Some(connection));
+        let context = self.run.context;
+        let line = AuditLine::for_host(
+            self.run.label(),
+            &self.run.report,
+            &context.settings.service,
+            context.deployment,
+            &context.window_services,
+        );
+        let _ = self.run.step(Some(connection), "audit", |remote| {
+            audit::append(remote, &line)
+        });
+    }
+}
+
+impl<'r, 'a> OpenHost<'r, 'a> {
+    fn step<T>(
+        &mut self,
+        name: &str,
+        work: impl FnOnce(&Remote) -> Result<T, HostError>,
+    ) -> Result<T, HostError> {
+        self.run.step(Some(self.connection), name, work)
+    }
+
+    /// A Deploy's changes: stage (unless it went with the lock), switch,
+    /// restart, verify, and put back what fails.
+    fn apply(&mut self) -> Outcome {
         // Staged with the lock, the file's answer is on its way already.
-        let staged_with_lock = self.sent_ahead.first() == Some(&"stage");
+        let staged_with_lock = self.run.sent_ahead.first() == Some(&"stage");
         if !staged_with_lock {
             self.send_changes_ahead(true);
         }
@@ -703,8 +972,8 @@ impl<'a> HostRun<'a> {
             }
             self.switch_and_verify()
         });
-        self.sent_ahead.clear();
-        self.finish(outcome);
+        self.run.sent_ahead.clear();
+        outcome
     }
 
     /// A changed host's stage (unless it went with the lock), switch and
@@ -712,15 +981,14 @@ impl<'a> HostRun<'a> {
     /// round trip, not three. The host skips the rest once one fails, as
     /// the run would.
     fn send_changes_ahead(&mut self, with_stage: bool) {
-        let (Some(assessment), Some(file), Some(remote)) =
-            (self.assessment(), self.file, self.remote())
-        else {
+        let Some(file) = self.run.file else {
             return;
         };
         // Past the deadline, the stage step says so and nothing is sent.
-        if assessment.same_file || self.check_deadline("stage").is_err() {
+        if self.assessment.same_file || self.run.check_deadline("stage").is_err() {
             return;
         }
+        let remote = self.run.remote(self.connection);
         let service = remote.service;
         let mut chain = vec![(remote::switch(service), &[][..])];
         if with_stage {
@@ -729,20 +997,20 @@ impl<'a> HostRun<'a> {
                 (remote::stage(service), file.text.expose_secret().as_bytes()),
             );
         }
-        if let Some(first) = assessment.units.first() {
+        if let Some(first) = self.assessment.units.first() {
             chain.push((units::restart_invocation(service, first), &[]));
         }
         // A test that stops the run before a step must find it not yet taken.
         #[cfg(feature = "fault-injection")]
         if let Some(at) = chain
             .iter()
-            .position(|(step, _)| crate::fault::pauses_before(&self.host.name, step.step))
+            .position(|(step, _)| crate::fault::pauses_before(&self.run.host.name, step.step))
         {
             chain.truncate(at);
         }
         if remote.send_ahead(&chain) {
-            self.sent_ahead
-                .extend(chain.iter().map(|(step, _)| step.step));
+            let sent: Vec<&'static str> = chain.iter().map(|(step, _)| step.step).collect();
+            self.run.sent_ahead.extend(sent);
         }
     }
 
@@ -753,81 +1021,69 @@ impl<'a> HostRun<'a> {
         &mut self,
         content: Option<&SecretString>,
     ) -> Result<(), (HostStatus, HostError)> {
-        let assessment = self.assessed()?;
-        if content.is_none() && assessment.same_file {
+        if content.is_none() && self.assessment.same_file {
             // A run that lost its host after staging left its file behind
             // (or this run staged its file with the lock).
-            if assessment.current.leftover_staged {
+            if self.assessment.current.leftover_staged {
                 let _ = self.step("discard", |remote| {
                     remote.discard_unanswered();
                     Ok(())
                 });
-                self.staged = false;
+                self.run.staged = false;
             }
             // Its answer comes before the audit's.
-            self.discard_staged_unanswered();
+            self.run.discard_staged_unanswered(Some(self.connection));
             return Ok(());
         }
-        let staging = match (content, self.file) {
+        let staging = match (content, self.run.file) {
             (Some(content), _) => Staging::Content(content),
             (None, Some(file)) => Staging::Content(&file.text),
-            (None, None) => Staging::Backup(self.context.rollback_to),
+            (None, None) => Staging::Backup(self.run.context.rollback_to),
         };
         self.step("stage", |remote| match staging {
             Staging::Content(text) => remote.stage(text),
             Staging::Backup(n) => remote.stage_backup(n),
         })
         .map_err(|error| (HostStatus::Failed, error))?;
-        self.staged = true;
+        self.run.staged = true;
         Ok(())
-    }
-
-    /// Removes a staged file that will not be switched in.
-    pub fn discard_staged(&mut self) {
-        if self.staged {
-            if let Some(remote) = self.remote() {
-                remote.discard();
-            }
-            self.staged = false;
-        }
     }
 
     /// Switches the staged file in (if any), restarts and verifies; a failure
     /// puts back what was there before the run (unless `rollbackOnFailure` is off).
     pub fn switch_and_verify(&mut self) -> Outcome {
-        let assessment = self.assessed()?;
-        if !self.staged {
+        let assessment = self.assessment;
+        if !self.run.staged {
             // The host holds the file already; restart what started before it.
-            let stale = assessment.stale_units.clone();
-            if !stale.is_empty() {
-                self.restart_and_verify(&stale)
+            if !assessment.stale_units.is_empty() {
+                self.restart_and_verify(&assessment.stale_units)
                     .map_err(|error| (HostStatus::Failed, error))?;
             }
             return Ok(HostStatus::Unchanged);
         }
-        let units = assessment.units.clone();
         let had_previous = match self.step("switch", |remote| remote.switch()) {
             Ok(had_previous) => had_previous,
             Err(error) => {
-                self.discard_staged();
+                self.run.discard_staged(Some(self.connection));
                 return Err((HostStatus::Failed, error));
             }
         };
-        self.staged = false;
-        if self.switches == 0 {
-            self.had_previous = had_previous;
+        self.run.staged = false;
+        if self.run.switches == 0 {
+            self.run.had_previous = had_previous;
         }
-        self.switches += 1;
-        self.report.changed = true;
-        match self.restart_and_verify(&units) {
+        self.run.switches += 1;
+        self.run.report.changed = true;
+        let context = self.run.context;
+        match self.restart_and_verify(&assessment.units) {
             Ok(()) => Ok(HostStatus::Deployed),
             Err(error) if error.kind == ErrorKind::ConnectionLost => {
                 Err((HostStatus::Unknown, error))
             }
-            Err(error) if !self.context.rollback_on_failure => Err((HostStatus::Unhealthy, error)),
+            Err(error) if !context.rollback_on_failure => Err((HostStatus::Unhealthy, error)),
             // A Rotation's window puts every switched host back, this one
             // included, in the order that lets each one's checks pass.
-            Err(error) if self.context.in_rotation() => Err((HostStatus::Failed, error)),
+            Err(error) if context.in_rotation() => Err((HostStatus::Failed, error)),
             Err(error) => self.put_back(error),
         }
     }
@@ -836,31 +1092,28 @@ impl<'a> HostRun<'a> {
     /// file when there was none), then restarts and verifies again. `cause`
     /// is why; the outcome is `rolledBack` unless the putting back fails.
     pub fn put_back(&mut self, cause: HostError) -> Outcome {
-        self.put_back_for = Some(cause.clone());
-        let backup = if self.had_previous { self.switches } else { 0 };
+        self.run.put_back_for = Some(cause.clone());
+        let had_previous = self.run.had_previous;
+        let backup = if had_previous { self.run.switches } else { 0 };
         if let Err(error) = self.step("rollback", |remote| remote.restore(backup)) {
             return Err((HostStatus::RollbackFailed, combine(&cause, &error)));
         }
-        self.switches = 0;
-        self.report.changed = false;
-        self.report.rollback = Some(if self.had_previous {
+        self.run.switches = 0;
+        self.run.report.changed = false;
+        self.run.report.rollback = Some(if had_previous {
             RollbackAction::RestoredPrevious
         } else {
             RollbackAction::RemovedNewFile
         });
-        if !self.had_previous {
+        if !had_previous {
             return Err((HostStatus::RolledBack, cause));
         }
-        let units = match self.assessed() {
-            Ok(assessment) => assessment.units.clone(),
-            Err((_, error)) => return Err((HostStatus::RollbackFailed, combine(&cause, &error))),
-        };
-        if let Some(remote) = self.remote() {
-            for unit in &units {
-                units::reset_failed(&remote, unit);
-            }
+        let units = &self.assessment.units;
+        let remote = self.run.remote(self.connection);
+        for unit in units {
+            units::reset_failed(&remote, unit);
         }
-        match self.restart_and_verify(&units) {
+        match self.restart_and_verify(units) {
             Ok(()) => Err((HostStatus::RolledBack, cause)),
             Err(again) if again.kind == ErrorKind::ConnectionLost => {
                 Err((HostStatus::Unknown, combine(&cause, &again)))
@@ -869,13 +1122,23 @@ impl<'a> HostRun<'a> {
         }
     }
 
+    /// Whether every check passes now, without restarting anything.
+    fn healthy_again(&mut self) -> bool {
+        let units = &self.assessment.units;
+        units
+            .iter()
+            .try_for_each(|unit| self.instance_checks(unit))
+            .and_then(|()| self.host_checks())
+            .is_ok()
+    }
+
     /// Restarts units one at a time. After each instance of a template, the
     /// checks with `{instance}` run for it before the next restarts, so a host
     /// never loses all its workers at once; the other checks run at the end.
     fn restart_and_verify(&mut self, units: &[Unit]) -> Result<(), HostError> {
-        let settings = &self.context.settings;
+        let settings = &self.run.context.settings;
         let timeout = Duration::from_millis(settings.restart.timeout_ms);
-        let redactions = std::mem::take(&mut self.redactions);
+        let redactions = std::mem::take(&mut self.run.redactions);
         let redact = |text: &str| redact(text, &redactions);
         let mut result = Ok(());
         for unit in units {
@@ -886,6 +1149,7 @@ impl<'a> HostRun<'a> {
                 break;
             }
             if let Some(entry) = self
+                .run
                 .report
                 .units
                 .iter_mut()
@@ -898,7 +1162,7 @@ impl<'a> HostRun<'a> {
                 break;
             }
         }
-        self.redactions = redactions;
+        self.run.redactions = redactions;
         result?;
         self.host_checks()
     }
@@ -908,14 +1172,16 @@ impl<'a> HostRun<'a> {
         let Some(instance) = unit.instance_name() else {
             return Ok(());
         };
-        let settings = &self.context.settings;
-        for check in settings
+        let context = self.run.context;
+        let host = self.run.host;
+        for check in context
+            .settings
             .verify
             .iter()
             .filter(|c| c.url.contains("{instance}"))
         {
             self.verify(
-                &health::expand(&check.url, &self.host.name, Some(instance)),
+                &health::expand(&check.url, &host.name, Some(instance)),
                 check,
             )?;
         }
@@ -924,39 +1190,17 @@ impl<'a> HostRun<'a> {
 
     /// The checks without `{instance}`: the host as a whole.
     fn host_checks(&mut self) -> Result<(), HostError> {
-        let settings = &self.context.settings;
-        for check in settings
+        let context = self.run.context;
+        let host = self.run.host;
+        for check in context
+            .settings
             .verify
             .iter()
             .filter(|c| !c.url.contains("{instance}"))
         {
-            self.verify(&health::expand(&check.url, &self.host.name, None), check)?;
+            self.verify(&health::expand(&check.url, &host.name, None), check)?;
         }
         Ok(())
-    }
-
-    /// After a window put every host back: a host whose checks failed right
-    /// after its own put-back (another host was not back yet) is checked
-    /// again; it is `rollbackFailed` only if it is still unhealthy.
-    pub fn recheck(&mut self) {
-        let restored = self.switches == 0 && self.report.rollback.is_some();
-        if self.report.status != HostStatus::RollbackFailed || !restored {
-            return;
-        }
-        let Some(cause) = self.put_back_for.clone() else {
-            return;
-        };
-        let units = self
-            .assessment()
-            .map(|a| a.units.clone())
-            .unwrap_or_default();
-        let healthy = units
-            .iter()
-            .try_for_each(|unit| self.instance_checks(unit))
-            .and_then(|()| self.host_checks());
-        if healthy.is_ok() {
-            self.finish(Err((HostStatus::RolledBack, cause)));
-        }
     }
 
     fn verify(
@@ -965,12 +1209,11 @@ impl<'a> HostRun<'a> {
         check: &crate::settings::VerifySettings,
     ) -> Result<(), HostError> {
         #[cfg(feature = "fault-injection")]
-        crate::fault::pause_before(&self.host.name, "verify");
-        self.check_deadline("verify")?;
-        let connection = self.connection();
+        crate::fault::pause_before(&self.run.host.name, "verify");
+        self.run.check_deadline("verify")?;
+        let connection = self.connection;
         let through_ssh = |url: &str, timeout: Duration| -> std::result::Result<u16, String> {
             let (host, port, path) = health::split_url(url).ok_or("not an http URL")?;
-            let connection = connection.ok_or("not connected")?;
             connection.http_get(&host, port, &path, timeout)
         };
         let direct = health::Direct::new(Duration::from_millis(check.timeout_ms));
@@ -980,12 +1223,8 @@ impl<'a> HostRun<'a> {
         } else {
             &from_here
         };
-        let report = health::verify(url, check, probe, &|| {
-            if let Some(connection) = connection {
-                connection.beat();
-            }
-        });
-        self.record("verify", report.ok, report.ms);
+        let report = health::verify(url, check, probe, &|| connection.beat());
+        self.run.record("verify", report.ok, report.ms);
         let failure = (!report.ok).then(|| {
             let what = match (report.last_status, &report.last_error) {
                 (Some(status), _) => format!("answered {status}"),
@@ -1000,29 +1239,51 @@ impl<'a> HostRun<'a> {
                 ),
             )
         });
-        self.report.checks.push(report);
+        self.run.report.checks.push(report);
         match failure {
             Some(failure) => Err(failure),
             None => Ok(()),
         }
     }
 
-    /// Reads the file back after a deploy: the values the host now holds.
-    pub fn read_back(&mut self) -> Result<Values, HostError> {
+    /// Reads the file back after a switch: the values the host now holds.
+    fn read_back(&mut self) -> Result<Values, HostError> {
         let current = self.step("read-back", |remote| remote.read_current())?;
         Ok(parse_values(current.content.as_ref()))
     }
 
-    /// After a successful deploy: removes every backup that still holds
-    /// another value than the new file for one of `purgeBackupsOf`, so a
-    /// leaked secret does not live on in a backup.
+    /// After a deploy left the host's new file in place (`deployed` or
+    /// `unchanged`): removes every backup that still holds another value than
+    /// the new file for one of `purgeBackupsOf`, so a leaked secret does not
+    /// live on in a backup. A failure becomes the host's error; its status
+    /// and its new file stay.
+    fn purge_if_in_place(&mut self, outcome: Outcome) -> Outcome {
+        let in_place = matches!(outcome, Ok(HostStatus::Deployed | HostStatus::Unchanged));
+        if self.run.context.action != Action::Deploy || !in_place {
+            return outcome;
+        }
+        match self.purge_backups() {
+            Ok(()) => outcome,
+            Err(error) => Err((
+                status_of(&outcome),
+                HostError::new(
+                    ErrorKind::PurgeFailed,
+                    format!(
+                        "{}; the new file is in place but old values may remain in backups",
+                        error.message
+                    ),
+                ),
+            )),
+        }
+    }
+
     fn purge_backups(&mut self) -> Result<(), HostError> {
-        let keys = &self.context.purge_keys;
+        let keys = &self.run.context.purge_keys;
         if keys.is_empty() {
             return Ok(());
         }
         // An overlap rotation's interim file keeps the old value as `<KEY>_PREVIOUS`.
-        let file = self.file;
+        let file = self.run.file;
         let new: Vec<(String, Option<&str>)> = keys
             .iter()
             .flat_map(|key| {
@@ -1046,51 +1307,10 @@ impl<'a> HostRun<'a> {
         if !stale.is_empty() {
             self.step("purge", |remote| remote.purge(&stale))?;
         }
-        self.report.backups_purged = Some(stale.len() as u32);
+        self.run.report.backups_purged = Some(stale.len() as u32);
         Ok(())
     }
-
-    /// `purgeBackupsOf` once a deploy left the host deployed or unchanged. A
-    /// failure becomes the host's error; its new file stays in place.
-    pub fn purge_after_success(&mut self) {
-        let in_place = matches!(
-            self.report.status,
-            HostStatus::Deployed | HostStatus::Unchanged
-        );
-        if self.context.action != Action::Deploy || !in_place {
-            return;
-        }
-        if let Err(error) = self.purge_backups() {
-            self.report.error = Some(ErrorReport {
-                kind: ErrorKind::PurgeFailed,
-                message: format!(
-                    "{}; the new file is in place but old values may remain in backups",
-                    error.message
-                ),
-                field: None,
-            });
-        }
-    }
-
-    /// Appends this attempt to the host's audit log, when the host was reached.
-    pub fn audit(&mut self) {
-        if self.connection().is_none() || self.report.steps.iter().all(|s| s.name == "connect") {
-            return;
-        }
-        // Nothing of this run stays staged; the audit's answer confirms it.
-        self.discard_staged_unanswered();
-        let context = self.context;
-        let line = AuditLine::for_host(
-            self.label(),
-            &self.report,
-            &context.settings.service,
-            context.deployment,
-            &context.window_services,
-        );
-        let _ = self.step("audit", |remote| audit::append(remote, &line));
-    }
 }
-
 /// The largest file a Deploy stages with its lock step (`stage_with_lock`):
 /// far below what an SSH channel's window holds in flight.
 const STAGE_WITH_LOCK_AT_MOST: usize = 64 * 1024;
@@ -1174,6 +1394,37 @@ fn redact(text: &str, secrets: &[SecretString]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failed(kind: ErrorKind) -> Outcome {
+        Err((HostStatus::Failed, HostError::new(kind, "why")))
+    }
+
+    #[test]
+    fn an_outcome_is_final_once() {
+        let mut standing = Standing::Undecided;
+        assert!(standing.result().is_none());
+        assert!(standing.finish(Ok(HostStatus::Deployed)).is_some());
+        // Neither a second outcome nor a provisional one replaces it.
+        assert!(standing.finish(failed(ErrorKind::Internal)).is_none());
+        assert!(!standing.hold(failed(ErrorKind::Internal)));
+        assert_eq!(standing.result(), Some(&Ok(HostStatus::Deployed)));
+        assert!(standing.provisional().is_none());
+    }
+
+    #[test]
+    fn a_window_result_stays_provisional_until_it_is_finished() {
+        let mut standing = Standing::Undecided;
+        assert!(standing.hold(Ok(HostStatus::Deployed)));
+        // The window puts the host back: its result changes.
+        assert!(standing.hold(Err((
+            HostStatus::RollbackFailed,
+            HostError::new(ErrorKind::HealthCheckFailed, "why")
+        ))));
+        assert!(!standing.is_final());
+        let settled = standing.provisional().cloned().unwrap();
+        assert_eq!(standing.finish(settled.clone()), Some(&settled));
+        assert!(standing.is_final());
+    }
 
     #[test]
     fn redaction_removes_every_secret() {

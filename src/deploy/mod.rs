@@ -30,7 +30,8 @@ use crate::settings::catalog::Catalog;
 use crate::protocol::error::{ErrorKind, HostError, Result};
 use crate::protocol::exit::Exit;
 use crate::protocol::report::{
-    wire_name, Action, ContractReport, DeploymentReport, ErrorReport, HostStatus, Report, Summary,
+    wire_name, Action, ContractReport, DeploymentReport, ErrorReport, HostReport, HostStatus,
+    Report, Summary,
 };
 use crate::protocol::request::{Deployment, Rotation, SudoMode};
 use crate::settings::rollout::Rollout;
@@ -265,8 +266,9 @@ pub fn run(
         Action::HostInstall => {}
         _ => apply_in_batches(&mut runs, &context.rollout),
     }
-    let failed = hosts_failed(&runs);
-    report.hosts = runs.into_iter().map(HostRun::into_report).collect();
+    let hosts = finished(runs);
+    let failed = hosts_failed(&hosts);
+    report.hosts = hosts.into_iter().map(|host| host.report).collect();
     report.summary = Summary::of(&report.hosts);
     conclude(report, failed, false);
     Ok(())
@@ -333,7 +335,8 @@ pub fn run_rotation(
             }
         }
     }
-    let failed = hosts_failed(&runs);
+    let hosts = finished(runs);
+    let failed = hosts_failed(&hosts);
     let mut deployments: Vec<DeploymentReport> = contexts
         .iter()
         .map(|context| DeploymentReport {
@@ -343,8 +346,8 @@ pub fn run_rotation(
             summary: Summary::default(),
         })
         .collect();
-    for run in runs {
-        deployments[run.context.index].hosts.push(run.into_report());
+    for host in hosts {
+        deployments[host.deployment].hosts.push(host.report);
     }
     let mut summary = Summary::default();
     for deployment in &mut deployments {
@@ -362,7 +365,7 @@ fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mu
     in_parallel(runs, parallel, HostRun::connect);
     if runs
         .first()
-        .is_some_and(|run| run.context.action == Action::HostInstall)
+        .is_some_and(|run| run.context().action == Action::HostInstall)
     {
         return;
     }
@@ -379,7 +382,12 @@ fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mu
         in_parallel(runs, parallel, HostRun::release_lock);
         let mut order: Vec<usize> = (0..runs.len()).collect();
         order.sort_by(|a, b| {
-            let key = |run: &HostRun| (run.host.name.clone(), run.context.settings.service.clone());
+            let key = |run: &HostRun| {
+                (
+                    run.host().name.clone(),
+                    run.context().settings.service.clone(),
+                )
+            };
             key(&runs[*a]).cmp(&key(&runs[*b]))
         });
         for index in order {
@@ -391,15 +399,15 @@ fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mu
     let Some(key) = &options.plan_key else {
         return;
     };
-    let action = runs.first().map(|run| run.context.action);
+    let action = runs.first().map(|run| run.context().action);
     let digest = plan_digest(key, &options.request, runs);
     match (action, &options.expect_plan) {
         (Some(Action::Plan), _) => report.plan_digest = digest,
         (_, Some(expected)) if digest.as_ref() != Some(expected) => {
-            for run in runs.iter_mut().filter(|run| !run.finished) {
+            for run in runs.iter_mut().filter(|run| !run.decided()) {
                 let message = format!(
                     "`{}`: the request or a host changed since the plan was made; nothing was touched, run `plan` again",
-                    run.host.name
+                    run.host().name
                 );
                 run.finish(Err((
                     HostStatus::Failed,
@@ -478,10 +486,10 @@ fn plan_digest(
         .iter()
         .zip(&names)
         .map(|(run, name)| {
-            let assessment = run.assessment().filter(|_| !run.finished)?;
+            let assessment = run.assessment().filter(|_| !run.decided())?;
             Some(digest::HostState {
                 host: name,
-                rendered: &run.file?.text,
+                rendered: &run.file()?.text,
                 current: &assessment.current,
             })
         })
@@ -514,7 +522,6 @@ fn apply_in_batches(runs: &mut [HostRun], rollout: &Rollout) {
         }
         in_parallel(batch, rollout.parallel, |run| {
             run.apply();
-            run.purge_after_success();
             run.audit();
         });
         let failures = batch.iter().filter(|run| run.failed()).count();
@@ -548,35 +555,56 @@ struct HostsFailed {
     exit: Exit,
 }
 
-fn hosts_failed(runs: &[HostRun]) -> Option<HostsFailed> {
-    let bad: Vec<&HostRun> = runs
+/// A host's report once its run is over, with the name messages give it.
+struct Finished {
+    name: String,
+    deployment: usize,
+    report: HostReport,
+}
+
+fn finished(runs: Vec<HostRun>) -> Vec<Finished> {
+    runs.into_iter()
+        .map(|run| Finished {
+            name: run.name(),
+            deployment: run.context().index,
+            report: run.into_report(),
+        })
+        .collect()
+}
+
+fn hosts_failed(hosts: &[Finished]) -> Option<HostsFailed> {
+    let bad: Vec<&Finished> = hosts
         .iter()
-        .filter(|run| !succeeded(run.report.status) || run.report.error.is_some())
+        .filter(|host| !succeeded(host.report.status) || host.report.error.is_some())
         .collect();
     if bad.is_empty() {
         return None;
     }
-    let needs_person = bad.iter().any(|run| {
+    let needs_person = bad.iter().any(|host| {
         matches!(
-            run.report.status,
+            host.report.status,
             HostStatus::RollbackFailed | HostStatus::Unknown
         )
     });
     let listed: Vec<String> = bad
         .iter()
-        .map(|run| {
+        .map(|host| {
+            let kind = host
+                .report
+                .error
+                .as_ref()
+                .map_or("", |e| wire_name(&e.kind));
             format!(
-                "`{}` ({}, {})",
-                run.name(),
-                run.error_kind(),
-                status_words(run.report.status)
+                "`{}` ({kind}, {})",
+                host.name,
+                status_words(host.report.status)
             )
         })
         .collect();
     let mut message = format!(
         "{} of {} hosts failed: {}",
         bad.len(),
-        runs.len(),
+        hosts.len(),
         listed.join(", ")
     );
     if needs_person {

@@ -29,7 +29,7 @@ pub(super) fn read_back(runs: &mut [HostRun], keys: &[String], parallel: usize) 
     let mut slots: Vec<(&mut HostRun, Option<Values>)> =
         runs.iter_mut().map(|run| (run, None)).collect();
     in_parallel(&mut slots, parallel, |(run, holding)| {
-        *holding = run.read_back().ok().map(|values| only(&values, keys));
+        *holding = run.read_back().map(|values| only(&values, keys));
     });
     slots.into_iter().map(|(_, holding)| holding).collect()
 }
@@ -55,8 +55,8 @@ pub(super) fn reports(
             let mut services: Vec<String> = Vec::new();
             let mut groups: Vec<SharedValueGroup> = Vec::new();
             for (run, holding) in runs.iter().zip(holdings) {
-                let service = &run.context.settings.service;
-                let carries = match &run.context.prepared {
+                let service = &run.context().settings.service;
+                let carries = match &run.context().prepared {
                     Some(prepared) => prepared.contract.has(key),
                     // A rollback has no contract: the hosts say who carries the key.
                     None => holding.as_ref().is_some_and(|h| h.contains_key(key)),
@@ -72,7 +72,7 @@ pub(super) fn reports(
                 let fingerprint = value.map(|v| fingerprint(&run_key.0, v.expose_secret()));
                 let holder = SharedHolder {
                     service: service.to_string(),
-                    host: run.host.name.to_string(),
+                    host: run.host().name.to_string(),
                 };
                 match groups.iter_mut().find(|g| g.fingerprint == fingerprint) {
                     Some(group) => group.hosts.push(holder),

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use super::host::{HostRun, Outcome};
+use super::host::HostRun;
 use super::{in_parallel, shared, Context};
 use crate::prepare::rotation::{overlap_verifiers, previous_name};
 use crate::prepare::Prepared;
@@ -117,8 +117,8 @@ impl Overlap {
                 if !self.verifies(run) {
                     return None;
                 }
-                let contract = &run.context.prepared.as_ref()?.contract;
-                let mut values: Vec<(String, SecretString)> = run.file?.values.clone();
+                let contract = &run.context().prepared.as_ref()?.contract;
+                let mut values: Vec<(String, SecretString)> = run.file()?.values.clone();
                 for (key, old) in &old_values {
                     values.push((previous_name(key), old.clone()));
                 }
@@ -126,7 +126,7 @@ impl Overlap {
                 Some(interim_file(
                     &run.name(),
                     &values,
-                    run.context.settings.target.systemd_min,
+                    run.context().settings.target.systemd_min,
                 ))
             })
             .map(Option::transpose)
@@ -144,7 +144,7 @@ impl Overlap {
     }
 
     fn verifies(&self, run: &HostRun) -> bool {
-        self.verifiers[run.context.index]
+        self.verifiers[run.context().index]
     }
 }
 
@@ -225,7 +225,7 @@ pub(super) fn apply(
         Err(Stop::BeforeWriting(reason)) => {
             for run in runs.iter_mut() {
                 run.discard_staged();
-                if !run.finished {
+                if !run.decided() {
                     run.skip(&reason);
                 }
             }
@@ -244,6 +244,8 @@ pub(super) fn apply(
             reports
         }
     };
+    // The window is over: what each host holds now is its outcome.
+    runs.iter_mut().for_each(HostRun::settle);
     in_parallel(runs, parallel, HostRun::audit);
     reports
 }
@@ -271,7 +273,7 @@ fn switch_everything(
         Ok(files) => files,
         Err(error) => {
             for run in runs.iter_mut().filter(|run| overlap.verifies(run)) {
-                run.finish(Err((HostStatus::Failed, error.clone())));
+                run.hold(Err((HostStatus::Failed, error.clone())));
             }
             return Err(Stop::BeforeWriting(format!(
                 "not attempted: {}",
@@ -287,12 +289,13 @@ fn switch_everything(
         .map(|(index, run)| (run, interim.get(index).and_then(Option::as_ref)))
         .collect();
     in_parallel(&mut slots, parallel, |(run, content)| {
-        if let Err(failure) = run.stage_next(*content) {
-            run.finish(Err(failure));
+        let staged = run.open().map(|mut host| host.stage_next(*content));
+        if let Some(Err(failure)) = staged {
+            run.hold(Err(failure));
         }
     });
     drop(slots);
-    if let Some(run) = runs.iter().find(|run| run.finished) {
+    if let Some(run) = runs.iter().find(|run| run.decided()) {
         return Err(Stop::BeforeWriting(format!(
             "not attempted: staging failed on `{}`; nothing was switched",
             run.name()
@@ -304,10 +307,12 @@ fn switch_everything(
         let range = ranges[deployment].clone();
         if finally {
             in_parallel(&mut runs[range.clone()], parallel, |run| {
-                if let Some(file) = run.file.filter(|_| run.switched()) {
-                    if let Err(failure) = run.stage_next(Some(&file.text)) {
-                        run.finish(Err(failure));
-                    }
+                let Some(file) = run.file().filter(|_| run.switched()) else {
+                    return;
+                };
+                let staged = run.open().map(|mut host| host.stage_next(Some(&file.text)));
+                if let Some(Err(failure)) = staged {
+                    run.hold(Err(failure));
                 }
             });
         }
@@ -321,8 +326,9 @@ fn switch_everything(
                 if finally && !run.switched() {
                     return;
                 }
-                let outcome: Outcome = run.switch_and_verify();
-                run.finish(outcome);
+                if let Some(outcome) = run.open().map(|mut host| host.switch_and_verify()) {
+                    run.hold(outcome);
+                }
             });
             if let Some(cause) = first_failure(batch) {
                 return Err(Stop::PutBack(cause, None));
@@ -348,39 +354,40 @@ fn switch_everything(
 /// Why the window stops, naming the first host that failed.
 fn first_failure(runs: &[HostRun]) -> Option<String> {
     runs.iter()
-        .find(|run| run.finished && run.failed())
+        .find(|run| run.failed())
         .map(|run| format!("`{}` failed ({})", run.name(), run.error_kind()))
 }
 
 /// After the window failed: the host goes back to what it had before the run.
 fn put_back(run: &mut HostRun, cause: &str) {
     run.discard_staged();
-    let beyond_reach = matches!(
-        run.report.status,
-        HostStatus::Unknown | HostStatus::RollbackFailed
-    );
+    let (beyond_reach, own_failure) = match run.result() {
+        Some(Err((status, error))) => (
+            matches!(status, HostStatus::Unknown | HostStatus::RollbackFailed),
+            // A host that failed between its switches keeps its own error.
+            run.failed().then(|| error.clone()),
+        ),
+        _ => (false, None),
+    };
     if run.switched() && !beyond_reach {
-        // A host that failed between its switches keeps its own error.
-        let error = match &run.report.error {
-            Some(own) if run.finished && run.failed() => {
-                HostError::new(own.kind, own.message.clone())
-            }
-            _ => HostError::new(
+        let error = own_failure.unwrap_or_else(|| {
+            HostError::new(
                 ErrorKind::RotationAborted,
                 format!("`{}`: put back because {cause}", run.name()),
-            ),
-        };
-        let outcome = run.put_back(error);
-        run.finish(outcome);
+            )
+        });
+        if let Some(outcome) = run.open().map(|mut host| host.put_back(error)) {
+            run.hold(outcome);
+        }
         return;
     }
-    if !run.finished {
+    if !run.decided() {
         if run.has_work() {
             run.skip(&format!(
                 "not attempted: the rotation stopped because {cause}"
             ));
         } else {
-            run.finish(Ok(HostStatus::Unchanged));
+            run.hold(Ok(HostStatus::Unchanged));
         }
     }
 }

@@ -260,16 +260,21 @@ pub(super) fn a_failing_canary_stops_the_rollout(deployer: &Deployer, hosts: &[&
         }),
     );
     request["hosts"][0] = json!({"host": hosts[0].addr, "env": {"HEALTH_MODE": {"value": "fail"}}});
+    // A host the run could not reach at all keeps that failure, even in a
+    // batch the canary's stop skips.
+    testbed.sh_ok(hosts[2], "systemctl stop testbed-sshd.service");
     let junit = deployer.work.path().join("canary.junit.xml");
     let run = deployer.run_args(
         &["deploy", "--junit", junit.to_str().unwrap()],
         &request,
         &secrets("canary"),
     );
+    testbed.sh_ok(hosts[2], "systemctl start testbed-sshd.service");
     assert_eq!(run.code, 1, "{}", run.stdout);
     let result = run.json();
-    assert_eq!(statuses(&result), ["rolledBack", "skipped", "skipped"]);
+    assert_eq!(statuses(&result), ["rolledBack", "skipped", "failed"]);
     assert_eq!(result["hosts"][1]["error"]["kind"], "notAttempted");
+    assert_eq!(result["hosts"][2]["error"]["kind"], "connectFailed");
     assert!(result["hosts"][1]["error"]["message"]
         .as_str()
         .unwrap()
@@ -298,7 +303,7 @@ pub(super) fn a_failing_canary_stops_the_rollout(deployer: &Deployer, hosts: &[&
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&parsed.stdout).trim(),
-        "3 1 2 voxbridge True",
+        "3 2 1 voxbridge True",
         "{}",
         String::from_utf8_lossy(&parsed.stderr)
     );
