@@ -38,8 +38,8 @@ pub fn rules(settings: &Settings, user: &str) -> String {
         crate::transport::lock::Mode::Shared,
     ] {
         invocations.push(crate::transport::lock::invocation(
-            service,
-            settings.environment.as_deref(),
+            &settings.service,
+            settings.environment.as_ref(),
             mode,
         ));
     }

@@ -187,8 +187,8 @@ impl<'a> Context<'a> {
             deadline: started
                 + Duration::from_millis(deployment.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS)),
             lock: lock::invocation(
-                &deployment.service,
-                deployment.environment.as_deref(),
+                &settings.service,
+                settings.environment.as_ref(),
                 if writes(action) {
                     lock::Mode::Exclusive
                 } else {

@@ -14,9 +14,11 @@ pub mod ssh;
 use std::collections::BTreeMap;
 
 use crate::settings::catalog::Catalog;
-use names::{is_valid_key_name, AbsolutePath, Account, HostName, ServiceName, Unit};
+use names::{
+    is_valid_key_name, AbsolutePath, Account, EnvironmentName, HostName, ServiceName, Unit,
+};
 // The host program checks the same names again; one definition serves both.
-use crate::host::config::{is_plain_name, is_unit_word};
+use crate::host::config::is_unit_word;
 use crate::protocol::error::{Error, ErrorKind, Result};
 use crate::protocol::request::{Deployment, EnvFileSource, Source, Verify};
 use crate::protocol::schema::escape_pointer_token;
@@ -34,7 +36,7 @@ pub struct Settings {
     pub target: TargetSettings,
     pub restart: RestartSettings,
     pub verify: Vec<VerifySettings>,
-    pub environment: Option<String>,
+    pub environment: Option<EnvironmentName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,13 +152,11 @@ impl Settings {
                 verify_settings(check, templated, &format!("{at}/verify/{index}"))
             })
             .collect::<Result<Vec<_>>>()?;
-        if let Some(environment) = &deployment.environment {
-            check_plain_name(
-                environment,
-                &format!("{at}/environment"),
-                "environment name",
-            )?;
-        }
+        let environment = deployment
+            .environment
+            .as_deref()
+            .map(|name| environment_named(name, &format!("{at}/environment")))
+            .transpose()?;
         let hosts = host_settings(deployment, at, templated)?;
         Ok(Settings {
             service,
@@ -185,7 +185,7 @@ impl Settings {
                     .unwrap_or(DEFAULT_RESTART_TIMEOUT_MS),
             },
             verify,
-            environment: deployment.environment.clone(),
+            environment,
         })
     }
 }
@@ -514,16 +514,14 @@ pub fn account_named(name: &str, here: &str) -> Result<Account> {
     })
 }
 
-fn check_plain_name(name: &str, here: &str, what: &str) -> Result<()> {
-    if is_plain_name(name) {
-        Ok(())
-    } else {
-        Err(Error::invalid(
+fn environment_named(name: &str, here: &str) -> Result<EnvironmentName> {
+    EnvironmentName::parse(name).ok_or_else(|| {
+        Error::invalid(
             ErrorKind::InvalidName,
             here,
-            format!("must be a plain {what} (letters, digits, `.`, `_`, `-`)"),
-        ))
-    }
+            "must be a plain environment name (letters, digits, `.`, `_`, `-`)",
+        )
+    })
 }
 
 /// Absolute, no `..`, no empty components, and only characters that need no

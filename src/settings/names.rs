@@ -64,6 +64,12 @@ checked_name!(
     crate::host::config::is_plain_name
 );
 checked_name!(
+    /// An environment's name (`production`): part of the name of every lock
+    /// a run takes on a host.
+    EnvironmentName,
+    crate::host::config::is_plain_name
+);
+checked_name!(
     /// A user or group name on a host.
     Account,
     crate::host::config::is_account_name
@@ -177,7 +183,13 @@ mod tests {
             "voxbridge"
         );
         assert!(AbsolutePath::parse("/opt/voxbridge/.env").is_some());
+        assert!(EnvironmentName::parse("production").is_some());
         for (kind, bad) in [
+            (
+                "environment",
+                EnvironmentName::parse("prod uction").is_none(),
+            ),
+            ("environment", EnvironmentName::parse("../x").is_none()),
             ("service", ServiceName::parse("../etc").is_none()),
             ("host", HostName::parse("-oProxyCommand=x").is_none()),
             ("host", HostName::parse("a b").is_none()),

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use crate::protocol::error::{ErrorKind, HostError};
+use crate::settings::names::{EnvironmentName, ServiceName};
 use crate::transport::remote::{Invocation, Remote};
 
 /// Exclusive for runs that write (deploy, rollback), shared for runs that read (plan, drift).
@@ -18,17 +19,18 @@ pub enum Mode {
     Shared,
 }
 
-/// The lock's environment part: the request's `environment`, or `default`.
-pub fn environment_name(environment: Option<&str>) -> &str {
-    environment.unwrap_or("default")
-}
-
-pub fn invocation(service: &str, environment: Option<&str>, mode: Mode) -> Invocation {
+/// The lock step of `service` in `environment` (the request's, or `default`).
+pub fn invocation(
+    service: &ServiceName,
+    environment: Option<&EnvironmentName>,
+    mode: Mode,
+) -> Invocation {
     let mode = match mode {
         Mode::Exclusive => "exclusive",
         Mode::Shared => "shared",
     };
-    Invocation::new("lock", &[service, environment_name(environment), mode])
+    let environment = environment.map_or("default", EnvironmentName::as_str);
+    Invocation::new("lock", &[service, environment, mode])
 }
 
 /// Takes the lock on the host, waiting up to `wait`; `holder` (no secrets: who
@@ -82,9 +84,15 @@ mod tests {
     #[test]
     fn one_lock_per_service_and_environment() {
         // The lock file itself is the host program's (`privilege.rs` checks it).
+        let service = ServiceName::parse("voxcore").unwrap();
         assert_eq!(
-            invocation("voxcore", None, Mode::Shared).sudoers_command(),
+            invocation(&service, None, Mode::Shared).sudoers_command(),
             "/usr/local/sbin/hostenv-host lock voxcore default shared"
+        );
+        let production = EnvironmentName::parse("production");
+        assert_eq!(
+            invocation(&service, production.as_ref(), Mode::Exclusive).sudoers_command(),
+            "/usr/local/sbin/hostenv-host lock voxcore production exclusive"
         );
     }
 }
