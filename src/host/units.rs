@@ -74,10 +74,15 @@ pub fn restart(
     if succeeded {
         return Ok(());
     }
-    let verdict = systemctl(&["show", "-p", "Result", "--value", "--", unit])
+    // `Result=...`, not `--value`: that option came with systemd v230.
+    let verdict = systemctl(&["show", "-p", "Result", "--", unit])
         .stderr(Stdio::null())
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .map(|o| {
+            let shown = String::from_utf8_lossy(&o.stdout);
+            let value = shown.trim().strip_prefix("Result=").unwrap_or_default();
+            value.to_string()
+        })
         .unwrap_or_default();
     writeln!(stdout, "result={verdict}").map_err(|e| Failure::io(format!("cannot answer: {e}")))?;
     Err(Failure::silent(1))

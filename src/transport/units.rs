@@ -11,9 +11,13 @@ use crate::transport::remote::{Invocation, Query, Remote};
 
 // Queries, run without sudo.
 const INSTANCES: &str = r#"systemctl list-units --all --plain --no-legend --no-pager -- "$1""#;
-// In microseconds: a unit restarted within the same second as its file was
-// written must still count as started after it.
-const STARTED_AT: &str = r#"t=$(systemctl show -p ExecMainStartTimestamp --timestamp=us+utc --value -- "$1"); if [ -n "$t" ]; then date -u -d "$t" +%s%6N; fi"#;
+// In microseconds where systemctl can print them (`--timestamp=`, v248): a
+// unit restarted within the same second as its file was written must still
+// count as started after it. An older systemctl refuses the option and prints
+// whole seconds (in UTC, as TZ asks), read as the start of that second, so a
+// unit started in the second its file was written is restarted: the safe side.
+// No `--value` (v230): `NAME=` is cut off here.
+const STARTED_AT: &str = r#"t=$(systemctl show -p ExecMainStartTimestamp --timestamp=us+utc -- "$1" 2>/dev/null) || t=$(TZ=UTC systemctl show -p ExecMainStartTimestamp -- "$1"); t=${t#*=}; if [ -n "$t" ]; then date -u -d "$t" +%s%6N; fi"#;
 
 /// The host program's restart: bounded by the configuration's restart timeout,
 /// and answering `result=start-limit-hit` (systemd's verdict) when it fails.

@@ -50,6 +50,64 @@ pub(super) fn a_switched_file_without_restart_converges(deployer: &Deployer, hos
     assert_eq!(again["hosts"][0]["units"][0]["restarted"], false);
 }
 
+/// A systemctl older than `--timestamp=` (v248) and `--value` (v230), as on
+/// RHEL 7 or 8, still tells when a unit started, to the second: a deploy of
+/// the file a host holds restarts nothing, and a file written after its
+/// unit started still gets the unit restarted.
+pub(super) fn an_old_systemctl_still_tells_when_a_unit_started(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let host = hosts[0];
+    let current = secrets("old-systemctl");
+    let request = voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    let first = deployer.run("deploy", &request, &current);
+    assert_eq!(first.code, 0, "{}", first.stdout);
+    // The file is older than the unit's start, by whole seconds.
+    testbed.sh_ok(host, "touch -d '-10 seconds' /opt/voxbridge/.env");
+    let main_pid = "systemctl show -p ExecMainPID voxbridge.service";
+    let pid_before = testbed.sh_ok(host, main_pid);
+    // This host's systemctl refuses both options, as an old one does.
+    testbed.sh_ok(
+        host,
+        r#"cp /usr/bin/systemctl /run/systemctl.real
+cat > /run/systemctl.old <<'OLD'
+#!/bin/sh
+for word in "$@"; do
+  case "$word" in --timestamp*|--value) echo "systemctl: unrecognized option '$word'" >&2; exit 1 ;; esac
+done
+exec /run/systemctl.real "$@"
+OLD
+chmod 755 /run/systemctl.old
+mount --bind /run/systemctl.old /usr/bin/systemctl"#,
+    );
+    let refused = testbed.sh(
+        host,
+        "systemctl show --value -p ExecMainPID voxbridge.service",
+    );
+    let unchanged = deployer.run("deploy", &request, &current);
+    let pid_between = testbed.sh_ok(host, main_pid);
+    testbed.sh_ok(host, "sleep 1.1; touch /opt/voxbridge/.env");
+    let restarted = deployer.run("deploy", &request, &current);
+    testbed.sh_ok(host, "umount /usr/bin/systemctl");
+
+    assert!(!refused.status.success(), "the stand-in refuses `--value`");
+    assert_eq!(unchanged.code, 0, "{}", unchanged.stdout);
+    assert_eq!(statuses(&unchanged.json()), ["unchanged"]);
+    assert_eq!(
+        unchanged.json()["hosts"][0]["units"],
+        json!([{"unit": "voxbridge.service", "restarted": false}])
+    );
+    assert_eq!(pid_before, pid_between, "no unit restarted");
+    assert_eq!(restarted.code, 0, "{}", restarted.stdout);
+    assert_eq!(
+        restarted.json()["hosts"][0]["units"],
+        json!([{"unit": "voxbridge.service", "restarted": true}])
+    );
+    assert_ne!(pid_between, testbed.sh_ok(host, main_pid));
+}
+
 pub(super) fn shared_key_change_is_refused(deployer: &Deployer, hosts: &[&TestHost]) {
     let testbed = deployer.testbed;
     let mut changed = secrets("one");

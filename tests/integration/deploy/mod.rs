@@ -279,6 +279,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(failing_health_check_rolls_back),
     scenario!(shared_key_change_is_refused),
     scenario!(a_switched_file_without_restart_converges),
+    scenario!(an_old_systemctl_still_tells_when_a_unit_started),
     scenario!(a_missing_variable_fails_the_restart_and_rolls_back),
     scenario!(one_host_down_fails_alone),
     scenario!(wrong_key_and_unknown_or_changed_host_keys_are_refused),
