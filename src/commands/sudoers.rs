@@ -14,7 +14,7 @@ use crate::transport::units;
 
 /// The rules for `user`, one per line, with a comment header.
 pub fn rules(settings: &Settings, user: &str) -> String {
-    let service = settings.service.as_str();
+    let service = &settings.service;
     let target = &settings.target;
     let mut invocations = vec![
         remote::read(service),

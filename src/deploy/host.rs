@@ -166,9 +166,9 @@ struct Ledger<'a> {
     redactions: Vec<SecretString>,
 }
 
-/// A host the run may change: connected, locked, assessed, and its outcome
-/// not yet final. The change steps live here, so none can reach a host
-/// without its connection and assessment.
+/// A host the run may change: connected and assessed (which only follows
+/// its lock), its outcome not yet final. The change steps live here, so none
+/// can reach a host without its connection and assessment.
 pub(super) struct OpenHost<'r, 'a> {
     connection: &'r Connection,
     assessment: &'r Assessment,

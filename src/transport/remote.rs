@@ -124,41 +124,41 @@ fn sudoers_escape(arg: &str) -> String {
     out
 }
 
-pub fn read(service: &str) -> Invocation {
+pub fn read(service: &ServiceName) -> Invocation {
     Invocation::new("read", &[service])
 }
 
-pub fn stage(service: &str) -> Invocation {
+pub fn stage(service: &ServiceName) -> Invocation {
     Invocation::new("stage", &[service])
 }
 
-pub fn switch(service: &str) -> Invocation {
+pub fn switch(service: &ServiceName) -> Invocation {
     Invocation::new("switch", &[service])
 }
 
 /// Puts backup `n` back (1 = the newest), or with 0 removes the target.
-pub fn restore(service: &str, n: u32) -> Invocation {
+pub fn restore(service: &ServiceName, n: u32) -> Invocation {
     Invocation::new("restore", &[service, &n.to_string()])
 }
 
-pub fn read_backups(service: &str) -> Invocation {
+pub fn read_backups(service: &ServiceName) -> Invocation {
     Invocation::new("read-backups", &[service])
 }
 
-pub fn purge(service: &str) -> Invocation {
+pub fn purge(service: &ServiceName) -> Invocation {
     Invocation::new("purge", &[service])
 }
 
 /// A rollback's stage: backup `n` (1 = the newest) copied beside the target.
-pub fn restage(service: &str, n: u32) -> Invocation {
+pub fn restage(service: &ServiceName, n: u32) -> Invocation {
     Invocation::new("restage", &[service, &n.to_string()])
 }
 
-pub fn discard(service: &str) -> Invocation {
+pub fn discard(service: &ServiceName) -> Invocation {
     Invocation::new("discard", &[service])
 }
 
-pub fn audit(service: &str) -> Invocation {
+pub fn audit(service: &ServiceName) -> Invocation {
     Invocation::new("audit", &[service])
 }
 
@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_step_is_the_program_and_its_tokens() {
-        let restore = restore("voxbridge", 2);
+        let restore = restore(&ServiceName::parse("voxbridge").unwrap(), 2);
         assert_eq!(
             restore.shell_line(true),
             "sudo -n '/usr/local/sbin/hostenv-host' 'restore' 'voxbridge' '2'"

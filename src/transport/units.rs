@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::protocol::error::{ErrorKind, HostError};
-use crate::settings::names::Unit;
+use crate::settings::names::{ServiceName, Unit};
 use crate::transport::remote::{Invocation, Query, Remote};
 
 // Queries, run without sudo.
@@ -21,11 +21,11 @@ const STARTED_AT: &str = r#"t=$(systemctl show -p ExecMainStartTimestamp --times
 
 /// The host program's restart: bounded by the configuration's restart timeout,
 /// and answering `result=start-limit-hit` (systemd's verdict) when it fails.
-pub fn restart_invocation(service: &str, unit: &Unit) -> Invocation {
+pub fn restart_invocation(service: &ServiceName, unit: &Unit) -> Invocation {
     Invocation::new("restart", &[service, unit.as_str()])
 }
 
-pub fn reset_failed_invocation(service: &str, unit: &Unit) -> Invocation {
+pub fn reset_failed_invocation(service: &ServiceName, unit: &Unit) -> Invocation {
     Invocation::new("reset-failed", &[service, unit.as_str()])
 }
 
