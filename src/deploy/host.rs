@@ -271,23 +271,15 @@ impl<'a> Ledger<'a> {
         }
     }
 
-    /// Removes a staged file that will not be switched in.
-    fn discard_staged(&mut self, connection: Option<&Connection>) {
+    /// Removes a staged file that will not be switched in, the way `how`
+    /// says: `Remote::discard` waits for the host's answer;
+    /// `Remote::discard_unanswered` does not, because the next step's answer
+    /// comes after it (the audit line, at the end), or the lock is let go
+    /// right after and the holder still takes it.
+    fn discard_staged(&mut self, connection: Option<&Connection>, how: impl FnOnce(&Remote)) {
         if self.staged {
             if let Some(connection) = connection {
-                self.remote(connection).discard();
-            }
-            self.staged = false;
-        }
-    }
-
-    /// Asks the holder to remove a staged file, without waiting for its
-    /// answer: the next step's answer comes after it (the audit line, at the
-    /// end), or the lock is let go right after and the holder still takes it.
-    fn discard_staged_unanswered(&mut self, connection: Option<&Connection>) {
-        if self.staged {
-            if let Some(connection) = connection {
-                self.remote(connection).discard_unanswered();
+                how(&self.remote(connection));
             }
             self.staged = false;
         }
@@ -577,7 +569,8 @@ impl<'a> HostRun<'a> {
     pub fn release_lock(&mut self) {
         if self.lock_held {
             let connection = self.progress.connection();
-            self.run.discard_staged_unanswered(connection);
+            self.run
+                .discard_staged(connection, |remote| remote.discard_unanswered());
             if let Some(connection) = connection {
                 connection.release_lock();
             }
@@ -898,7 +891,8 @@ impl<'a> HostRun<'a> {
 
     /// Removes a staged file that will not be switched in.
     pub fn discard_staged(&mut self) {
-        self.run.discard_staged(self.progress.connection());
+        self.run
+            .discard_staged(self.progress.connection(), |remote| remote.discard());
     }
 
     /// Reads the file back after a switch: the values the host now holds.
@@ -934,7 +928,8 @@ impl<'a> HostRun<'a> {
             return;
         };
         // Nothing of this run stays staged; the audit's answer confirms it.
-        self.run.discard_staged_unanswered(Some(connection));
+        self.run
+            .discard_staged(Some(connection), |remote| remote.discard_unanswered());
         let context = self.run.context;
         let line = AuditLine::for_host(
             self.run.label(),
@@ -1032,7 +1027,8 @@ impl<'r, 'a> OpenHost<'r, 'a> {
                 self.run.staged = false;
             }
             // Its answer comes before the audit's.
-            self.run.discard_staged_unanswered(Some(self.connection));
+            self.run
+                .discard_staged(Some(self.connection), |remote| remote.discard_unanswered());
             return Ok(());
         }
         let staging = match (content, self.run.file) {
@@ -1064,7 +1060,8 @@ impl<'r, 'a> OpenHost<'r, 'a> {
         let had_previous = match self.step("switch", |remote| remote.switch()) {
             Ok(had_previous) => had_previous,
             Err(error) => {
-                self.run.discard_staged(Some(self.connection));
+                self.run
+                    .discard_staged(Some(self.connection), |remote| remote.discard());
                 return Err((HostStatus::Failed, error));
             }
         };
