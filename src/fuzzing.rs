@@ -190,3 +190,192 @@ pub fn render_round_trip(data: &[u8]) {
         .collect();
     assert_eq!(read, quotable, "dotenv grammar");
 }
+
+/// The lock holder's reader and request check (`host::channel`,
+/// `HostConfig::admits`). The first byte of `data` says how to cut the rest
+/// into the pieces reads deliver, and whether the holder still waits for its
+/// lock (then it takes one request at most). For any bytes, cut anywhere,
+/// the requests framed are exactly those a whole-stream reading finds before
+/// the first byte that does not fit, the channel is broken exactly when that
+/// reading finds one, and nothing after it is framed. Every framed request
+/// the configuration admits stays within it.
+pub fn lock_channel(data: &[u8]) {
+    use crate::host::channel::{Framed, Reader};
+    let Some((&mode, stream)) = data.split_first() else {
+        return;
+    };
+    let waiting = mode & 0x80 != 0;
+    let piece = usize::from(mode & 0x7f) + 1;
+    let (expected, breaks) = whole_stream_requests(stream, waiting.then_some(1));
+    let mut reader = Reader::new();
+    if waiting {
+        reader.limit_requests(Some(1));
+    }
+    let mut framed = Vec::new();
+    let mut broke = false;
+    for chunk in stream.chunks(piece) {
+        assert!(!broke || reader.broken().is_some());
+        let fed = reader.feed(chunk);
+        assert!(
+            !broke || fed.framed.is_empty(),
+            "framed after the channel broke"
+        );
+        framed.extend(fed.framed);
+        broke |= fed.broken.is_some();
+    }
+    let requests: Vec<WholeRequest> = framed
+        .iter()
+        .filter_map(|f| match f {
+            Framed::Request(r) => Some((r.seq, r.words.clone(), r.input.clone(), r.after_success)),
+            Framed::Holder(_) => None,
+        })
+        .collect();
+    assert_eq!(requests, expected, "framed requests");
+    assert_eq!(broke, breaks, "where the channel ends");
+    for (_, words, _, _) in &requests {
+        admitted_steps_stay_within(words);
+    }
+}
+
+/// A request as the whole-stream reading sees it: number, words, input, `&`.
+type WholeRequest = (u64, Vec<String>, Vec<u8>, bool);
+
+/// The channel's grammar read over the whole stream at once, written apart
+/// from `host::channel` so that each checks the other: the requests before
+/// the first byte that does not fit, and whether there is one (a stream that
+/// stops partway through a frame has none).
+fn whole_stream_requests(stream: &[u8], may_start: Option<usize>) -> (Vec<WholeRequest>, bool) {
+    use crate::host::channel::{MAX_HOLDER_LINE, MAX_INPUT, MAX_SECONDS, MAX_STEP_LINE};
+    // A line of printable ASCII from `at` of at most `max` bytes: Ok(Some(end))
+    // at its LF, Ok(None) when the stream stops first, Err when it breaks.
+    let line = |at: usize, max: usize| -> Result<Option<usize>, ()> {
+        for (offset, byte) in stream[at..].iter().enumerate() {
+            match byte {
+                b'\n' => return Ok(Some(at + offset)),
+                0x20..=0x7e if offset < max => {}
+                _ => return Err(()),
+            }
+        }
+        Ok(None)
+    };
+    let decimal = |text: &[u8], max: u64| -> Option<u64> {
+        let plain = !text.is_empty()
+            && text.iter().all(u8::is_ascii_digit)
+            && (text == b"0" || text[0] != b'0');
+        let value: u64 = std::str::from_utf8(text)
+            .ok()?
+            .parse()
+            .ok()
+            .filter(|_| plain)?;
+        (value <= max).then_some(value)
+    };
+    let mut found = Vec::new();
+    let holder_end = match line(0, MAX_HOLDER_LINE) {
+        Err(()) => return (found, true),
+        Ok(None) => return (found, false),
+        Ok(Some(end)) => end,
+    };
+    let holder = &stream[..holder_end];
+    let holder_fits = holder.strip_prefix(b"hold ").is_some_and(|rest| {
+        rest.iter()
+            .position(|b| *b == b' ')
+            .is_some_and(|space| decimal(&rest[..space], MAX_SECONDS).is_some_and(|s| s > 0))
+    });
+    if !holder_fits {
+        return (found, true);
+    }
+    let mut at = holder_end + 1;
+    let mut seq = 1u64;
+    let mut may_start = may_start.unwrap_or(usize::MAX);
+    while at < stream.len() {
+        let after_success = match stream[at] {
+            b'h' => {
+                at += 1;
+                continue;
+            }
+            b'x' => false,
+            b'&' => true,
+            _ => return (found, true),
+        };
+        if may_start == 0 {
+            return (found, true);
+        }
+        may_start -= 1;
+        let words_end = match line(at + 1, MAX_STEP_LINE) {
+            Err(()) => return (found, true),
+            Ok(None) => return (found, false),
+            Ok(Some(end)) => end,
+        };
+        let text = String::from_utf8_lossy(&stream[at + 1..words_end]).into_owned();
+        let mut fields = text.split(' ');
+        let numbered = fields.next().and_then(|n| decimal(n.as_bytes(), u64::MAX)) == Some(seq);
+        let words: Vec<String> = fields.map(str::to_string).collect();
+        if !numbered || words.is_empty() || words.iter().any(String::is_empty) {
+            return (found, true);
+        }
+        // The length: digits only, at most seven of them, then LF.
+        let digits_at = words_end + 1;
+        let digits = stream[digits_at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits > 7 {
+            return (found, true);
+        }
+        let Some(&after) = stream.get(digits_at + digits) else {
+            return (found, false);
+        };
+        if after != b'\n' {
+            return (found, true);
+        }
+        let Some(length) = decimal(&stream[digits_at..digits_at + digits], MAX_INPUT) else {
+            return (found, true);
+        };
+        let input_at = digits_at + digits + 1;
+        let Some(input) = stream.get(input_at..input_at + length as usize) else {
+            return (found, false);
+        };
+        found.push((seq, words, input.to_vec(), after_success));
+        seq += 1;
+        at = input_at + length as usize;
+    }
+    (found, false)
+}
+
+/// A framed request that parses as a step and that a configuration admits
+/// names only what the configuration holds: its units, the instances root
+/// allows (one listed, or letters, digits and `_` after `sock`), backups
+/// within its count.
+fn admitted_steps_stay_within(words: &[String]) {
+    use crate::host::config::HostConfig;
+    use crate::host::Step;
+    let config = HostConfig::parse(
+        "path /opt/voxcore/.env\nowner voxcore\ngroup voxcore\nmode 0600\nbackups 5\n\
+         state-dir /var/lib/hostenv/voxcore\nunit voxcore@.service\nunit voxcore-sidecar.service\n\
+         instance voxcore@1.service\ninstance voxcore@sock*.service\nrestart-timeout 60\n",
+    )
+    .expect("the sample configuration");
+    let Ok((step, _)) = crate::host::parse(words) else {
+        return;
+    };
+    if config.admits(&step).is_err() {
+        return;
+    }
+    match &step {
+        Step::Restage(n) => assert!((1..=5).contains(n), "{words:?}"),
+        Step::Restore(n) => assert!(*n <= 5, "{words:?}"),
+        Step::Restart(unit) | Step::ResetFailed(unit) => {
+            let sock = unit
+                .strip_prefix("voxcore@sock")
+                .and_then(|rest| rest.strip_suffix(".service"))
+                .is_some_and(|star| {
+                    !star.is_empty() && star.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                });
+            assert!(
+                sock || unit == "voxcore@1.service" || unit == "voxcore-sidecar.service",
+                "{words:?}"
+            );
+        }
+        _ => {}
+    }
+}

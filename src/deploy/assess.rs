@@ -1,6 +1,7 @@
 //! What a host needs, decided from what was read there and what the run
 //! would write: pure, so each rule is tested here without a host.
 
+use crate::protocol::report::ReadBack;
 use crate::settings::secret::{ExposeSecret, SecretString};
 use crate::transport::remote::Current;
 
@@ -14,6 +15,30 @@ pub fn holds_the_file(current: &Current, new: &SecretString, mode: u32) -> bool 
         && current.uid == current.want_uid
         && current.gid == current.want_gid
         && current.mode == mode
+}
+
+/// What a read over a new connection found at the target, against what the
+/// host held before the run (`before`) and the run's file (`new`).
+pub fn read_back(
+    before: &Current,
+    now: &Current,
+    new: Option<&SecretString>,
+    mode: u32,
+) -> ReadBack {
+    let same_bytes = match (&before.content, &now.content) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
+        _ => false,
+    };
+    let same_file = now.content.is_none()
+        || (now.uid, now.gid, now.mode) == (before.uid, before.gid, before.mode);
+    if same_bytes && same_file {
+        ReadBack::AsBefore
+    } else if new.is_some_and(|new| holds_the_file(now, new, mode)) {
+        ReadBack::NewFile
+    } else {
+        ReadBack::Other
+    }
 }
 
 /// Whether a unit must restart although the file is already in place: when
@@ -45,7 +70,57 @@ mod tests {
             want_gid: 61_000,
             leftover_staged: false,
             systemd: Some(252),
+            written_by: None,
         }
+    }
+
+    #[test]
+    fn a_read_back_tells_the_file_from_before_the_new_one_and_any_other() {
+        let new = SecretString::from("A=2\n".to_string());
+        let ours = (61_000, 61_000);
+        let before = current(Some("A=1\n"), ours, 0o600);
+        // (what a new read found, with the run's file or without one (rollback), verdict)
+        let table = [
+            (
+                current(Some("A=1\n"), ours, 0o600),
+                Some(&new),
+                ReadBack::AsBefore,
+            ),
+            (
+                current(Some("A=2\n"), ours, 0o600),
+                Some(&new),
+                ReadBack::NewFile,
+            ),
+            (current(Some("A=2\n"), ours, 0o600), None, ReadBack::Other),
+            (
+                current(Some("A=1\n"), (0, 0), 0o600),
+                Some(&new),
+                ReadBack::Other,
+            ),
+            (
+                current(Some("A=1\n"), ours, 0o640),
+                Some(&new),
+                ReadBack::Other,
+            ),
+            (
+                current(Some("PWNED=1\n"), ours, 0o600),
+                Some(&new),
+                ReadBack::Other,
+            ),
+            (current(None, ours, 0o600), Some(&new), ReadBack::Other),
+        ];
+        for (index, (now, new, verdict)) in table.iter().enumerate() {
+            assert_eq!(
+                read_back(&before, now, *new, 0o600),
+                *verdict,
+                "row {index}"
+            );
+        }
+        let absent = current(None, ours, 0);
+        assert_eq!(
+            read_back(&absent, &current(None, ours, 0), Some(&new), 0o600),
+            ReadBack::AsBefore
+        );
     }
 
     #[test]

@@ -104,6 +104,7 @@ mod tests {
             want_gid: 1,
             leftover_staged: false,
             systemd: None,
+            written_by: None,
         }
     }
 

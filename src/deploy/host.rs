@@ -16,8 +16,8 @@ use super::{assess, Context};
 use crate::prepare::resolve::HostFile;
 use crate::protocol::error::{ErrorKind, HostError};
 use crate::protocol::report::{
-    wire_name, Action, ErrorReport, HostReport, HostStatus, KeyChanges, RollbackAction, StepReport,
-    UnitReport,
+    wire_name, Action, ErrorReport, HostReport, HostStatus, KeyChanges, ReadBack, RollbackAction,
+    StepReport, UnitReport,
 };
 use crate::protocol::request::SudoMode;
 use crate::render::systemd as grammar;
@@ -379,6 +379,7 @@ impl<'a> HostRun<'a> {
     /// stops if it does); a second outcome would be dropped.
     pub fn finish(&mut self, outcome: Outcome) {
         debug_assert!(!self.is_final(), "`{}` finished twice", self.name());
+        let outcome = self.confirm_after_lost_channel(outcome);
         let outcome = self.run.as_action(outcome);
         let Some(outcome) = self.standing.finish(outcome) else {
             return;
@@ -394,6 +395,104 @@ impl<'a> HostRun<'a> {
             message: error.message.clone(),
             field: None,
         });
+    }
+
+    /// A host whose lock's channel failed partway, once the run held its
+    /// lock and read it, is `failed` ("nothing changed") only when a new
+    /// connection reads the target back as the host held it before the run;
+    /// else it is `unknown`. One exception: the host could not be read again
+    /// and the run never asked it for a change (no switch, no put-back), so
+    /// none can have happened. The read-back goes into the report.
+    fn confirm_after_lost_channel(&mut self, outcome: Outcome) -> Outcome {
+        let lost = matches!(&outcome, Err((HostStatus::Failed, error)) if error.kind == ErrorKind::ConnectionLost);
+        if !lost || !self.lock_held || self.assessment().is_none() {
+            return outcome;
+        }
+        let asked_for_a_change = self
+            .progress
+            .connection()
+            .is_some_and(Connection::asked_for_a_change);
+        let found = self.read_back_anew();
+        self.run.report.read_back = Some(found);
+        match (found, outcome) {
+            (ReadBack::AsBefore, outcome) => outcome,
+            (ReadBack::NotRead, outcome) if !asked_for_a_change => outcome,
+            (found, Err((_, error))) => {
+                let said = match found {
+                    ReadBack::NewFile => "the new file is in place, its units not confirmed",
+                    ReadBack::Other => {
+                        "the target is neither the file from before the run nor the new one"
+                    }
+                    _ => "it could not be read again after a change was asked for",
+                };
+                let message = format!("{}; read back over a new connection: {said}", error.message);
+                Err((HostStatus::Unknown, HostError::new(error.kind, message)))
+            }
+            (_, outcome) => outcome,
+        }
+    }
+
+    /// Drops the failed connection (its lock holder lets go), connects anew,
+    /// takes the lock again and reads the target: what it holds against
+    /// what it held before the run. The new connection then serves the rest
+    /// of the host's run (its audit line, removing a file left staged).
+    fn read_back_anew(&mut self) -> ReadBack {
+        let Progress::Assessed(failed, assessment) =
+            std::mem::replace(&mut self.progress, Progress::Closed)
+        else {
+            return ReadBack::NotRead;
+        };
+        drop(failed);
+        self.lock_held = false;
+        let context = self.run.context;
+        let started = Instant::now();
+        let connection = Connection::open(self.run.host, &context.ssh);
+        self.run.record(
+            "reconnect",
+            connection.is_ok(),
+            started.elapsed().as_millis() as u64,
+        );
+        let Ok(connection) = connection else {
+            return ReadBack::NotRead;
+        };
+        self.progress = Progress::Connected(connection);
+        // The old holder lets go once it sees its channel close, after the
+        // step it may still be running.
+        let wait = context.lock_wait.max(Duration::from_secs(
+            context.settings.restart.timeout_ms.div_ceil(1000),
+        ));
+        let read = self.step("read-back", |remote| {
+            let holder = lock::holder_line(wait + Duration::from_secs(60), &context.holder)?;
+            let (_, held) = lock::acquire(remote, &context.lock, &holder, wait, &[])?;
+            held?;
+            remote.read_current()
+        });
+        let Some(connection) = self.progress_connection_taken() else {
+            return ReadBack::NotRead;
+        };
+        let found = match read {
+            Ok(now) => {
+                self.lock_held = true;
+                self.run.staged = now.leftover_staged;
+                assess::read_back(
+                    &assessment.current,
+                    &now,
+                    self.run.file.map(|file| &file.text),
+                    context.settings.target.mode,
+                )
+            }
+            Err(_) => ReadBack::NotRead,
+        };
+        self.progress = Progress::Assessed(connection, assessment);
+        found
+    }
+
+    /// Takes the connection out of a `Connected` progress.
+    fn progress_connection_taken(&mut self) -> Option<Connection> {
+        match std::mem::replace(&mut self.progress, Progress::Closed) {
+            Progress::Connected(connection) | Progress::Assessed(connection, _) => Some(connection),
+            Progress::Closed => None,
+        }
     }
 
     /// A result within a Rotation's window, which the window may still change.
@@ -631,7 +730,9 @@ impl<'a> HostRun<'a> {
                 })
                 .into_iter()
                 .collect();
-            let result = lock::acquire(&remote, &context.lock, &context.holder, wait, &first);
+            let remaining = context.deadline.saturating_duration_since(Instant::now());
+            let result = lock::holder_line(remaining, &context.holder)
+                .and_then(|holder| lock::acquire(&remote, &context.lock, &holder, wait, &first));
             let ms = started.elapsed().as_millis() as u64;
             let (description, outcome) = match result {
                 Ok(answer) => answer,
@@ -724,6 +825,9 @@ impl<'a> HostRun<'a> {
         let target = &context.settings.target;
         let current = self.step("read", |remote| remote.read_current())?;
         self.run.report.systemd_version = current.systemd;
+        let environment = lock::environment_name(context.settings.environment.as_ref());
+        self.run.report.previous_environment =
+            current.written_by.clone().filter(|by| by != environment);
         if context.action != Action::Drift {
             self.check_systemd(current.systemd)?;
         }

@@ -78,7 +78,8 @@ struct Context<'a> {
     lock_wait: Duration,
     /// The host program to install where a root login finds it missing or outdated.
     host_program: crate::transport::provision::LocalProgram,
-    /// Who holds the lock, for whoever waits for it next (no secrets).
+    /// Who holds the lock, for whoever waits for it next (no secrets):
+    /// the holder line's text.
     holder: String,
     /// `rollback --to N`: which backup goes back (1 = the newest).
     rollback_to: u32,
@@ -499,14 +500,11 @@ fn plan_digest(
 
 /// The lock file's note on who holds it: action, build, user, start time.
 fn holder(action: Action, deployment: &Deployment) -> String {
-    let audit = deployment.audit.clone().unwrap_or_default();
-    serde_json::json!({
-        "action": wire_name(&action),
-        "buildUrl": audit.build_url,
-        "by": audit.by,
-        "since": crate::protocol::time::rfc3339(std::time::SystemTime::now()),
-    })
-    .to_string()
+    lock::holder_text(
+        wire_name(&action),
+        &deployment.audit.clone().unwrap_or_default(),
+        &crate::protocol::time::rfc3339(std::time::SystemTime::now()),
+    )
 }
 
 fn apply_in_batches(runs: &mut [HostRun], rollout: &Rollout) {

@@ -336,3 +336,18 @@ pub fn open_own_file(dir: &Dir, name: &str, append: bool) -> Result<File, Failur
     }
     Ok(File::from(fd))
 }
+
+/// Takes an exclusive flock on `file`, waiting at most `wait` for another
+/// holder (who keeps it only for a write) to let go.
+pub fn lock_exclusive(file: &File, wait: std::time::Duration) -> Result<(), Failure> {
+    let until = std::time::Instant::now() + wait;
+    loop {
+        match fs::flock(file, fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(()),
+            Err(Errno::WOULDBLOCK) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(Failure::io(format!("cannot lock: {e}"))),
+        }
+    }
+}

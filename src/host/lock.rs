@@ -1,23 +1,30 @@
-//! The host lock's holder: an flock on `/run/hostenv/<service>.<env>.lock`
-//! (a directory only root can write, made 0700 and checked every time), held
-//! for as long as hostenv's SSH channel, our stdin, stays open and beats.
+//! The host lock's holder: an flock on the target file's lock in
+//! `/run/hostenv/` (a directory only root can write, made 0700 and checked
+//! every time), held for as long as hostenv's SSH channel, our stdin, stays
+//! open and beats, and never past the run's deadline or root's limits.
 //!
-//! stdin: one line naming the holder (action, build, user, time; no secrets),
-//! then a byte every few seconds. stdout: `held-by TEXT` while another run has
-//! the lock, `acquired` once it is ours. Once acquired, the channel also
-//! carries the run's other steps, each one round trip instead of a new
-//! command's two or three: `x STEP SERVICE [ARG]\nLEN\n` and LEN bytes of
-//! stdin run that step exactly as a run of its own would (the same argument
-//! checks; the locked service only; nothing that writes under a shared
-//! lock), answered `done CODE OUTLEN ERRLEN\n` and the step's stdout and
-//! stderr. A request that starts `&` instead of `x` runs only when the one
-//! before it succeeded (else it is answered `done 5 ...`, skipped), so a run
-//! can send steps that always follow each other (stage, switch, restart) in
-//! one go and wait for their answers once. Any other byte is a heartbeat. Right after `acquired` comes, unasked,
-//! the answer to `read SERVICE`: every run reads the file first. The holder is written and read only
-//! through the locked descriptor, with control characters removed and its
-//! length bounded, so the file can neither aim a write nor print a root file.
+//! One lock per target file, whatever service or environment asks: its name
+//! is the target's path (`/opt/voxbridge/.env` → `opt%voxbridge%.env.lock`;
+//! `%` is in no path, so no two paths share a name).
+//!
+//! stdin is read by one grammar (`channel.rs`): a holder line (how long the
+//! run may take, who it is), then beats and requests. stdout: `held-by
+//! TEXT` while another run has the lock, `acquired` once it is ours, then
+//! an answer per request, `done SEQ CODE OUTLEN ERRLEN\n` and the step's
+//! stdout and stderr, where SEQ is the request's number. Right after
+//! `acquired` comes, unasked, the answer to `read SERVICE` as request 0:
+//! every run reads the file first. A request runs the step exactly as a run
+//! of its own would (`super::request`: the same checks against root's
+//! configuration; the locked service only; nothing that writes under a
+//! shared lock); one sent with `&` runs only when the one before it
+//! succeeded (else it is answered `done SEQ 5 ...`, skipped).
+//!
+//! The first byte that does not fit the grammar, a request that stops
+//! partway, or a run that outlives its deadline ends the channel: the holder
+//! answers `broken SEQ LEN\n` and LEN bytes saying why, runs nothing more,
+//! and exits, which releases the lock.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -28,288 +35,276 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::fs::{flock, FlockOperation};
 use rustix::io::Errno;
 
+use super::channel::{wipe, Framed, Holder, Reader, Request};
+use super::config::HostConfig;
 use super::files::{self, LastDir};
-use super::{Failure, LOCK_DIR};
+use super::limits::Limits;
+use super::{Failure, Session, LOCK_DIR};
 
-/// The holder lets go after this long without hearing from hostenv.
+/// The holder lets go after this long without hearing from hostenv, and
+/// ends the channel when a request stops partway for this long.
 pub const BEAT_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_HOLDER: usize = 600;
+/// The holder line travels with the lock step: it has this long to arrive.
+const HOLDER_LINE_WITHIN: Duration = Duration::from_secs(10);
+/// How long past its run's deadline a holder may still be finishing a step.
+const MARGIN: Duration = Duration::from_secs(60);
+/// Why a waiting holder ended its channel (the reader says the same).
+const TOO_MANY_WAITING: &str = "more requests than a run sends before it holds the lock";
+/// The most of the lock file's first line shown to a run that waits.
+const MAX_SHOWN: usize = 600;
 
-pub fn hold(service: &str, environment: &str, shared: bool) -> Result<(), Failure> {
+/// The lock file's name for the target at `path`.
+pub fn lock_name(path: &str) -> String {
+    format!("{}.lock", path.trim_start_matches('/').replace('/', "%"))
+}
+
+pub fn hold(
+    service: &str,
+    environment: &str,
+    shared: bool,
+    config: &HostConfig,
+    limits: &Limits,
+) -> Result<(), Failure> {
+    let started = Instant::now();
     let dir = files::open_dir(LOCK_DIR, LastDir::OwnState)?
         .ok_or_else(|| Failure::io(format!("cannot create `{LOCK_DIR}`")))?;
-    let file = files::open_own_file(&dir, &format!("{service}.{environment}.lock"), false)?;
-    let mut stdin = std::io::stdin();
-    let holder = sanitize(&read_line(&mut stdin));
-    let mut stdout = std::io::stdout();
+    let file = files::open_own_file(&dir, &lock_name(&config.path), false)?;
+    let mut channel = Channel::new();
+    let holder = channel.holder_line(started + HOLDER_LINE_WITHIN)?;
+    let ends = started + Duration::from_secs(holder.seconds).min(limits.run) + MARGIN;
+    let give_up = (started + limits.lock_wait).min(ends);
     let operation = if shared {
         FlockOperation::NonBlockingLockShared
     } else {
         FlockOperation::NonBlockingLockExclusive
     };
     let mut told = false;
-    // Steps sent before the lock was ours wait for it here.
-    let mut requests = Requests::default();
-    let mut early = Vec::new();
     loop {
         match flock(&file, operation) {
             Ok(()) => break,
             Err(Errno::WOULDBLOCK) => {
                 if !told {
                     told = true;
-                    say(&mut stdout, &format!("held-by {}", current_holder(&file)))?;
+                    channel.say(&format!("held-by {}", current_holder(&file)))?;
+                    // While it waits, a holder keeps no more than a run sends
+                    // with its lock step: one request.
+                    let held = channel.framed.len() + usize::from(channel.reader.in_frame());
+                    if held > 1 {
+                        return Err(channel.end(TOO_MANY_WAITING));
+                    }
+                    channel.reader.limit_requests(Some(1 - held));
+                }
+                if Instant::now() >= give_up {
+                    return Err(Failure::refused(format!(
+                        "gave up waiting for the lock after {} s (root's `lock-wait` or the run's deadline)",
+                        started.elapsed().as_secs()
+                    )));
                 }
                 // Waiting ends when hostenv gives up and closes the channel.
-                match heard(&mut stdin, Duration::from_millis(200)) {
-                    Heard::Bytes(mut bytes) => {
-                        early.extend(requests.feed(&bytes));
-                        wipe(&mut bytes);
-                    }
-                    Heard::Silence => {}
+                match channel.listen(Duration::from_millis(200)) {
                     Heard::Closed => return Ok(()),
+                    Heard::Bytes | Heard::Silence => channel.end_if_broken()?,
                 }
             }
             Err(e) => return Err(Failure::io(format!("cannot lock: {e}"))),
         }
     }
     if !shared {
-        let line = format!("{holder}\n");
+        let line = format!("{service} {environment} {}\n", holder.text);
         file.set_len(0)
             .and_then(|()| file.write_all_at(line.as_bytes(), 0))
             .map_err(|e| Failure::io(format!("cannot record the holder: {e}")))?;
     }
-    say(&mut stdout, "acquired")?;
+    channel.say("acquired")?;
+    channel.reader.limit_requests(None);
+    let mut session = Session::on_channel(environment, limits.clone());
     // Every run reads the file first thing under the lock: its answer goes
-    // with `acquired`, unasked, saving the run that round trip.
+    // with `acquired`, unasked, as request 0, saving the run that round trip.
     let read = Request {
+        seq: 0,
         words: vec![String::from("read"), service.to_string()],
         input: Vec::new(),
         after_success: false,
     };
-    let mut succeeded = answer(&mut stdout, Ok(read), service, shared)? == 0;
-    let mut last = Instant::now();
-    let mut pending = early;
+    let mut succeeded = channel.answer(read, (service, config), shared, &mut session)? == 0;
     loop {
-        for asked in pending.drain(..) {
-            let skip = !succeeded && matches!(&asked, Ok(request) if request.after_success);
-            succeeded = if skip {
-                answer_skipped(&mut stdout)?;
+        while let Some(framed) = channel.framed.pop_front() {
+            // The reader frames one holder line, before any request.
+            let Framed::Request(request) = framed else {
+                continue;
+            };
+            succeeded = if request.after_success && !succeeded {
+                channel.answer_skipped(request.seq)?;
                 false
             } else {
-                answer(&mut stdout, asked, service, shared)? == 0
+                channel.answer(request, (service, config), shared, &mut session)? == 0
             };
         }
-        if last.elapsed() >= BEAT_TIMEOUT {
-            break;
+        channel.end_if_broken()?;
+        let now = Instant::now();
+        if now >= ends {
+            return Err(channel.end("the run's deadline passed"));
         }
-        let Heard::Bytes(mut bytes) = heard(&mut stdin, BEAT_TIMEOUT - last.elapsed()) else {
-            break;
-        };
-        pending = requests.feed(&bytes);
-        wipe(&mut bytes);
-        // A step may take its time (a restart): the caller was not silent.
-        last = Instant::now();
-    }
-    Ok(())
-}
-
-/// Runs one request and answers `done CODE OUTLEN ERRLEN` with its stdout
-/// and stderr; returns CODE.
-fn answer(
-    stdout: &mut std::io::Stdout,
-    asked: Asked,
-    service: &str,
-    shared: bool,
-) -> Result<u8, Failure> {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = match asked {
-        Ok(request) => super::request(
-            service,
-            shared,
-            &request.words,
-            &request.input,
-            &mut out,
-            &mut err,
-        ),
-        Err(problem) => {
-            err.extend_from_slice(format!("hostenv-host: {problem}\n").as_bytes());
-            2
+        let silent_for = now.duration_since(channel.last_heard);
+        if silent_for >= BEAT_TIMEOUT {
+            if channel.reader.in_frame() {
+                return Err(channel.end("a request stopped partway"));
+            }
+            // The run is gone without a word: let go.
+            return Ok(());
         }
-    };
-    let answered = write_answer(stdout, code, &out, &err);
-    wipe(&mut out);
-    answered.map(|()| code)
-}
-
-/// One answer's frame: `done CODE OUTLEN ERRLEN`, then stdout and stderr.
-fn write_answer(
-    stdout: &mut std::io::Stdout,
-    code: u8,
-    out: &[u8],
-    err: &[u8],
-) -> Result<(), Failure> {
-    let head = format!("done {code} {} {}\n", out.len(), err.len());
-    stdout
-        .write_all(head.as_bytes())
-        .and_then(|()| stdout.write_all(out))
-        .and_then(|()| stdout.write_all(err))
-        .and_then(|()| stdout.flush())
-        .map_err(|e| Failure::io(format!("cannot answer: {e}")))
-}
-
-/// The exit code of a request skipped because the one before it failed.
-pub const SKIPPED: u8 = 5;
-
-/// Answers a `&` request whose predecessor failed, without running it.
-fn answer_skipped(stdout: &mut std::io::Stdout) -> Result<(), Failure> {
-    let err = b"hostenv-host: skipped: the step before it failed\n";
-    write_answer(stdout, SKIPPED, &[], err)
-}
-
-/// The longest `STEP SERVICE [ARG]` line of a request.
-const MAX_WORDS: usize = 256;
-
-/// One step the caller asked for.
-#[derive(Debug, PartialEq, Eq)]
-struct Request {
-    words: Vec<String>,
-    input: Vec<u8>,
-    /// Sent with `&`: only when the request before it succeeded.
-    after_success: bool,
-}
-
-impl Drop for Request {
-    fn drop(&mut self) {
-        // A staged file's bytes do not outlive the request.
-        wipe(&mut self.input);
-    }
-}
-
-/// A request, or why it cannot be read.
-type Asked = Result<Request, String>;
-
-/// The requests in what the caller sends after `acquired`.
-#[derive(Default)]
-struct Requests {
-    state: Reading,
-}
-
-#[derive(Default)]
-enum Reading {
-    /// Between requests: heartbeats until an `x` or `&`.
-    #[default]
-    Idle,
-    /// The step line so far; whether the request came with `&`.
-    Words(Vec<u8>, bool),
-    Length(Vec<String>, bool, Vec<u8>),
-    Input(Request, usize),
-}
-
-impl Requests {
-    /// The requests completed by `bytes`.
-    fn feed(&mut self, bytes: &[u8]) -> Vec<Asked> {
-        let mut done = Vec::new();
-        let mut rest = bytes;
-        while let Some((&byte, after)) = rest.split_first() {
-            let state = std::mem::take(&mut self.state);
-            self.state = match state {
-                Reading::Idle if byte == b'x' => Reading::Words(Vec::new(), false),
-                Reading::Idle if byte == b'&' => Reading::Words(Vec::new(), true),
-                Reading::Idle => Reading::Idle,
-                Reading::Words(line, after_success) if byte == b'\n' => {
-                    let words = String::from_utf8_lossy(&line)
-                        .split(' ')
-                        .map(str::to_string)
-                        .collect();
-                    Reading::Length(words, after_success, Vec::new())
-                }
-                Reading::Words(mut line, after_success) if line.len() < MAX_WORDS => {
-                    line.push(byte);
-                    Reading::Words(line, after_success)
-                }
-                Reading::Words(..) => {
-                    done.push(Err("a request's step line is too long".to_string()));
-                    Reading::Idle
-                }
-                Reading::Length(words, after_success, digits) if byte == b'\n' => {
-                    let request = |input| Request {
-                        words,
-                        input,
-                        after_success,
-                    };
-                    match std::str::from_utf8(&digits)
-                        .ok()
-                        .and_then(|d| d.parse::<usize>().ok())
-                    {
-                        Some(0) => {
-                            done.push(Ok(request(Vec::new())));
-                            Reading::Idle
-                        }
-                        Some(n) if n as u64 <= super::MAX_FILE_BYTES + 64 * 1024 => {
-                            Reading::Input(request(Vec::with_capacity(n)), n)
-                        }
-                        _ => {
-                            done.push(Err(
-                                "a request's stdin length is not a size it takes".to_string()
-                            ));
-                            Reading::Idle
-                        }
-                    }
-                }
-                Reading::Length(words, after_success, mut digits) if digits.len() < 12 => {
-                    digits.push(byte);
-                    Reading::Length(words, after_success, digits)
-                }
-                Reading::Length(..) => {
-                    done.push(Err("a request's stdin length is not a number".to_string()));
-                    Reading::Idle
-                }
-                Reading::Input(mut request, want) => {
-                    // Take as much of this read as the request still wants.
-                    let take = (want - request.input.len()).min(rest.len());
-                    request.input.extend_from_slice(&rest[..take]);
-                    rest = &rest[take..];
-                    if request.input.len() == want {
-                        done.push(Ok(request));
-                        self.state = Reading::Idle;
-                    } else {
-                        self.state = Reading::Input(request, want);
-                    }
-                    continue;
-                }
-            };
-            rest = after;
+        let wait = (BEAT_TIMEOUT - silent_for).min(ends - now);
+        if let Heard::Closed = channel.listen(wait) {
+            return Ok(());
         }
-        done
     }
-}
-
-/// Secret bytes (a file read, a file staged) do not outlive their answer.
-fn wipe(bytes: &mut [u8]) {
-    bytes.fill(0);
-    std::hint::black_box(bytes);
 }
 
 /// What the caller sent within a wait.
 enum Heard {
-    Bytes(Vec<u8>),
+    Bytes,
     /// Nothing for all of the wait.
     Silence,
     /// stdin closed: the caller let go (or gave up waiting).
     Closed,
 }
 
-/// Waits up to `wait` for the caller.
-fn heard(stdin: &mut std::io::Stdin, wait: Duration) -> Heard {
-    if !ready(stdin, wait) {
-        return Heard::Silence;
+/// Our stdin, read through the channel's grammar, and our stdout.
+struct Channel {
+    stdin: std::io::Stdin,
+    stdout: std::io::Stdout,
+    reader: Reader,
+    /// What the reader framed and the holder has not yet taken.
+    framed: VecDeque<Framed>,
+    last_heard: Instant,
+}
+
+impl Channel {
+    fn new() -> Channel {
+        Channel {
+            stdin: std::io::stdin(),
+            stdout: std::io::stdout(),
+            reader: Reader::new(),
+            framed: VecDeque::new(),
+            last_heard: Instant::now(),
+        }
     }
-    let mut buffer = [0u8; 4096];
-    match raw_read(stdin, &mut buffer) {
-        Ok(n) if n > 0 => Heard::Bytes(buffer[..n].to_vec()),
-        _ => Heard::Closed,
+
+    /// Waits up to `wait` for the caller and frames what it sent.
+    fn listen(&mut self, wait: Duration) -> Heard {
+        if !ready(&self.stdin, wait) {
+            return Heard::Silence;
+        }
+        let mut buffer = [0u8; 16 * 1024];
+        let n = match rustix::io::read(self.stdin.as_fd(), &mut buffer) {
+            Ok(n) if n > 0 => n,
+            _ => return Heard::Closed,
+        };
+        let fed = self.reader.feed(&buffer[..n]);
+        wipe(&mut buffer[..n]);
+        self.framed.extend(fed.framed);
+        self.last_heard = Instant::now();
+        Heard::Bytes
+    }
+
+    /// The holder line, which must come whole by `by`.
+    fn holder_line(&mut self, by: Instant) -> Result<Holder, Failure> {
+        loop {
+            if let Some(Framed::Holder(_)) = self.framed.front() {
+                let Some(Framed::Holder(holder)) = self.framed.pop_front() else {
+                    unreachable!("looked at above");
+                };
+                return Ok(holder);
+            }
+            self.end_if_broken()?;
+            let now = Instant::now();
+            if now >= by {
+                return Err(self.end("the holder line did not come in time"));
+            }
+            if let Heard::Closed = self.listen(by - now) {
+                return Err(Failure::usage("the channel closed before its holder line"));
+            }
+        }
+    }
+
+    /// Ends the channel when the reader found a byte that does not fit.
+    fn end_if_broken(&mut self) -> Result<(), Failure> {
+        match self.reader.broken() {
+            Some(broken) => {
+                let (seq, reason) = (broken.seq, broken.reason);
+                self.framed.clear();
+                Err(self.write_broken(seq, reason))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the channel, saying why: nothing after this is read or run.
+    fn end(&mut self, reason: &str) -> Failure {
+        self.framed.clear();
+        self.write_broken(self.reader.position(), reason)
+    }
+
+    /// Answers `broken SEQ LEN` and why; the failure the holder exits with.
+    fn write_broken(&mut self, seq: u64, reason: &str) -> Failure {
+        let message = format!("hostenv-host: the lock's channel ended: {reason}\n");
+        let head = format!("broken {seq} {}\n", message.len());
+        let _ = self
+            .stdout
+            .write_all(head.as_bytes())
+            .and_then(|()| self.stdout.write_all(message.as_bytes()))
+            .and_then(|()| self.stdout.flush());
+        Failure::refused(format!("the lock's channel ended: {reason}"))
+    }
+
+    fn say(&mut self, line: &str) -> Result<(), Failure> {
+        writeln!(self.stdout, "{line}")
+            .and_then(|()| self.stdout.flush())
+            .map_err(|e| Failure::io(format!("cannot answer: {e}")))
+    }
+
+    /// Runs one request and answers `done SEQ CODE OUTLEN ERRLEN` with its
+    /// stdout and stderr; returns CODE.
+    fn answer(
+        &mut self,
+        request: Request,
+        locked: (&str, &HostConfig),
+        shared: bool,
+        session: &mut Session,
+    ) -> Result<u8, Failure> {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = super::request(
+            locked,
+            shared,
+            &request.words,
+            &request.input,
+            (&mut out, &mut err),
+            session,
+        );
+        let answered = self.write_answer(request.seq, code, &out, &err);
+        wipe(&mut out);
+        answered.map(|()| code)
+    }
+
+    /// Answers a `&` request whose predecessor failed, without running it.
+    fn answer_skipped(&mut self, seq: u64) -> Result<(), Failure> {
+        let err = b"hostenv-host: skipped: the step before it failed\n";
+        self.write_answer(seq, SKIPPED, &[], err)
+    }
+
+    fn write_answer(&mut self, seq: u64, code: u8, out: &[u8], err: &[u8]) -> Result<(), Failure> {
+        let head = format!("done {seq} {code} {} {}\n", out.len(), err.len());
+        self.stdout
+            .write_all(head.as_bytes())
+            .and_then(|()| self.stdout.write_all(out))
+            .and_then(|()| self.stdout.write_all(err))
+            .and_then(|()| self.stdout.flush())
+            .map_err(|e| Failure::io(format!("cannot answer: {e}")))
     }
 }
+
+/// The exit code of a request skipped because the one before it failed.
+pub const SKIPPED: u8 = 5;
 
 fn ready(stdin: &std::io::Stdin, wait: Duration) -> bool {
     let timeout = Timespec {
@@ -321,29 +316,9 @@ fn ready(stdin: &std::io::Stdin, wait: Duration) -> bool {
     matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
 }
 
-/// Reads stdin's descriptor itself: `Stdin`'s own buffer would take bytes
-/// off the pipe that `poll` then no longer sees, and a request whose end sat
-/// in that buffer would wait for the caller forever.
-fn raw_read(stdin: &std::io::Stdin, buffer: &mut [u8]) -> std::io::Result<usize> {
-    rustix::io::read(stdin.as_fd(), buffer).map_err(std::io::Error::from)
-}
-
-/// The first line of stdin, byte by byte (nothing after it is consumed).
-fn read_line(stdin: &mut std::io::Stdin) -> String {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.len() <= MAX_HOLDER && matches!(raw_read(stdin, &mut byte), Ok(1)) {
-        if byte[0] == b'\n' {
-            break;
-        }
-        line.push(byte[0]);
-    }
-    String::from_utf8_lossy(&line).into_owned()
-}
-
 /// Who holds the lock now, as its holder recorded it.
 fn current_holder(file: &File) -> String {
-    let mut buffer = vec![0u8; MAX_HOLDER];
+    let mut buffer = vec![0u8; MAX_SHOWN];
     let n = file.read_at(&mut buffer, 0).unwrap_or(0);
     let text = String::from_utf8_lossy(&buffer[..n]);
     let first = sanitize(text.lines().next().unwrap_or_default());
@@ -354,18 +329,12 @@ fn current_holder(file: &File) -> String {
     }
 }
 
-/// Printable text only, at most `MAX_HOLDER` characters.
+/// Printable text only, at most `MAX_SHOWN` characters.
 pub fn sanitize(text: &str) -> String {
     text.chars()
         .filter(|c| !c.is_control())
-        .take(MAX_HOLDER)
+        .take(MAX_SHOWN)
         .collect()
-}
-
-fn say(stdout: &mut std::io::Stdout, line: &str) -> Result<(), Failure> {
-    writeln!(stdout, "{line}")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| Failure::io(format!("cannot answer: {e}")))
 }
 
 #[cfg(test)]
@@ -373,46 +342,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_framed_and_beats_between_them_ignored() {
-        let mut requests = Requests::default();
-        assert!(requests.feed(b"hhh").is_empty());
-        assert!(requests.feed(b"hxread voxbridge\n0").is_empty());
-        let read = requests.feed(b"\nh");
-        assert_eq!(read.len(), 1);
-        assert_eq!(
-            read[0],
-            Ok(Request {
-                words: vec!["read".into(), "voxbridge".into()],
-                input: vec![],
-                after_success: false
-            })
-        );
-        // stdin may hold any byte, `x` and newlines included, split anywhere.
-        assert!(requests.feed(b"xstage voxbridge\n5\nA=x").is_empty());
-        let staged = requests.feed(b"\nBh");
-        assert_eq!(
-            staged,
-            vec![Ok(Request {
-                words: vec!["stage".into(), "voxbridge".into()],
-                input: b"A=x\nB".to_vec(),
-                after_success: false
-            })]
-        );
-        // `&` marks a request that runs only after its predecessor succeeded.
-        let chained = requests.feed(b"&switch voxbridge\n0\n&restart voxbridge u\n0\n");
-        assert_eq!(chained.len(), 2);
-        assert!(chained
-            .iter()
-            .all(|asked| asked.as_ref().is_ok_and(|r| r.after_success)));
-        let long = requests.feed(&[b"x".as_slice(), &[b'r'; 300]].concat());
-        assert!(long[0].is_err());
-        let mut fresh = Requests::default();
-        assert!(fresh.feed(b"xread voxbridge\n99999999999999\n")[0].is_err());
+    fn one_lock_name_per_target_path() {
+        assert_eq!(lock_name("/opt/voxbridge/.env"), "opt%voxbridge%.env.lock");
+        // Names that differ only where a service or environment name could
+        // hold a dot still lock different files, and one path one file.
+        assert_ne!(lock_name("/opt/api.v2/.env"), lock_name("/opt/api/v2.env"));
+        let longest = format!("/{}", "a".repeat(super::super::config::MAX_PATH - 1));
+        assert!(lock_name(&longest).len() <= 255);
     }
 
     #[test]
     fn holders_lose_control_characters_and_length() {
         assert_eq!(sanitize("a\nb\u{1b}[2Jc\u{7f}"), "ab[2Jc");
-        assert_eq!(sanitize(&"x".repeat(5000)).len(), MAX_HOLDER);
+        assert_eq!(sanitize(&"x".repeat(5000)).len(), MAX_SHOWN);
     }
 }

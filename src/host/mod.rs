@@ -7,11 +7,18 @@
 //! configuration (`config.rs`), never from an argument; every file is reached
 //! without following a link someone else could plant (`files.rs`).
 //!
+//! Since the steps moved onto the lock's channel (`lock.rs`, its grammar in
+//! `channel.rs`), a deploy user's sudo rules name only `lock`: every other
+//! step reaches root as a request on that channel, checked by the same
+//! function as the step run on its own (`HostConfig::admits`).
+//!
 //! This module uses nothing else of the crate: it is the whole of what runs as
 //! root on a host, and can be read on its own.
 
+pub mod channel;
 pub mod config;
 mod files;
+pub mod limits;
 mod lock;
 mod steps;
 mod units;
@@ -20,6 +27,9 @@ use std::io::{Read, Write};
 
 use config::{is_plain_name, is_unit_name, HostConfig, MAX_BACKUPS};
 use files::{Dir, LastDir, Ownership};
+use limits::Limits;
+
+pub use lock::lock_name;
 
 /// Where the program is installed, root-owned, mode 0755.
 pub const PROGRAM: &str = "/usr/local/sbin/hostenv-host";
@@ -29,7 +39,11 @@ pub const CONFIG_DIR: &str = "/etc/hostenv";
 pub const LOCK_DIR: &str = "/run/hostenv";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Bumped whenever a step's arguments or answers change.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
+/// The longest audit line the host program takes.
+pub const MAX_AUDIT_LINE: u64 = 16 * 1024;
+/// Root's limits for every service: optional, `limits.rs`.
+pub const LIMITS_FILE: &str = "limits.conf";
 /// The most a target, staged file or backup may hold (systemd reads no more than 4 MiB before v249).
 pub const MAX_FILE_BYTES: u64 = 4 << 20;
 /// The only PATH the programs this one starts (getent, systemctl) are looked up in.
@@ -69,6 +83,13 @@ impl Failure {
             message: Some(message.into()),
         }
     }
+    /// The target changed, but not into what the step was to put there (exit 6).
+    pub fn changed(message: impl Into<String>) -> Failure {
+        Failure {
+            code: CHANGED,
+            message: Some(message.into()),
+        }
+    }
     /// The step already said why on stdout.
     fn silent(code: u8) -> Failure {
         Failure {
@@ -77,6 +98,10 @@ impl Failure {
         }
     }
 }
+
+/// The exit code of a step that changed the target into something other
+/// than what it was to put there: the run cannot say what the host holds.
+pub const CHANGED: u8 = 6;
 
 /// One step, with its arguments checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,15 +274,46 @@ fn run(step: &Step, service: Option<&str>) -> Result<(), Failure> {
         if let Some(problem) = problem {
             return Err(Failure::refused(problem));
         }
-        config?;
-        return lock::hold(service, environment, *shared);
+        let config = config?;
+        let limits = load_limits()?;
+        return lock::hold(service, environment, *shared, &config, &limits);
     }
     let config = config?;
+    config.admits(step)?;
+    let mut session = Session::alone(load_limits()?);
     let stdin = &mut std::io::stdin().lock();
     let stderr = &mut std::io::stderr().lock();
-    let result = execute(step, &config, stdin, stdout, stderr);
+    let result = execute(step, &config, stdin, (stdout, stderr), &mut session);
     stdout.flush().map_err(|e| Failure::io(e.to_string()))?;
     result
+}
+
+/// What a step knows beyond its arguments: on the lock's channel, the run's
+/// environment and the file the channel staged; root's limits everywhere.
+pub struct Session {
+    environment: Option<String>,
+    staged: Option<steps::Staged>,
+    limits: Limits,
+}
+
+impl Session {
+    /// A step run on its own.
+    fn alone(limits: Limits) -> Session {
+        Session {
+            environment: None,
+            staged: None,
+            limits,
+        }
+    }
+
+    /// The steps on the channel of a lock taken for `environment`.
+    fn on_channel(environment: &str, limits: Limits) -> Session {
+        Session {
+            environment: Some(environment.to_string()),
+            staged: None,
+            limits,
+        }
+    }
 }
 
 impl Step {
@@ -280,24 +336,44 @@ impl Step {
 /// Runs one privileged file or unit step of a configured service, reading
 /// `stdin` and answering on `stdout` and `stderr`: for a run of its own, and
 /// for the lock holder, which runs the same steps for requests on its channel.
+/// The step's arguments were checked against `config` (`HostConfig::admits`).
 fn execute(
     step: &Step,
     config: &HostConfig,
     stdin: &mut dyn Read,
-    stdout: &mut dyn Write,
-    stderr: &mut dyn Write,
+    (stdout, stderr): (&mut dyn Write, &mut dyn Write),
+    session: &mut Session,
 ) -> Result<(), Failure> {
     let target = steps::Target::new(config)?;
+    let environment = session.environment.as_deref();
     match step {
         Step::Read => steps::read(&target, stdout),
-        Step::Stage => steps::stage(&target, stdin),
-        Step::Restage(n) => steps::restage(&target, *n),
-        Step::Switch => steps::switch(&target, stdout),
-        Step::Restore(n) => steps::restore(&target, *n),
-        Step::Discard => steps::discard(&target),
+        Step::Stage => {
+            session.staged = None;
+            session.staged = Some(steps::stage(&target, stdin)?);
+            Ok(())
+        }
+        Step::Restage(n) => {
+            session.staged = None;
+            session.staged = Some(steps::restage(&target, *n)?);
+            Ok(())
+        }
+        Step::Switch => {
+            let staged = session.staged.take().ok_or_else(|| {
+                Failure::refused(
+                    "`switch` installs only a file its own lock's channel staged: run it there, after `stage` or `restage`",
+                )
+            })?;
+            steps::switch(&target, &staged, environment, stdout)
+        }
+        Step::Restore(n) => steps::restore(&target, *n, environment),
+        Step::Discard => {
+            session.staged = None;
+            steps::discard(&target)
+        }
         Step::ReadBackups => steps::read_backups(&target, stdout),
         Step::Purge => steps::purge(&target, stdin),
-        Step::Audit => steps::audit(&target, stdin),
+        Step::Audit => steps::audit(&target, stdin, &session.limits),
         Step::Restart(unit) => units::restart(config, unit, stdout, stderr),
         Step::ResetFailed(unit) => units::reset_failed(config, unit),
         Step::Version | Step::Describe | Step::Configure | Step::Lock { .. } => {
@@ -307,15 +383,16 @@ fn execute(
 }
 
 /// One request on the lock holder's channel (`lock.rs`): `words` as a run of
-/// its own would take them, for the locked service only, and no write under a
-/// shared lock. Returns the exit code a run of its own would have.
+/// its own would take them, checked against the configuration the lock was
+/// taken with, for the locked service only, and no write under a shared
+/// lock. Returns the exit code a run of its own would have.
 fn request(
-    service: &str,
+    (service, config): (&str, &HostConfig),
     shared: bool,
     words: &[String],
     stdin: &[u8],
-    stdout: &mut Vec<u8>,
-    stderr: &mut Vec<u8>,
+    (stdout, stderr): (&mut Vec<u8>, &mut Vec<u8>),
+    session: &mut Session,
 ) -> u8 {
     let result = parse(words).and_then(|(step, named)| {
         if named.as_deref() != Some(service) {
@@ -334,8 +411,8 @@ fn request(
                 "a shared lock does not admit a step that writes",
             ));
         }
-        let config = load(service)?;
-        execute(&step, &config, &mut &stdin[..], stdout, stderr)
+        config.admits(&step)?;
+        execute(&step, config, &mut &stdin[..], (stdout, stderr), session)
     });
     match result {
         Ok(()) => 0,
@@ -381,6 +458,26 @@ fn load(service: &str) -> Result<HostConfig, Failure> {
         .map_err(|_| Failure::refused(format!("`{}` is not UTF-8", dir.join(&name))))?;
     HostConfig::parse(&text)
         .map_err(|problem| Failure::refused(format!("`{}`: {problem}", dir.join(&name))))
+}
+
+/// Root's limits: `/etc/hostenv/limits.conf` when there is one (root's, and
+/// writable by no one else), else the defaults.
+fn load_limits() -> Result<Limits, Failure> {
+    let Some(dir) = files::open_dir(CONFIG_DIR, LastDir::RootOwned)? else {
+        return Ok(Limits::default());
+    };
+    let Some(contents) = files::read_file(&dir, LIMITS_FILE, 64 * 1024)? else {
+        return Ok(Limits::default());
+    };
+    let shown = dir.join(LIMITS_FILE);
+    if contents.stat.st_uid != 0 || contents.stat.st_mode & 0o022 != 0 {
+        return Err(Failure::refused(format!(
+            "`{shown}` must be root's and writable by no one else"
+        )));
+    }
+    let text = String::from_utf8(contents.bytes)
+        .map_err(|_| Failure::refused(format!("`{shown}` is not UTF-8")))?;
+    Limits::parse(&text).map_err(|problem| Failure::refused(format!("`{shown}`: {problem}")))
 }
 
 /// Writes the service's configuration from stdin (root only; `hostenv host-install`).

@@ -5,9 +5,43 @@
 
 use std::io::{Read, Write};
 
-use super::config::HostConfig;
+use sha2::{Digest, Sha256};
+
+use super::config::{is_plain_name, HostConfig};
 use super::files::{self, Dir, LastDir, Ownership};
-use super::{Failure, MAX_FILE_BYTES};
+use super::limits::Limits;
+use super::{Failure, MAX_AUDIT_LINE, MAX_FILE_BYTES};
+
+/// In the state directory: the environment whose run last put the target in place.
+const WRITTEN_BY: &str = "written-by";
+
+/// The file a stage wrote, as the channel remembers it until the switch:
+/// `switch` installs this file and no other.
+pub struct Staged {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    digest: [u8; 32],
+}
+
+impl Staged {
+    fn of(stat: &rustix::fs::Stat, bytes: &[u8]) -> Staged {
+        Staged {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            len: bytes.len() as u64,
+            digest: Sha256::digest(bytes).into(),
+        }
+    }
+
+    /// Whether `stat` and `bytes` are this file, as it was written.
+    fn is(&self, stat: &rustix::fs::Stat, bytes: &[u8]) -> bool {
+        stat.st_dev == self.dev
+            && stat.st_ino == self.ino
+            && bytes.len() as u64 == self.len
+            && <[u8; 32]>::from(Sha256::digest(bytes)) == self.digest
+    }
+}
 
 /// The service's configuration with its names resolved on this host.
 pub struct Target<'a> {
@@ -87,12 +121,13 @@ fn lookup(database: &str, name: &str, what: &str) -> Result<u32, Failure> {
         .ok_or_else(|| Failure::refused(format!("there is no {what} {name} on this host")))
 }
 
-/// `present UID GID FILE_UID FILE_GID MODE MTIME LEFT SYSTEMD` and the bytes,
-/// or `absent UID GID LEFT SYSTEMD`; LEFT says whether a staged file was left
-/// behind, SYSTEMD is the host's systemd version (0 when it cannot be told),
-/// which decides how the host reads the file.
+/// `present UID GID FILE_UID FILE_GID MODE MTIME LEFT SYSTEMD BY` and the
+/// bytes, or `absent UID GID LEFT SYSTEMD BY`; LEFT says whether a staged file
+/// was left behind, SYSTEMD is the host's systemd version (0 when it cannot
+/// be told), which decides how the host reads the file, BY the environment
+/// whose run last put the target in place (`-` when not known).
 pub fn read(target: &Target, out: &mut dyn Write) -> Result<(), Failure> {
-    let systemd = systemd_version();
+    let systemd = format!("{} {}", systemd_version(), written_by(target)?);
     let Some(dir) = target.dir()? else {
         return emit(
             out,
@@ -127,6 +162,40 @@ pub fn read(target: &Target, out: &mut dyn Write) -> Result<(), Failure> {
     }
 }
 
+/// The environment recorded with the target, or `-`.
+fn written_by(target: &Target) -> Result<String, Failure> {
+    let Some(state) = files::open_dir(&target.config.state_dir, LastDir::RootOwned)? else {
+        return Ok("-".into());
+    };
+    let Some(contents) = files::read_file(&state, WRITTEN_BY, 128)? else {
+        return Ok("-".into());
+    };
+    let text = String::from_utf8_lossy(&contents.bytes);
+    let name = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(if is_plain_name(name) { name } else { "-" }.to_string())
+}
+
+/// Records which environment's run put the target in place (None: not known).
+fn record_writer(target: &Target, environment: Option<&str>) -> Result<(), Failure> {
+    let state = target.state()?;
+    let Some(environment) = environment else {
+        return files::remove(&state, WRITTEN_BY);
+    };
+    let root = Ownership {
+        uid: 0,
+        gid: 0,
+        mode: 0o600,
+    };
+    let temporary = format!("{WRITTEN_BY}.new");
+    files::write_new(
+        &state,
+        &temporary,
+        format!("{environment}\n").as_bytes(),
+        &root,
+    )?;
+    files::rename(&state, &temporary, WRITTEN_BY)
+}
+
 /// The first number of `systemctl --version` (`systemd 252 (252.30-1)`), or 0.
 fn systemd_version() -> u32 {
     std::process::Command::new("systemctl")
@@ -144,7 +213,7 @@ fn systemd_version() -> u32 {
 }
 
 /// The new file from stdin, beside the target, owner and mode set, fsynced.
-pub fn stage(target: &Target, input: &mut dyn Read) -> Result<(), Failure> {
+pub fn stage(target: &Target, input: &mut dyn Read) -> Result<Staged, Failure> {
     let mut bytes = Vec::new();
     input
         .take(MAX_FILE_BYTES + 1)
@@ -155,15 +224,19 @@ pub fn stage(target: &Target, input: &mut dyn Read) -> Result<(), Failure> {
             "the new file is larger than {MAX_FILE_BYTES} bytes"
         )));
     }
-    let dir = target.existing_dir()?;
-    files::write_new(&dir, &target.staged(), &bytes, &target.ownership()).map(|_| ())
+    write_staged(target, &bytes)
 }
 
 /// Backup `n` (1 = the newest) copied beside the target, for a rollback.
-pub fn restage(target: &Target, n: u32) -> Result<(), Failure> {
+pub fn restage(target: &Target, n: u32) -> Result<Staged, Failure> {
     let bytes = backup(target, n)?;
+    write_staged(target, &bytes)
+}
+
+fn write_staged(target: &Target, bytes: &[u8]) -> Result<Staged, Failure> {
     let dir = target.existing_dir()?;
-    files::write_new(&dir, &target.staged(), &bytes, &target.ownership()).map(|_| ())
+    let stat = files::write_new(&dir, &target.staged(), bytes, &target.ownership())?;
+    Ok(Staged::of(&stat, bytes))
 }
 
 fn backup(target: &Target, n: u32) -> Result<Vec<u8>, Failure> {
@@ -178,23 +251,31 @@ fn backup(target: &Target, n: u32) -> Result<Vec<u8>, Failure> {
 }
 
 /// Keeps the current file as backup 1 (older ones move up, the oldest
-/// beyond `backups` goes) and renames the staged file over the target.
+/// beyond `backups` goes) and renames the staged file over the target; the
+/// staged file must be `staged`, the very file this channel's stage wrote
+/// (device, inode, length and digest), and what lands at the target's name
+/// is checked to be it. Records `environment` as the target's writer.
 /// Prints `previous` or `none`.
-pub fn switch(target: &Target, out: &mut dyn Write) -> Result<(), Failure> {
+pub fn switch(
+    target: &Target,
+    staged: &Staged,
+    environment: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
     let dir = target.existing_dir()?;
-    let staged = target.staged();
-    let Some(new) = files::read_file(&dir, &staged, MAX_FILE_BYTES)? else {
+    let staged_name = target.staged();
+    let Some(new) = files::read_file(&dir, &staged_name, MAX_FILE_BYTES)? else {
         return Err(Failure::refused(format!(
             "there is no staged file `{}`",
-            dir.join(&staged)
+            dir.join(&staged_name)
         )));
     };
     let mode = new.stat.st_mode & 0o7777;
-    if new.stat.st_uid != target.uid || new.stat.st_gid != target.gid || mode != target.config.mode
-    {
+    let owned = new.stat.st_uid == target.uid && new.stat.st_gid == target.gid;
+    if !staged.is(&new.stat, &new.bytes) || !owned || mode != target.config.mode {
         return Err(Failure::refused(format!(
-            "`{}` is not the file hostenv staged (owner, group or mode changed)",
-            dir.join(&staged)
+            "`{}` is not the file this run staged (another file, or its bytes, owner or mode changed)",
+            dir.join(&staged_name)
         )));
     }
     let state = target.state()?;
@@ -215,15 +296,16 @@ pub fn switch(target: &Target, out: &mut dyn Write) -> Result<(), Failure> {
         }
         files::rename(&state, "env.new", "env.1")?;
     }
-    files::rename(&dir, &staged, &target.name)?;
+    files::rename(&dir, &staged_name, &target.name)?;
     // What now has the target's name must be the file that was checked.
-    let landed = files::status(&dir, &target.name);
-    if landed.is_none_or(|s| s.st_ino != new.stat.st_ino || s.st_dev != new.stat.st_dev) {
-        return Err(Failure::refused(format!(
-            "`{}` was replaced while it was switched in",
+    let landed = files::read_file(&dir, &target.name, MAX_FILE_BYTES);
+    if !matches!(&landed, Ok(Some(landed)) if staged.is(&landed.stat, &landed.bytes)) {
+        return Err(Failure::changed(format!(
+            "`{}` was replaced while it was switched in: it is not the file this run staged",
             target.config.path
         )));
     }
+    record_writer(target, environment)?;
     emit(
         out,
         if previous.is_some() {
@@ -235,17 +317,20 @@ pub fn switch(target: &Target, out: &mut dyn Write) -> Result<(), Failure> {
 }
 
 /// Puts backup `n` back (1 = the newest) the way a switch installs a file;
-/// with 0 removes the target (there was no file before the run).
-pub fn restore(target: &Target, n: u32) -> Result<(), Failure> {
+/// with 0 removes the target (there was no file before the run). Records
+/// `environment` as the target's writer.
+pub fn restore(target: &Target, n: u32, environment: Option<&str>) -> Result<(), Failure> {
     let dir = target.existing_dir()?;
     if n == 0 {
         files::remove(&dir, &target.name)?;
-        return files::sync(&dir);
+        files::sync(&dir)?;
+        return record_writer(target, None);
     }
     let bytes = backup(target, n)?;
     let restoring = target.restoring();
     files::write_new(&dir, &restoring, &bytes, &target.ownership())?;
-    files::rename(&dir, &restoring, &target.name)
+    files::rename(&dir, &restoring, &target.name)?;
+    record_writer(target, environment)
 }
 
 /// Removes a staged file that will not be switched in.
@@ -304,31 +389,87 @@ pub fn purge(target: &Target, input: &mut dyn Read) -> Result<(), Failure> {
     files::sync(&state)
 }
 
-/// Appends one line to the audit log: a single JSON object of printable text.
-pub fn audit(target: &Target, input: &mut dyn Read) -> Result<(), Failure> {
-    const MAX_LINE: u64 = 16 * 1024;
+/// Appends one line to the audit log: a single JSON object, every character
+/// that is not printable ASCII escaped (`\\uXXXX`, which JSON reads back as
+/// the same character), so that no line can forge another or move a
+/// terminal's cursor. The log is rotated at root's `audit-log-bytes`,
+/// keeping `audit-log-keep` old logs (`audit.log.1` the newest).
+pub fn audit(target: &Target, input: &mut dyn Read, limits: &Limits) -> Result<(), Failure> {
     let mut line = String::new();
     input
-        .take(MAX_LINE + 1)
+        .take(MAX_AUDIT_LINE + 1)
         .read_to_string(&mut line)
         .map_err(|_| Failure::refused("the audit line is not UTF-8"))?;
     let body = line.strip_suffix('\n').unwrap_or(&line);
     let plain = body.starts_with('{')
         && body.ends_with('}')
-        && (line.len() as u64) <= MAX_LINE
-        && !body.chars().any(char::is_control);
+        && (line.len() as u64) <= MAX_AUDIT_LINE
+        && !body.contains('\n');
     if !plain {
         return Err(Failure::refused(
-            "the audit line must be one line of JSON without control characters",
+            "the audit line must be one line of JSON, at most 16 KiB",
         ));
     }
+    let entry = format!("{}\n", escape_for_log(body));
     let state = target.state()?;
+    // Holders under a shared lock append at the same time: one at a time here.
+    let guard = files::open_own_file(&state, "audit.lock", false)?;
+    files::lock_exclusive(&guard, std::time::Duration::from_secs(10))?;
     let mut log = files::open_own_file(&state, "audit.log", true)?;
-    log.write_all(format!("{body}\n").as_bytes())
+    let size = log
+        .metadata()
+        .map_err(|e| Failure::io(format!("cannot read the audit log's size: {e}")))?
+        .len();
+    if size > 0 && size + entry.len() as u64 > limits.audit_log_bytes {
+        for n in (1..limits.audit_log_keep).rev() {
+            let older = format!("audit.log.{n}");
+            if files::exists(&state, &older) {
+                files::rename(&state, &older, &format!("audit.log.{}", n + 1))?;
+            }
+        }
+        files::rename(&state, "audit.log", "audit.log.1")?;
+        log = files::open_own_file(&state, "audit.log", true)?;
+    }
+    log.write_all(entry.as_bytes())
         .map_err(|e| Failure::io(format!("cannot append to the audit log: {e}")))
+}
+
+/// `text` with every character but printable ASCII as `\\uXXXX` (UTF-16).
+fn escape_for_log(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if (' '..='~').contains(&c) {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 fn emit(out: &mut dyn Write, bytes: &[u8]) -> Result<(), Failure> {
     out.write_all(bytes)
         .map_err(|e| Failure::io(format!("cannot write the answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_for_log;
+
+    #[test]
+    fn audit_lines_keep_printable_ascii_only() {
+        assert_eq!(escape_for_log("{\"by\":\"ci\"}"), "{\"by\":\"ci\"}");
+        assert_eq!(
+            escape_for_log("{\"by\":\"a\u{2028}b\u{1b}[2J\u{202e}\u{1f600}\"}"),
+            "{\"by\":\"a\\u2028b\\u001b[2J\\u202e\\ud83d\\ude00\"}"
+        );
+        // What JSON reads back is the line as sent.
+        let sent = "{\"by\":\"caf\u{e9} \u{2029}\"}";
+        let text = escape_for_log(sent);
+        assert!(text.is_ascii());
+        assert_eq!(text, "{\"by\":\"caf\\u00e9 \\u2029\"}");
+    }
 }

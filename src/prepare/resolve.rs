@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::prepare::contract::Contract;
 use crate::prepare::detect::credential_reason;
-use crate::protocol::error::{Error, Result};
+use crate::protocol::error::{Error, ErrorKind, Result};
 use crate::protocol::report::{KeyReport, KeyStatus, SourceKind};
 use crate::protocol::request::{Deployment, Encoding, EnvFileSource, Source};
 use crate::render::systemd;
@@ -188,6 +188,9 @@ pub fn render_checked(values: &[(String, SecretString)], min: Option<u32>) -> Re
         values.iter().map(|(k, v)| (k.as_str(), v.expose_secret())),
         min,
     );
+    if text.len() as u64 > MAX_RENDERED {
+        return Err(too_large(values));
+    }
     for generation in systemd::Generation::from(min.unwrap_or(systemd::OLDEST)) {
         let parsed = systemd::parse_as(&text, generation);
         let expected = values
@@ -209,6 +212,29 @@ pub fn render_checked(values: &[(String, SecretString)], min: Option<u32>) -> Re
         }
     }
     Ok(SecretString::from(text))
+}
+
+/// The largest file a host takes: the host program's limit, and less than
+/// the 4 MiB that systemd before v249 refuses to read.
+pub const MAX_RENDERED: u64 = crate::host::MAX_FILE_BYTES - 1;
+
+/// A file too large for any host, naming the keys that take the most room (never a size).
+fn too_large(values: &[(String, SecretString)]) -> Error {
+    let mut by_size: Vec<&(String, SecretString)> = values.iter().collect();
+    by_size.sort_by_key(|(key, value)| std::cmp::Reverse(key.len() + value.expose_secret().len()));
+    let largest: Vec<String> = by_size
+        .iter()
+        .take(3)
+        .map(|(key, _)| format!("`{key}`"))
+        .collect();
+    Error::invalid(
+        ErrorKind::FileTooLarge,
+        "/env",
+        format!(
+            "the rendered file would be larger than a host takes ({MAX_RENDERED} bytes, under systemd's 4 MiB); the values taking the most room are those of {}",
+            largest.join(", ")
+        ),
+    )
 }
 
 fn not_in_contract(name: &str) -> String {

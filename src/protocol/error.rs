@@ -57,6 +57,9 @@ pub enum ErrorKind {
     ContractInvalid,
     /// One or more keys have problems; each is listed in `contract.keys`.
     KeyProblems,
+    /// The rendered file is larger than a host takes (under 4 MiB); the
+    /// message names the keys whose values take the most room.
+    FileTooLarge,
     /// A whole-file `envFile` source cannot be used.
     EnvFileInvalid,
     /// A key listed in `shared` resolves to different values across deployments.

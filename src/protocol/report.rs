@@ -268,6 +268,15 @@ pub struct HostReport {
     /// decides which values the host keeps (docs/concepts.md, the rendered host file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub systemd_version: Option<u32>,
+    /// The environment whose run last put this host's file in place, when
+    /// it is another than this run's: two environments write the same file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_environment: Option<String>,
+    /// The connection to the host failed partway: what a new connection then
+    /// read at the target. Without it the host is `unknown` once the run had
+    /// asked for a change; with it, `failed` only if the file is as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_back: Option<ReadBack>,
     /// Why this host did not succeed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorReport>,
@@ -287,6 +296,8 @@ impl HostReport {
             rollback: None,
             backups_purged: None,
             systemd_version: None,
+            previous_environment: None,
+            read_back: None,
             error: None,
         }
     }
@@ -363,6 +374,24 @@ pub enum RollbackAction {
     RestoredPrevious,
     /// There was no previous file, so the new one was removed.
     RemovedNewFile,
+}
+
+/// What the target held when read again over a new connection, after the
+/// run's channel to the host failed partway.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema, strum::IntoStaticStr, strum::EnumIter,
+)]
+#[serde(rename_all = "camelCase")]
+#[strum(serialize_all = "camelCase")]
+pub enum ReadBack {
+    /// The file the host held before the run (bytes, owner, mode): nothing changed.
+    AsBefore,
+    /// The run's new file: it was switched in, its units not confirmed.
+    NewFile,
+    /// Neither: something else changed the target.
+    Other,
+    /// The host could not be reached or read again.
+    NotRead,
 }
 
 /// The shape of a rendered file.
@@ -667,6 +696,7 @@ mod tests {
         names_match::<Action>();
         names_match::<ErrorKind>();
         names_match::<HostStatus>();
+        names_match::<ReadBack>();
         names_match::<KeyStatus>();
         names_match::<FindingKind>();
     }

@@ -450,11 +450,13 @@ pub enum Amount {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Audit {
-    /// The CI build URL.
+    /// The CI build URL, at most 1,024 characters.
     #[serde(default)]
+    #[schemars(length(max = 1024))]
     pub build_url: Option<String>,
-    /// Who or what ran the deploy.
+    /// Who or what ran the deploy, at most 256 characters.
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub by: Option<String>,
 }
 

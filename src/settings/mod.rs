@@ -18,7 +18,7 @@ use names::{
     is_valid_key_name, AbsolutePath, Account, EnvironmentName, HostName, ServiceName, Unit,
 };
 // The host program checks the same names again; one definition serves both.
-use crate::host::config::is_unit_word;
+use crate::host::config::is_instance_name;
 use crate::protocol::error::{Error, ErrorKind, Result};
 use crate::protocol::request::{Deployment, EnvFileSource, Source, Verify};
 use crate::protocol::schema::escape_pointer_token;
@@ -531,7 +531,7 @@ fn path_named(path: &str, here: &str) -> Result<AbsolutePath> {
         Error::invalid(
             ErrorKind::InvalidPath,
             here,
-            "must be an absolute path to a file, without `..` or characters other than letters, digits and `/._-@+`",
+            "must be an absolute path to a file of at most 240 characters, without `..` or characters other than letters, digits and `/._-@+`",
         )
     })
 }
@@ -548,13 +548,13 @@ fn unit_named(unit: &str, here: &str) -> Result<Unit> {
 }
 
 fn check_instance_name(instance: &str, here: &str) -> Result<()> {
-    if is_unit_word(instance) {
+    if is_instance_name(instance) {
         Ok(())
     } else {
         Err(Error::invalid(
             ErrorKind::InvalidUnitName,
             here,
-            "must be a unit instance name (letters, digits, `:`, `_`, `.`, `-`)",
+            "must be a unit instance name systemd passes on unchanged: letters, digits, `_` and dots between them (no `-`, which `%I` turns into `/`, and no `:`)",
         ))
     }
 }

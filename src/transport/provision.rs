@@ -14,9 +14,28 @@ use crate::settings::Settings;
 use crate::transport::remote::{quote, Invocation, Remote};
 use crate::transport::units;
 
-/// What the request needs `/etc/hostenv/<service>.conf` to say.
+/// What the request needs `/etc/hostenv/<service>.conf` to say. A
+/// template admits the instances the request's hosts list (the same list on
+/// every host of the request) or, where a host leaves them to be found on it,
+/// any instance (`name@*.service`).
 pub fn expected_config(settings: &Settings) -> HostConfig {
     let target = &settings.target;
+    let mut instances: Vec<String> = Vec::new();
+    for template in settings.restart.units.iter().filter(|u| u.is_template()) {
+        for host in &settings.hosts {
+            let admitted: Vec<String> = match &host.instances {
+                Some(names) => names
+                    .iter()
+                    .filter_map(|name| template.instance(name))
+                    .map(|unit| unit.to_string())
+                    .collect(),
+                None => template.instances_pattern().into_iter().collect(),
+            };
+            instances.extend(admitted);
+        }
+    }
+    instances.sort();
+    instances.dedup();
     HostConfig {
         path: target.path.to_string(),
         owner: target.owner.to_string(),
@@ -25,6 +44,7 @@ pub fn expected_config(settings: &Settings) -> HostConfig {
         backups: target.backups.max(1),
         state_dir: target.state_dir.to_string(),
         units: settings.restart.units.iter().map(Unit::to_string).collect(),
+        instances,
         restart_timeout_s: units::timeout_seconds(std::time::Duration::from_millis(
             settings.restart.timeout_ms,
         )),

@@ -178,6 +178,8 @@ pub struct Current {
     pub leftover_staged: bool,
     /// The host's systemd version, when it could be told.
     pub systemd: Option<u32>,
+    /// The environment whose run last put the target in place, when known.
+    pub written_by: Option<String>,
 }
 
 /// The remote side of one host and service, over the host's one connection.
@@ -353,9 +355,10 @@ impl Remote<'_> {
     }
 }
 
-/// `present UID GID FILE_UID FILE_GID MODE MTIME LEFT SYSTEMD` or
-/// `absent UID GID LEFT SYSTEMD`, then the bytes; LEFT is `staged` when a
-/// staged file was left behind, SYSTEMD the host's version (0: unknown).
+/// `present UID GID FILE_UID FILE_GID MODE MTIME LEFT SYSTEMD BY` or
+/// `absent UID GID LEFT SYSTEMD BY`, then the bytes; LEFT is `staged` when a
+/// staged file was left behind, SYSTEMD the host's version (0: unknown), BY
+/// the environment that last put the target in place (`-`: unknown).
 fn parse_current(stdout: &[u8]) -> Option<Current> {
     let newline = stdout.iter().position(|b| *b == b'\n')?;
     let header = std::str::from_utf8(&stdout[..newline]).ok()?;
@@ -369,6 +372,10 @@ fn parse_current(stdout: &[u8]) -> Option<Current> {
             .and_then(|f| f.parse::<u32>().ok())
             .map(|v| Some(v).filter(|v| *v > 0))
     };
+    let written_by = |i: usize| {
+        let by = fields.get(i)?;
+        Some((*by != "-").then(|| by.to_string()))
+    };
     match *fields.first()? {
         "absent" => Some(Current {
             content: None,
@@ -380,6 +387,7 @@ fn parse_current(stdout: &[u8]) -> Option<Current> {
             want_gid,
             leftover_staged: left(3)?,
             systemd: systemd(4)?,
+            written_by: written_by(5)?,
         }),
         "present" => Some(Current {
             content: Some(SecretString::from(
@@ -393,6 +401,7 @@ fn parse_current(stdout: &[u8]) -> Option<Current> {
             want_gid,
             leftover_staged: left(7)?,
             systemd: systemd(8)?,
+            written_by: written_by(9)?,
         }),
         _ => None,
     }
@@ -479,7 +488,7 @@ mod tests {
     #[test]
     fn reads_the_header_and_keeps_the_bytes() {
         let current = parse_current(
-            b"present 61001 61001 61001 61001 600 1700000000.250000 clean 252\nA=\"1\"\n",
+            b"present 61001 61001 61001 61001 600 1700000000.250000 clean 252 staging\nA=\"1\"\n",
         )
         .unwrap();
         assert_eq!(current.content.unwrap().expose_secret(), "A=\"1\"\n");
@@ -489,11 +498,13 @@ mod tests {
         );
         assert!(!current.leftover_staged);
         assert_eq!(current.systemd, Some(252));
+        assert_eq!(current.written_by.as_deref(), Some("staging"));
         assert_eq!(micros("12.5"), Some(12_500_000));
         assert_eq!(micros("12"), Some(12_000_000));
-        let absent = parse_current(b"absent 1 2 staged 0\n").unwrap();
+        let absent = parse_current(b"absent 1 2 staged 0 -\n").unwrap();
         assert!(absent.content.is_none() && absent.leftover_staged);
         assert_eq!(absent.systemd, None);
+        assert_eq!(absent.written_by, None);
         assert!(parse_current(b"garbage\n").is_none());
     }
 

@@ -128,6 +128,12 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        name: "a_lost_channel_is_read_back_before_nothing_changed_is_said",
+        run: |deployer, hosts| {
+            a_lost_channel_is_read_back_before_nothing_changed_is_said(deployer, hosts[1])
+        },
+    },
+    Scenario {
         name: "the_release_build_has_no_fault_injection",
         run: |_, _| the_release_build_has_no_fault_injection(),
     },
@@ -384,13 +390,21 @@ fn a_full_disk_while_staging_changes_nothing(deployer: &Deployer, host: &TestHos
 
 /// Halfway through staging a large file, the connection is cut (packets
 /// dropped, so only the I/O timeout notices) or reset (the host's session
-/// dies). Either way the target is untouched and the next run deploys.
+/// dies). Either way the target is untouched and the next run deploys. What
+/// the run may say differs: after the reset a new connection reads the file
+/// as before (`failed`); the cut goes on, the switch was already on its way
+/// behind the stage, and no new connection gets through, so the run cannot
+/// say nothing changed (`unknown`, exit 3).
 fn a_connection_cut_or_reset_mid_upload_changes_nothing(deployer: &Deployer, host: &TestHost) {
     let testbed = deployer.testbed;
     let mut request = request(testbed, host);
     request["ssh"]["ioTimeoutMs"] = json!(3000);
+    request["ssh"]["connectTimeoutMs"] = json!(3000);
     request["rollout"]["lockWaitMs"] = json!(15000);
-    for fault in ["cut", "reset"] {
+    for (fault, code, status, read_back) in [
+        ("cut", 3, "unknown", "notRead"),
+        ("reset", 1, "failed", "asBefore"),
+    ] {
         settle(testbed, &[host]);
         let old = secrets(&format!("{fault}-old"));
         assert_eq!(deployer.run("deploy", &request, &old).code, 0);
@@ -402,18 +416,22 @@ fn a_connection_cut_or_reset_mid_upload_changes_nothing(deployer: &Deployer, hos
             format!("CANARY-{fault}-{}", "u".repeat(120_000)),
         );
         let paused = Paused::start(deployer, &request, &big, host, "mid-upload");
-        let (code, result, stderr) = if fault == "cut" {
+        let (exit, result, stderr) = if fault == "cut" {
             let _firewall = Firewall::drop_from_root(&host.addr, 22);
             paused.resume()
         } else {
             testbed.sh_ok(host, "pkill -KILL -f '^sshd: root'");
             paused.resume()
         };
-        assert_eq!(code, 1, "{fault}: {result}\n{stderr}");
-        assert_eq!(statuses(&result), ["failed"], "{fault}");
+        assert_eq!(exit, code, "{fault}: {result}\n{stderr}");
+        assert_eq!(statuses(&result), [status], "{fault}");
         assert_eq!(
             result["hosts"][0]["error"]["kind"], "connectionLost",
             "{fault}"
+        );
+        assert_eq!(
+            result["hosts"][0]["readBack"], read_back,
+            "{fault}: {result}"
         );
         assert_eq!(result["hosts"][0]["changed"], false);
         assert_eq!(file_on(testbed, host, TARGET), before, "{fault}");
@@ -423,6 +441,62 @@ fn a_connection_cut_or_reset_mid_upload_changes_nothing(deployer: &Deployer, hos
         assert_eq!(next.code, 0, "after a {fault}: {}", next.stdout);
         assert_eq!(statuses(&next.json()), ["deployed"]);
     }
+}
+
+/// The lock holder dies right before the switch is asked of it (a host's
+/// root ending it, or the channel breaking): the switch goes out, or does
+/// not, and its answer never comes. The run does not take "nothing changed"
+/// on trust: a new connection reads the target back, finds the file from
+/// before the run, and only then is the host `failed`; that read is in the
+/// result, and the next run deploys.
+fn a_lost_channel_is_read_back_before_nothing_changed_is_said(
+    deployer: &Deployer,
+    host: &TestHost,
+) {
+    let testbed = deployer.testbed;
+    let request = request(testbed, host);
+    settle(testbed, &[host]);
+    assert_eq!(
+        deployer
+            .run("deploy", &request, &secrets("read-back-old"))
+            .code,
+        0
+    );
+    let before = file_on(testbed, host, TARGET);
+    let new = secrets("read-back-new");
+    let paused = Paused::start(deployer, &request, &new, host, "switch");
+    testbed.sh_ok(
+        host,
+        "pkill -KILL -f '^/usr/local/sbin/hostenv-host lock voxbridge'",
+    );
+    let (code, result, stderr) = paused.resume();
+    assert_eq!(code, 1, "{result}\n{stderr}");
+    let host_result = &result["hosts"][0];
+    assert_eq!(host_result["status"], "failed", "{result}");
+    assert_eq!(host_result["error"]["kind"], "connectionLost");
+    assert_eq!(host_result["readBack"], "asBefore", "{result}");
+    let steps: Vec<&str> = host_result["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps.ends_with(&["switch", "reconnect", "read-back", "audit"]),
+        "{steps:?}"
+    );
+    assert_eq!(file_on(testbed, host, TARGET), before);
+    // The new connection also removed the staged file and wrote the audit line.
+    assert!(!testbed
+        .sh(host, &format!("test -e {STAGED}"))
+        .status
+        .success());
+    let next = deployer.run("deploy", &request, &new);
+    assert_eq!(next.code, 0, "{}", next.stdout);
+    assert_eq!(
+        file_on(testbed, host, TARGET).1,
+        expected_voxbridge_file(&new)
+    );
 }
 
 /// Builds for use (no dev-dependencies) compile the feature out.

@@ -31,3 +31,8 @@ fn the_contract_corpus_parses_or_names_a_line() {
 fn the_render_corpus_round_trips_in_both_grammars() {
     assert!(replay("render", hostenv::fuzzing::render_round_trip) >= 3);
 }
+
+#[test]
+fn the_lock_channel_corpus_frames_exactly_the_whole_stream_reading() {
+    assert!(replay("lock_channel", hostenv::fuzzing::lock_channel) >= 9);
+}

@@ -115,3 +115,49 @@ fn each_action_takes_only_its_own_flags() {
         assert_ne!(run.json()["error"]["kind"], "usage", "{args:?}");
     }
 }
+
+/// A rendered file a host would refuse (4 MiB or more: systemd before v249
+/// does not read it, and the host program takes no more) is refused by every
+/// action before any host is contacted, naming the keys that take the most
+/// room and no value.
+#[test]
+fn a_file_too_large_for_a_host_is_refused_before_any_host() {
+    let work = crate::common::TempDir::new("too-large");
+    let keys: Vec<String> = (0..34).map(|i| format!("BIG_{i:02}")).collect();
+    let contract: String = keys.iter().map(|k| format!("{k}=\n")).collect();
+    std::fs::write(work.path().join("big.env.example"), contract).unwrap();
+    let mut env = BTreeMap::new();
+    let mut sources = serde_json::Map::new();
+    let mut values = Vec::new();
+    for (index, key) in keys.iter().enumerate() {
+        // The value spells the lock channel's requests: it is data all the same.
+        let unit = format!("{index:02}\nx1 restore voxbridge 0\n0\n");
+        let length = if key == "BIG_07" { 130_000 } else { 125_000 };
+        let value: String = unit.repeat(length / unit.len() + 1)[..length].to_string();
+        let file = work.path().join(key);
+        std::fs::write(&file, &value).unwrap();
+        env.insert(key.clone(), file.display().to_string());
+        values.push(value);
+        sources.insert(key.clone(), serde_json::json!({"secretFileEnv": key}));
+    }
+    env.insert("SSH_AUTH_SOCK".into(), "/nonexistent/agent.sock".into());
+    let request = serde_json::json!({
+        "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxbridge",
+        "contract": "big.env.example", "hosts": ["192.0.2.1"], "env": sources,
+        "ssh": {"agent": true}
+    })
+    .to_string();
+    for action in ["check", "plan", "deploy", "drift"] {
+        let run = run_hostenv(&[action], work.path(), &env, Some(request.as_bytes()));
+        assert_eq!(run.code, 2, "{action}: {}", run.stdout);
+        let result = run.json();
+        assert_eq!(result["error"]["kind"], "fileTooLarge", "{action}");
+        assert_eq!(result["error"]["field"], "/env");
+        let message = result["error"]["message"].as_str().unwrap();
+        assert!(message.contains("`BIG_07`"), "{message}");
+        assert_eq!(result["hosts"], serde_json::json!([]));
+        for value in &values {
+            assert!(!run.stdout.contains(&value[..40]) && !run.stderr.contains(&value[..40]));
+        }
+    }
+}

@@ -45,39 +45,81 @@ fn description_end(out: &[u8]) -> Option<(Option<String>, usize)> {
 /// A lock holder's answer: its exit code and where its stdout and stderr lie.
 type Answer = (i32, std::ops::Range<usize>, std::ops::Range<usize>);
 
-/// One answer of the lock holder in `out`: `done CODE OUTLEN ERRLEN\n` and
-/// where its stdout and stderr lie; None while it is still arriving; the
-/// first line (cut short) when it is not an answer.
-fn lock_answer(out: &[u8]) -> Result<Option<Answer>, String> {
-    let Some(end) = out.iter().position(|b| *b == b'\n') else {
-        return Ok(None);
-    };
-    let line = String::from_utf8_lossy(&out[..end]);
-    let fields: Vec<&str> = line.split(' ').collect();
-    let parsed = match fields.as_slice() {
-        ["done", code, stdout, stderr] => match (code.parse(), stdout.parse(), stderr.parse()) {
-            (Ok(code), Ok(stdout), Ok(stderr)) => Some((code, stdout, stderr)),
-            _ => None,
-        },
-        _ => None,
-    };
-    let (code, stdout, stderr): (i32, usize, usize) =
-        parsed.ok_or_else(|| line.chars().take(80).collect::<String>())?;
-    let start = end + 1;
-    Ok((out.len() >= start + stdout + stderr).then(|| {
-        (
-            code,
-            start..start + stdout,
-            start + stdout..start + stdout + stderr,
-        )
-    }))
+/// The most a holder's answer may carry: every backup a host keeps, whole.
+const MAX_ANSWER: usize =
+    (crate::host::config::MAX_BACKUPS as usize + 1) * crate::host::MAX_FILE_BYTES as usize;
+
+/// What the start of `out` is, for request `seq`.
+#[derive(Debug, PartialEq, Eq)]
+enum Heard {
+    /// Not all of it has come yet.
+    Partial,
+    /// `done SEQ CODE OUTLEN ERRLEN\n` and that many bytes: the answer.
+    Answer(Answer),
+    /// `broken SEQ LEN\n` and why: the holder ended the channel.
+    Broken(String),
+    /// Anything else, or an answer to another request (its first line, cut short).
+    Garbage(String),
 }
 
-/// A request's first lines for the lock holder (`host/lock.rs`): `x` or `&`
-/// (only after the one before it succeeded), the step's words, the length of
-/// the stdin that follows.
-fn request_head(marker: u8, words: &[String], stdin_len: usize) -> String {
-    format!("{}{}\n{stdin_len}\n", marker as char, words.join(" "))
+/// Reads the holder's next answer in `out`, which must be for request `seq`.
+fn lock_answer(out: &[u8], seq: u64) -> Heard {
+    let Some(end) = out.iter().position(|b| *b == b'\n') else {
+        // A head is short: a long line without an end is no answer.
+        return if out.len() > 128 {
+            Heard::Garbage(String::from_utf8_lossy(&out[..80]).into_owned())
+        } else {
+            Heard::Partial
+        };
+    };
+    let line = String::from_utf8_lossy(&out[..end]);
+    let shown = || line.chars().take(80).collect::<String>();
+    let fields: Vec<&str> = line.split(' ').collect();
+    let number = |text: &str| text.parse::<usize>().ok().filter(|n| *n <= MAX_ANSWER);
+    let start = end + 1;
+    let (code, lengths) = match fields.as_slice() {
+        ["done", at, code, stdout, stderr] if at.parse() == Ok(seq) => {
+            match (code.parse::<i32>(), number(stdout), number(stderr)) {
+                (Ok(code), Some(stdout), Some(stderr)) => (Some(code), (stdout, stderr)),
+                _ => return Heard::Garbage(shown()),
+            }
+        }
+        ["broken", _, length] => match number(length) {
+            Some(length) => (None, (0, length)),
+            None => return Heard::Garbage(shown()),
+        },
+        _ => return Heard::Garbage(shown()),
+    };
+    let (stdout, stderr) = lengths;
+    if out.len() < start + stdout + stderr {
+        return Heard::Partial;
+    }
+    let err = start + stdout..start + stdout + stderr;
+    match code {
+        Some(code) => Heard::Answer((code, start..start + stdout, err)),
+        None => Heard::Broken(String::from_utf8_lossy(&out[err]).trim().to_string()),
+    }
+}
+
+/// A request's first lines for the lock holder (`host/channel.rs`): its
+/// marker (`&`: only after the one before it succeeded), number and words,
+/// and the length of the stdin that follows. None for what the holder would
+/// refuse: such a request is never sent.
+fn request_head(
+    seq: u64,
+    after_success: bool,
+    words: &[String],
+    stdin_len: usize,
+) -> Result<String, HostError> {
+    crate::host::channel::request_head(seq, after_success, words, stdin_len).ok_or_else(|| {
+        HostError::new(
+            ErrorKind::Internal,
+            format!(
+                "the step `{}` ({stdin_len} bytes of input) is not one the lock holder takes; nothing was sent",
+                words.first().map_or("", String::as_str)
+            ),
+        )
+    })
 }
 
 /// A step sent to the lock holder before the run asked for its answer: its
@@ -87,6 +129,12 @@ fn request_head(marker: u8, words: &[String], stdin_len: usize) -> String {
 struct SentAhead {
     words: Vec<String>,
     stdin: [u8; 32],
+}
+
+/// A step sent ahead, and the number its answer will carry.
+struct Awaited {
+    step: SentAhead,
+    seq: u64,
 }
 
 impl SentAhead {
@@ -106,12 +154,17 @@ pub(super) struct Heartbeat {
     /// The holder's unasked answer to `read SERVICE`, until the run asks.
     read: Option<Output>,
     /// Steps sent ahead whose answers are not read yet, oldest first.
-    ahead: std::collections::VecDeque<SentAhead>,
+    ahead: std::collections::VecDeque<Awaited>,
+    /// The number the next request will carry.
+    next_seq: u64,
     /// What arrived after the last answer read: the next answers' first bytes.
     pending: zeroize::Zeroizing<Vec<u8>>,
     /// Why the channel no longer lines requests up with answers (a write or
     /// read that failed partway): every later step fails with it.
     broken: Option<String>,
+    /// A step that changes the target (a switch, a put-back) went whole to
+    /// the holder: if its answer is lost, it may have run.
+    asked_for_a_change: bool,
 }
 
 /// How often the lock holder on the host hears from hostenv; it gives up the
@@ -156,15 +209,14 @@ impl Connection {
         // still due before its own are read and let go (their steps were
         // no longer wanted: one before them failed, or they tidy up).
         let this = SentAhead::new(words, stdin);
-        if !heartbeat.ahead.contains(&this) {
-            if let Err(error) = self.send(heartbeat, b'x', words, stdin, deadline) {
+        if !heartbeat.ahead.iter().any(|a| a.step == this) {
+            if let Err(error) = self.send(heartbeat, false, words, stdin, deadline) {
                 return Some(Err(error));
             }
-            heartbeat.ahead.push_back(this.clone());
         }
         while let Some(sent) = heartbeat.ahead.pop_front() {
-            let answer = self.read_answer(heartbeat, deadline);
-            if sent == this || answer.is_err() {
+            let answer = self.read_answer(heartbeat, sent.seq, deadline);
+            if sent.step == this || answer.is_err() {
                 return Some(answer);
             }
         }
@@ -186,25 +238,24 @@ impl Connection {
         };
         let deadline = Instant::now() + self.io_timeout;
         for (index, (words, stdin)) in steps.iter().enumerate() {
-            let marker = if index == 0 { b'x' } else { b'&' };
             // A failure breaks the channel; the step that reads it says so.
             if self
-                .send(heartbeat, marker, words, stdin, deadline)
+                .send(heartbeat, index > 0, words, stdin, deadline)
                 .is_err()
             {
                 break;
             }
-            heartbeat.ahead.push_back(SentAhead::new(words, stdin));
         }
         true
     }
 
-    /// Writes one request (`marker` is `x`, or `&` for "only after the one
-    /// before it succeeded"); a write that fails partway breaks the channel.
+    /// Writes one request (`after_success`: only if the one before it
+    /// succeeded) and awaits its answer; a write that fails partway breaks
+    /// the channel. A request the holder would refuse is not sent at all.
     fn send(
         &self,
         heartbeat: &mut Heartbeat,
-        marker: u8,
+        after_success: bool,
         words: &[String],
         stdin: &[u8],
         deadline: Instant,
@@ -213,23 +264,34 @@ impl Connection {
         if let Some(why) = &heartbeat.broken {
             return Err(lost(host, "the lock's channel", why));
         }
-        let head = request_head(marker, words, stdin.len());
+        let seq = heartbeat.next_seq;
+        let head = request_head(seq, after_success, words, stdin.len())?;
         let parts = [head.as_bytes(), stdin];
         if let Err(failed) = self.write_all(&mut heartbeat.channel, &parts, deadline, false) {
             heartbeat.broken = Some("a step was cut off partway".into());
             return Err(failed.into_error(host, "sending a step on the lock's channel"));
         }
+        heartbeat.next_seq += 1;
+        heartbeat.asked_for_a_change |= words
+            .first()
+            .is_some_and(|step| step == "switch" || step == "restore");
+        heartbeat.ahead.push_back(Awaited {
+            step: SentAhead::new(words, stdin),
+            seq,
+        });
         heartbeat.last = Instant::now();
         Ok(())
     }
 
-    /// Reads one `done CODE OUTLEN ERRLEN\n` answer and that many bytes of
-    /// stdout and stderr from the lock's channel, starting with what came
+    /// Reads the answer to request `seq`, `done SEQ CODE OUTLEN ERRLEN\n`
+    /// and that many bytes of stdout and stderr, starting with what came
     /// after the last one; what comes after this one is kept for the next.
+    /// An answer for another request, or none, breaks the channel.
     /// `drain` does not beat here: a beat would write to this very channel.
     fn read_answer(
         &self,
         heartbeat: &mut Heartbeat,
+        seq: u64,
         deadline: Instant,
     ) -> Result<Output, HostError> {
         let host = self.host.as_str();
@@ -243,7 +305,7 @@ impl Connection {
             &mut heartbeat.channel,
             (&mut answer, &mut noise),
             deadline,
-            |out| !matches!(lock_answer(out), Ok(None)),
+            |out| lock_answer(out, seq) != Heard::Partial,
             false,
         );
         if let Err(error) = drained {
@@ -251,8 +313,8 @@ impl Connection {
             heartbeat.broken = Some("an answer did not come in time".into());
             return Err(error);
         }
-        match lock_answer(&answer) {
-            Ok(Some((status, out, err))) => {
+        match lock_answer(&answer, seq) {
+            Heard::Answer((status, out, err)) => {
                 heartbeat.pending = zeroize::Zeroizing::new(answer[err.end..].to_vec());
                 Ok(Output {
                     status,
@@ -260,15 +322,35 @@ impl Connection {
                     stderr: String::from_utf8_lossy(&answer[err]).into_owned(),
                 })
             }
-            Ok(None) => Err(lost(host, "the lock holder", "ended before it answered")),
-            Err(line) => {
-                heartbeat.broken = Some("an answer was not one".into());
-                Err(HostError::new(
-                    ErrorKind::RemoteCommandFailed,
-                    format!("`{host}`: the lock holder answered `{line}`"),
+            Heard::Partial => {
+                heartbeat.broken = Some("the lock holder ended".into());
+                Err(lost(host, "the lock holder", "ended before it answered"))
+            }
+            Heard::Broken(why) => {
+                heartbeat.broken = Some(why.clone());
+                Err(lost(host, "the lock holder ended the channel", why))
+            }
+            Heard::Garbage(line) => {
+                heartbeat.broken = Some("an answer was not the one awaited".into());
+                Err(lost(
+                    host,
+                    "the lock's channel",
+                    format!(
+                        "the holder answered `{line}` where the answer to request {seq} was due"
+                    ),
                 ))
             }
         }
+    }
+
+    /// Whether this connection's lock holder was sent, whole, a step that
+    /// changes the target (`switch`, `restore`): after a lost answer, it
+    /// may have run.
+    pub fn asked_for_a_change(&self) -> bool {
+        self.lock
+            .borrow()
+            .as_ref()
+            .is_some_and(|heartbeat| heartbeat.asked_for_a_change)
     }
 
     /// Sends the lock holder its heartbeat when one is due.
@@ -293,15 +375,16 @@ impl Connection {
     pub fn hold(
         &self,
         command: &str,
-        holder: &str,
+        holder_line: &str,
         wait: Duration,
         with_lock: &[(Vec<String>, &[u8])],
     ) -> Result<Held, HostError> {
         // The holder line, then steps for once the lock is ours: they travel
         // with the command and cost no round trip of their own.
-        let mut stdin = zeroize::Zeroizing::new(format!("{holder}\n").into_bytes());
-        for (words, input) in with_lock {
-            stdin.extend_from_slice(request_head(b'x', words, input.len()).as_bytes());
+        let mut stdin = zeroize::Zeroizing::new(holder_line.as_bytes().to_vec());
+        for (index, (words, input)) in with_lock.iter().enumerate() {
+            let head = request_head(index as u64 + 1, false, words, input.len())?;
+            stdin.extend_from_slice(head.as_bytes());
             stdin.extend_from_slice(input);
         }
         let answer_by = Instant::now() + self.io_timeout;
@@ -356,8 +439,10 @@ impl Connection {
                     last: Instant::now(),
                     read: None,
                     ahead: Default::default(),
+                    next_seq: with_lock.len() as u64 + 1,
                     pending: Default::default(),
                     broken: None,
+                    asked_for_a_change: false,
                 };
                 // A holder that describes itself answers `read` unasked
                 // right after `acquired`.
@@ -372,12 +457,17 @@ impl Connection {
                     zeroize::Zeroize::zeroize(&mut answer);
                     let answer_by = Instant::now() + self.io_timeout;
                     heartbeat.pending = zeroize::Zeroizing::new(after);
-                    let read = self.read_answer(&mut heartbeat, answer_by)?;
+                    // The unasked read is request 0.
+                    let read = self.read_answer(&mut heartbeat, 0, answer_by)?;
                     heartbeat.read = Some(read);
                     // One that describes itself takes the steps sent with it.
                     heartbeat.ahead = with_lock
                         .iter()
-                        .map(|(words, stdin)| SentAhead::new(words, stdin))
+                        .enumerate()
+                        .map(|(index, (words, stdin))| Awaited {
+                            step: SentAhead::new(words, stdin),
+                            seq: index as u64 + 1,
+                        })
                         .collect();
                 }
                 *self.lock.borrow_mut() = Some(heartbeat);
@@ -403,7 +493,33 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
-    use super::description_end;
+    use super::{description_end, lock_answer, Heard};
+
+    #[test]
+    fn an_answer_is_taken_only_for_the_request_it_names() {
+        let answer = b"done 3 0 2 1\nokEnext";
+        assert_eq!(lock_answer(answer, 3), Heard::Answer((0, 13..15, 15..16)));
+        assert!(matches!(lock_answer(answer, 4), Heard::Garbage(_)));
+        assert_eq!(lock_answer(b"done 3 0 20 0\nshort", 3), Heard::Partial);
+        assert_eq!(lock_answer(b"done 3 0", 3), Heard::Partial);
+        assert_eq!(
+            lock_answer(b"broken 3 9\nbad frame", 3),
+            Heard::Broken("bad frame".into())
+        );
+        // Lengths a host chose cannot overflow or ask for more than a host keeps.
+        for line in [
+            "done 3 0 18446744073709551615 2\n",
+            "done 3 0 99999999999 0\n",
+            "done 3 x 0 0\n",
+            "acquired\n",
+        ] {
+            assert!(
+                matches!(lock_answer(line.as_bytes(), 3), Heard::Garbage(_)),
+                "{line}"
+            );
+        }
+        assert!(matches!(lock_answer(&[b'x'; 200], 3), Heard::Garbage(_)));
+    }
 
     #[test]
     fn the_lock_steps_description_is_found_whole_or_not_at_all() {

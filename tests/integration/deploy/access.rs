@@ -164,13 +164,16 @@ pub(super) fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&
         .unwrap()
         .contains("hostenv sudoers"));
 
+    // The lock rules alone: every other step goes through the lock's channel.
     let rules = sudoers_rules(deployer, &request);
-    assert!(
-        rules
-            .lines()
-            .filter(|l| l.starts_with("deploy ALL=(root) NOPASSWD: /usr/local/sbin/hostenv-host "))
-            .count()
-            >= 8
+    let granted: Vec<&str> = rules.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        granted,
+        [
+            "deploy ALL=(root) NOPASSWD: /usr/local/sbin/hostenv-host lock voxbridge default exclusive",
+            "deploy ALL=(root) NOPASSWD: /usr/local/sbin/hostenv-host lock voxbridge default shared",
+        ],
+        "{rules}"
     );
     for host in &hosts[..2] {
         testbed.grant_sudo(host, &rules);

@@ -229,7 +229,7 @@ pub(super) fn same_request_changes_nothing(deployer: &Deployer, hosts: &[&TestHo
     for host in hosts {
         let backups = testbed.sh_ok(
             host,
-            "ls /var/lib/hostenv/voxbridge | grep -v audit.log || true",
+            "ls /var/lib/hostenv/voxbridge | grep '^env\\.' || true",
         );
         assert_eq!(
             backups.trim(),

@@ -16,11 +16,15 @@ use crate::deploy::{
 };
 use crate::testbed::{TestHost, Testbed};
 
+mod channel;
+
 const PROGRAM: &str = "/usr/local/sbin/hostenv-host";
 const CANARY: &str = "/etc/hostenv-canary";
 const CANARY_TEXT: &str = "ROOT-ONLY=canary standing in for /etc/shadow\n";
 const FIFO: &str = "/etc/hostenv-canary.fifo";
 const FIFO_SEEN: &str = "/var/lib/fifo-seen";
+/// The lock of `/opt/voxbridge/.env`, whatever service or environment takes it.
+const LOCK: &str = "opt%voxbridge%.env.lock";
 
 #[test]
 fn the_host_side_cannot_be_turned_against_the_host() {
@@ -31,6 +35,7 @@ fn the_host_side_cannot_be_turned_against_the_host() {
     for host in &hosts {
         plant_canaries(&testbed, host);
     }
+    channel::install_driver(&testbed, &hosts);
 
     a_deploy_user_is_told_to_install_the_host_program(&deployer, &hosts);
     settle(&testbed, &hosts);
@@ -45,6 +50,21 @@ fn the_host_side_cannot_be_turned_against_the_host() {
     the_lock_cannot_be_planted_by_another_user(&deployer, &hosts);
     settle(&testbed, &hosts);
     directories_others_can_write_are_refused(&deployer, &hosts);
+    settle(&testbed, &hosts);
+    std::thread::scope(|scope| {
+        // A minute's wait, while the rest runs.
+        let beat = scope.spawn(|| channel::a_holder_beating_past_its_deadline(&testbed, hosts[2]));
+        channel::the_channel_ends_at_the_first_byte_that_does_not_fit(&deployer, &hosts);
+        channel::a_value_that_spells_requests_stays_data(&deployer, &hosts);
+        settle(&testbed, &hosts);
+        channel::a_waiting_holder_is_bounded(&deployer, &hosts);
+        channel::channel_steps_stay_within_roots_configuration(&deployer, &hosts);
+        channel::one_lock_per_target_file(&deployer, &hosts);
+        settle(&testbed, &hosts);
+        channel::the_audit_log_is_bounded(&deployer, &hosts);
+        channel::switch_installs_only_what_stage_wrote(&deployer, &hosts);
+        channel::no_holder_outlives_its_deadline(beat.join().unwrap());
+    });
     settle(&testbed, &hosts);
     host_keys_fail_closed(&deployer, &hosts);
 
@@ -167,33 +187,42 @@ fn host_install_puts_program_and_configuration_in_place(deployer: &Deployer, hos
             )
         );
     }
-    // The lock lives in root's own directory.
+    // The lock lives in root's own directory, named after the target file.
     let lock = testbed.sh_ok(
         hosts[0],
-        "stat -c '%U %a' /run/hostenv /run/hostenv/voxbridge.staging.lock",
+        &format!("stat -c '%U %a' /run/hostenv /run/hostenv/{LOCK}"),
     );
     assert_eq!(lock, "root 700\nroot 600\n");
 }
 
 /// Every way of splitting each printed rule's text into arguments, with an
 /// argument added or emptied, run as the deploy user: sudo refuses it, or the
-/// host program refuses its arguments, unless it is the rule's own split.
+/// host program refuses its arguments, unless it is the rule's own split. The
+/// rules name the lock step alone; the steps a deploy user could once run on
+/// their own (and every payload in their place) are refused by sudo.
 fn every_split_of_every_printed_rule_is_refused_or_exact(deployer: &Deployer, hosts: &[&TestHost]) {
     let testbed = deployer.testbed;
     let host = hosts[0];
     let mut rules = sudoers_rules(deployer, &deploy_user_request(deployer, &hosts[..1]));
-    // A template whose instances are discovered: the one rule with a pattern.
+    // A template whose instances are discovered: the same two lock rules, no pattern.
     let voxcore = json!({
         "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxcore",
         "contract": "fleet.env.example", "hosts": [host.addr], "environment": "staging",
         "env": {}, "ssh": testbed.ssh_settings("deploy")
     });
     let voxcore_rules = sudoers_rules(deployer, &voxcore);
-    assert!(
-        voxcore_rules.contains("^restart voxcore voxcore@"),
-        "{voxcore_rules}"
-    );
     rules.push_str(&voxcore_rules);
+    let granted: Vec<&str> = rules.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        granted,
+        [
+            "deploy ALL=(root) NOPASSWD: /usr/local/sbin/hostenv-host lock voxbridge staging exclusive",
+            "deploy ALL=(root) NOPASSWD: /usr/local/sbin/hostenv-host lock voxbridge staging shared",
+            "deploy ALL=(root) NOPASSWD: /usr/local/sbin/hostenv-host lock voxcore staging exclusive",
+            "deploy ALL=(root) NOPASSWD: /usr/local/sbin/hostenv-host lock voxcore staging shared",
+        ],
+        "{rules}"
+    );
     testbed.grant_sudo(host, &rules);
     // The voxcore steps need its configuration; it is there, as an admin would install it.
     let mut voxcore_root = voxcore.clone();
@@ -207,21 +236,10 @@ fn every_split_of_every_printed_rule_is_refused_or_exact(deployer: &Deployer, ho
 
     let mut attempts: Vec<Vec<String>> = Vec::new();
     let mut exact: Vec<Vec<String>> = Vec::new();
-    for line in rules
-        .lines()
-        .filter(|l| l.starts_with("deploy ALL=(root) NOPASSWD: "))
-    {
+    for line in &granted {
         let command = line.trim_start_matches("deploy ALL=(root) NOPASSWD: ");
         let (program, args) = command.split_once(' ').unwrap();
         assert_eq!(program, PROGRAM, "{line}");
-        let args = if let Some(pattern) = args.strip_prefix('^') {
-            // Stand an instance in for the pattern's class.
-            pattern
-                .trim_end_matches('$')
-                .replace("[A-Za-z0-9_][A-Za-z0-9_.-]*[.]", "sock9.")
-        } else {
-            args.replace('\\', "")
-        };
         let words: Vec<&str> = args.split(' ').collect();
         exact.push(words.iter().map(|w| w.to_string()).collect());
         for split in splits(&words) {
@@ -234,15 +252,24 @@ fn every_split_of_every_printed_rule_is_refused_or_exact(deployer: &Deployer, ho
             attempts.push(emptied);
         }
     }
-    // Shell and path payloads where a pattern rule takes a name.
-    for payload in [
-        "voxcore@$(id>/tmp/pwned).service",
-        "voxcore@x.service;id",
-        "voxcore@x y.service",
-        "voxcore@../../etc/shadow.service",
-        "sshd.service",
+    // What earlier rules granted on its own, and shell and path payloads in
+    // its place: no rule names them now.
+    for direct in [
+        "read voxbridge",
+        "stage voxbridge",
+        "switch voxbridge",
+        "restore voxbridge 0",
+        "audit voxbridge",
+        "restart voxcore voxcore@sock9.service",
+        "reset-failed voxcore voxcore@sock9.service",
+        "restart voxcore voxcore@$(id>/tmp/pwned).service",
+        "restart voxcore voxcore@x.service;id",
+        "restart voxcore voxcore@../../etc/shadow.service",
+        "restart voxcore sshd.service",
+        "lock voxbridge production exclusive",
+        "configure voxbridge",
     ] {
-        attempts.push(vec!["restart".into(), "voxcore".into(), payload.into()]);
+        attempts.push(direct.split(' ').map(str::to_string).collect());
     }
     let mut script = String::from("cd /tmp; ");
     for attempt in &attempts {
@@ -285,18 +312,6 @@ fn every_split_of_every_printed_rule_is_refused_or_exact(deployer: &Deployer, ho
     );
     let pwned = testbed.sh(host, "test -e /tmp/pwned");
     assert!(!pwned.status.success(), "a payload ran");
-    // The pattern rule does grant its own form, for an instance found on the host.
-    let granted = as_user(
-        testbed,
-        host,
-        "deploy",
-        &format!("sudo -n {PROGRAM} reset-failed voxcore voxcore@sock9.service"),
-    );
-    assert!(
-        granted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&granted.stderr)
-    );
     // The attacks of the old rules: a shell is not granted at all.
     for attack in [
         "sudo -n /bin/sh -c id",
@@ -521,9 +536,7 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
         testbed,
         host,
         "deploy",
-        &format!(
-            "mkdir -p /run/lock/hostenv && ln -sfn {CANARY} /run/lock/hostenv/voxbridge.staging.lock"
-        ),
+        &format!("mkdir -p /run/lock/hostenv && ln -sfn {CANARY} /run/lock/hostenv/{LOCK}"),
     );
     let run = deployer.run("deploy", &request, &secrets("lock-1"));
     assert_eq!(run.code, 0, "{}", run.stdout);
@@ -540,12 +553,12 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
     // A lock file swapped for a link to a root file (as root could) is refused, not written.
     testbed.sh_ok(
         host,
-        &format!("rm /run/hostenv/voxbridge.staging.lock; ln -s {CANARY} /run/hostenv/voxbridge.staging.lock"),
+        &format!("rm /run/hostenv/{LOCK}; ln -s {CANARY} /run/hostenv/{LOCK}"),
     );
     let run = deployer.run("deploy", &request, &secrets("lock-3"));
     let (kind, _) = first_error(&run.json());
     assert_eq!(kind, "remoteCommandFailed");
-    testbed.sh_ok(host, "rm /run/hostenv/voxbridge.staging.lock");
+    testbed.sh_ok(host, &format!("rm /run/hostenv/{LOCK}"));
     // The holder a waiting run prints is the locked file's first line, as written.
     let mut holder_request = request.clone();
     holder_request["audit"] = json!({"by": "mallory\u{1b}[2J\nforged line", "buildUrl": "x"});
@@ -557,10 +570,12 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
     assert_eq!(code, 0);
     let (kind, message) = first_error(&waiting.json());
     assert_eq!(kind, "locked", "{message}");
-    // The holder is the JSON line the holding run wrote, escapes kept as
-    // escapes (the old `echo` turned `\n` into a line of its own).
+    // The holder is the service and environment that hold the lock and the
+    // JSON line the holding run wrote, escapes kept as escapes (the old
+    // `echo` turned `\n` into a line of its own).
     assert!(
-        message.contains(r#""by":"mallory\u001b[2J\nforged line""#),
+        message.contains(r#"locked by voxbridge staging {"action":"deploy""#)
+            && message.contains(r#""by":"mallory\u001b[2J\nforged line""#),
         "{message}"
     );
     assert!(!message.contains(['\u{1b}', '\n']), "{message}");
@@ -570,68 +585,54 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
     // the checks a run of its own has, and no write under a shared lock.
     let log = "/var/lib/hostenv/voxbridge/audit.log";
     let before = testbed.sh_ok(host, &format!("cat {log}"));
-    let request = |words: &str, input: &str| format!("x{words}\n{}\n{input}", input.len());
-    // `&`: only when the request before it succeeded.
-    let then = |words: &str, input: &str| format!("&{words}\n{}\n{input}", input.len());
-    let control = "{\"x\":\"\u{1b}[2J\"}";
+    let control = "{\"x\":\"\u{1b}[2J\u{2028}\"}";
     let long = format!("{{\"x\":\"{}\"}}", "y".repeat(20_000));
-    let exclusive = [
-        request("read voxcore", ""),
-        request("configure voxbridge", "[target]\npath = /etc/shadow\n"),
-        request("lock voxbridge staging exclusive", ""),
-        request("restore voxbridge ../../etc", ""),
-        request("restart voxbridge sshd.service", ""),
-        request("audit voxbridge", control),
-        request("audit voxbridge", &long),
-        then("audit voxbridge", "{\"by\":\"after a refusal\"}"),
-        request("audit voxbridge", "{\"by\":\"mallory\"}"),
-        then("audit voxbridge", "{\"by\":\"after a success\"}"),
-        then("configure voxbridge", "[target]\npath = /etc/shadow\n"),
-    ];
-    let shared = [
-        request("stage voxbridge", "A=1\n"),
-        request("switch voxbridge", ""),
-    ];
-    let talk = |mode: &str, requests: &[String]| -> Vec<(i32, String)> {
-        let input = format!("mallory\n{}", requests.concat());
-        testbed.put(host, "/tmp/lock-talk", &input);
-        let out = as_user(
-            testbed,
-            host,
-            "deploy",
-            &format!("sudo -n {PROGRAM} lock voxbridge staging {mode} < /tmp/lock-talk"),
-        );
-        answers(&out.stdout)
-    };
-    let answered = talk("exclusive", &exclusive);
-    let codes: Vec<i32> = answered.iter().map(|(code, _)| *code).collect();
+    let mut exclusive = Talk::new();
+    exclusive
+        .x("read voxcore", "")
+        .x("configure voxbridge", "[target]\npath = /etc/shadow\n")
+        .x("lock voxbridge staging exclusive", "")
+        .x("restore voxbridge ../../etc", "")
+        .x("restart voxbridge sshd.service", "")
+        .x("audit voxbridge", control)
+        .x("audit voxbridge", &long)
+        // `&`: only when the request before it succeeded.
+        .then("audit voxbridge", "{\"by\":\"after a refusal\"}")
+        .x("audit voxbridge", "{\"by\":\"mallory\"}")
+        .then("audit voxbridge", "{\"by\":\"after a success\"}")
+        .then("configure voxbridge", "[target]\npath = /etc/shadow\n");
+    let answered = exclusive.talk(testbed, host, "lock voxbridge staging exclusive");
+    assert_eq!(answered.broken, None, "{answered:?}");
+    let codes: Vec<i32> = answered.done.iter().map(|(_, code, _)| *code).collect();
     // A chained request after a failure is skipped (5), after a success it
-    // is checked like any other.
-    assert_eq!(codes, [2, 2, 2, 2, 2, 3, 3, 5, 0, 0, 2], "{answered:?}");
-    assert!(answered[7].1.contains("skipped"), "{answered:?}");
+    // is checked like any other; the control characters of an audit line
+    // are escaped, not refused.
+    assert_eq!(codes, [2, 2, 2, 2, 2, 0, 3, 5, 0, 0, 2], "{answered:?}");
+    let said = |index: usize| answered.done[index].2.as_str();
+    assert!(said(7).contains("skipped"), "{answered:?}");
+    assert!(said(0).contains("its own service only"), "{answered:?}");
     assert!(
-        answered[0].1.contains("its own service only"),
+        said(4).contains("not a unit of this service"),
         "{answered:?}"
     );
+    assert!(said(6).contains("at most 16 KiB"), "{answered:?}");
+    let mut shared = Talk::new();
+    shared
+        .x("stage voxbridge", "A=1\n")
+        .x("switch voxbridge", "");
+    let shared_answers = shared.talk(testbed, host, "lock voxbridge staging shared");
+    let codes: Vec<i32> = shared_answers.done.iter().map(|(_, c, _)| *c).collect();
+    assert_eq!(codes, [3, 3], "{shared_answers:?}");
     assert!(
-        answered[4].1.contains("not a unit of this service"),
-        "{answered:?}"
-    );
-    assert!(answered[5].1.contains("one line of JSON"), "{answered:?}");
-    let shared_answers = talk("shared", &shared);
-    assert_eq!(
-        shared_answers.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
-        [3, 3],
-        "{shared_answers:?}"
-    );
-    assert!(
-        shared_answers[0].1.contains("shared lock"),
+        shared_answers.done[0].2.contains("shared lock"),
         "{shared_answers:?}"
     );
     let after = testbed.sh_ok(host, &format!("cat {log}"));
     assert_eq!(
         after,
-        format!("{before}{{\"by\":\"mallory\"}}\n{{\"by\":\"after a success\"}}\n")
+        format!(
+            "{before}{{\"x\":\"\\u001b[2J\\u2028\"}}\n{{\"by\":\"mallory\"}}\n{{\"by\":\"after a success\"}}\n"
+        )
     );
     assert!(
         testbed
@@ -642,9 +643,106 @@ fn the_lock_cannot_be_planted_by_another_user(deployer: &Deployer, hosts: &[&Tes
     );
 }
 
-/// The lock holder's answers to the requests after `acquired`: each one's
-/// exit code and its stderr (the requests here read nothing).
-fn answers(stdout: &[u8]) -> Vec<(i32, String)> {
+/// Requests for the lock's channel as the deploy user sends them straight
+/// to the holder: a holder line, then requests numbered from 1.
+#[derive(Default)]
+pub(crate) struct Talk {
+    next: u64,
+    bytes: Vec<u8>,
+}
+
+impl Talk {
+    pub(crate) fn new() -> Talk {
+        Talk {
+            next: 1,
+            bytes: b"hold 60 mallory\n".to_vec(),
+        }
+    }
+
+    /// A request, numbered as the holder expects.
+    pub(crate) fn x(&mut self, words: &str, input: &str) -> &mut Talk {
+        self.request('x', words, input.as_bytes())
+    }
+
+    /// A request that runs only if the one before it succeeded.
+    pub(crate) fn then(&mut self, words: &str, input: &str) -> &mut Talk {
+        self.request('&', words, input.as_bytes())
+    }
+
+    pub(crate) fn request(&mut self, marker: char, words: &str, input: &[u8]) -> &mut Talk {
+        let head = format!("{marker}{} {words}\n{}\n", self.next, input.len());
+        self.bytes.extend_from_slice(head.as_bytes());
+        self.bytes.extend_from_slice(input);
+        self.next += 1;
+        self
+    }
+
+    /// Bytes as they are, whatever the grammar says.
+    pub(crate) fn raw(&mut self, bytes: &[u8]) -> &mut Talk {
+        self.bytes.extend_from_slice(bytes);
+        self
+    }
+
+    /// Replaces the holder line.
+    pub(crate) fn holder(mut self, line: &[u8]) -> Talk {
+        let end = self.bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
+        self.bytes.splice(..end, line.iter().copied());
+        self
+    }
+
+    /// Sends it all to `sudo -n hostenv-host LOCK_STEP` as the deploy user.
+    pub(crate) fn talk(&self, testbed: &Testbed, host: &TestHost, lock_step: &str) -> Answers {
+        self.talk_as(testbed, host, "deploy", lock_step)
+    }
+
+    /// Sends it all to the lock step as `user` (root runs the program itself).
+    pub(crate) fn talk_as(
+        &self,
+        testbed: &Testbed,
+        host: &TestHost,
+        user: &str,
+        lock_step: &str,
+    ) -> Answers {
+        let file = "/tmp/lock-talk";
+        put_bytes(testbed, host, file, &self.bytes);
+        testbed.sh_ok(host, &format!("chmod 644 {file}"));
+        let out = if user == "root" {
+            testbed.sh(host, &format!("{PROGRAM} {lock_step} < {file}"))
+        } else {
+            let command = format!("sudo -n {PROGRAM} {lock_step} < {file}");
+            as_user(testbed, host, user, &command)
+        };
+        let mut answered = answers(&out.stdout);
+        answered.stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        answered
+    }
+}
+
+/// Writes any bytes to a file on a host (`Testbed::put` takes text).
+pub(crate) fn put_bytes(testbed: &Testbed, host: &TestHost, path: &str, bytes: &[u8]) {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    testbed.put(host, &format!("{path}.b64"), &encoded);
+    testbed.sh_ok(
+        host,
+        &format!("base64 -d {path}.b64 > {path}; rm {path}.b64"),
+    );
+}
+
+/// What the lock holder answered: who held the lock while it waited,
+/// whether it took it, each request's number, exit code and stderr after
+/// its unasked `read`, how the channel ended if the holder ended it (the
+/// number it was at, and why), and what it said on stderr.
+#[derive(Debug, Default)]
+pub(crate) struct Answers {
+    pub held_by: Option<String>,
+    pub acquired: bool,
+    pub done: Vec<(u64, i32, String)>,
+    pub broken: Option<(u64, String)>,
+    pub stderr: String,
+}
+
+pub(crate) fn answers(stdout: &[u8]) -> Answers {
     let text = String::from_utf8_lossy(stdout).into_owned();
     // First the program's description (`describe N` and N bytes), then `acquired`.
     let (head, described) = text
@@ -653,23 +751,50 @@ fn answers(stdout: &[u8]) -> Vec<(i32, String)> {
         .unwrap_or_else(|| panic!("no description: {text}"));
     let length: usize = head.parse().unwrap();
     assert!(described[..length].starts_with("hostenv-host "), "{text}");
-    let mut rest = described[length..]
-        .strip_prefix("acquired\n")
-        .unwrap_or_else(|| panic!("{text}"));
-    let mut found = Vec::new();
+    let mut rest = &described[length..];
+    let mut answers = Answers::default();
     while let Some((head, after)) = rest.split_once('\n') {
+        if let Some(holder) = head.strip_prefix("held-by ") {
+            answers.held_by = Some(holder.to_string());
+            rest = after;
+            continue;
+        }
+        if head == "acquired" {
+            answers.acquired = true;
+            rest = after;
+            continue;
+        }
         let fields: Vec<&str> = head.split(' ').collect();
-        let ["done", code, out, err] = fields.as_slice() else {
-            panic!("not an answer: {head:?} in {text}");
-        };
-        let (out, err): (usize, usize) = (out.parse().unwrap(), err.parse().unwrap());
-        found.push((code.parse().unwrap(), after[out..out + err].to_string()));
-        rest = &after[out + err..];
+        match fields.as_slice() {
+            ["done", seq, code, out, err] => {
+                let (out, err): (usize, usize) = (out.parse().unwrap(), err.parse().unwrap());
+                answers.done.push((
+                    seq.parse().unwrap(),
+                    code.parse().unwrap(),
+                    after[out..out + err].to_string(),
+                ));
+                rest = &after[out + err..];
+            }
+            ["broken", seq, length] => {
+                let length: usize = length.parse().unwrap();
+                answers.broken = Some((seq.parse().unwrap(), after[..length].to_string()));
+                rest = &after[length..];
+                assert_eq!(rest, "", "the holder said more after it ended: {text}");
+            }
+            _ => panic!("not an answer: {head:?} in {text}"),
+        }
     }
-    // The first answer is the holder's unasked `read` of the locked service.
-    assert_eq!(found.first().map(|(code, _)| *code), Some(0), "{text}");
-    found.remove(0);
-    found
+    // The first answer, when the lock was taken, is the holder's unasked
+    // `read` of the locked service, as request 0.
+    if answers.done.first().is_some_and(|(seq, _, _)| *seq == 0) {
+        assert_eq!(answers.done[0].1, 0, "{text}");
+        answers.done.remove(0);
+    }
+    // Every answer names its request, in order.
+    for (index, (seq, _, _)) in answers.done.iter().enumerate() {
+        assert_eq!(*seq, index as u64 + 1, "{text}");
+    }
+    answers
 }
 
 fn directories_others_can_write_are_refused(deployer: &Deployer, hosts: &[&TestHost]) {
