@@ -316,6 +316,13 @@ fn deployment_rules(deployment: &Deployment, at: &str, user: Option<&str>) -> Re
         .map(str::to_string)
         .or_else(|| deployment.ssh.as_ref().and_then(|s| s.user.clone()))
         .unwrap_or_else(|| "deploy".to_string());
+    // The name starts each rule: sudoers syntax in it would be a rule of its own.
+    let user = crate::settings::names::Account::parse(&user).ok_or_else(|| {
+        Error::Usage(format!(
+            "`--user` must be a user name (letters, digits, `.`, `_`, `-`), not `{}`",
+            user.escape_debug()
+        ))
+    })?;
     Ok(crate::commands::sudoers::rules(&settings, &user))
 }
 

@@ -161,3 +161,34 @@ fn a_file_too_large_for_a_host_is_refused_before_any_host() {
         }
     }
 }
+
+/// `sudoers --user` starts every printed rule: a name with sudoers syntax in
+/// it would be a rule of its own, and is refused.
+#[test]
+fn sudoers_takes_only_a_user_name() {
+    let request = std::fs::read(repo_root().join("examples/voxbridge.json")).unwrap();
+    let run = run_hostenv(
+        &["sudoers", "--user", "ci"],
+        &repo_root(),
+        &BTreeMap::new(),
+        Some(&request),
+    );
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let rules: Vec<&str> = run.stdout.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(rules.len(), 2, "{}", run.stdout);
+    assert!(rules
+        .iter()
+        .all(|r| r
+            .starts_with("ci ALL=(root) NOPASSWD: /usr/local/sbin/hostenv-host lock voxbridge ")));
+    for user in ["ALL ALL=(ALL) NOPASSWD: ALL\n#", "deploy,root", "%wheel"] {
+        let run = run_hostenv(
+            &["sudoers", "--user", user],
+            &repo_root(),
+            &BTreeMap::new(),
+            Some(&request),
+        );
+        assert_eq!(run.code, 2, "{user:?}: {}", run.stdout);
+        assert_eq!(run.json()["error"]["kind"], "usage");
+        assert!(!run.stdout.contains("hostenv-host lock"), "{}", run.stdout);
+    }
+}
