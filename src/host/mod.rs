@@ -30,6 +30,7 @@ use files::{Dir, LastDir, Ownership};
 use limits::Limits;
 
 pub use lock::lock_name;
+pub use steps::printable_ascii;
 
 /// Where the program is installed, root-owned, mode 0755.
 pub const PROGRAM: &str = "/usr/local/sbin/hostenv-host";

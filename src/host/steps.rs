@@ -410,7 +410,7 @@ pub fn audit(target: &Target, input: &mut dyn Read, limits: &Limits) -> Result<(
             "the audit line must be one line of JSON, at most 16 KiB",
         ));
     }
-    let entry = format!("{}\n", escape_for_log(body));
+    let entry = format!("{}\n", printable_ascii(body));
     let state = target.state()?;
     // Holders under a shared lock append at the same time: one at a time here.
     let guard = files::open_own_file(&state, "audit.lock", false)?;
@@ -434,8 +434,10 @@ pub fn audit(target: &Target, input: &mut dyn Read, limits: &Limits) -> Result<(
         .map_err(|e| Failure::io(format!("cannot append to the audit log: {e}")))
 }
 
-/// `text` with every character but printable ASCII as `\\uXXXX` (UTF-16).
-fn escape_for_log(text: &str) -> String {
+/// `text` with every character but printable ASCII as `\\uXXXX` (UTF-16
+/// units), which a JSON reader takes back as the same character: one line
+/// that no character can break, hide or use to move a terminal's cursor.
+pub fn printable_ascii(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if (' '..='~').contains(&c) {
@@ -457,18 +459,18 @@ fn emit(out: &mut dyn Write, bytes: &[u8]) -> Result<(), Failure> {
 
 #[cfg(test)]
 mod tests {
-    use super::escape_for_log;
+    use super::printable_ascii;
 
     #[test]
     fn audit_lines_keep_printable_ascii_only() {
-        assert_eq!(escape_for_log("{\"by\":\"ci\"}"), "{\"by\":\"ci\"}");
+        assert_eq!(printable_ascii("{\"by\":\"ci\"}"), "{\"by\":\"ci\"}");
         assert_eq!(
-            escape_for_log("{\"by\":\"a\u{2028}b\u{1b}[2J\u{202e}\u{1f600}\"}"),
+            printable_ascii("{\"by\":\"a\u{2028}b\u{1b}[2J\u{202e}\u{1f600}\"}"),
             "{\"by\":\"a\\u2028b\\u001b[2J\\u202e\\ud83d\\ude00\"}"
         );
         // What JSON reads back is the line as sent.
         let sent = "{\"by\":\"caf\u{e9} \u{2029}\"}";
-        let text = escape_for_log(sent);
+        let text = printable_ascii(sent);
         assert!(text.is_ascii());
         assert_eq!(text, "{\"by\":\"caf\\u00e9 \\u2029\"}");
     }

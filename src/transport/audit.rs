@@ -90,23 +90,11 @@ fn fit(mut line: Value, limit: usize) -> String {
 }
 
 /// `value` as JSON of printable ASCII only: every other character inside
-/// its strings as `\\uXXXX`, which any JSON reader takes back as the same
-/// text. What hostenv sends to a host's lock file or log is then one line
-/// that no character can break or disguise.
+/// its strings as `\\uXXXX` (the host program's own escaping), which any
+/// JSON reader takes back as the same text. What hostenv sends to a host's
+/// lock file or log is then one line that no character can break or disguise.
 pub fn ascii_json(value: &serde_json::Value) -> String {
-    let text = value.to_string();
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if (' '..='~').contains(&c) {
-            out.push(c);
-        } else {
-            let mut units = [0u16; 2];
-            for unit in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{unit:04x}"));
-            }
-        }
-    }
-    out
+    crate::host::printable_ascii(&value.to_string())
 }
 
 pub fn append(remote: &Remote, line: &AuditLine) -> Result<(), HostError> {
