@@ -1163,6 +1163,11 @@ impl<'r, 'a> OpenHost<'r, 'a> {
         }
         let had_previous = match self.step("switch", |remote| remote.switch()) {
             Ok(had_previous) => had_previous,
+            // Someone else's file is at the target now: a person must look.
+            Err(error) if error.kind == ErrorKind::TargetReplaced => {
+                self.run.report.changed = true;
+                return Err((HostStatus::Unknown, error));
+            }
             Err(error) => {
                 self.run
                     .discard_staged(Some(self.connection), |remote| remote.discard());

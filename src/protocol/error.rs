@@ -99,6 +99,9 @@ pub enum ErrorKind {
     HostProgramMismatch,
     /// A command on the host failed.
     RemoteCommandFailed,
+    /// The target was replaced by someone else while the switch put the new
+    /// file in place: the host holds neither the old file nor the new one.
+    TargetReplaced,
     /// The host's current file cannot be read or used.
     CurrentFileInvalid,
     /// The new file would change the value of a key another service shares.

@@ -309,7 +309,18 @@ impl Remote<'_> {
     /// Keeps the current file as backup 1 and renames the staged one over it.
     /// Returns whether there was a previous file.
     pub fn switch(&self) -> Result<bool, HostError> {
-        let output = self.run(&switch(self.service), &[])?;
+        let output = self.output(&switch(self.service), &[], None)?;
+        if output.status == i32::from(crate::host::CHANGED) {
+            return Err(HostError::new(
+                ErrorKind::TargetReplaced,
+                format!(
+                    "`{}`: {}",
+                    self.host,
+                    first_line(&output.stderr).trim_start_matches("hostenv-host: ")
+                ),
+            ));
+        }
+        let output = self.check("switch", output)?;
         Ok(String::from_utf8_lossy(&output.stdout).starts_with("previous"))
     }
 
