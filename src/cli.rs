@@ -112,6 +112,11 @@ pub struct CheckArgs {
     /// `ssh` sources are set, not the variables they name.
     #[arg(long)]
     pub ssh_unbound: bool,
+    /// No credential is bound in this run (a build that may run untrusted
+    /// code): check the request, the contract and every source's shape and
+    /// name, reading no secret (implies --ssh-unbound).
+    #[arg(long)]
+    pub secrets_unbound: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -217,9 +222,13 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
     match cli.command {
         Command::Check(args) => {
             let flags = RunFlags {
-                ssh_unbound: args.ssh_unbound,
+                ssh_unbound: args.ssh_unbound || args.secrets_unbound,
                 ..RunFlags::default()
             };
+            if args.secrets_unbound {
+                let names_only = crate::settings::secret::NamesOnly(env);
+                return run_action(Action::Check, &args.common, flags, &names_only);
+            }
             run_action(Action::Check, &args.common, flags, env)
         }
         Command::Plan(args) => {

@@ -42,17 +42,30 @@ impl Prepared {
 
     /// Per-host `check` entries.
     pub fn checked_hosts(&self) -> Vec<HostReport> {
-        self.resolution
-            .files
-            .iter()
-            .map(|file| HostReport {
+        let path = self.settings.target.path.to_string();
+        let rendered = self.resolution.files.iter().map(|file| {
+            let keys = file.values.iter().map(|(key, _)| key.clone()).collect();
+            let bytes = Some(file.text.expose_secret().len());
+            (&file.host, keys, file.host_keys.clone(), bytes)
+        });
+        let unread = self.resolution.unread.iter().map(|names| {
+            (
+                &names.host,
+                names.keys.clone(),
+                names.host_keys.clone(),
+                None,
+            )
+        });
+        rendered
+            .chain(unread)
+            .map(|(host, keys, host_keys, bytes)| HostReport {
                 rendered: Some(RenderedReport {
-                    path: self.settings.target.path.to_string(),
-                    keys: file.values.iter().map(|(key, _)| key.clone()).collect(),
-                    host_keys: file.host_keys.clone(),
-                    bytes: file.text.expose_secret().len(),
+                    path: path.clone(),
+                    keys,
+                    host_keys,
+                    bytes,
                 }),
-                ..HostReport::new(&file.host, HostStatus::Checked)
+                ..HostReport::new(host, HostStatus::Checked)
             })
             .collect()
     }

@@ -29,8 +29,19 @@ pub struct HostFile {
 pub struct Resolution {
     /// Every key report, grouped by key in contract order.
     pub keys: Vec<KeyReport>,
-    /// One file per host, in request order; empty when any key has a problem.
+    /// One file per host, in request order; empty when any key has a problem
+    /// or its secrets were not read.
     pub files: Vec<HostFile>,
+    /// A names-only check (no secret read): the keys each host's file would
+    /// have, in request order; empty otherwise.
+    pub unread: Vec<HostKeys>,
+}
+
+/// The keys of one host's file, without their values.
+pub struct HostKeys {
+    pub host: String,
+    pub keys: Vec<String>,
+    pub host_keys: Vec<String>,
 }
 
 impl Resolution {
@@ -65,6 +76,9 @@ pub fn resolve(
     env: &dyn EnvLookup,
     min: Option<u32>,
 ) -> Result<Resolution> {
+    if !env.binds_secrets() {
+        refuse_unread_env_files(deployment, at)?;
+    }
     let top = match (&deployment.env, &deployment.env_file) {
         (Some(sources), _) => source_scope(sources, None, contract, env, min),
         (None, Some(file)) => {
@@ -113,7 +127,7 @@ pub fn resolve(
         }
     }
 
-    let mut files = Vec::new();
+    let (mut files, mut unread) = (Vec::new(), Vec::new());
     for key in contract.names() {
         let lacking: Vec<&str> = host_scopes
             .iter()
@@ -152,17 +166,31 @@ pub fn resolve(
             let base = file.as_ref().unwrap_or(&top);
             let mut values = Vec::new();
             let mut host_keys = Vec::new();
+            let mut names = Vec::new();
             for key in contract.names() {
                 let (resolved, host_specific) = match overrides.get(key) {
                     Some(resolved) => (Some(resolved), true),
                     None => (base.get(key), file.is_some()),
                 };
-                if let Some(value) = resolved.and_then(|r| r.value.as_ref()) {
-                    values.push((key.to_string(), value.clone()));
-                    if host_specific {
-                        host_keys.push(key.to_string());
-                    }
+                let Some(resolved) = resolved.filter(|r| r.report.status != KeyStatus::Omitted)
+                else {
+                    continue;
+                };
+                names.push(key.to_string());
+                if host_specific {
+                    host_keys.push(key.to_string());
                 }
+                if let Some(value) = &resolved.value {
+                    values.push((key.to_string(), value.clone()));
+                }
+            }
+            if !env.binds_secrets() {
+                unread.push(HostKeys {
+                    host: host.clone(),
+                    keys: names,
+                    host_keys,
+                });
+                continue;
             }
             let text = render_checked(&values, min)?;
             files.push(HostFile {
@@ -173,7 +201,29 @@ pub fn resolve(
             });
         }
     }
-    Ok(Resolution { keys, files })
+    Ok(Resolution {
+        keys,
+        files,
+        unread,
+    })
+}
+
+/// A names-only check cannot read a whole file's keys without its secrets.
+fn refuse_unread_env_files(deployment: &Deployment, at: &str) -> Result<()> {
+    let host_file = deployment
+        .hosts
+        .iter()
+        .position(|spec| spec.entry().is_some_and(|e| e.env_file.is_some()));
+    let field = match (deployment.env_file.is_some(), host_file) {
+        (true, _) => format!("{at}/envFile"),
+        (false, Some(index)) => format!("{at}/hosts/{index}/envFile"),
+        (false, None) => return Ok(()),
+    };
+    Err(Error::invalid(
+        ErrorKind::InvalidSource,
+        field,
+        "a whole-file `envFile` names its keys only in the file: check it with the file bound, not with `--secrets-unbound`",
+    ))
 }
 
 /// Renders, then reads back with the independent reader: the bytes are used only
@@ -340,6 +390,11 @@ fn read_source(
             ));
         }
         SecretString::from(literal.clone())
+    } else if !env.binds_secrets() {
+        return Err(Problem::new(
+            KeyStatus::Unbound,
+            "named, not read: this check binds no secret",
+        ));
     } else if let Some(name) = &source.secret_env {
         secret::from_env(env, name, source.encoding == Some(Encoding::Base64))?
     } else if let Some(name) = &source.secret_file_env {

@@ -142,6 +142,9 @@ pub enum KeyStatus {
     Ok,
     /// Listed in `optional` and given no source: left out of the file.
     Omitted,
+    /// A secret source that `check --secrets-unbound` names without reading:
+    /// its variable's name is checked, its value is not bound.
+    Unbound,
     /// In the contract, not in `optional`, and given no source.
     Missing,
     /// The named environment variable is not set.
@@ -166,7 +169,10 @@ pub enum KeyStatus {
 
 impl KeyStatus {
     pub fn is_problem(self) -> bool {
-        !matches!(self, KeyStatus::Ok | KeyStatus::Omitted)
+        !matches!(
+            self,
+            KeyStatus::Ok | KeyStatus::Omitted | KeyStatus::Unbound
+        )
     }
 }
 
@@ -404,8 +410,10 @@ pub struct RenderedReport {
     pub keys: Vec<String>,
     /// Keys whose source is specific to this host.
     pub host_keys: Vec<String>,
-    /// Size of the file in bytes.
-    pub bytes: usize,
+    /// Size of the file in bytes; absent when its secrets were not read
+    /// (`check --secrets-unbound`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<usize>,
 }
 
 /// One deployment of a Rotation.

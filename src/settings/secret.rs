@@ -21,6 +21,30 @@ pub trait EnvLookup {
 
     /// Names of every variable set, for checks such as "is any `VITE_*` set".
     fn names(&self) -> Vec<String>;
+
+    /// Whether secrets are read here at all: a names-only check
+    /// (`check --secrets-unbound`) binds none and reads none.
+    fn binds_secrets(&self) -> bool {
+        true
+    }
+}
+
+/// An environment in which no secret is bound: every other variable reads
+/// through, and a secret source is named, never read.
+pub struct NamesOnly<'a>(pub &'a dyn EnvLookup);
+
+impl EnvLookup for NamesOnly<'_> {
+    fn get(&self, name: &str) -> Option<OsString> {
+        self.0.get(name)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.0.names()
+    }
+
+    fn binds_secrets(&self) -> bool {
+        false
+    }
 }
 
 /// The real process environment.

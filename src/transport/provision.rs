@@ -170,9 +170,13 @@ pub fn install(remote: &Remote, program: &[u8], config: &str) -> Result<(), Host
 
 /// The host program to install: `HOSTENV_HOST_PROGRAM`, else `hostenv-host`
 /// beside this binary (cargo and the release archive put it there). Read only
-/// when a host needs it, once per run.
+/// when a host needs it, once per run. With `HOSTENV_HOST_PROGRAM_SHA256` (the
+/// Jenkins steps set it from the release they verified), the bytes read must
+/// have that digest: the very bytes checked are the bytes installed as root,
+/// so another process of the agent's user cannot swap the file in between.
 pub struct LocalProgram {
     candidates: Vec<std::path::PathBuf>,
+    pinned: Option<String>,
     bytes: std::sync::OnceLock<Result<Vec<u8>, String>>,
 }
 
@@ -189,26 +193,46 @@ impl LocalProgram {
                 vec![dir.join("hostenv-host"), dir.join("../hostenv-host")]
             }
         };
+        let pinned = env
+            .get("HOSTENV_HOST_PROGRAM_SHA256")
+            .map(|digest| digest.to_string_lossy().trim().to_ascii_lowercase());
         LocalProgram {
             candidates,
+            pinned,
             bytes: std::sync::OnceLock::new(),
         }
     }
 
     pub fn bytes(&self) -> Result<&[u8], String> {
         let read = self.bytes.get_or_init(|| {
-            self.candidates
+            let (path, bytes) = self
+                .candidates
                 .iter()
-                .find_map(|path| std::fs::read(path).ok())
+                .find_map(|path| std::fs::read(path).ok().map(|bytes| (path, bytes)))
                 .ok_or_else(|| {
                     format!(
                         "no host program to install at `{}` (set HOSTENV_HOST_PROGRAM)",
                         self.candidates[0].display()
                     )
-                })
+                })?;
+            match &self.pinned {
+                Some(pinned) if *pinned != sha256_hex(&bytes) => Err(format!(
+                    "`{}` does not have the SHA-256 HOSTENV_HOST_PROGRAM_SHA256 pins; nothing was installed",
+                    path.display()
+                )),
+                _ => Ok(bytes),
+            }
         });
         read.as_ref().map(Vec::as_slice).map_err(Clone::clone)
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The error for a host whose program a non-root login cannot fix.

@@ -218,3 +218,43 @@ pub(super) fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&
         expected_voxbridge_file(&next)
     );
 }
+
+/// A root login installs the host program it finds beside itself only when
+/// the bytes have the digest the pipeline pinned (`HOSTENV_HOST_PROGRAM_SHA256`,
+/// which the Jenkins steps take from the release they verified): a program
+/// another job on the agent swapped in never reaches a host's root.
+pub(super) fn a_host_program_other_than_the_pinned_one_is_never_installed(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    use sha2::Digest;
+    let testbed = deployer.testbed;
+    let host = hosts[1];
+    let program = std::fs::read(env!("CARGO_BIN_EXE_hostenv-host")).unwrap();
+    let digest: String = sha2::Sha256::digest(&program)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let request = voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    let installed = || testbed.sh(host, "sha256sum /usr/local/sbin/hostenv-host");
+    testbed.sh_ok(host, "rm /usr/local/sbin/hostenv-host");
+    let mut env = secrets("pinned-program");
+    env.insert("HOSTENV_HOST_PROGRAM_SHA256".into(), "0".repeat(64));
+    let run = deployer.run("deploy", &request, &env);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let error = &run.json()["hosts"][0]["error"];
+    assert_eq!(error["kind"], "hostProgramMissing", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not have the SHA-256 HOSTENV_HOST_PROGRAM_SHA256 pins"),
+        "{error}"
+    );
+    assert!(!installed().status.success(), "a program was installed");
+    env.insert("HOSTENV_HOST_PROGRAM_SHA256".into(), digest.to_uppercase());
+    let run = deployer.run("deploy", &request, &env);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let on_host = String::from_utf8_lossy(&installed().stdout).into_owned();
+    assert!(on_host.starts_with(&digest), "{on_host}");
+}

@@ -284,6 +284,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(one_host_down_fails_alone),
     scenario!(wrong_key_and_unknown_or_changed_host_keys_are_refused),
     scenario!(the_deploy_user_works_through_sudo),
+    scenario!(a_host_program_other_than_the_pinned_one_is_never_installed),
     scenario!(voxcore_instances_restart_on_two_hosts),
     scenario!(secrets_stay_in_the_target_files),
     Scenario {
