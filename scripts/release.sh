@@ -28,6 +28,8 @@ install -m 644 docs/*.md "$dist/$name/docs/"
 mtime=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$mtime" \
   -C "$dist" -cf - "$name" | gzip -n -9 > "$dist/$name.tar.gz"
+# The archive, and each program in it: the Jenkins steps pin all three
+# (HOSTENV_RELEASE_SHA256, HOSTENV_SHA256, HOSTENV_HOST_SHA256).
+(cd "$dist" && sha256sum "$name.tar.gz" "$name/hostenv" "$name/hostenv-host" > SHA256SUMS)
 rm -rf "${dist:?}/$name"
-(cd "$dist" && sha256sum "$name.tar.gz" > SHA256SUMS)
 echo "$dist/$name.tar.gz"

@@ -1,3 +1,5 @@
+import groovy.json.JsonOutput
+
 // The engine behind the hostenv* steps: builds requests from step arguments
 // and the library's credential maps, binds the credentials, runs the binary and
 // turns its JSON result into the build's outcome.
@@ -27,47 +29,75 @@ static final String CATALOG = 'io/hostenv/catalog.json'
 @groovy.transform.Field
 static final String REPORTS = 'hostenv-reports'
 
+// Every script that runs a program first checks it against its pinned SHA-256
+// (HOSTENV_PIN), in the same script, right before running it: a file another
+// job of the agent's user swapped in is refused, never run (exit 97). The
+// step's scratch directory is made 0700 and everything written there 0600.
+
 @groovy.transform.Field
 static final String VERSION_SCRIPT = '''set +x
-mkdir -p "$HOSTENV_WORK"
-sha256sum < "$HOSTENV_WORK/catalog.json" | cut -d' ' -f1 > "$HOSTENV_WORK/catalog.sha256"
-"$HOSTENV_BINARY" version --json > "$HOSTENV_WORK/version.json"'''
+umask 077
+mkdir -p -m 700 "$HOSTENV_WORK"
+binary=$(command -v -- "$HOSTENV_BINARY") || exit 127
+if [ "$(sha256sum < "$binary" | cut -d' ' -f1)" != "$HOSTENV_PIN" ]; then
+  echo "hostenv: $binary does not have the pinned SHA-256 (HOSTENV_SHA256)" >&2; exit 97
+fi
+printf '%s' "$HOSTENV_CATALOG" | sha256sum | cut -d' ' -f1 > "$HOSTENV_WORK/catalog.sha256"
+"$binary" version --json > "$HOSTENV_WORK/version.json"'''
 
-// Fetches the pinned release once per agent and version, verified before use:
-// the archive's SHA-256 must be HOSTENV_SHA256 or nothing is unpacked.
+// Fetches the pinned release once per agent and version: the archive's
+// SHA-256 must be HOSTENV_ARCHIVE_SHA256 or nothing is unpacked, and each program must
+// have its pinned digest or it is not used. A cache that no longer holds the
+// pinned programs (another job replaced one) is fetched again.
 @groovy.transform.Field
 static final String PROVISION_SCRIPT = '''set +x
 set -eu
-mkdir -p "$HOSTENV_WORK"
+umask 077
+mkdir -p -m 700 "$HOSTENV_WORK"
+pinned() { [ -f "$1" ] && [ "$(sha256sum < "$1" | cut -d' ' -f1)" = "$2" ]; }
 cache="${HOSTENV_CACHE:-${HOME:-/tmp}/.cache/hostenv}/$HOSTENV_VERSION"
-if [ -x "$cache/hostenv" ] && [ -x "$cache/hostenv-host" ]; then
+if pinned "$cache/hostenv" "$HOSTENV_PIN" && pinned "$cache/hostenv-host" "$HOSTENV_HOST_PIN"; then
   echo "$cache/hostenv" > "$HOSTENV_WORK/binary"; exit 0
 fi
 mkdir -p "$HOSTENV_WORK/download"
 archive="$HOSTENV_WORK/download/release.tar.gz"
 curl -fsSL --proto '=https,file' -o "$archive" "$HOSTENV_URL"
-if ! echo "$HOSTENV_SHA256  $archive" | sha256sum -c --status -; then
-  echo "hostenv: the release at $HOSTENV_URL does not have the SHA-256 $HOSTENV_SHA256" >&2; exit 3
+if ! echo "$HOSTENV_ARCHIVE_SHA256  $archive" | sha256sum -c --status -; then
+  echo "hostenv: the release at $HOSTENV_URL does not have the SHA-256 $HOSTENV_ARCHIVE_SHA256" >&2; exit 3
 fi
 tar -xzf "$archive" -C "$HOSTENV_WORK/download"
 unpacked="$HOSTENV_WORK/download/hostenv-$HOSTENV_VERSION-x86_64-linux"
+if ! pinned "$unpacked/hostenv" "$HOSTENV_PIN" || ! pinned "$unpacked/hostenv-host" "$HOSTENV_HOST_PIN"; then
+  echo "hostenv: the release's programs do not have the pinned SHA-256s (HOSTENV_SHA256, HOSTENV_HOST_SHA256)" >&2; exit 3
+fi
 mkdir -p "$(dirname "$cache")"
 fresh="$cache.new.$$"
 mkdir "$fresh"
 cp "$unpacked/hostenv" "$unpacked/hostenv-host" "$fresh/"
+chmod 500 "$fresh/hostenv" "$fresh/hostenv-host"
+rm -rf -- "$cache"
 mv -T "$fresh" "$cache" 2>/dev/null || rm -rf "$fresh"
 echo "$cache/hostenv" > "$HOSTENV_WORK/binary"'''
 
-// Optional flags come from variables that may be empty, so the script never varies.
+// The request travels in HOSTENV_REQUEST, straight from the step into the
+// binary's stdin: no file another process could rewrite in between. Optional
+// flags come from variables that may be empty, so the script never varies.
 @groovy.transform.Field
 static final String RUN_SCRIPT = '''set +x
+umask 077
+binary=$(command -v -- "$HOSTENV_BINARY") || exit 127
+if [ "$(sha256sum < "$binary" | cut -d' ' -f1)" != "$HOSTENV_PIN" ]; then
+  echo "hostenv: $binary does not have the pinned SHA-256 (HOSTENV_SHA256)" >&2; exit 97
+fi
+export HOSTENV_HOST_PROGRAM_SHA256="$HOSTENV_HOST_PIN"
 mkdir -p "$(dirname "$HOSTENV_JUNIT")"
 set --
 if [ -n "${HOSTENV_TO:-}" ]; then set -- "$@" --to "$HOSTENV_TO"; fi
 if [ -n "${HOSTENV_PLAN_KEY_ENV:-}" ]; then set -- "$@" --plan-key-env "$HOSTENV_PLAN_KEY_ENV"; fi
 if [ -n "${HOSTENV_EXPECT_PLAN:-}" ]; then set -- "$@" --expect-plan "$HOSTENV_EXPECT_PLAN"; fi
 if [ "$HOSTENV_ACTION" = check ]; then set -- "$@" --ssh-unbound; fi
-"$HOSTENV_BINARY" "$HOSTENV_ACTION" --junit "$HOSTENV_JUNIT" "$@" < "$HOSTENV_WORK/request.json" > "$HOSTENV_WORK/result.json"'''
+if [ -n "${HOSTENV_UNBOUND:-}" ]; then set -- "$@" --secrets-unbound; fi
+printf '%s' "$HOSTENV_REQUEST" | "$binary" "$HOSTENV_ACTION" --junit "$HOSTENV_JUNIT" "$@" > "$HOSTENV_WORK/result.json"'''
 
 // A step's scratch directory and JUnit file go once the step has ended.
 @groovy.transform.Field
@@ -77,12 +107,26 @@ if [ -n "${HOSTENV_JUNIT:-}" ]; then rm -f -- "$HOSTENV_JUNIT"; fi'''
 
 @groovy.transform.Field
 static final String LINT_SCRIPT = '''set +x
+umask 077
+binary=$(command -v -- "$HOSTENV_BINARY") || exit 127
+if [ "$(sha256sum < "$binary" | cut -d' ' -f1)" != "$HOSTENV_PIN" ]; then
+  echo "hostenv: $binary does not have the pinned SHA-256 (HOSTENV_SHA256)" >&2; exit 97
+fi
 mkdir -p "$(dirname "$HOSTENV_JUNIT")"
 set --
 for map in "$HOSTENV_WORK"/maps/*.json; do
   if [ -e "$map" ]; then set -- "$@" --credentials "$map"; fi
 done
-"$HOSTENV_BINARY" lint "$HOSTENV_LINT_PATH" --junit "$HOSTENV_JUNIT" "$@" > "$HOSTENV_WORK/result.json"'''
+"$binary" lint "$HOSTENV_LINT_PATH" --junit "$HOSTENV_JUNIT" "$@" > "$HOSTENV_WORK/result.json"'''
+
+// The exit of a script that refused a program without the pinned SHA-256.
+@groovy.transform.Field
+static final int NOT_PINNED = 97
+
+// The longest request a step hands the binary through the environment (Linux
+// takes at most 128 KiB in one variable).
+@groovy.transform.Field
+static final int MAX_REQUEST_CHARS = 120000
 
 // An argument error is a plain Exception (a constructor the sandbox's default
 // whitelist allows, unlike IllegalArgumentException) whose message starts with
@@ -199,6 +243,11 @@ String credentialMapText(String service) {
 Map deployment(String step, Map config) {
     // No default environment: a staging deploy must never bind production's credentials.
     def args = arguments(step, config, DEPLOYMENT_DEFAULTS, ['service', 'hosts', 'environment'])
+    // The hosts' keys come from a file the admin provisions, not the agent
+    // user's ~/.ssh/known_hosts, which every build on the agent can write.
+    if (!args.knownHosts && env?.HOSTENV_KNOWN_HOSTS) {
+        args.knownHosts = env.HOSTENV_KNOWN_HOSTS
+    }
     expect(step, 'service', args.service, String, false)
     expect(step, 'hosts', args.hosts, List, false)
     def map = args.credentialMap != null ? args.credentialMap : credentialMap(args.service)
@@ -329,11 +378,26 @@ Map audit(def environment, String approvedBy) {
 }
 
 /**
+ * The pinned SHA-256s of the two programs, [hostenv, hostenv-host], from
+ * HOSTENV_SHA256 and HOSTENV_HOST_SHA256 (their lines in the release's
+ * SHA256SUMS); a step runs no program without them.
+ */
+List pins(String action) {
+    def hostenvPin = (env?.HOSTENV_SHA256 ?: '') as String
+    def hostPin = (env?.HOSTENV_HOST_SHA256 ?: '') as String
+    if (!(hostenvPin ==~ /[0-9a-f]{64}/) || !(hostPin ==~ /[0-9a-f]{64}/)) {
+        error("hostenv ${action}: set HOSTENV_SHA256 and HOSTENV_HOST_SHA256 to the SHA-256s of hostenv and hostenv-host (their lines in the release's SHA256SUMS): every step checks both programs before it runs one; nothing was bound")
+    }
+    return [hostenvPin, hostPin]
+}
+
+/**
  * The binary: the step's `binary`, else HOSTENV_BIN, else the pinned release
  * fetched from HOSTENV_RELEASE_URL (verified with HOSTENV_RELEASE_SHA256), else
- * `hostenv` on PATH.
+ * `hostenv` on PATH. Whichever it is, every script that runs it checks it
+ * against HOSTENV_SHA256 first.
  */
-String binaryPath(String action, Map options, String work) {
+String binaryPath(String action, Map options, String work, List pinned) {
     if (options.binary || env?.HOSTENV_BIN || !env?.HOSTENV_RELEASE_URL) {
         return options.binary ?: (env?.HOSTENV_BIN ?: 'hostenv')
     }
@@ -342,8 +406,9 @@ String binaryPath(String action, Map options, String work) {
     }
     def url = (env.HOSTENV_RELEASE_URL as String).replace('{version}', BINARY_VERSION)
     def status
-    withEnv(["HOSTENV_URL=${url}", "HOSTENV_SHA256=${env.HOSTENV_RELEASE_SHA256}",
-             "HOSTENV_VERSION=${BINARY_VERSION}", "HOSTENV_WORK=${work}"]) {
+    withEnv(["HOSTENV_URL=${url}", "HOSTENV_ARCHIVE_SHA256=${env.HOSTENV_RELEASE_SHA256}",
+             "HOSTENV_VERSION=${BINARY_VERSION}", "HOSTENV_WORK=${work}",
+             "HOSTENV_PIN=${pinned[0]}", "HOSTENV_HOST_PIN=${pinned[1]}"]) {
         status = sh(script: PROVISION_SCRIPT, returnStatus: true, label: 'hostenv provision')
     }
     if (status != 0) {
@@ -357,7 +422,13 @@ String binaryPath(String action, Map options, String work) {
  * `own` are the step's own arguments (with defaults) that become run options.
  */
 Map requestStep(String step, String action, Map config, Map own) {
-    def built = checked { buildRequest(step, config, own) }
+    def built = checked {
+        def request = buildRequest(step, config, own)
+        if (action != 'check') {
+            requireKnownHosts(step, request.request)
+        }
+        return request
+    }
     def options = built.args
     if (options.planKey) {
         // The plan digest's key is a credential like any other: bound for the run, never seen.
@@ -368,11 +439,44 @@ Map requestStep(String step, String action, Map config, Map own) {
     return execute(action, built.request, built.credentials, options)
 }
 
+// What a repository's `.hostenv/<service>.json` may set: tuning that can
+// neither send a secret somewhere else nor bind another credential. A pull
+// request's workspace holds its own copy of the file, so anything that routes
+// (hosts, a bastion, host keys, a target path, units to restart) or picks
+// credentials stays with the Jenkinsfile's step arguments and the library.
+@groovy.transform.Field
+static final List REPOSITORY_SETTINGS = ['contract', 'optional', 'rollout', 'restart', 'restartForce',
+                                         'verify', 'rollbackOnFailure', 'deadlineMs', 'purgeBackupsOf']
+
+// Where a setting a repository file may not give belongs instead.
+@groovy.transform.Field
+static final Map REPOSITORY_REFUSED = [
+    hosts: 'the step\'s `hosts` argument', jump: 'the step\'s `jump` argument',
+    knownHosts: 'the step\'s `knownHosts` argument or HOSTENV_KNOWN_HOSTS',
+    hostKeyPolicy: 'the step\'s `hostKeyPolicy` argument', sshUser: 'the step\'s `sshUser` argument',
+    sudo: 'the step\'s `sudo` argument', target: 'the step\'s `target` argument',
+    allowSharedChange: 'the step\'s `allowSharedChange` argument',
+    credentials: 'the library\'s credential map', credentialMap: 'the library\'s credential map',
+    values: 'the library\'s credential map or the step\'s `values` argument',
+    sshCredential: 'the library\'s credential map', sshCertificate: 'the library\'s credential map',
+]
+
+/** Throws unless every deployment that reaches hosts names its known_hosts. */
+@NonCPS
+void requireKnownHosts(String step, Map request) {
+    def deployments = request.kind == 'Rotation' ? request.deployments : [request]
+    for (def deployment : deployments) {
+        if (!deployment.ssh?.knownHosts) {
+            throw invalid("${step}: no known_hosts for '${deployment.service}': give the step `knownHosts:` or set HOSTENV_KNOWN_HOSTS, a file the admin provisions (the agent user's ~/.ssh/known_hosts is writable by every build on the agent)")
+        }
+    }
+}
+
 /**
  * The step's arguments over the repository's own settings for the service,
  * `.hostenv/<service>.json` in the workspace, when there is one: its top-level
  * settings apply to every environment, `environments.<name>` to one, and what
- * the step says wins. Hosts and settings are then written once, beside the code.
+ * the step says wins. The file tunes (REPOSITORY_SETTINGS); it never routes.
  */
 Map withRepositorySettings(String step, Map config) {
     if (!(config.service instanceof String) || !(config.service ==~ /[A-Za-z0-9._-]+/)) {
@@ -394,9 +498,7 @@ Map repositoryMerge(String step, String path, def file, Map config) {
     def merged = [:]
     def take = { Map settings, String where ->
         for (def entry : settings.entrySet()) {
-            if (!DEPLOYMENT_DEFAULTS.containsKey(entry.key) || entry.key in ['service', 'environment']) {
-                throw invalid("${step}: ${where}: '${entry.key}' is not a setting a repository can give (known: ${(DEPLOYMENT_DEFAULTS.keySet() - ['service', 'environment']).join(', ')})")
-            }
+            repositorySetting(step, where, entry.key as String, entry.value)
             merged[entry.key] = entry.value
         }
     }
@@ -415,6 +517,29 @@ Map repositoryMerge(String step, String path, def file, Map config) {
     }
     merged.putAll(config)
     return merged
+}
+
+/** Throws, naming the key and where it belongs, unless a repository file may give it. */
+@NonCPS
+void repositorySetting(String step, String where, String key, def value) {
+    def refused = REPOSITORY_REFUSED[key]
+    if (refused != null) {
+        throw invalid("${step}: ${where}: '${key}' routes secrets or picks credentials, which a repository file may not (a pull request carries its own copy): set it in ${refused}")
+    }
+    if (!(key in REPOSITORY_SETTINGS)) {
+        throw invalid("${step}: ${where}: '${key}' is not a setting a repository can give (it may give: ${REPOSITORY_SETTINGS.join(', ')})")
+    }
+    if (key == 'restart' && value instanceof Map && !(value.keySet() - ['force', 'timeoutMs']).isEmpty()) {
+        throw invalid("${step}: ${where}: 'restart' may hold only 'force' and 'timeoutMs' here; the units root restarts are set in the step's `restart` argument")
+    }
+    if (key == 'verify' && value instanceof List) {
+        for (def check : value) {
+            def url = check instanceof Map ? (check.url as String) : null
+            if (url == null || !(url ==~ /http:\/\/\{host\}([:\/].*)?/)) {
+                throw invalid("${step}: ${where}: a 'verify' url here must check the deployed host itself (http://{host}...), not ${url}; set others in the step's `verify` argument")
+            }
+        }
+    }
 }
 
 /** [request: Map, credentials: List, args: Map] from a step's arguments. */
@@ -494,20 +619,24 @@ void stampAudit(Map request, String approvedBy) {
 
 /**
  * Runs `hostenv <action>` on `request` with `credentials` bound and returns the
- * result map. Options: binary, junit, to, planKeyEnv, expectPlan.
+ * result map. Options: binary, junit, to, planKeyEnv, expectPlan, bind (false:
+ * a check that binds nothing at all and reads no secret).
  */
 Map execute(String action, Map request, List credentials, Map options) {
     def work = "${pwd(tmp: true)}/hostenv-${UUID.randomUUID()}"
     def junitFile = "${REPORTS}/${action}-${UUID.randomUUID()}.xml"
     try {
-        def binary = binaryPath(action, options, work)
-        checkBinary(action, binary, work)
+        def pinned = pins(action)
+        def binary = binaryPath(action, options, work, pinned)
+        checkBinary(action, binary, work, pinned)
         // A rollback puts back files the hosts hold: it needs the SSH key and no
         // secret. A check contacts no host: it needs no SSH key (and says so
-        // with --ssh-unbound, so only the ssh settings' shape is checked).
+        // with --ssh-unbound, so only the ssh settings' shape is checked), and
+        // with `bind: false` no credential at all (--secrets-unbound).
+        def unbound = action == 'check' && options.bind == false
         def needed = credentials
         if (action == 'rollback') { needed = sshOnly(credentials, true) }
-        if (action == 'check') { needed = sshOnly(credentials, false) }
+        if (action == 'check') { needed = unbound ? [] : sshOnly(credentials, false) }
         def clash = variableClash(needed)
         if (clash) {
             error("hostenv ${action}: ${clash}")
@@ -519,18 +648,31 @@ Map execute(String action, Map request, List credentials, Map options) {
                 bindings << credentialBinding(credential)
             }
         }
-        writeJSON(file: "${work}/request.json", json: request, pretty: 2)
+        def text = JsonOutput.toJson(request)
+        if (text.length() > MAX_REQUEST_CHARS) {
+            error("hostenv ${action}: the request is ${text.length()} characters; a step hands at most ${MAX_REQUEST_CHARS} to the binary (through its environment): split the deployment")
+        }
         def status
         withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_ACTION=${action}", "HOSTENV_WORK=${work}",
+                 "HOSTENV_PIN=${pinned[0]}", "HOSTENV_HOST_PIN=${pinned[1]}", "HOSTENV_REQUEST=${text}",
                  "HOSTENV_JUNIT=${pwd()}/${junitFile}", "HOSTENV_TO=${options.to ?: ''}",
+                 "HOSTENV_UNBOUND=${unbound ? 'yes' : ''}",
                  "HOSTENV_PLAN_KEY_ENV=${options.planKeyEnv ?: ''}", "HOSTENV_EXPECT_PLAN=${options.expectPlan ?: ''}"]) {
             withCredentials(bindings) {
                 status = sh(script: RUN_SCRIPT, returnStatus: true, label: 'hostenv ' + action)
             }
         }
+        refuseUnpinned(action, binary, status)
         return conclude(action, status, work, junitFile, options)
     } finally {
         cleanup(work, "${pwd()}/${junitFile}")
+    }
+}
+
+/** Fails the build, naming the program, when a script refused it for its digest. */
+void refuseUnpinned(String action, String binary, int status) {
+    if (status == NOT_PINNED) {
+        error("hostenv ${action}: `${binary}` does not have the SHA-256 HOSTENV_SHA256 pins (it was replaced since it was checked?); it was not run")
     }
 }
 
@@ -577,8 +719,9 @@ Map lint(String path, List services, Map options) {
     def work = "${pwd(tmp: true)}/hostenv-${UUID.randomUUID()}"
     def junitFile = "${REPORTS}/lint-${UUID.randomUUID()}.xml"
     try {
-        def binary = binaryPath('lint', options, work)
-        checkBinary('lint', binary, work)
+        def pinned = pins('lint')
+        def binary = binaryPath('lint', options, work, pinned)
+        checkBinary('lint', binary, work, pinned)
         for (def service : services) {
             def text = credentialMapText(service)
             if (text == null) {
@@ -588,9 +731,10 @@ Map lint(String path, List services, Map options) {
         }
         def status
         withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_WORK=${work}", "HOSTENV_LINT_PATH=${path}",
-                 "HOSTENV_JUNIT=${pwd()}/${junitFile}"]) {
+                 "HOSTENV_PIN=${pinned[0]}", "HOSTENV_JUNIT=${pwd()}/${junitFile}"]) {
             status = sh(script: LINT_SCRIPT, returnStatus: true, label: 'hostenv lint')
         }
+        refuseUnpinned('lint', binary, status)
         return conclude('lint', status, work, junitFile, options)
     } finally {
         cleanup(work, "${pwd()}/${junitFile}")
@@ -598,15 +742,19 @@ Map lint(String path, List services, Map options) {
 }
 
 /**
- * Fails before any credential is bound unless the binary runs, speaks this
- * library's protocol, is the pinned version and embeds the very catalog the
- * library loads.
+ * Fails before any credential is bound unless the binary has its pinned
+ * SHA-256, runs, speaks this library's protocol, is the pinned version and
+ * embeds the very catalog the library loads. Makes the scratch directory
+ * (0700) on the way.
  */
-void checkBinary(String action, String binary, String work) {
-    writeFile(file: "${work}/catalog.json", text: libraryResource(CATALOG))
+void checkBinary(String action, String binary, String work, List pinned) {
     def status
-    withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_WORK=${work}"]) {
+    withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_WORK=${work}", "HOSTENV_PIN=${pinned[0]}",
+             "HOSTENV_CATALOG=${libraryResource(CATALOG)}"]) {
         status = sh(script: VERSION_SCRIPT, returnStatus: true, label: 'hostenv version')
+    }
+    if (status == NOT_PINNED) {
+        error("hostenv ${action}: the hostenv binary `${binary}` does not have the SHA-256 HOSTENV_SHA256 pins; nothing was bound")
     }
     if (status != 0) {
         error("hostenv ${action}: the hostenv binary `${binary}` does not run (exit ${status}); set the step's `binary`, HOSTENV_BIN, or put hostenv on the agent's PATH")

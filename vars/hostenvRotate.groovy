@@ -4,7 +4,7 @@
 def call(Map config = [:]) {
     def actions = ['deploy': [planKeyEnv: null, planKey: null, expectPlan: null, approvedBy: null],
                    'plan': [planKeyEnv: null, planKey: null],
-                   'check': [:], 'drift': [:], 'rollback': [to: null, approvedBy: null]]
+                   'check': [bind: true], 'drift': [:], 'rollback': [to: null, approvedBy: null]]
     def action = config.action ?: 'deploy'
     if (!actions.containsKey(action)) {
         error("hostenvRotate: argument 'action' must be one of ${actions.keySet().join(', ')}, not '${action}'")

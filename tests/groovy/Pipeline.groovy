@@ -24,7 +24,8 @@ class Pipeline {
     Map store = [:]
     /** Resource paths another library provides too (libraryResource then fails). */
     Set ambiguous = [] as Set
-    /** Files written by writeJSON, with their text at the time. */
+    /** Files written by writeJSON, with their text at the time, and each request a
+     *  step handed the binary through HOSTENV_REQUEST (under `<HOSTENV_WORK>/request.json`). */
     Map written = [:]
     /** Environment variables withEnv and withCredentials have set around the current step. */
     private List<Map> scopes = []
@@ -207,6 +208,10 @@ class Pipeline {
         })
         binding.setVariable('sh', { Map args ->
             record('sh', args)
+            def handed = currentEnvironment()
+            if (handed.HOSTENV_REQUEST != null) {
+                written["${handed.HOSTENV_WORK}/request.json"] = handed.HOSTENV_REQUEST
+            }
             def process = new ProcessBuilder('/bin/sh', '-c', args.script)
                 .directory(workspace)
                 .redirectErrorStream(true)

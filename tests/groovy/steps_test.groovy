@@ -36,12 +36,29 @@ def test(String name, Closure body) {
     }
 }
 
-/** A fresh pipeline with its own workspace, credentials from `store`. */
+/** The SHA-256 of a file, as SHA256SUMS writes it. */
+def sha256(String path) {
+    return java.security.MessageDigest.getInstance('SHA-256').digest(new File(path).bytes).encodeHex().toString()
+}
+
+/** A fresh pipeline with its own workspace, credentials from `store`, this build's programs pinned. */
 def pipeline(Map store) {
     def workspace = new File(work, "workspace-${++counter}")
     def pipeline = new Pipeline(repo, workspace)
     pipeline.store.putAll(store)
     pipeline.env.HOSTENV_BIN = binary
+    pipeline.env.HOSTENV_SHA256 = sha256(binary)
+    pipeline.env.HOSTENV_HOST_SHA256 = sha256(new File(new File(binary).parentFile, 'hostenv-host').path)
+    // The admin's known_hosts (a stand-in: the offline suite reaches no host).
+    def knownHosts = new File(work, 'admin_known_hosts')
+    if (!knownHosts.exists()) { knownHosts.text = '' }
+    pipeline.env.HOSTENV_KNOWN_HOSTS = knownHosts.path
+    return pipeline
+}
+
+/** `pipeline` with `program` (a stand-in) pinned in place of the real binary. */
+def pinning(Pipeline pipeline, String program) {
+    pipeline.env.HOSTENV_SHA256 = sha256(program)
     return pipeline
 }
 
@@ -208,6 +225,115 @@ def outsideWhitelist(String name, String text) {
     return found
 }
 
+
+/**
+ * The stages of a declarative pipeline, from its text: each with its name,
+ * whether it (or a stage around it) runs only on `main` (a `when` with `branch
+ * 'main'` or `buildingTag()`, not under `anyOf` or `not`), the label of the
+ * agent it runs on, and the calls in its steps (method name and constant named
+ * arguments).
+ */
+def stagesOf(String text) {
+    def found = []
+    def named = { MethodCallExpression call ->
+        def args = [:]
+        def list = call.arguments instanceof org.codehaus.groovy.ast.expr.TupleExpression ? call.arguments.expressions : [call.arguments]
+        list.each { expression ->
+            if (expression instanceof org.codehaus.groovy.ast.expr.MapExpression) {
+                expression.mapEntryExpressions.each { entry ->
+                    def value = entry.valueExpression instanceof ConstantExpression ? entry.valueExpression.value : '?'
+                    args[entry.keyExpression.text] = value
+                }
+            }
+        }
+        return args
+    }
+    def closureOf = { MethodCallExpression call ->
+        def list = call.arguments instanceof org.codehaus.groovy.ast.expr.TupleExpression ? call.arguments.expressions : []
+        list.find { it instanceof org.codehaus.groovy.ast.expr.ClosureExpression }
+    }
+    def callsIn = { node ->
+        def calls = []
+        node?.code?.visit(new CodeVisitorSupport() {
+            void visitMethodCallExpression(MethodCallExpression call) {
+                calls << call
+                super.visitMethodCallExpression(call)
+            }
+        })
+        return calls
+    }
+    // `branch 'main'` or `buildingTag()` that holds for the whole `when`.
+    def mainOnly
+    mainOnly = { node ->
+        callsIn(node).findAll { it.objectExpression.text == 'this' }.any { call ->
+            def name = call.methodAsString
+            if (name == 'buildingTag') { return true }
+            if (name == 'branch') { return call.arguments.text.contains('main') }
+            return false
+        } && !callsIn(node).any { it.methodAsString in ['anyOf', 'not'] }
+    }
+    def walk
+    walk = { closure, boolean guarded, String label ->
+        callsIn(closure).findAll { it.methodAsString == 'stage' }.each { stage ->
+            // Only the stages directly in this block: nested ones are walked with their parent's state.
+            def body = closureOf(stage)
+            if (body == null || found.any { it.node.is(stage) }) { return }
+            def own = callsIn(body)
+            def when = own.find { it.methodAsString == 'when' }
+            def agent = own.find { it.methodAsString == 'agent' }
+            def stageGuarded = guarded || (when != null && mainOnly(closureOf(when)))
+            def stageLabel = label
+            if (agent != null) {
+                def labelCall = callsIn(closureOf(agent)).find { it.methodAsString == 'label' }
+                stageLabel = labelCall?.arguments?.expressions?.first()?.value
+            }
+            def steps = own.find { it.methodAsString == 'steps' }
+            def calls = steps == null ? [] : callsIn(closureOf(steps)).collect { [method: it.methodAsString, args: named(it)] }
+            found << [node: stage, name: stage.arguments.expressions.first().value, mainOnly: stageGuarded,
+                      label: stageLabel, calls: calls]
+            def nested = own.find { it.methodAsString == 'stages' }
+            if (nested != null) { walk(closureOf(nested), stageGuarded, stageLabel) }
+        }
+    }
+    new AstBuilder().buildFromString(CompilePhase.CONVERSION, false, text).each { node ->
+        if (!(node instanceof BlockStatement)) { return }
+        def pipelineCall = callsIn([code: node]).find { it.methodAsString == 'pipeline' }
+        def top = closureOf(pipelineCall)
+        def agent = callsIn(top).find { it.methodAsString == 'agent' }
+        def label = agent == null ? null : callsIn(closureOf(agent)).find { it.methodAsString == 'label' }?.arguments?.expressions?.first()?.value
+        def stages = callsIn(top).find { it.methodAsString == 'stages' }
+        walk(closureOf(stages), false, label)
+    }
+    return found
+}
+
+/**
+ * Where a pipeline binds a credential where untrusted code may run: a stage
+ * that can run for any branch or pull request with a hostenv step that binds
+ * one (all but hostenvLint, hostenvBuildEnv and hostenvCheck with bind: false)
+ * or a withCredentials; or a stage that binds on an agent label that such a
+ * stage also builds on.
+ */
+def untrustedBindings(String text) {
+    def stages = stagesOf(text)
+    def binds = { call ->
+        call.method == 'withCredentials' || (call.method.startsWith('hostenv') &&
+            !(call.method in ['hostenvLint', 'hostenvBuildEnv']) &&
+            !(call.method == 'hostenvCheck' && call.args.bind == false))
+    }
+    def problems = []
+    stages.findAll { !it.mainOnly }.each { stage ->
+        stage.calls.findAll(binds).each { problems << "stage '${stage.name}' can run for a pull request and ${it.method} binds credentials there" }
+    }
+    def untrustedLabels = stages.findAll { !it.mainOnly && it.calls.any { it.method == 'sh' } }*.label as Set
+    stages.findAll { it.mainOnly && it.calls.any(binds) }.each { stage ->
+        if (stage.label == null || stage.label in untrustedLabels) {
+            problems << "stage '${stage.name}' binds credentials on agent '${stage.label}', where pull requests' code also runs"
+        }
+    }
+    return problems
+}
+
 def suite = args ? args[0] : 'offline'
 
 if (suite == 'offline') {
@@ -221,6 +347,40 @@ if (suite == 'offline') {
             def help = new File(step.parentFile, step.name - '.groovy' + '.txt')
             assert help.exists() && help.text.contains('<p>'): "no HTML help for ${step.name}"
         }
+    }
+
+    test('Jenkinsfile.example binds credentials only on main, on agents that build no pull request') {
+        def stages = stagesOf(new File(repo, 'Jenkinsfile.example').text)
+        assert stages*.name.containsAll(['Build and test', 'Deploy', 'Check', 'voxbridge', 'Plan', 'Approve', 'Rotate'])
+        assert stages.find { it.name == 'voxbridge' }.mainOnly && stages.find { it.name == 'Rotate' }.label == 'deploy'
+        def found = untrustedBindings(new File(repo, 'Jenkinsfile.example').text)
+        assert found == [] : found
+        // The walk catches what the example did before: production credentials
+        // bound by a test stage that runs every pull request's `make test` first.
+        def before = """
+            pipeline {
+                agent { label 'deploy' }
+                stages {
+                    stage('Test') {
+                        steps {
+                            sh 'make test'
+                            hostenvCheck environment: 'production', service: 'voxbridge', hosts: ['a']
+                        }
+                    }
+                    stage('Deploy') {
+                        when { anyOf { branch 'main'; changeRequest() } }
+                        steps { hostenvDeploy environment: 'production', service: 'voxbridge', hosts: ['a'] }
+                    }
+                    stage('Tagged') {
+                        when { buildingTag() }
+                        steps { withCredentials([string(credentialsId: 'x', variable: 'X')]) { sh 'true' } }
+                    }
+                }
+            }"""
+        def problems = untrustedBindings(before)
+        assert problems.any { it.contains("stage 'Test' can run for a pull request and hostenvCheck") } : problems
+        assert problems.any { it.contains("stage 'Deploy' can run for a pull request and hostenvDeploy") } : problems
+        assert problems.any { it.contains("stage 'Tagged' binds credentials on agent 'deploy'") } : problems
     }
 
     test('no sh call in vars/ interpolates a Groovy string') {
@@ -264,20 +424,64 @@ if (suite == 'offline') {
         assert sequence(p).every { it == 'error' }
     }
 
-    test('a repository writes hosts and settings once in .hostenv/<service>.json') {
+    test('a repository file tunes a deploy and never routes it: what would send a secret elsewhere or bind another credential is refused') {
         def p = withContracts(pipeline(voxbridgeStore))
         new File(p.workspace, '.hostenv').mkdirs()
-        new File(p.workspace, '.hostenv/voxbridge.json').text = JsonOutput.toJson([
-            rollout: [canary: 1],
-            environments: [production: [hosts: ['api-7.internal', 'api-8.internal']], staging: [hosts: ['stg-1.internal']]]])
-        p.run("hostenvCheck(environment: 'production', service: 'voxbridge')")
+        def file = new File(p.workspace, '.hostenv/voxbridge.json')
+        file.text = JsonOutput.toJson([
+            rollout: [canary: 1], restart: [timeoutMs: 90000],
+            verify: [[url: 'http://{host}:8080/health', deadlineMs: 60000]],
+            environments: [production: [rollout: [canary: 1, batch: '50%']], staging: [rollout: [canary: 0]]]])
+        p.run("hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-7.internal', 'api-8.internal'])")
         def request = new JsonSlurper().parseText(p.written.values().last())
-        assert request.hosts == ['api-7.internal', 'api-8.internal'] && request.rollout == [canary: 1]
+        assert request.rollout == [canary: 1, batch: '50%'] && request.restart == [timeoutMs: 90000]
+        assert request.hosts == ['api-7.internal', 'api-8.internal']
         // What the step says wins.
-        p.run("hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-9.internal'])")
-        assert new JsonSlurper().parseText(p.written.values().last()).hosts == ['api-9.internal']
-        new File(p.workspace, '.hostenv/voxbridge.json').text = JsonOutput.toJson([hostz: ['x']])
-        def stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge')")
+        p.run("hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-9.internal', 'api-10.internal', 'api-11.internal'], rollout: [canary: 2])")
+        assert new JsonSlurper().parseText(p.written.values().last()).rollout == [canary: 2]
+
+        // Each setting that routes or picks credentials, at the top and for one environment.
+        def attacks = [
+            hosts: ['evil.example'],
+            jump: [host: 'bastion.evil.example'],
+            knownHosts: '/tmp/planted_known_hosts',
+            hostKeyPolicy: 'acceptNew',
+            sshUser: 'root',
+            sudo: 'never',
+            target: [path: '/var/www/html/.env'],
+            allowSharedChange: true,
+            credentials: [[id: 'github-admin-token', key: 'JWT_SECRET', type: 'string']],
+            credentialMap: [contract: 'voxbridge/.env.example', environments: [production: [credentials: []]]],
+            values: [MONGODB_URI: 'mongodb://evil.example/loot'],
+            sshCredential: 'vox-production-deploy-key',
+            sshCertificate: 'some-certificate',
+        ]
+        attacks.each { key, value ->
+            [[(key): value], [environments: [production: [(key): value]]]].each { content ->
+                file.text = JsonOutput.toJson(content)
+                def q = withContracts(pipeline(voxbridgeStore))
+                new File(q.workspace, '.hostenv').mkdirs()
+                new File(q.workspace, '.hostenv/voxbridge.json').text = file.text
+                def stop = attempt(q, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1.internal'])")
+                assert stop != null : "${key} was taken from ${file.text}"
+                assert stop.message.contains("'${key}' routes secrets or picks credentials") : stop.message
+                assert stop.message.contains('set it in ') : stop.message
+                assert q.callsOf('withCredentials') == [] && q.callsOf('sh') == []
+            }
+        }
+        // Per-host sources come with `hosts`: refused whole.
+        file.text = JsonOutput.toJson([environments: [production: [hosts: [[host: 'api-1.internal', env: [JWT_SECRET: [secretEnv: 'HOSTENV_CRED_GITHUB_ADMIN_TOKEN']]]]]]])
+        def stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1.internal'])")
+        assert stop.message.contains("environments.production: 'hosts' routes secrets")
+        // Units root restarts, and a check of another host than the deployed one.
+        file.text = JsonOutput.toJson([restart: [units: ['sshd.service']]])
+        stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1.internal'])")
+        assert stop.message.contains("'restart' may hold only 'force' and 'timeoutMs' here")
+        file.text = JsonOutput.toJson([verify: [[url: 'http://internal-admin.example/wipe']]])
+        stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1.internal'])")
+        assert stop.message.contains("a 'verify' url here must check the deployed host itself")
+        file.text = JsonOutput.toJson([hostz: ['x']])
+        stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1.internal'])")
         assert stop.message.startsWith("hostenvCheck: .hostenv/voxbridge.json: 'hostz' is not a setting a repository can give")
     }
 
@@ -302,7 +506,7 @@ if (suite == 'offline') {
         // A rollback binds the key and nothing else (a stand-in binary answers for the hosts).
         def fake = fakeBinary('hostenv-rollback', ['hostenv/v1'],
             [ok: true, exitCode: 0, hosts: [[host: 'api-1', status: 'restored']], error: null], 0)
-        p = withContracts(pipeline(store))
+        p = pinning(withContracts(pipeline(store)), fake)
         result = p.run("return hostenvRollback(environment: 'production', service: 'voxbridge', hosts: ['api-1'], to: 2, approvedBy: 'carol', binary: '${fake}')")
         assert result.hosts*.status == ['restored']
         assert p.callsOf('withCredentials').first().args*.credentialsId == ['vox-production-deploy-key']
@@ -328,25 +532,98 @@ if (suite == 'offline') {
         assert sequence(p) == ['sh:hostenv version', 'error', 'sh:hostenv cleanup']
     }
 
+    test('no program runs unpinned: a forwarding fake in the cache, or a pin missing, binds nothing') {
+        // The attack: another job (same agent user) puts a program in the
+        // binary's place that answers `version` as the real one would and
+        // dumps its environment otherwise.
+        def loot = new File(work, 'loot')
+        def forwarding = new File(work, 'forwarding-hostenv')
+        forwarding.text = """#!/bin/sh
+if [ "\$1" = version ]; then exec '${binary}' "\$@"; fi
+env > '${loot.path}'
+exec '${binary}' "\$@"
+"""
+        forwarding.setExecutable(true)
+        def p = withContracts(pipeline(voxbridgeStore))
+        p.env.HOSTENV_BIN = forwarding.path
+        def stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
+        assert stop.message.contains("forwarding-hostenv` does not have the SHA-256 HOSTENV_SHA256 pins; nothing was bound")
+        assert p.callsOf('withCredentials') == []
+        assert !loot.exists()
+        // Swapped in after the check, before the run: refused by the run's own check, never run.
+        p = withContracts(pipeline(voxbridgeStore))
+        def swappable = new File(work, 'swappable-hostenv')
+        swappable.bytes = new File(binary).bytes
+        swappable.setExecutable(true)
+        p.env.HOSTENV_BIN = swappable.path
+        p.env.HOSTENV_SHA256 = sha256(swappable.path)
+        p.binding.setVariable('withCredentials', { List bindings, Closure body ->
+            swappable.text = forwarding.text
+            p.calls << [step: 'withCredentials', args: bindings]
+            body.call()
+        })
+        stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
+        assert stop.message.contains('does not have the SHA-256 HOSTENV_SHA256 pins (it was replaced since it was checked?); it was not run')
+        assert !loot.exists()
+        // Without both pins no step runs a program.
+        ['HOSTENV_SHA256', 'HOSTENV_HOST_SHA256'].each { pin ->
+            def q = withContracts(pipeline(voxbridgeStore))
+            q.env.remove(pin)
+            def refused = attempt(q, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
+            assert refused.message.contains('set HOSTENV_SHA256 and HOSTENV_HOST_SHA256') : pin
+            assert sequence(q) == ['error', 'sh:hostenv cleanup'] : pin
+        }
+    }
+
+    test('the request goes to the binary in the environment, and its scratch directory is private') {
+        def p = withContracts(pipeline(voxbridgeStore))
+        def modes = new File(work, 'modes')
+        def spy = new File(work, 'spy-hostenv')
+        spy.text = """#!/bin/sh
+if [ "\$1" != version ]; then stat -c '%a' "\$HOSTENV_WORK" > '${modes.path}'; fi
+exec '${binary}' "\$@"
+"""
+        spy.setExecutable(true)
+        pinning(p, spy.path)
+        p.run("hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '${spy.path}')")
+        assert modes.text.trim() == '700'
+        // No request file for another process to rewrite: it went through HOSTENV_REQUEST.
+        assert p.callsOf('writeJSON') == [] && p.callsOf('writeFile') == []
+        def handed = p.callsOf('withEnv').collect { it.args*.toString() }.flatten().find { it.startsWith('HOSTENV_REQUEST=') }
+        assert new JsonSlurper().parseText(handed - 'HOSTENV_REQUEST=').service == 'voxbridge'
+        // A step that reaches hosts names its known_hosts: the admin's, never the agent user's own.
+        def q = withContracts(pipeline(voxbridgeStore))
+        q.env.remove('HOSTENV_KNOWN_HOSTS')
+        def stop = attempt(q, "hostenvDeploy(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
+        assert stop.message.contains("no known_hosts for 'voxbridge'") && sequence(q) == ['error']
+        def admin = new File(work, 'provisioned_known_hosts')
+        admin.text = ''
+        q.env.HOSTENV_KNOWN_HOSTS = admin.path
+        def fake = fakeBinary('hostenv-known', ['hostenv/v1'], [ok: true, exitCode: 0, hosts: [], error: null], 0)
+        pinning(q, fake)
+        q.run("hostenvDeploy(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '${fake}')")
+        assert new JsonSlurper().parseText(q.written.values().last()).ssh.knownHosts == admin.path
+    }
+
     test('an incompatible binary fails before any credential is bound') {
         def old = fakeBinary('hostenv-v0', ['hostenv/v0'], [:], 0)
-        def p = withContracts(pipeline(voxbridgeStore))
+        def p = pinning(withContracts(pipeline(voxbridgeStore)), old)
         def stop = attempt(p, "hostenvDeploy(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '${old}')")
         assert stop.message.contains('speaks [hostenv/v0]') && stop.message.contains('needs hostenv/v1')
         assert sequence(p) == ['sh:hostenv version', 'error', 'sh:hostenv cleanup']
         // HOSTENV_BIN is the fallback when the step names no binary.
-        p = withContracts(pipeline(voxbridgeStore))
+        p = pinning(withContracts(pipeline(voxbridgeStore)), old)
         p.env.HOSTENV_BIN = old
         assert attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])").message.contains('hostenv-v0')
     }
 
     test('a binary of another version or catalog is refused before any credential is bound') {
         def other = fakeBinary('hostenv-9', ['hostenv/v1'], [:], 0, [version: '9.9.9'])
-        def p = withContracts(pipeline(voxbridgeStore))
+        def p = pinning(withContracts(pipeline(voxbridgeStore)), other)
         def stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '${other}')")
         assert stop.message.contains('is version 9.9.9; this library is pinned to 0.1.0')
         def catalog = fakeBinary('hostenv-catalog', ['hostenv/v1'], [:], 0, [catalogDigest: 'sha256:00'])
-        p = withContracts(pipeline(voxbridgeStore))
+        p = pinning(withContracts(pipeline(voxbridgeStore)), catalog)
         stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '${catalog}')")
         assert stop.message.contains('embeds another service catalog (sha256:00)')
         assert p.callsOf('withCredentials') == []
@@ -458,7 +735,7 @@ if (suite == 'offline') {
         def fake = fakeBinary('hostenv-exit3', ['hostenv/v1'],
             [ok: false, exitCode: 3, hosts: [[host: 'api-1', status: 'unknown', error: [kind: 'connectionLost', message: 'lost']]],
              error: [kind: 'hostsFailed', message: '1 of 1 hosts failed: `api-1` (connectionLost, state unknown)']], 3)
-        def p = withContracts(pipeline(voxbridgeStore))
+        def p = pinning(withContracts(pipeline(voxbridgeStore)), fake)
         def stop = attempt(p, "hostenvDeploy(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '${fake}')")
         assert stop.message.startsWith('hostenv deploy: A HOST NEEDS A PERSON (exit 3): 1 of 1 hosts failed')
         assert p.result == 'FAILURE'
