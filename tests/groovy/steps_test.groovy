@@ -665,10 +665,33 @@ exec '${binary}' "\$@"
         def result = good.run("return hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
         assert result.ok == true
         assert new File(cache, '0.1.0/hostenv').canExecute() && new File(cache, '0.1.0/hostenv-host').canExecute()
+        // Another job replaces the cached binary with a forwarding fake: the
+        // next step sees the cache no longer holds the pinned programs, fetches
+        // the release again, and the fake never runs.
+        def loot = new File(work, 'cache-loot')
+        def cached = new File(cache, '0.1.0/hostenv')
+        def real = cached.bytes
+        cached.setWritable(true)
+        cached.text = """#!/bin/sh
+if [ "\$1" = version ]; then exec '${binary}' "\$@"; fi
+env > '${loot.path}'
+exec '${binary}' "\$@"
+"""
+        result = provisioned([HOSTENV_RELEASE_SHA256: sha256]).run("return hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
+        assert result.ok == true && !loot.exists()
+        assert new File(cache, '0.1.0/hostenv').bytes == real
         // Cached: the next run needs no download.
         archive.delete()
         result = provisioned([HOSTENV_RELEASE_SHA256: sha256]).run("return hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
         assert result.ok == true
+        // With nothing to fetch again, a replaced cache fails the step before anything is bound.
+        cached = new File(cache, '0.1.0/hostenv')
+        cached.setWritable(true)
+        cached.text = "#!/bin/sh\nenv > '${loot.path}'\n"
+        def forged = provisioned([HOSTENV_RELEASE_SHA256: sha256])
+        stop = attempt(forged, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'])")
+        assert stop.message.contains('cannot provision hostenv 0.1.0') && !loot.exists()
+        assert forged.callsOf('withCredentials') == []
     }
 
     test('exit 0: hostenvCheck returns the result; the request names variables, never values') {
