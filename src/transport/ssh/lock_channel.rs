@@ -33,7 +33,8 @@ fn description_end(out: &[u8]) -> Option<(Option<String>, usize)> {
         .ok()?
         .parse()
         .ok()?;
-    let end = newline + 1 + length;
+    // A length the host chose: no add may overflow (a garbled head is no description).
+    let end = (newline + 1).checked_add(length)?;
     (out.len() >= end).then(|| {
         (
             Some(String::from_utf8_lossy(&out[newline + 1..end]).into_owned()),
@@ -534,6 +535,8 @@ mod tests {
         assert_eq!(description_end(b"describe 12\nhost"), None);
         // A program that does not describe itself.
         assert_eq!(description_end(b"acquired\n"), Some((None, 0)));
+        // A length that would overflow is never an end.
+        assert_eq!(description_end(b"describe 18446744073709551615\nx"), None);
         assert_eq!(description_end(b"acq"), Some((None, 0)));
     }
 }
