@@ -663,6 +663,14 @@ impl<'a> HostRun<'a> {
         self.take_lock(Duration::ZERO) == Taken::Contended
     }
 
+    /// Keeps the host's lock alive while the run is busy elsewhere (a beat
+    /// goes only when one is due).
+    pub fn beat(&self) {
+        if let Some(connection) = self.progress.connection() {
+            connection.beat();
+        }
+    }
+
     /// Lets go of a lock this run took, so that runs can take them in order;
     /// a file staged with it goes first.
     pub fn release_lock(&mut self) {

@@ -20,6 +20,7 @@ mod host;
 mod shared;
 mod window;
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -392,7 +393,7 @@ fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mu
             key(&runs[*a]).cmp(&key(&runs[*b]))
         });
         for index in order {
-            runs[index].lock();
+            in_parallel_keeping_locks(runs, index..index + 1, 1, HostRun::lock);
         }
     }
     in_parallel(runs, parallel, HostRun::assess);
@@ -511,21 +512,79 @@ fn apply_in_batches(runs: &mut [HostRun], rollout: &Rollout) {
     let mut failed = 0;
     let mut stop: Option<String> = None;
     for (index, range) in rollout.batches(runs.len()).into_iter().enumerate() {
-        let batch = &mut runs[range];
         if let Some(reason) = &stop {
-            for run in batch.iter_mut() {
+            for run in &mut runs[range] {
                 run.skip(reason);
             }
             continue;
         }
-        in_parallel(batch, rollout.parallel, |run| {
+        in_parallel_keeping_locks(runs, range.clone(), rollout.parallel, |run| {
             run.apply();
             run.audit();
         });
-        let failures = batch.iter().filter(|run| run.failed()).count();
+        let failures = runs[range].iter().filter(|run| run.failed()).count();
         failed += failures;
         stop = rollout.stop_after(index, failures, failed);
     }
+}
+
+/// Runs `work` on `runs[range]`, at most `parallel` at once, while one more
+/// thread keeps every other host's lock alive: a host waiting for its batch,
+/// for a worker within its batch, for its turn in the sorted retry or the
+/// window's next phase, or done with its own work while the others finish,
+/// hears from the run as often as a host at work does, so no slow host
+/// elsewhere costs it its lock (the holder lets go after 30 s of silence).
+fn in_parallel_keeping_locks<'a>(
+    runs: &mut [HostRun<'a>],
+    range: std::ops::Range<usize>,
+    parallel: usize,
+    work: impl Fn(&mut HostRun<'a>) + Sync,
+) {
+    let (before, rest) = runs.split_at_mut(range.start);
+    let (batch, after) = rest.split_at_mut(range.len());
+    let workers = parallel.clamp(1, batch.len().max(1));
+    let waiting: Mutex<VecDeque<&mut HostRun<'a>>> = Mutex::new(batch.iter_mut().collect());
+    let finished: Mutex<Vec<&mut HostRun<'a>>> = Mutex::new(Vec::new());
+    let (done, stop) = std::sync::mpsc::channel::<()>();
+    let (queued, over) = (&waiting, &finished);
+    std::thread::scope(|scope| {
+        scope.spawn(move || loop {
+            for run in before.iter_mut().chain(after.iter_mut()) {
+                run.beat();
+            }
+            for run in lock(queued).iter().chain(lock(over).iter()) {
+                run.beat();
+            }
+            // Each beat is sent only when due; look again soon, stop at once.
+            if !matches!(
+                stop.recv_timeout(Duration::from_millis(250)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            ) {
+                break;
+            }
+        });
+        let working: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| loop {
+                    let Some(run) = lock(&waiting).pop_front() else {
+                        break;
+                    };
+                    work(run);
+                    lock(&finished).push(run);
+                })
+            })
+            .collect();
+        for worker in working {
+            if let Err(panic) = worker.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        drop(done);
+    });
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().expect("no worker panics holding it")
 }
 
 /// Runs `work` on every item, at most `parallel` at once.

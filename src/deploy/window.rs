@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use super::host::HostRun;
-use super::{in_parallel, shared, Context};
+use super::{in_parallel, in_parallel_keeping_locks, shared, Context};
 use crate::prepare::rotation::{overlap_verifiers, previous_name};
 use crate::prepare::Prepared;
 use crate::protocol::error::{ErrorKind, HostError, Result};
@@ -238,7 +238,7 @@ pub(super) fn apply(
             let ranges = ranges(contexts);
             for deployment in overlap.put_back_order(contexts.len()) {
                 let range = ranges[deployment].clone();
-                in_parallel(&mut runs[range], parallel, |run| put_back(run, &cause));
+                in_parallel_keeping_locks(runs, range, parallel, |run| put_back(run, &cause));
             }
             in_parallel(runs, parallel, HostRun::recheck);
             reports
@@ -306,7 +306,7 @@ fn switch_everything(
     for (deployment, finally) in overlap.phases(contexts.len(), !interim.is_empty()) {
         let range = ranges[deployment].clone();
         if finally {
-            in_parallel(&mut runs[range.clone()], parallel, |run| {
+            in_parallel_keeping_locks(runs, range.clone(), parallel, |run| {
                 let Some(file) = run.file().filter(|_| run.switched()) else {
                     return;
                 };
@@ -321,8 +321,8 @@ fn switch_everything(
         }
         let rollout = &contexts[deployment].rollout;
         for batch in rollout.batches(range.len()) {
-            let batch = &mut runs[range.start + batch.start..range.start + batch.end];
-            in_parallel(batch, rollout.parallel, |run| {
+            let batch = range.start + batch.start..range.start + batch.end;
+            in_parallel_keeping_locks(runs, batch.clone(), rollout.parallel, |run| {
                 if finally && !run.switched() {
                     return;
                 }
@@ -330,7 +330,7 @@ fn switch_everything(
                     run.hold(outcome);
                 }
             });
-            if let Some(cause) = first_failure(batch) {
+            if let Some(cause) = first_failure(&runs[batch]) {
                 return Err(Stop::PutBack(cause, None));
             }
         }

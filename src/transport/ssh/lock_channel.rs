@@ -358,7 +358,8 @@ impl Connection {
     pub fn beat(&self) {
         let mut lock = self.lock.borrow_mut();
         if let Some(heartbeat) = lock.as_mut() {
-            if heartbeat.last.elapsed() >= BEAT_EVERY {
+            // A request cut off partway would take a beat for its input.
+            if heartbeat.broken.is_none() && heartbeat.last.elapsed() >= BEAT_EVERY {
                 // A beat that would block is simply tried again at the next idle moment.
                 if heartbeat.channel.write(b"h").is_ok_and(|n| n == 1) {
                     heartbeat.last = Instant::now();

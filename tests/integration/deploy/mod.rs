@@ -299,6 +299,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(a_deploy_refuses_when_the_reviewed_plan_no_longer_holds),
     scenario!(a_failing_canary_stops_the_rollout),
     scenario!(exceeding_max_failed_stops_further_batches),
+    scenario!(slow_batches_keep_the_waiting_hosts_locks),
     scenario!(the_audit_log_records_each_attempt_without_values),
     scenario!(two_runs_on_the_same_hosts_never_interleave),
     scenario!(overlapping_runs_started_together_take_turns),

@@ -411,3 +411,35 @@ pub(super) fn the_audit_log_records_each_attempt_without_values(
     let canaries: Vec<String> = secrets.values().cloned().collect();
     assert_no_leak("the audit log", &log, &canaries);
 }
+
+/// Three one-host batches whose health checks take about 16 s each: the
+/// third host waits some 32 s for its turn, past the holder's 30 s without a
+/// word. Its lock is kept alive all that time (the run beats every waiting
+/// host while a batch works), so every host deploys.
+pub(super) fn slow_batches_keep_the_waiting_hosts_locks(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let request = voxbridge_request(
+        testbed,
+        hosts,
+        "root",
+        json!({
+            "allowSharedChange": true,
+            "rollout": {"batch": 1, "parallel": 1},
+            "verify": [{"url": "http://{host}:8080/health", "intervalMs": 500, "consecutive": 33, "deadlineMs": 30000}]
+        }),
+    );
+    let values = secrets("slow-batches");
+    let started = std::time::Instant::now();
+    let run = deployer.run("deploy", &request, &values);
+    let took = started.elapsed();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(statuses(&run.json()), ["deployed", "deployed", "deployed"]);
+    // The scenario means what it says only if the last host waited past the holder's limit.
+    assert!(took > std::time::Duration::from_secs(40), "{took:?}");
+    for host in hosts {
+        assert_eq!(
+            file_on(testbed, host, "/opt/voxbridge/.env").1,
+            expected_voxbridge_file(&values)
+        );
+    }
+}
