@@ -156,8 +156,10 @@ fn seconds(ms: u64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
-/// XML text and attribute escaping; control characters XML 1.0 forbids are dropped.
+/// XML text and attribute escaping, of text made plain first (a host's text
+/// holds no character XML 1.0 forbids, nor any that steers a terminal).
 fn escape(text: &str) -> String {
+    let text = crate::protocol::text::plain(text);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -181,5 +183,6 @@ mod tests {
     #[test]
     fn escapes_markup() {
         assert_eq!(escape("a<b & \"c\"\u{1}"), "a&lt;b &amp; &quot;c&quot;");
+        assert_eq!(escape("x\u{fffe}\u{ffff}\u{1b}[2Jy"), "x[2Jy");
     }
 }

@@ -551,6 +551,7 @@ impl<'a> HostRun<'a> {
                 HostError::new(ErrorKind::Internal, message),
             )));
         }
+        self.run.report.make_plain();
         self.run.report
     }
 
@@ -1484,11 +1485,13 @@ fn key_changes(current: &Values, file: &HostFile) -> KeyChanges {
             Some(_) => changes.unchanged += 1,
         }
     }
-    changes.removed = current
+    // A name from the host's file is shown only if it is a key name at all.
+    let (named, unnamed): (Vec<&String>, Vec<&String>) = current
         .keys()
         .filter(|key| !file.values.iter().any(|(k, _)| k == *key))
-        .cloned()
-        .collect();
+        .partition(|key| crate::settings::names::is_valid_key_name(key));
+    changes.removed = named.into_iter().cloned().collect();
+    changes.unnamed = unnamed.len();
     changes
 }
 

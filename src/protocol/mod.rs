@@ -8,4 +8,5 @@ pub mod intake;
 pub mod report;
 pub mod request;
 pub mod schema;
+pub mod text;
 pub mod time;

@@ -289,6 +289,19 @@ pub struct HostReport {
 }
 
 impl HostReport {
+    /// Every text a host could have put in the report, as one plain line
+    /// (`protocol::text`): the error's message, the checks' last errors.
+    pub fn make_plain(&mut self) {
+        if let Some(error) = &mut self.error {
+            error.message = crate::protocol::text::plain(&error.message);
+        }
+        for check in &mut self.checks {
+            if let Some(error) = &mut check.last_error {
+                *error = crate::protocol::text::plain(error);
+            }
+        }
+    }
+
     pub fn new(host: &str, status: HostStatus) -> HostReport {
         HostReport {
             host: host.to_string(),
@@ -321,6 +334,14 @@ pub struct KeyChanges {
     pub changed: Vec<String>,
     /// How many keys keep their value.
     pub unchanged: usize,
+    /// How many keys of the host's file have names that are no key names
+    /// (the file was edited by hand); they are removed, and never shown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unnamed: usize,
+}
+
+fn is_zero(count: &usize) -> bool {
+    *count == 0
 }
 
 /// One unit on a host.

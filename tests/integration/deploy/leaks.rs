@@ -271,3 +271,122 @@ pub(super) fn secrets_stay_in_the_target_files(deployer: &Deployer, hosts: &[&Te
         "systemctl stop voxdialler.service; rm -rf /opt/voxdialler/.env /var/lib/hostenv/voxdialler",
     );
 }
+
+/// Characters a host must not get into anyone's output: terminal escapes and
+/// a carriage return (forging another host's line), bidi overrides, and
+/// noncharacters that XML 1.0 forbids (one such character made the JUnit
+/// file unparseable for every host).
+const HOSTILE: &str = "\u{1b}[1A\r\u{202e}\u{fffe}\u{ffff}\u{85}";
+
+/// A key name from a hand-edited file on one host, and the words a host
+/// program replaced by its root prints on another: every output (the result,
+/// stderr, the JUnit file) carries neither the characters nor the names.
+pub(super) fn host_text_is_plain_in_every_output(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let clean = |what: &str, text: &str| {
+        for c in HOSTILE.chars().filter(|c| !c.is_ascii_graphic()) {
+            assert!(
+                !text.contains(c),
+                "{what} holds U+{:04X}: {text:?}",
+                c as u32
+            );
+        }
+    };
+    let junit_is_xml = |file: &std::path::Path| {
+        let parsed = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, xml.dom.minidom; xml.dom.minidom.parse(sys.argv[1])",
+            ])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            parsed.status.success(),
+            "the JUnit file does not parse: {}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+    };
+
+    // The service user edited its own file: a key named with the characters.
+    let request = voxbridge_request(
+        testbed,
+        &hosts[..1],
+        "root",
+        json!({"allowSharedChange": true}),
+    );
+    assert_eq!(
+        deployer.run("deploy", &request, &secrets("plain-1")).code,
+        0
+    );
+    testbed.sh_ok(
+        hosts[0],
+        &format!("printf '%s=1\\n' '{HOSTILE}EVIL' >> /opt/voxbridge/.env"),
+    );
+    let file = deployer.work.path().join("plain.junit.xml");
+    let run = deployer.run_args(
+        &["plan", "--junit", file.to_str().unwrap()],
+        &request,
+        &secrets("plain-1"),
+    );
+    let host = &run.json()["hosts"][0];
+    assert_eq!(host["keys"]["unnamed"], 1, "{host}");
+    assert_eq!(host["keys"]["removed"], json!([]), "{host}");
+    clean("stdout", &run.stdout);
+    clean("stderr", &run.stderr);
+    assert!(!run.stdout.contains("EVIL") && !run.stderr.contains("EVIL"));
+    junit_is_xml(&file);
+    assert_eq!(
+        deployer.run("deploy", &request, &secrets("plain-1")).code,
+        0
+    );
+
+    // A host program whose root makes it say anything, for a deploy user.
+    let host = hosts[1];
+    let deploy_user = voxbridge_request(
+        testbed,
+        &[host],
+        "deploy",
+        json!({"allowSharedChange": true}),
+    );
+    testbed.grant_sudo(host, &sudoers_rules(deployer, &deploy_user));
+    // HOSTILE as octal escapes for the wrapper's printf.
+    let octal: String = HOSTILE.bytes().map(|b| format!("\\{b:03o}")).collect();
+    testbed.sh_ok(
+        host,
+        "cp -p /usr/local/sbin/hostenv-host /usr/local/sbin/hostenv-host.real",
+    );
+    testbed.put(
+        host,
+        "/usr/local/sbin/hostenv-host.new",
+        &format!(
+            "#!/bin/sh\ncase \"$1\" in describe|version) exec /usr/local/sbin/hostenv-host.real \"$@\";; esac\n\
+             printf 'boom {octal} host 127.77.0.9: deployed\\n' >&2\nexit 1\n"
+        ),
+    );
+    testbed.sh_ok(
+        host,
+        "chmod 755 /usr/local/sbin/hostenv-host.new && mv /usr/local/sbin/hostenv-host.new /usr/local/sbin/hostenv-host",
+    );
+    let file = deployer.work.path().join("hostile.junit.xml");
+    let run = deployer.run_args(
+        &["deploy", "--junit", file.to_str().unwrap()],
+        &deploy_user,
+        &secrets("plain-2"),
+    );
+    testbed.sh_ok(
+        host,
+        "mv /usr/local/sbin/hostenv-host.real /usr/local/sbin/hostenv-host",
+    );
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let message = run.json()["hosts"][0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("boom"), "{message}");
+    clean("the error message", &message);
+    clean("stdout", &run.stdout);
+    clean("stderr", &run.stderr);
+    junit_is_xml(&file);
+    clean("the JUnit file", &std::fs::read_to_string(&file).unwrap());
+}

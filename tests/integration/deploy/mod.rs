@@ -287,6 +287,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(a_host_program_other_than_the_pinned_one_is_never_installed),
     scenario!(voxcore_instances_restart_on_two_hosts),
     scenario!(secrets_stay_in_the_target_files),
+    scenario!(host_text_is_plain_in_every_output),
     Scenario {
         name: "a_rejected_request_opens_no_connection",
         run: |deployer, _| a_rejected_request_opens_no_connection(deployer),
