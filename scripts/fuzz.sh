@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz the request reader, the contract parser, the renderers' round trip and the
-# lock holder's channel reader
+# lock holder's channel reader and the agent's readers of what a host answers
 # (fuzz/, cargo-fuzz on a nightly toolchain).
 #   scripts/fuzz.sh [SECONDS]   fuzz each target for SECONDS (default 60), random seed
 #   scripts/fuzz.sh --smoke     CI's run: a fixed seed and a fixed number of runs per
@@ -24,7 +24,7 @@ fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 scratch="$(mktemp -d /var/tmp/hostenv-fuzz.XXXXXX)"
 trap 'rm -rf "$scratch"' EXIT
-for target in request contract render lock_channel; do
+for target in request contract render lock_channel host_answers; do
   mkdir -p "$scratch/$target"
   log="$scratch/$target.log"
   echo "fuzz: $target (${limits[*]})" >&2

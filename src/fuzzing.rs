@@ -7,6 +7,7 @@ use crate::protocol::error::Error;
 use crate::protocol::exit::Exit;
 use crate::protocol::intake;
 use crate::render::{dotenv, systemd};
+use crate::settings::secret::ExposeSecret;
 
 /// The request reader: any bytes are a typed request or a rejection (exit 2)
 /// whose message never repeats a string value of the document.
@@ -377,5 +378,34 @@ fn admitted_steps_stay_within(words: &[String]) {
             );
         }
         _ => {}
+    }
+}
+
+/// What a host answers, as the agent reads it (the lock step's description,
+/// the holder's answers, a file read back, the backups listing): any bytes
+/// give a value or an error, never a panic, and nothing read holds more than
+/// the bytes themselves. A host's root chooses every one of these bytes.
+pub fn host_answers(data: &[u8]) {
+    use crate::transport::remote::{parse_backups, parse_current};
+    use crate::transport::ssh::lock_channel::{description_end, lock_answer, Heard};
+    if let Some((Some(text), end)) = description_end(data) {
+        // Read lossily: one replacement character per byte at most.
+        assert!(end <= data.len() && text.chars().count() <= data.len());
+    }
+    for seq in [0, 1, u64::MAX] {
+        if let Heard::Answer((_, out, err)) = lock_answer(data, seq) {
+            assert!(out.end <= data.len() && err.end <= data.len() && out.end <= err.start);
+        }
+    }
+    if let Some(current) = parse_current(data) {
+        let held = current
+            .content
+            .as_ref()
+            .map_or(0, |c| c.expose_secret().len());
+        assert!(held <= data.len());
+    }
+    if let Some(backups) = parse_backups(data) {
+        let held: usize = backups.iter().map(|(_, b)| b.expose_secret().len()).sum();
+        assert!(held <= data.len());
     }
 }

@@ -164,6 +164,8 @@ struct Ledger<'a> {
     sent_ahead: Vec<&'static str>,
     /// Values that must never reach a message from the host.
     redactions: Vec<SecretString>,
+    /// The host's work panicked: its outcome is final, whatever comes after.
+    stopped: bool,
 }
 
 /// A host the run may change: connected and assessed (which only follows
@@ -242,6 +244,8 @@ impl<'a> Ledger<'a> {
     ) -> Result<T, HostError> {
         #[cfg(feature = "fault-injection")]
         crate::fault::pause_before(&self.host.name, name);
+        #[cfg(feature = "fault-injection")]
+        crate::fault::panic_before(&self.host.name, name);
         if self.sent_ahead.first() == Some(&name) {
             self.sent_ahead.remove(0);
         } else {
@@ -311,6 +315,7 @@ impl<'a> HostRun<'a> {
                 had_previous: false,
                 put_back_for: None,
                 sent_ahead: Vec::new(),
+                stopped: false,
                 redactions: file
                     .map_or(&[][..], |f| &f.values)
                     .iter()
@@ -378,7 +383,11 @@ impl<'a> HostRun<'a> {
     /// nowhere else. The flow never finishes a host twice (a test build
     /// stops if it does); a second outcome would be dropped.
     pub fn finish(&mut self, outcome: Outcome) {
-        debug_assert!(!self.is_final(), "`{}` finished twice", self.name());
+        debug_assert!(
+            !self.is_final() || self.run.stopped,
+            "`{}` finished twice",
+            self.name()
+        );
         let outcome = self.confirm_after_lost_channel(outcome);
         let outcome = self.run.as_action(outcome);
         let Some(outcome) = self.standing.finish(outcome) else {
@@ -498,7 +507,29 @@ impl<'a> HostRun<'a> {
     /// A result within a Rotation's window, which the window may still change.
     pub fn hold(&mut self, outcome: Outcome) {
         let held = self.standing.hold(outcome);
-        debug_assert!(held, "`{}` held after it finished", self.name());
+        debug_assert!(
+            held || self.run.stopped,
+            "`{}` held after it finished",
+            self.name()
+        );
+    }
+
+    /// The host's work panicked (a bug): what the host holds is not known,
+    /// and nothing more is done on it. Every other host goes on.
+    pub fn stopped_by_a_bug(&mut self) {
+        self.run.stopped = true;
+        self.run.staged = false;
+        if self.is_final() {
+            return;
+        }
+        let message = format!(
+            "`{}`: hostenv stopped on this host with an internal error (a bug: please report it with this result); what the host holds now is not known",
+            self.name()
+        );
+        self.finish(Err((
+            HostStatus::Unknown,
+            HostError::new(ErrorKind::Internal, message),
+        )));
     }
 
     /// The window is over: a provisional result becomes the outcome.

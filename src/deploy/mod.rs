@@ -569,7 +569,7 @@ fn in_parallel_keeping_locks<'a>(
                     let Some(run) = lock(&waiting).pop_front() else {
                         break;
                     };
-                    work(run);
+                    contain(&mut *run, &work);
                     lock(&finished).push(run);
                 })
             })
@@ -588,7 +588,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Runs `work` on every item, at most `parallel` at once.
-fn in_parallel<T: Send>(items: &mut [T], parallel: usize, work: impl Fn(&mut T) + Sync) {
+/// A host's work that panics (a bug) is contained there: the host ends
+/// `unknown`, and every other host's run, the result, the JUnit file and a
+/// Rotation's joint put-back go on.
+fn in_parallel<T: Send + Contained>(
+    items: &mut [T],
+    parallel: usize,
+    work: impl Fn(&mut T) + Sync,
+) {
     let queue = Mutex::new(items.iter_mut());
     let workers = parallel.clamp(1, queue.lock().expect("fresh").len().max(1));
     std::thread::scope(|scope| {
@@ -596,12 +603,37 @@ fn in_parallel<T: Send>(items: &mut [T], parallel: usize, work: impl Fn(&mut T) 
             scope.spawn(|| loop {
                 let next = queue.lock().expect("no worker panics holding it").next();
                 match next {
-                    Some(item) => work(item),
+                    Some(item) => contain(item, &work),
                     None => break,
                 }
             });
         }
     });
+}
+
+/// Runs `work` on one host's item, turning a panic into that host's outcome.
+fn contain<T: Contained>(item: &mut T, work: impl Fn(&mut T)) {
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut *item)));
+    if caught.is_err() {
+        item.after_panic();
+    }
+}
+
+/// What a host's item becomes when its work panicked.
+trait Contained {
+    fn after_panic(&mut self);
+}
+
+impl Contained for HostRun<'_> {
+    fn after_panic(&mut self) {
+        self.stopped_by_a_bug();
+    }
+}
+
+impl<T: Contained, U> Contained for (&mut T, U) {
+    fn after_panic(&mut self) {
+        self.0.after_panic();
+    }
 }
 
 /// The run's error when any host did not end as it should.

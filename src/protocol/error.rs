@@ -99,6 +99,9 @@ pub enum ErrorKind {
     HostProgramMismatch,
     /// A command on the host failed.
     RemoteCommandFailed,
+    /// A host sent more than hostenv reads from it there (the message names
+    /// the bound): its answers are not read further.
+    HostAnswerTooLarge,
     /// The target was replaced by someone else while the switch put the new
     /// file in place: the host holds neither the old file nor the new one.
     TargetReplaced,

@@ -370,7 +370,7 @@ impl Remote<'_> {
 /// `absent UID GID LEFT SYSTEMD BY`, then the bytes; LEFT is `staged` when a
 /// staged file was left behind, SYSTEMD the host's version (0: unknown), BY
 /// the environment that last put the target in place (`-`: unknown).
-fn parse_current(stdout: &[u8]) -> Option<Current> {
+pub(crate) fn parse_current(stdout: &[u8]) -> Option<Current> {
     let newline = stdout.iter().position(|b| *b == b'\n')?;
     let header = std::str::from_utf8(&stdout[..newline]).ok()?;
     let fields: Vec<&str> = header.split(' ').collect();
@@ -419,7 +419,7 @@ fn parse_current(stdout: &[u8]) -> Option<Current> {
 }
 
 /// `backup N BYTES` headers, each followed by exactly BYTES bytes.
-fn parse_backups(mut stdout: &[u8]) -> Option<Vec<(u32, SecretString)>> {
+pub(crate) fn parse_backups(mut stdout: &[u8]) -> Option<Vec<(u32, SecretString)>> {
     let mut backups = Vec::new();
     while !stdout.is_empty() {
         let newline = stdout.iter().position(|b| *b == b'\n')?;
@@ -431,21 +431,31 @@ fn parse_backups(mut stdout: &[u8]) -> Option<Vec<(u32, SecretString)>> {
             return None;
         };
         let (n, bytes) = (n.parse::<u32>().ok()?, bytes.parse::<usize>().ok()?);
-        let body = stdout.get(newline + 1..newline + 1 + bytes)?;
+        // A length the host chose: no add may overflow.
+        let end = (newline + 1).checked_add(bytes)?;
+        let body = stdout.get(newline + 1..end)?;
         backups.push((
             n,
             SecretString::from(String::from_utf8(body.to_vec()).ok()?),
         ));
-        stdout = &stdout[newline + 1 + bytes..];
+        stdout = &stdout[end..];
     }
     Some(backups)
 }
 
 /// `SECONDS.FRACTION` (as `stat -c %.6Y` prints it) in microseconds.
+/// The host chose the text: a number no time has is no time (None), never an overflow.
 fn micros(text: &str) -> Option<i64> {
     let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let fraction = format!("{fraction:0<6}");
-    Some(seconds.parse::<i64>().ok()? * 1_000_000 + fraction.get(..6)?.parse::<i64>().ok()?)
+    seconds
+        .parse::<i64>()
+        .ok()?
+        .checked_mul(1_000_000)?
+        .checked_add(fraction.get(..6)?.parse::<i64>().ok()?)
 }
 
 /// Whether sudo said no (as opposed to the command failing).
@@ -512,6 +522,8 @@ mod tests {
         assert_eq!(current.written_by.as_deref(), Some("staging"));
         assert_eq!(micros("12.5"), Some(12_500_000));
         assert_eq!(micros("12"), Some(12_000_000));
+        assert_eq!(micros("99999999999999999.5"), None);
+        assert_eq!(micros("1.-5"), None);
         let absent = parse_current(b"absent 1 2 staged 0 -\n").unwrap();
         assert!(absent.content.is_none() && absent.leftover_staged);
         assert_eq!(absent.systemd, None);
@@ -529,6 +541,7 @@ mod tests {
             .collect();
         assert_eq!(seen, [(1, "A=\"1\"\n"), (3, ""), (4, "B=\"x\ny\"\n")]);
         assert!(parse_backups(b"backup 1 99\nshort").is_none());
+        assert!(parse_backups(b"backup 1 18446744073709551615\nx").is_none());
         assert_eq!(parse_backups(b"").unwrap().len(), 0);
     }
 }

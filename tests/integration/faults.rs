@@ -133,6 +133,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
             a_lost_channel_is_read_back_before_nothing_changed_is_said(deployer, hosts[1])
         },
     },
+    scenario!(a_panic_on_one_host_is_contained),
     Scenario {
         name: "the_release_build_has_no_fault_injection",
         run: |_, _| the_release_build_has_no_fault_injection(),
@@ -497,6 +498,82 @@ fn a_lost_channel_is_read_back_before_nothing_changed_is_said(
         file_on(testbed, host, TARGET).1,
         expected_voxbridge_file(&new)
     );
+}
+
+/// A bug in one host's run (a panic before its switch, asked for with
+/// HOSTENV_PANIC_AT) ends that host `unknown`, exit 3; every other host
+/// deploys, and the result and the JUnit file are whole. In a Rotation the
+/// hosts already switched are put back, as for any failure.
+fn a_panic_on_one_host_is_contained(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    settle(testbed, hosts);
+    let request = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
+    let mut env = secrets("panic-deploy");
+    env.insert(
+        "HOSTENV_PANIC_AT".into(),
+        format!("{}:switch", hosts[1].addr),
+    );
+    let junit = deployer.work.path().join("panic.junit.xml");
+    let run = deployer.run_args(
+        &["deploy", "--junit", junit.to_str().unwrap()],
+        &request,
+        &env,
+    );
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    let result = run.json();
+    assert_eq!(
+        statuses(&result),
+        ["deployed", "unknown", "deployed"],
+        "{result}"
+    );
+    assert_eq!(result["hosts"][1]["error"]["kind"], "internal");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<testcase ").count(), 3, "{xml}");
+    let next = deployer.run("deploy", &request, &secrets("panic-deploy"));
+    assert_eq!(next.code, 0, "{}", next.stdout);
+
+    // Within a Rotation's window: the dialler's host stops before its switch,
+    // after the fleet switched; the fleet goes back.
+    settle(testbed, hosts);
+    crate::rotation::write_contracts(deployer.work.path());
+    let rotation = crate::rotation::rotation_request(testbed, hosts);
+    let before: Vec<String> = hosts
+        .iter()
+        .map(|h| {
+            testbed.sh_ok(
+                h,
+                "cat /opt/voxcore/.env /opt/voxdialler/.env 2>/dev/null || true",
+            )
+        })
+        .collect();
+    let mut env = crate::rotation::contained_generation("panic-window");
+    env.insert(
+        "HOSTENV_PANIC_AT".into(),
+        format!("{}:switch", hosts[2].addr),
+    );
+    let run = deployer.run("deploy", &rotation, &env);
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    let result = run.json();
+    let per_host = |deployment: usize| -> Vec<String> {
+        result["deployments"][deployment]["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(per_host(0), ["rolledBack", "rolledBack"], "{result}");
+    assert_eq!(per_host(1), ["unknown"], "{result}");
+    let after: Vec<String> = hosts
+        .iter()
+        .map(|h| {
+            testbed.sh_ok(
+                h,
+                "cat /opt/voxcore/.env /opt/voxdialler/.env 2>/dev/null || true",
+            )
+        })
+        .collect();
+    assert_eq!(after, before, "the window did not put every host back");
 }
 
 /// Builds for use (no dev-dependencies) compile the feature out.

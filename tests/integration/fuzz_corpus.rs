@@ -36,3 +36,8 @@ fn the_render_corpus_round_trips_in_both_grammars() {
 fn the_lock_channel_corpus_frames_exactly_the_whole_stream_reading() {
     assert!(replay("lock_channel", hostenv::fuzzing::lock_channel) >= 9);
 }
+
+#[test]
+fn the_host_answers_corpus_reads_as_values_or_errors() {
+    assert!(replay("host_answers", hostenv::fuzzing::host_answers) >= 9);
+}

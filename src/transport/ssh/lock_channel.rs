@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ssh2::Channel;
 
-use super::{lost, Connection, Output};
+use super::{lost, Connection, Output, Reading};
 use crate::protocol::error::{ErrorKind, HostError, Result};
 
 /// What the lock step answered: whether this run holds the lock (else the
@@ -22,7 +22,7 @@ pub struct Held {
 /// Where the lock step's description ends in `out`: the description and the
 /// offset after it, (None, 0) when the answer has none, or None while it is
 /// still arriving.
-fn description_end(out: &[u8]) -> Option<(Option<String>, usize)> {
+pub(crate) fn description_end(out: &[u8]) -> Option<(Option<String>, usize)> {
     const HEAD: &[u8] = b"describe ";
     if !out.starts_with(HEAD) {
         let could_be = out.len() < HEAD.len() && HEAD.starts_with(out);
@@ -44,15 +44,29 @@ fn description_end(out: &[u8]) -> Option<(Option<String>, usize)> {
 }
 
 /// A lock holder's answer: its exit code and where its stdout and stderr lie.
-type Answer = (i32, std::ops::Range<usize>, std::ops::Range<usize>);
+pub(crate) type Answer = (i32, std::ops::Range<usize>, std::ops::Range<usize>);
 
 /// The most a holder's answer may carry: every backup a host keeps, whole.
 const MAX_ANSWER: usize =
     (crate::host::config::MAX_BACKUPS as usize + 1) * crate::host::MAX_FILE_BYTES as usize;
 
+/// The most an answer's head line, and the lock step's own lines before its
+/// first answer, may hold.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// The most the answer to the step `words` may hold: a file read back, every
+/// backup a host keeps, or a few lines (any other step).
+fn answer_limit(words: &[String]) -> usize {
+    match words.first().map(String::as_str) {
+        Some("read") => crate::host::MAX_FILE_BYTES as usize + MAX_HEAD,
+        Some("read-backups") => MAX_ANSWER + MAX_HEAD,
+        _ => MAX_HEAD,
+    }
+}
+
 /// What the start of `out` is, for request `seq`.
 #[derive(Debug, PartialEq, Eq)]
-enum Heard {
+pub(crate) enum Heard {
     /// Not all of it has come yet.
     Partial,
     /// `done SEQ CODE OUTLEN ERRLEN\n` and that many bytes: the answer.
@@ -64,7 +78,7 @@ enum Heard {
 }
 
 /// Reads the holder's next answer in `out`, which must be for request `seq`.
-fn lock_answer(out: &[u8], seq: u64) -> Heard {
+pub(crate) fn lock_answer(out: &[u8], seq: u64) -> Heard {
     let Some(end) = out.iter().position(|b| *b == b'\n') else {
         // A head is short: a long line without an end is no answer.
         return if out.len() > 128 {
@@ -216,7 +230,8 @@ impl Connection {
             }
         }
         while let Some(sent) = heartbeat.ahead.pop_front() {
-            let answer = self.read_answer(heartbeat, sent.seq, deadline);
+            let limit = answer_limit(&sent.step.words);
+            let answer = self.read_answer(heartbeat, (sent.seq, limit), deadline);
             if sent.step == this || answer.is_err() {
                 return Some(answer);
             }
@@ -284,7 +299,7 @@ impl Connection {
         Ok(())
     }
 
-    /// Reads the answer to request `seq`, `done SEQ CODE OUTLEN ERRLEN\n`
+    /// Reads the answer to request `seq` (at most `limit` bytes), `done SEQ CODE OUTLEN ERRLEN\n`
     /// and that many bytes of stdout and stderr, starting with what came
     /// after the last one; what comes after this one is kept for the next.
     /// An answer for another request, or none, breaks the channel.
@@ -292,7 +307,7 @@ impl Connection {
     fn read_answer(
         &self,
         heartbeat: &mut Heartbeat,
-        seq: u64,
+        (seq, limit): (u64, usize),
         deadline: Instant,
     ) -> Result<Output, HostError> {
         let host = self.host.as_str();
@@ -301,17 +316,21 @@ impl Connection {
         }
         let mut answer = std::mem::take(&mut heartbeat.pending);
         let mut noise = Vec::new();
+        let reading = Reading {
+            what: "reading a step's answer on the lock's channel",
+            deadline,
+            limit,
+            beat: false,
+        };
         let drained = self.drain(
-            "reading a step's answer on the lock's channel",
             &mut heartbeat.channel,
             (&mut answer, &mut noise),
-            deadline,
+            &reading,
             |out| lock_answer(out, seq) != Heard::Partial,
-            false,
         );
         if let Err(error) = drained {
             // A late answer would be taken for the next step's.
-            heartbeat.broken = Some("an answer did not come in time".into());
+            heartbeat.broken = Some("an answer did not come whole in time and size".into());
             return Err(error);
         }
         match lock_answer(&answer, seq) {
@@ -394,14 +413,15 @@ impl Connection {
         let (mut answer, mut errors) = (Vec::new(), Vec::new());
         // The holder describes itself first (`describe N` and N bytes), then
         // answers `held-by WHO` or `acquired`.
-        self.drain(
-            "waiting for the lock",
-            &mut channel,
-            (&mut answer, &mut errors),
-            answer_by,
-            |out| description_end(out).is_some_and(|(_, end)| out[end..].contains(&b'\n')),
-            true,
-        )?;
+        let first = Reading {
+            what: "waiting for the lock",
+            deadline: answer_by,
+            limit: MAX_HEAD,
+            beat: true,
+        };
+        self.drain(&mut channel, (&mut answer, &mut errors), &first, |out| {
+            description_end(out).is_some_and(|(_, end)| out[end..].contains(&b'\n'))
+        })?;
         let (description, start) = description_end(&answer).unwrap_or((None, 0));
         let acquired = move |out: &[u8]| {
             out[start.min(out.len())..]
@@ -416,14 +436,15 @@ impl Connection {
         let verdict = 'verdict: {
             if first.starts_with("held-by ") && !acquired(&answer) {
                 let give_up = Instant::now() + wait;
-                let waited = self.drain(
-                    "waiting for the lock",
-                    &mut channel,
-                    (&mut answer, &mut errors),
-                    give_up,
-                    acquired,
-                    true,
-                );
+                let waiting = Reading {
+                    what: "waiting for the lock",
+                    deadline: give_up,
+                    // `acquired`, and perhaps the first answer's first bytes.
+                    limit: MAX_HEAD + MAX_ANSWER,
+                    beat: true,
+                };
+                let waited =
+                    self.drain(&mut channel, (&mut answer, &mut errors), &waiting, acquired);
                 match waited {
                     Err(_) if Instant::now() >= give_up => {
                         // Closing the channel ends the waiting holder on the host.
@@ -460,7 +481,8 @@ impl Connection {
                     let answer_by = Instant::now() + self.io_timeout;
                     heartbeat.pending = zeroize::Zeroizing::new(after);
                     // The unasked read is request 0.
-                    let read = self.read_answer(&mut heartbeat, 0, answer_by)?;
+                    let read_limit = answer_limit(&["read".to_string()]);
+                    let read = self.read_answer(&mut heartbeat, (0, read_limit), answer_by)?;
                     heartbeat.read = Some(read);
                     // One that describes itself takes the steps sent with it.
                     heartbeat.ahead = with_lock

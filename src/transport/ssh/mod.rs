@@ -3,7 +3,7 @@
 //! reused for every step. Only this module and `health` touch the network.
 //! The lock's own channel is `lock_channel`, a bastion's tunnel `tunnel`.
 
-mod lock_channel;
+pub(crate) mod lock_channel;
 mod tunnel;
 
 use lock_channel::Heartbeat;
@@ -46,6 +46,22 @@ impl Drop for Output {
 
 /// The most one write to a channel offers (libssh2 takes less when its window is smaller).
 const UPLOAD_CHUNK: usize = 32 * 1024;
+
+/// The most a command's output may hold (queries, `describe`, an install).
+const COMMAND_OUTPUT_LIMIT: usize = 1 << 20;
+
+/// The most an HTTP answer through a host's SSH session may hold before its status line.
+const HTTP_HEAD_LIMIT: usize = 64 * 1024;
+
+/// How one read from a host is bounded: what it is (for messages), when it
+/// must be over, the most it takes, and whether waits beat the lock (never
+/// while reading the lock's own channel).
+pub(super) struct Reading<'w> {
+    pub what: &'w str,
+    pub deadline: Instant,
+    pub limit: usize,
+    pub beat: bool,
+}
 
 /// An authenticated session to one host. After authentication it runs
 /// non-blocking, so that while a command runs, the host lock's heartbeat
@@ -348,34 +364,34 @@ impl Connection {
         deadline: Instant,
     ) -> Result<(Vec<u8>, Vec<u8>), HostError> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        self.drain(
-            "reading output",
-            channel,
-            (&mut stdout, &mut stderr),
+        let reading = Reading {
+            what: "reading output",
             deadline,
-            |_| false,
-            true,
-        )?;
+            limit: COMMAND_OUTPUT_LIMIT,
+            beat: true,
+        };
+        self.drain(channel, (&mut stdout, &mut stderr), &reading, |_| false)?;
         Ok((stdout, stderr))
     }
 
-    /// Reads stdout and stderr until the channel ends or `enough(stdout)`.
-    /// stderr is always drained too: libssh2 sees the end of a channel only
-    /// once everything before it has been read. Waits beat the lock, unless
-    /// `beat` is false (reading the lock's own channel).
-    #[allow(clippy::too_many_arguments)]
+    /// Reads stdout and stderr until the channel ends or `enough(stdout)`,
+    /// within `reading`'s deadline and limit, both checked on every turn
+    /// whether data flows or not. stderr is always drained too: libssh2 sees
+    /// the end of a channel only once everything before it has been read.
     fn drain(
         &self,
-        what: &str,
         channel: &mut Channel,
         (stdout, stderr): (&mut Vec<u8>, &mut Vec<u8>),
-        deadline: Instant,
+        reading: &Reading,
         enough: impl Fn(&[u8]) -> bool,
-        beat: bool,
     ) -> Result<(), HostError> {
         let host = self.host.as_str();
+        let what = reading.what;
         let mut buffer = [0u8; 16 * 1024];
         while !enough(stdout) {
+            if Instant::now() > reading.deadline {
+                return Err(lost(host, what, "timed out"));
+            }
             let mut progressed = false;
             for (stream, into) in [(0, &mut *stdout), (1, &mut *stderr)] {
                 match channel.stream(stream).read(&mut buffer) {
@@ -388,14 +404,23 @@ impl Connection {
                     Err(e) => return Err(lost(host, what, e)),
                 }
             }
+            if stdout.len() + stderr.len() > reading.limit {
+                return Err(HostError::new(
+                    ErrorKind::HostAnswerTooLarge,
+                    format!(
+                        "`{host}`: {what}: the host sent more than {} bytes, the most hostenv reads there",
+                        reading.limit
+                    ),
+                ));
+            }
             if channel.eof() && !progressed {
                 break;
             }
             if !progressed {
-                if beat {
-                    self.idle(deadline)?;
+                if reading.beat {
+                    self.idle(reading.deadline)?;
                 } else {
-                    self.wait_for_socket(deadline)?;
+                    self.wait_for_socket(reading.deadline)?;
                 }
             }
         }
@@ -487,13 +512,27 @@ impl Connection {
                 Err(e) => return Err(format!("connection failed: {}", e.kind())),
             }
         }
+        // Only the status line counts: read until it ends, within a bound
+        // and the deadline whatever the host sends, looking at new bytes only.
         let mut response = Vec::new();
         let mut buffer = [0u8; 4096];
-        while !response.contains(&b'\n') {
+        let mut line_ended = false;
+        while !line_ended {
+            if Instant::now() > deadline {
+                return Err("timed out".to_string());
+            }
             match channel.read(&mut buffer) {
                 Ok(0) if channel.eof() => break,
                 Ok(0) => self.idle(deadline).map_err(|_| "timed out".to_string())?,
-                Ok(n) => response.extend_from_slice(&buffer[..n]),
+                Ok(n) => {
+                    line_ended = buffer[..n].contains(&b'\n');
+                    response.extend_from_slice(&buffer[..n]);
+                    if !line_ended && response.len() > HTTP_HEAD_LIMIT {
+                        return Err(format!(
+                            "no HTTP status line in the first {HTTP_HEAD_LIMIT} bytes"
+                        ));
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.idle(deadline).map_err(|_| "timed out".to_string())?
                 }
