@@ -134,6 +134,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         },
     },
     scenario!(a_panic_on_one_host_is_contained),
+    scenario!(a_hostile_host_costs_only_itself),
     Scenario {
         name: "the_release_build_has_no_fault_injection",
         run: |_, _| the_release_build_has_no_fault_injection(),
@@ -574,6 +575,98 @@ fn a_panic_on_one_host_is_contained(deployer: &Deployer, hosts: &[&TestHost]) {
         })
         .collect();
     assert_eq!(after, before, "the window did not put every host back");
+}
+
+/// One host whose root answers the lock step with lengths that overflow, a
+/// flood without end, silence, or escapes and noncharacters
+/// (tests/testbed/hostile_host.py in place of its host program), while two
+/// other hosts deploy: they are deployed, the hostile host fails alone and
+/// says which bound it broke, the run keeps its deadlines, and the agent's
+/// peak memory stays bounded (printed for each mode).
+fn a_hostile_host_costs_only_itself(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let hostile = hosts[2];
+    settle(testbed, hosts);
+    let mut request = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
+    request["ssh"]["ioTimeoutMs"] = json!(3000);
+    request["deadlineMs"] = json!(60000);
+    testbed.sh_ok(
+        hostile,
+        "cp -p /usr/local/sbin/hostenv-host /usr/local/sbin/hostenv-host.real",
+    );
+    testbed.put(
+        hostile,
+        "/usr/local/sbin/hostenv-host.new",
+        include_str!("../testbed/hostile_host.py"),
+    );
+    testbed.sh_ok(
+        hostile,
+        "chmod 755 /usr/local/sbin/hostenv-host.new && mv /usr/local/sbin/hostenv-host.new /usr/local/sbin/hostenv-host",
+    );
+    for (mode, kind) in [
+        ("overflow", "hostAnswerTooLarge"),
+        ("flood", "hostAnswerTooLarge"),
+        ("stall", "connectionLost"),
+        ("garbage", "remoteCommandFailed"),
+    ] {
+        testbed.put(hostile, "/etc/hostile-mode", mode);
+        let values = secrets(&format!("hostile-{mode}"));
+        let started = std::time::Instant::now();
+        let child = deployer.spawn("deploy", &request, &values);
+        let pid = child.id();
+        let watcher = std::thread::spawn(move || {
+            let mut peak = 0u64;
+            while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                let hwm = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok());
+                match hwm {
+                    Some(kb) => peak = peak.max(kb),
+                    None => break,
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        let output = child.wait_with_output().unwrap();
+        let took = started.elapsed();
+        let peak = watcher.join().unwrap();
+        eprintln!("a hostile host ({mode}): the agent's peak RSS {peak} kB, the run {took:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let result: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        assert_eq!(output.status.code(), Some(1), "{mode}: {stdout}");
+        assert_eq!(
+            statuses(&result),
+            ["deployed", "deployed", "failed"],
+            "{mode}: {result}"
+        );
+        let error = &result["hosts"][2]["error"];
+        assert_eq!(error["kind"], kind, "{mode}: {error}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.contains(['\u{1b}', '\r', '\u{202e}', '\u{fffe}']),
+            "{mode}: {message:?}"
+        );
+        assert!(took < Duration::from_secs(60), "{mode}: {took:?}");
+        // Far below what the flood announced (99,999,999,999 bytes).
+        assert!(peak < 256 * 1024, "{mode}: {peak} kB");
+        for host in &hosts[..2] {
+            assert_eq!(
+                file_on(testbed, host, TARGET).1,
+                expected_voxbridge_file(&values),
+                "{mode}"
+            );
+        }
+        settle(testbed, hosts);
+    }
+    testbed.sh_ok(
+        hostile,
+        "mv /usr/local/sbin/hostenv-host.real /usr/local/sbin/hostenv-host; rm -f /etc/hostile-mode",
+    );
+    let values = secrets("after-hostile");
+    let run = deployer.run("deploy", &request, &values);
+    assert_eq!(run.code, 0, "{}", run.stdout);
 }
 
 /// Builds for use (no dev-dependencies) compile the feature out.

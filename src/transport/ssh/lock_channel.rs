@@ -73,6 +73,8 @@ pub(crate) enum Heard {
     Answer(Answer),
     /// `broken SEQ LEN\n` and why: the holder ended the channel.
     Broken(String),
+    /// An answer announcing more than a host can hold (its first line).
+    TooLarge(String),
     /// Anything else, or an answer to another request (its first line, cut short).
     Garbage(String),
 }
@@ -90,18 +92,28 @@ pub(crate) fn lock_answer(out: &[u8], seq: u64) -> Heard {
     let line = String::from_utf8_lossy(&out[..end]);
     let shown = || line.chars().take(80).collect::<String>();
     let fields: Vec<&str> = line.split(' ').collect();
-    let number = |text: &str| text.parse::<usize>().ok().filter(|n| *n <= MAX_ANSWER);
+    // A length of digits past what a host can hold is too large, not garbage.
+    let number = |text: &str| {
+        let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+        match text.parse::<usize>() {
+            Ok(n) if n <= MAX_ANSWER => Ok(n),
+            _ if digits => Err(true),
+            _ => Err(false),
+        }
+    };
     let start = end + 1;
     let (code, lengths) = match fields.as_slice() {
         ["done", at, code, stdout, stderr] if at.parse() == Ok(seq) => {
             match (code.parse::<i32>(), number(stdout), number(stderr)) {
-                (Ok(code), Some(stdout), Some(stderr)) => (Some(code), (stdout, stderr)),
+                (Ok(code), Ok(stdout), Ok(stderr)) => (Some(code), (stdout, stderr)),
+                (Ok(_), Err(true), _) | (Ok(_), _, Err(true)) => return Heard::TooLarge(shown()),
                 _ => return Heard::Garbage(shown()),
             }
         }
         ["broken", _, length] => match number(length) {
-            Some(length) => (None, (0, length)),
-            None => return Heard::Garbage(shown()),
+            Ok(length) => (None, (0, length)),
+            Err(true) => return Heard::TooLarge(shown()),
+            Err(false) => return Heard::Garbage(shown()),
         },
         _ => return Heard::Garbage(shown()),
     };
@@ -350,6 +362,15 @@ impl Connection {
                 heartbeat.broken = Some(why.clone());
                 Err(lost(host, "the lock holder ended the channel", why))
             }
+            Heard::TooLarge(line) => {
+                heartbeat.broken = Some("an answer announced more than a host holds".into());
+                Err(HostError::new(
+                    ErrorKind::HostAnswerTooLarge,
+                    format!(
+                        "`{host}`: the lock holder answered `{line}`, more than the {MAX_ANSWER} bytes hostenv reads there"
+                    ),
+                ))
+            }
             Heard::Garbage(line) => {
                 heartbeat.broken = Some("an answer was not the one awaited".into());
                 Err(lost(
@@ -533,10 +554,16 @@ mod tests {
         // Lengths a host chose cannot overflow or ask for more than a host keeps.
         for line in [
             "done 3 0 18446744073709551615 2\n",
+            "done 3 0 99999999999999999999999 0\n",
             "done 3 0 99999999999 0\n",
-            "done 3 x 0 0\n",
-            "acquired\n",
+            "broken 3 99999999999\n",
         ] {
+            assert!(
+                matches!(lock_answer(line.as_bytes(), 3), Heard::TooLarge(_)),
+                "{line}"
+            );
+        }
+        for line in ["done 3 x 0 0\n", "done 3 0 -1 0\n", "acquired\n"] {
             assert!(
                 matches!(lock_answer(line.as_bytes(), 3), Heard::Garbage(_)),
                 "{line}"
