@@ -460,8 +460,8 @@ impl Connection {
                 let waiting = Reading {
                     what: "waiting for the lock",
                     deadline: give_up,
-                    // `acquired`, and perhaps the first answer's first bytes.
-                    limit: MAX_HEAD + MAX_ANSWER,
+                    // `acquired`, and perhaps one read's worth of the first answer.
+                    limit: 2 * MAX_HEAD,
                     beat: true,
                 };
                 let waited =
