@@ -13,7 +13,8 @@ if ! command -v musl-gcc >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools
 fi
 CC_x86_64_unknown_linux_musl=musl-gcc \
-  cargo build --release --locked --target "$target" --features static --bins
+  cargo build --release --locked --target "$target" -p hostenv --features static --bins
+cargo build --release --locked --target "$target" -p hostenv-host
 bin="target/$target/release"
 version=$("$bin/hostenv" version)
 version=${version#hostenv }

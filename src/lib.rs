@@ -27,7 +27,7 @@ mod transport;
 #[cfg(feature = "fault-injection")]
 mod fault;
 pub mod fuzzing;
-pub mod host;
+pub use hostenv_host as host;
 
 // What the binaries, tests, examples and fuzz targets use; nothing else is
 // public, so the compiler sees what nothing uses.

@@ -664,12 +664,12 @@ impl<'a> HostRun<'a> {
     fn install(&mut self, expected: &str) -> Result<(), HostError> {
         let context = self.run.context;
         let host = self.run.host;
-        let program = context.host_program.bytes().map_err(|problem| {
+        let program = context.host_program.program().map_err(|problem| {
             HostError::new(
-                ErrorKind::HostProgramMissing,
+                problem.kind,
                 format!(
-                    "`{}`: cannot install the host program: {problem}",
-                    host.name
+                    "`{}`: cannot install the host program: {}",
+                    host.name, problem.message
                 ),
             )
         })?;

@@ -97,6 +97,10 @@ pub enum ErrorKind {
     /// The host program is another version, its install is unsafe, or the
     /// service's configuration on the host differs from the request.
     HostProgramMismatch,
+    /// The host program cannot run there: not a static build, or it failed
+    /// to start on the host (the message gives the loader's words); nothing
+    /// of it was left on the host.
+    HostProgramUnusable,
     /// A command on the host failed.
     RemoteCommandFailed,
     /// A host sent more than hostenv reads from it there (the message names

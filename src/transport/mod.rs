@@ -3,6 +3,7 @@
 //! audit line and installing the host program.
 
 pub mod audit;
+pub mod elf;
 pub mod health;
 pub mod lock;
 pub mod provision;

@@ -145,40 +145,81 @@ fn difference(host: &str, expected: &str) -> String {
     }
 }
 
-// As root: the program goes in under a fresh name (mktemp, so nothing planted
-// is written through) and is renamed over the old one.
+// As root: a program for another CPU than the host's (`uname -m`, against the
+// agent's reading of the program, $2) goes nowhere; else the program goes in
+// under a fresh name (mktemp, so nothing planted is written through), runs
+// once from there (a program the host cannot run, from a noexec mount say,
+// exits 5 with the words of what refused it on stderr, and is removed), and
+// only then is renamed over the old one.
 const INSTALL: &str = concat!(
-    r#"set -eu; umask 022; dir=$(dirname -- "$1"); mkdir -p -- "$dir"; "#,
+    r#"set -eu; umask 022; machine=$(uname -m); "#,
+    r#"if [ "$machine" != "$2" ]; then cat > /dev/null; echo "this host is $machine, the host program is built for $2" >&2; exit 5; fi; "#,
+    r#"dir=$(dirname -- "$1"); mkdir -p -- "$dir"; "#,
     r#"new=$(mktemp "$dir/.hostenv-host.XXXXXX"); "#,
-    r#"cat > "$new" && chmod 755 "$new" && mv -f -- "$new" "$1" || { rm -f -- "$new"; exit 4; }"#,
+    r#"cat > "$new" && chmod 755 "$new" || { rm -f -- "$new"; exit 4; }; "#,
+    r#"if ! "$new" version > /dev/null; then rm -f -- "$new"; exit 5; fi; "#,
+    r#"mv -f -- "$new" "$1" || { rm -f -- "$new"; exit 4; }"#,
 );
+
+/// INSTALL's exit when the program did not run on the host.
+const DID_NOT_RUN: i32 = 5;
 
 /// Installs the program and the service's configuration (as root, or with
 /// `sudo -n` when the login user may run anything).
-pub fn install(remote: &Remote, program: &[u8], config: &str) -> Result<(), HostError> {
+pub fn install(remote: &Remote, program: &Program, config: &str) -> Result<(), HostError> {
     let sudo = if remote.sudo { "sudo -n " } else { "" };
     let line = format!(
-        "{sudo}/bin/sh -c {} hostenv-install {}",
+        "{sudo}/bin/sh -c {} hostenv-install {} {}",
         quote(INSTALL),
-        quote(PROGRAM)
+        quote(PROGRAM),
+        quote(&program.machine)
     );
-    let output = remote.connection.exec(&line, program)?;
+    let output = remote.connection.exec(&line, &program.bytes)?;
+    if output.status == DID_NOT_RUN {
+        return Err(HostError::new(
+            ErrorKind::HostProgramUnusable,
+            format!(
+                "`{}`: the host program does not run there, so it was not installed: {}",
+                remote.host,
+                crate::protocol::text::plain(output.stderr.lines().next().unwrap_or("no message"))
+            ),
+        ));
+    }
     remote.check("install", output)?;
     let configure = Invocation::new("configure", &[remote.service]);
     remote.run(&configure, config.as_bytes()).map(|_| ())
 }
 
-/// The host program to install: `HOSTENV_HOST_PROGRAM`, else `hostenv-host`
-/// beside this binary (cargo and the release archive put it there). Read only
-/// when a host needs it, once per run. With `HOSTENV_HOST_PROGRAM_SHA256` (the
-/// Jenkins steps set it from the release they verified), the bytes read must
-/// have that digest: the very bytes checked are the bytes installed as root,
-/// so another process of the agent's user cannot swap the file in between.
+/// The host program to install, always a static build: `HOSTENV_HOST_PROGRAM`,
+/// else the first static one of `hostenv-host` beside this binary (the
+/// release archive puts it there) and, in a cargo build tree, the musl build
+/// of the same profile (`scripts/host-program.sh`; cargo's own build beside
+/// this binary is linked to this machine's C library). Read only when a host
+/// needs it, once per run. With `HOSTENV_HOST_PROGRAM_SHA256` (the Jenkins
+/// steps set it from the release they verified), the bytes read must have
+/// that digest: the very bytes checked are the bytes installed as root, so
+/// another process of the agent's user cannot swap the file in between.
 pub struct LocalProgram {
     candidates: Vec<std::path::PathBuf>,
     pinned: Option<String>,
-    bytes: std::sync::OnceLock<Result<Vec<u8>, String>>,
+    read: std::sync::OnceLock<Result<Program, ProgramProblem>>,
 }
+
+/// A static host program, and the CPU it is for (as `uname -m` names it).
+pub struct Program {
+    pub bytes: Vec<u8>,
+    pub machine: String,
+}
+
+/// Why there is no host program to install.
+#[derive(Clone, Debug)]
+pub struct ProgramProblem {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// The target the static host program is built for in a cargo build tree.
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 
 impl LocalProgram {
     pub fn locate(env: &dyn crate::settings::secret::EnvLookup) -> LocalProgram {
@@ -190,7 +231,25 @@ impl LocalProgram {
                     .and_then(|exe| exe.parent().map(std::path::Path::to_path_buf))
                     .unwrap_or_default();
                 // A test binary runs from deps/, one below cargo's binaries.
-                vec![dir.join("hostenv-host"), dir.join("../hostenv-host")]
+                let profile_dir = if dir.ends_with("deps") {
+                    dir.parent().unwrap_or(&dir).to_path_buf()
+                } else {
+                    dir.clone()
+                };
+                let mut candidates = vec![dir.join("hostenv-host")];
+                if let (Some(profile), Some(target_dir)) =
+                    (profile_dir.file_name(), profile_dir.parent())
+                {
+                    candidates.push(profile_dir.join("hostenv-host"));
+                    candidates.push(
+                        target_dir
+                            .join(STATIC_TARGET)
+                            .join(profile)
+                            .join("hostenv-host"),
+                    );
+                }
+                candidates.dedup();
+                candidates
             }
         };
         let pinned = env
@@ -199,31 +258,51 @@ impl LocalProgram {
         LocalProgram {
             candidates,
             pinned,
-            bytes: std::sync::OnceLock::new(),
+            read: std::sync::OnceLock::new(),
         }
     }
 
-    pub fn bytes(&self) -> Result<&[u8], String> {
-        let read = self.bytes.get_or_init(|| {
-            let (path, bytes) = self
-                .candidates
-                .iter()
-                .find_map(|path| std::fs::read(path).ok().map(|bytes| (path, bytes)))
-                .ok_or_else(|| {
-                    format!(
-                        "no host program to install at `{}` (set HOSTENV_HOST_PROGRAM)",
-                        self.candidates[0].display()
-                    )
-                })?;
-            match &self.pinned {
-                Some(pinned) if *pinned != sha256_hex(&bytes) => Err(format!(
-                    "`{}` does not have the SHA-256 HOSTENV_HOST_PROGRAM_SHA256 pins; nothing was installed",
-                    path.display()
-                )),
-                _ => Ok(bytes),
+    pub fn program(&self) -> Result<&Program, ProgramProblem> {
+        let read = self.read.get_or_init(|| {
+            let mut unusable = None;
+            for path in &self.candidates {
+                let Ok(bytes) = std::fs::read(path) else {
+                    continue;
+                };
+                let machine = match crate::transport::elf::static_program_machine(&bytes) {
+                    Ok(machine) => machine,
+                    Err(problem) => {
+                        unusable.get_or_insert(ProgramProblem {
+                        kind: ErrorKind::HostProgramUnusable,
+                        message: format!(
+                            "`{}` cannot go on a host: {problem}; hostenv installs only a static build \
+                             (the release's, or one `scripts/host-program.sh` makes)",
+                            path.display()
+                        ),
+                    });
+                        continue;
+                    }
+                };
+                return match &self.pinned {
+                    Some(pinned) if *pinned != sha256_hex(&bytes) => Err(ProgramProblem {
+                        kind: ErrorKind::HostProgramMissing,
+                        message: format!(
+                            "`{}` does not have the SHA-256 HOSTENV_HOST_PROGRAM_SHA256 pins; nothing was installed",
+                            path.display()
+                        ),
+                    }),
+                    _ => Ok(Program { bytes, machine }),
+                };
             }
+            Err(unusable.unwrap_or_else(|| ProgramProblem {
+                kind: ErrorKind::HostProgramMissing,
+                message: format!(
+                    "no host program to install at `{}` (set HOSTENV_HOST_PROGRAM)",
+                    self.candidates[0].display()
+                ),
+            }))
         });
-        read.as_ref().map(Vec::as_slice).map_err(Clone::clone)
+        read.as_ref().map_err(Clone::clone)
     }
 }
 

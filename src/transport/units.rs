@@ -11,13 +11,15 @@ use crate::transport::remote::{Invocation, Query, Remote};
 
 // Queries, run without sudo.
 const INSTANCES: &str = r#"systemctl list-units --all --plain --no-legend --no-pager -- "$1""#;
-// In microseconds where systemctl can print them (`--timestamp=`, v248): a
-// unit restarted within the same second as its file was written must still
-// count as started after it. An older systemctl refuses the option and prints
-// whole seconds (in UTC, as TZ asks), read as the start of that second, so a
-// unit started in the second its file was written is restarted: the safe side.
-// No `--value` (v230): `NAME=` is cut off here.
-const STARTED_AT: &str = r#"t=$(systemctl show -p ExecMainStartTimestamp --timestamp=us+utc -- "$1" 2>/dev/null) || t=$(TZ=UTC systemctl show -p ExecMainStartTimestamp -- "$1"); t=${t#*=}; if [ -n "$t" ]; then date -u -d "$t" +%s%6N; fi"#;
+// When the unit's main process started, for comparison with its file's mtime
+// (a unit restarted in the second its file was written must still count as
+// started after it). Three readings, one line:
+// - the wall-clock start, `--timestamp=us+utc` where systemctl takes it
+//   (v248); an older one refuses it, and v247 takes it but prints whole
+//   seconds, like the fallback (in UTC, as TZ asks; no `--value`, v230);
+// - the monotonic start, in microseconds on every version;
+// - the host program's `clock`: realtime and monotonic now, read together.
+const STARTED_AT: &str = r#"t=$(systemctl show -p ExecMainStartTimestamp --timestamp=us+utc -- "$1" 2>/dev/null) || t=$(TZ=UTC systemctl show -p ExecMainStartTimestamp -- "$1"); t=${t#*=}; if [ -n "$t" ]; then t=$(date -u -d "$t" +%s%6N); else t=-; fi; m=$(systemctl show -p ExecMainStartTimestampMonotonic -- "$1"); m=${m#*=}; c=$(/usr/local/sbin/hostenv-host clock 2>/dev/null) || c='- -'; echo "$t ${m:--} $c""#;
 
 /// The host program's restart: bounded by the configuration's restart timeout,
 /// and answering `result=start-limit-hit` (systemd's verdict) when it fails.
@@ -133,6 +135,102 @@ pub fn reset_failed(remote: &Remote, unit: &Unit) {
 /// When the unit's main process last started, in microseconds since the epoch.
 pub fn started_at(remote: &Remote, unit: &Unit) -> Result<Option<i64>, HostError> {
     let output = remote.query(&Query::new("started-at", STARTED_AT, &[unit.as_str()]))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    Ok(text.trim().parse().ok())
+    Ok(start_from_readings(&String::from_utf8_lossy(
+        &output.stdout,
+    )))
+}
+
+/// The start in wall-clock microseconds from STARTED_AT's line: the
+/// monotonic start carried to wall-clock time by the host's clocks, but never
+/// later than the wall-clock reading allows (the end of its second when
+/// systemctl printed whole seconds: a clock stepped forward since the start
+/// must not make a stale unit look fresh). Without a monotonic reading, the
+/// wall-clock one as printed: whole seconds read as their start, so a unit
+/// started in the second its file was written is restarted, the safe side.
+fn start_from_readings(line: &str) -> Option<i64> {
+    let number = |word: Option<&str>| word.and_then(|w| w.parse::<i64>().ok());
+    let mut words = line.split_whitespace();
+    let wall = number(words.next())?;
+    let monotonic_start = number(words.next()).filter(|m| *m > 0);
+    let (realtime_now, monotonic_now) = (number(words.next()), number(words.next()));
+    let carried = monotonic_start
+        .zip(realtime_now.zip(monotonic_now))
+        .and_then(|(start, (realtime, monotonic))| {
+            realtime.checked_sub(monotonic.checked_sub(start)?)
+        });
+    match carried {
+        Some(carried) => {
+            let latest = if wall % 1_000_000 == 0 {
+                wall.saturating_add(999_999)
+            } else {
+                wall
+            };
+            Some(carried.min(latest))
+        }
+        None => Some(wall),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: i64 = 1_000_000;
+
+    #[test]
+    fn whole_seconds_are_refined_by_the_monotonic_start() {
+        // systemd 247: the wall clock in whole seconds; the unit started
+        // 0.4 s into second 1000, 2.1 s ago by the monotonic clock.
+        let line = format!(
+            "{} {} {} {}",
+            1000 * SECOND,
+            50 * SECOND,
+            1002 * SECOND + 500_000,
+            52 * SECOND + 100_000
+        );
+        assert_eq!(start_from_readings(&line), Some(1000 * SECOND + 400_000));
+    }
+
+    #[test]
+    fn a_clock_stepped_forward_cannot_move_the_start_past_its_second() {
+        let line = format!(
+            "{} {} {} {}",
+            1000 * SECOND,
+            50 * SECOND,
+            1010 * SECOND,
+            51 * SECOND
+        );
+        assert_eq!(start_from_readings(&line), Some(1000 * SECOND + 999_999));
+        // Printed to the microsecond (v248+), that is the bound itself.
+        let line = format!(
+            "{} {} {} {}",
+            1000 * SECOND + 7,
+            50 * SECOND,
+            1010 * SECOND,
+            51 * SECOND
+        );
+        assert_eq!(start_from_readings(&line), Some(1000 * SECOND + 7));
+    }
+
+    #[test]
+    fn without_a_monotonic_reading_the_wall_clock_one_stands() {
+        assert_eq!(
+            start_from_readings(&format!("{} 0 - -", 1000 * SECOND)),
+            Some(1000 * SECOND)
+        );
+        assert_eq!(
+            start_from_readings(&format!("{} 5 - -", 1000 * SECOND)),
+            Some(1000 * SECOND)
+        );
+        assert_eq!(start_from_readings("- 0 17 18"), None);
+        assert_eq!(start_from_readings(""), None);
+        // Numbers a host chose cannot overflow.
+        let line = format!("{} {} {} {}", SECOND, i64::MIN, i64::MAX, i64::MAX);
+        assert_eq!(start_from_readings(&line), Some(SECOND));
+    }
+
+    #[test]
+    fn the_query_asks_the_installed_host_program() {
+        assert!(STARTED_AT.contains(&format!("{} clock", crate::host::PROGRAM)));
+    }
 }

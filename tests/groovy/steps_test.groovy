@@ -4,6 +4,7 @@
 //   groovy -cp tests/groovy/stubs:tests/groovy tests/groovy/steps_test.groovy SUITE
 //
 // Environment: HOSTENV_REPO (the repository), HOSTENV_BINARY (the built binary),
+// HOSTENV_HOST_BINARY (the static host program it installs),
 // HOSTENV_WORK (a scratch directory). SUITE is `offline` (no hosts) or `testbed`,
 // which also needs TESTBED_JSON: {hosts: [addr...], knownHosts, key, store}.
 // Prints `ok NAME` per test; exits 1 at the first failure.
@@ -21,6 +22,7 @@ import org.codehaus.groovy.control.CompilePhase
 
 repo = new File(System.getenv('HOSTENV_REPO'))
 binary = System.getenv('HOSTENV_BINARY')
+hostBinary = System.getenv('HOSTENV_HOST_BINARY')
 work = new File(System.getenv('HOSTENV_WORK'))
 counter = 0
 
@@ -48,7 +50,7 @@ def pipeline(Map store) {
     pipeline.store.putAll(store)
     pipeline.env.HOSTENV_BIN = binary
     pipeline.env.HOSTENV_SHA256 = sha256(binary)
-    pipeline.env.HOSTENV_HOST_SHA256 = sha256(new File(new File(binary).parentFile, 'hostenv-host').path)
+    pipeline.env.HOSTENV_HOST_SHA256 = sha256(hostBinary)
     // The admin's known_hosts (a stand-in: the offline suite reaches no host).
     def knownHosts = new File(work, 'admin_known_hosts')
     if (!knownHosts.exists()) { knownHosts.text = '' }
@@ -636,7 +638,7 @@ exec '${binary}' "\$@"
         unpacked.mkdirs()
         ['hostenv', 'hostenv-host'].each { name ->
             def target = new File(unpacked, name)
-            target.bytes = new File(new File(binary).parentFile, name).bytes
+            target.bytes = new File(name == 'hostenv' ? binary : hostBinary).bytes
             target.setExecutable(true)
         }
         def tar = new ProcessBuilder('tar', '-czf', 'hostenv-0.1.0-x86_64-linux.tar.gz', 'hostenv-0.1.0-x86_64-linux')

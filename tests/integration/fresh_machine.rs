@@ -52,6 +52,9 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("tar", "tar"),
     ("gzip", "gzip"),
     ("musl-gcc", "musl-tools"),
+    // Run by scripts/setup.sh to make the other generations' trees, whose own
+    // programs (dpkg-query, dbus-daemon, their systemd, sshd, sudo) run their hosts.
+    ("debootstrap", "debootstrap"),
 ];
 
 /// Programs only the benchmark runs; scripts/bench.sh installs them itself.

@@ -47,6 +47,7 @@ fn groovy(suite: &str, extra: &[(&str, String)]) -> String {
         .env("JAVA_HOME", java_home())
         .env("HOSTENV_REPO", &root)
         .env("HOSTENV_BINARY", env!("CARGO_BIN_EXE_hostenv"))
+        .env("HOSTENV_HOST_BINARY", crate::testbed::static_host_program())
         .env("HOSTENV_WORK", work.path())
         .envs(extra.iter().map(|(k, v)| (*k, v)))
         .output()

@@ -1,6 +1,8 @@
 //! The crate's layers point one way (`src/lib.rs`): a module uses only its
-//! own layer and the layers before it, and the host program uses nothing of
-//! the rest. Read from the source: every `crate::NAME` a code line names.
+//! own layer and the layers before it, and the host program (`host/`, a
+//! package of its own, re-exported as `crate::host`) uses nothing of the
+//! rest. Read from the source: every `crate::NAME` a code line names, and the
+//! host package's dependencies.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -22,7 +24,7 @@ const LAYERS: [&str; 8] = [
 /// Modules outside the order: what they may use.
 fn allowed(module: &str) -> Option<Allowed> {
     match module {
-        // The program on each host: nothing of the agent's side.
+        // The program on each host (`host/`): nothing of the agent's side.
         "host" => Some(Allowed::Nothing),
         // Test-only pause points, usable from any layer.
         "fault" => Some(Allowed::Nothing),
@@ -135,8 +137,8 @@ fn every_module_uses_only_the_layers_before_it() {
         wrong.join("\n")
     );
     // Every layer is there: a renamed folder cannot pass by matching nothing.
-    for layer in LAYERS.iter().chain(&["host"]) {
-        assert!(seen.contains(*layer), "no module `{layer}` under src/");
+    for layer in LAYERS {
+        assert!(seen.contains(layer), "no module `{layer}` under src/");
     }
 }
 
@@ -155,4 +157,48 @@ fn the_layer_rule_catches_a_wrong_arrow() {
             .into_iter()
             .collect()
     );
+}
+
+/// The host program is a package of its own so that what runs as root
+/// builds alone, static, from a few crates: it depends on nothing of the
+/// agent's (no SSH, TLS, JSON or HTTP code) and on these alone.
+#[test]
+fn the_host_program_depends_on_nothing_of_the_agents() {
+    let manifest = std::fs::read_to_string(repo_root().join("host/Cargo.toml")).unwrap();
+    let dependencies: Vec<&str> = manifest
+        .split("\n[dependencies]\n")
+        .nth(1)
+        .expect("host/Cargo.toml has [dependencies]")
+        .lines()
+        .take_while(|line| !line.starts_with('['))
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .map(|line| line.split([' ', '=']).next().unwrap())
+        .collect();
+    assert_eq!(dependencies, ["rustix", "sha2"], "{manifest}");
+    let tree = std::process::Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            "hostenv-host",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(
+        tree.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tree.stderr)
+    );
+    let tree = String::from_utf8_lossy(&tree.stdout);
+    for agent_only in ["hostenv ", "ssh2", "openssl", "ureq", "serde"] {
+        assert!(
+            !tree.contains(agent_only),
+            "the host program builds {agent_only}:\n{tree}"
+        );
+    }
 }

@@ -11,6 +11,7 @@ mod examples;
 mod faults;
 mod fresh_machine;
 mod fuzz_corpus;
+mod generations;
 mod hostile;
 mod intake;
 mod jenkins;

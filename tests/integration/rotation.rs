@@ -287,6 +287,16 @@ fn rotations(deployer: &Deployer, hosts: &[&TestHost]) {
     settle(testbed, hosts);
 }
 
+/// A rotation of VOXCORE_SECRET across the fleet and the dialler in one
+/// window, then one whose second fleet host fails, which puts every host
+/// back: the rotation row of each host generation (`generations.rs`).
+pub(crate) fn a_rotation_and_its_undo(deployer: &Deployer, hosts: &[&TestHost]) {
+    write_contracts(deployer.work.path());
+    a_rotation_switches_the_fleet_first_then_the_dialler(deployer, hosts);
+    settle(deployer.testbed, hosts);
+    a_failing_fleet_host_puts_every_host_back(deployer, hosts);
+}
+
 fn a_rotation_switches_the_fleet_first_then_the_dialler(deployer: &Deployer, hosts: &[&TestHost]) {
     let request = rotation_request(deployer.testbed, hosts);
     let first = run(deployer, &["deploy"], &request, &generation("r1"));

@@ -62,7 +62,7 @@ fn version_json_lists_the_supported_api_version() {
     let version = run.json();
     assert_eq!(version["apiVersions"], serde_json::json!(["hostenv/v1"]));
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(version["hostProtocol"], 4);
+    assert_eq!(version["hostProtocol"], 5);
     // The digest of the catalog the Groovy steps load: the same file, byte for byte.
     let catalog = std::fs::read(repo_root().join("resources/io/hostenv/catalog.json")).unwrap();
     let out = std::process::Command::new("sha256sum")

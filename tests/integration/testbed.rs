@@ -32,10 +32,36 @@ const ACCOUNTS: &[(&str, u32, &str, &str)] = &[
     ("deploy", 61010, "/tmp", "/bin/bash"),
 ];
 
+/// The programs a testbed host runs: this machine's own (Debian 12), or those
+/// of another Debian suite's tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Machine,
+    Debian(&'static str),
+}
+
+/// Where `scripts/setup.sh` keeps the suites' trees. Override with HOSTENV_TESTBED_TREES.
+fn trees_dir() -> PathBuf {
+    std::env::var_os("HOSTENV_TESTBED_TREES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/hostenv-testbed"))
+}
+
+impl System {
+    /// The root of the files the host starts from.
+    pub fn root(self) -> PathBuf {
+        match self {
+            System::Machine => PathBuf::from("/"),
+            System::Debian(suite) => trees_dir().join(suite),
+        }
+    }
+}
+
 pub struct TestHost {
     /// The address, which requests use as the host name.
     pub addr: String,
     pub hostname: String,
+    pub system: System,
     launcher: Child,
     pub pid1: u32,
 }
@@ -92,6 +118,11 @@ fn keygen(path: &Path) {
 impl Testbed {
     /// Brings up `count` hosts and waits until each one's sshd answers.
     pub fn start(count: usize) -> Testbed {
+        Testbed::start_systems(&vec![System::Machine; count])
+    }
+
+    /// Brings up one host per entry of `systems`, in that order.
+    pub fn start_systems(systems: &[System]) -> Testbed {
         // A test that failed with the testbed up poisons the lock; the next may still go.
         let exclusive = IN_USE
             .lock()
@@ -102,11 +133,16 @@ impl Testbed {
             "/usr/bin/python3",
             "/usr/bin/sudo",
         ] {
-            assert!(
-                Path::new(tool).exists(),
-                "{tool} is missing: run scripts/test.sh, which installs the testbed's packages"
-            );
+            for system in systems {
+                let path = system.root().join(tool.trim_start_matches('/'));
+                assert!(
+                    path.exists(),
+                    "{} is missing: run scripts/setup.sh, which installs the testbed's packages and makes the Debian trees",
+                    path.display()
+                );
+            }
         }
+        static_host_program();
         remove_stale_testbeds();
         let dir = PathBuf::from(format!("/var/tmp/hostenv-testbed-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -188,32 +224,39 @@ impl Testbed {
             _exclusive: exclusive,
         };
         let mut known_hosts = String::new();
-        for index in 0..count {
+        for (index, system) in systems.iter().enumerate() {
             let addr = format!("{}{}", address_prefix(), index + 2);
             let hostname = format!("tb-{}", index + 1);
-            known_hosts.push_str(&testbed.prepare_host(&hostname, &addr));
+            known_hosts.push_str(&testbed.prepare_host(&hostname, &addr, *system));
         }
         write(&testbed.known_hosts, &known_hosts);
-        for index in 0..count {
+        for (index, system) in systems.iter().enumerate() {
             let addr = format!("{}{}", address_prefix(), index + 2);
             let hostname = format!("tb-{}", index + 1);
-            let host = testbed.launch(&hostname, addr);
+            let host = testbed.launch(&hostname, addr, *system);
             testbed.hosts.push(host);
         }
         testbed
     }
 
     /// Writes the host's accounts, sudo rules, units and sshd config; returns its known_hosts line.
-    fn prepare_host(&self, hostname: &str, addr: &str) -> String {
+    fn prepare_host(&self, hostname: &str, addr: &str, system: System) -> String {
         let host_dir = self.dir.join("hosts").join(hostname);
         let dir = self.dir.display();
         keygen(&host_dir.join("ssh_host_ed25519_key"));
         let host_public =
             std::fs::read_to_string(host_dir.join("ssh_host_ed25519_key.pub")).unwrap();
 
-        let mut passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-        let mut group = std::fs::read_to_string("/etc/group").unwrap();
-        let mut shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+        // The host's own files start from those of its system.
+        let etc = |file: &str| {
+            std::fs::read_to_string(system.root().join("etc").join(file)).unwrap_or_default()
+        };
+        if let System::Debian(_) = system {
+            write(&host_dir.join("tree"), system.root().to_str().unwrap());
+        }
+        let mut passwd = etc("passwd");
+        let mut group = etc("group");
+        let mut shadow = etc("shadow");
         for (name, id, home, shell) in ACCOUNTS {
             passwd.push_str(&format!("{name}:x:{id}:{id}::{home}:{shell}\n"));
             group.push_str(&format!("{name}:x:{id}:\n"));
@@ -224,14 +267,13 @@ impl Testbed {
         write(&host_dir.join("etc/shadow"), &shadow);
         write(&host_dir.join("etc/hostname"), &format!("{hostname}\n"));
         // The deploy user starts with no sudo rights; tests grant what `hostenv sudoers` prints.
-        let sudoers = std::fs::read_to_string("/etc/sudoers").unwrap_or_default();
-        write(&host_dir.join("etc/sudoers"), &sudoers);
+        write(&host_dir.join("etc/sudoers"), &etc("sudoers"));
         std::fs::set_permissions(
             host_dir.join("etc/sudoers"),
             std::os::unix::fs::PermissionsExt::from_mode(0o440),
         )
         .unwrap();
-        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let hosts = etc("hosts");
         write(
             &host_dir.join("etc/hosts"),
             &format!("{hosts}\n{addr} {hostname}\n"),
@@ -241,8 +283,14 @@ impl Testbed {
             &format!(
                 "ListenAddress {addr}:22\nHostKey {}\nUsePAM no\nStrictModes no\nPidFile none\n\
                  MaxStartups 200:30:400\nSubsystem sftp internal-sftp\nPermitRootLogin prohibit-password\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nAuthorizedKeysFile {dir}/authorized/%u\n",
-                host_dir.join("ssh_host_ed25519_key").display()
+                 PasswordAuthentication no\nAuthorizedKeysFile {dir}/authorized/%u\n{}",
+                host_dir.join("ssh_host_ed25519_key").display(),
+                // Without PAM nothing answers keyboard-interactive; OpenSSH 8.4 knows the option by its old name.
+                if system == System::Debian("bullseye") {
+                    "ChallengeResponseAuthentication no\n"
+                } else {
+                    "KbdInteractiveAuthentication no\n"
+                }
             ),
         );
         let units = host_dir.join("units");
@@ -310,7 +358,7 @@ impl Testbed {
         format!("{addr} {kind} {key}\n")
     }
 
-    fn launch(&self, hostname: &str, addr: String) -> TestHost {
+    fn launch(&self, hostname: &str, addr: String, system: System) -> TestHost {
         let log = std::fs::File::create(self.dir.join(format!("{hostname}.log"))).unwrap();
         let launcher = Command::new("bash")
             .arg(self.dir.join("launch.sh"))
@@ -342,6 +390,7 @@ impl Testbed {
         TestHost {
             addr,
             hostname: hostname.to_string(),
+            system,
             launcher,
             pid1,
         }
@@ -429,7 +478,8 @@ impl Testbed {
 
     /// Replaces the host's extra sudo rules with `rules` (checked by visudo).
     pub fn grant_sudo(&self, host: &TestHost, rules: &str) {
-        let base = std::fs::read_to_string("/etc/sudoers").unwrap_or_default();
+        let base =
+            std::fs::read_to_string(host.system.root().join("etc/sudoers")).unwrap_or_default();
         self.put(host, "/tmp/sudoers.new", &format!("{base}\n{rules}"));
         // In place: /etc/sudoers is a bind mount, which cannot be renamed over.
         self.sh_ok(host, "visudo -c -q -f /tmp/sudoers.new && cat /tmp/sudoers.new > /etc/sudoers && rm /tmp/sudoers.new");
@@ -468,6 +518,43 @@ impl Drop for Testbed {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The host program hostenv installs: only a static build, in a cargo build
+/// tree the musl build of its own profile (`LocalProgram`). Builds it once per
+/// process (as `scripts/host-program.sh` does), so the hosts get this tree's
+/// code, and returns its path.
+pub fn static_host_program() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe
+                .ancestors()
+                .find(|dir| {
+                    dir.file_name()
+                        .is_some_and(|name| name == "debug" || name == "release")
+                })
+                .expect("run from cargo's target directory")
+                .to_path_buf();
+            let profile = profile_dir.file_name().unwrap().to_owned();
+            let mut command = Command::new(env!("CARGO"));
+            command
+                .args(["build", "--quiet", "--locked", "-p", "hostenv-host"])
+                .args(["--target", "x86_64-unknown-linux-musl"])
+                .current_dir(repo_root());
+            if profile == "release" {
+                command.arg("--release");
+            }
+            run(&mut command);
+            profile_dir
+                .parent()
+                .unwrap()
+                .join("x86_64-unknown-linux-musl")
+                .join(profile)
+                .join("hostenv-host")
+        })
+        .clone()
 }
 
 /// A run that was killed (not dropped) leaves its hosts running: stop every

@@ -143,7 +143,7 @@ pub(super) fn wrong_key_and_unknown_or_changed_host_keys_are_refused(
     assert_ne!(before, file_on(testbed, host, "/opt/voxbridge/.env").1);
 }
 
-pub(super) fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&TestHost]) {
+pub(crate) fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&TestHost]) {
     let testbed = deployer.testbed;
     let next = secrets("six");
     let request = voxbridge_request(
@@ -230,7 +230,7 @@ pub(super) fn a_host_program_other_than_the_pinned_one_is_never_installed(
     use sha2::Digest;
     let testbed = deployer.testbed;
     let host = hosts[1];
-    let program = std::fs::read(env!("CARGO_BIN_EXE_hostenv-host")).unwrap();
+    let program = std::fs::read(crate::testbed::static_host_program()).unwrap();
     let digest: String = sha2::Sha256::digest(&program)
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -175,7 +175,7 @@ pub(super) fn the_hosts_systemd_version_is_known_before_anything_is_written(
     assert_nothing_staged(testbed, hosts[0]);
 }
 
-pub(super) fn first_deploy_installs_and_restarts(deployer: &Deployer, hosts: &[&TestHost]) {
+pub(crate) fn first_deploy_installs_and_restarts(deployer: &Deployer, hosts: &[&TestHost]) {
     let testbed = deployer.testbed;
     let secrets = secrets("one");
     let request = voxbridge_request(testbed, hosts, "root", json!({}));
@@ -208,7 +208,7 @@ pub(super) fn first_deploy_installs_and_restarts(deployer: &Deployer, hosts: &[&
     );
 }
 
-pub(super) fn same_request_changes_nothing(deployer: &Deployer, hosts: &[&TestHost]) {
+pub(crate) fn same_request_changes_nothing(deployer: &Deployer, hosts: &[&TestHost]) {
     let testbed = deployer.testbed;
     let secrets = secrets("one");
     let before: Vec<String> = hosts

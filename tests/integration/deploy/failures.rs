@@ -153,7 +153,7 @@ pub(super) fn one_host_down_fails_alone(deployer: &Deployer, hosts: &[&TestHost]
     }
 }
 
-pub(super) fn failing_health_check_rolls_back(deployer: &Deployer, hosts: &[&TestHost]) {
+pub(crate) fn failing_health_check_rolls_back(deployer: &Deployer, hosts: &[&TestHost]) {
     let testbed = deployer.testbed;
     let good = secrets("one");
     let mut bad_secrets = secrets("two");

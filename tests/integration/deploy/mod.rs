@@ -15,9 +15,9 @@ use crate::common::{assert_no_leak, run_hostenv, Run, TempDir};
 use crate::jenkins::steps_on_the_testbed;
 use crate::testbed::{TestHost, Testbed};
 
-mod access;
-mod basics;
-mod failures;
+pub(crate) mod access;
+pub(crate) mod basics;
+pub(crate) mod failures;
 mod instances;
 mod leaks;
 mod locks;

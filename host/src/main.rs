@@ -1,4 +1,4 @@
-//! The privileged half of hostenv, installed on each host (see `hostenv::host`).
+//! The privileged half of hostenv, installed on each host (its library: `src/lib.rs`).
 
 use std::process::ExitCode;
 
@@ -7,5 +7,5 @@ fn main() -> ExitCode {
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    ExitCode::from(hostenv::host::main(args))
+    ExitCode::from(hostenv_host::main(args))
 }

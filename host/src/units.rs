@@ -96,3 +96,14 @@ pub fn reset_failed(config: &HostConfig, unit: &str) -> Result<(), Failure> {
         .status();
     Ok(())
 }
+
+/// `REALTIME MONOTONIC`, both in microseconds, read one right after the other.
+pub fn clock() -> String {
+    use rustix::time::{clock_gettime, ClockId};
+    let micros = |t: rustix::time::Timespec| {
+        i128::from(t.tv_sec) * 1_000_000 + i128::from(t.tv_nsec) / 1_000
+    };
+    let realtime = clock_gettime(ClockId::Realtime);
+    let monotonic = clock_gettime(ClockId::Monotonic);
+    format!("{} {}", micros(realtime), micros(monotonic))
+}

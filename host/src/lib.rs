@@ -40,7 +40,7 @@ pub const CONFIG_DIR: &str = "/etc/hostenv";
 pub const LOCK_DIR: &str = "/run/hostenv";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Bumped whenever a step's arguments or answers change.
-pub const PROTOCOL: u32 = 4;
+pub const PROTOCOL: u32 = 5;
 /// The longest audit line the host program takes.
 pub const MAX_AUDIT_LINE: u64 = 16 * 1024;
 /// Root's limits for every service: optional, `limits.rs`.
@@ -108,6 +108,10 @@ pub const CHANGED: u8 = 6;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Version,
+    /// The host's realtime and monotonic clocks, read together: the agent
+    /// turns a unit's monotonic start (precise on every systemd) into
+    /// wall-clock time to compare with its file's.
+    Clock,
     Describe,
     Configure,
     Read,
@@ -119,7 +123,10 @@ pub enum Step {
     ReadBackups,
     Purge,
     Audit,
-    Lock { environment: String, shared: bool },
+    Lock {
+        environment: String,
+        shared: bool,
+    },
     Restart(String),
     ResetFailed(String),
 }
@@ -127,7 +134,7 @@ pub enum Step {
 impl Step {
     /// The steps anyone may run: they read nothing secret.
     fn unprivileged(&self) -> bool {
-        matches!(self, Step::Version | Step::Describe)
+        matches!(self, Step::Version | Step::Clock | Step::Describe)
     }
 }
 
@@ -137,10 +144,15 @@ pub fn parse(args: &[String]) -> Result<(Step, Option<String>), Failure> {
     let (name, rest) = words
         .split_first()
         .ok_or_else(|| Failure::usage("no step given"))?;
-    if *name == "version" {
+    let alone = match *name {
+        "version" => Some(Step::Version),
+        "clock" => Some(Step::Clock),
+        _ => None,
+    };
+    if let Some(step) = alone {
         return match rest {
-            [] => Ok((Step::Version, None)),
-            _ => Err(Failure::usage("`version` takes no arguments")),
+            [] => Ok((step, None)),
+            _ => Err(Failure::usage(format!("`{name}` takes no arguments"))),
         };
     }
     let (service, extra) = rest
@@ -236,6 +248,9 @@ fn run(step: &Step, service: Option<&str>) -> Result<(), Failure> {
     let stdout = &mut std::io::stdout().lock();
     if *step == Step::Version {
         return writeln!(stdout, "{}", banner()).map_err(|e| Failure::io(e.to_string()));
+    }
+    if *step == Step::Clock {
+        return writeln!(stdout, "{}", units::clock()).map_err(|e| Failure::io(e.to_string()));
     }
     let service = service.expect("every step but version names a service");
     if !step.unprivileged() && !rustix::process::geteuid().is_root() {
@@ -377,7 +392,7 @@ fn execute(
         Step::Audit => steps::audit(&target, stdin, &session.limits),
         Step::Restart(unit) => units::restart(config, unit, stdout, stderr),
         Step::ResetFailed(unit) => units::reset_failed(config, unit),
-        Step::Version | Step::Describe | Step::Configure | Step::Lock { .. } => {
+        Step::Version | Step::Clock | Step::Describe | Step::Configure | Step::Lock { .. } => {
             Err(Failure::usage("this step is not run on the lock's channel"))
         }
     }
@@ -403,7 +418,7 @@ fn request(
         }
         if matches!(
             step,
-            Step::Version | Step::Describe | Step::Configure | Step::Lock { .. }
+            Step::Version | Step::Clock | Step::Describe | Step::Configure | Step::Lock { .. }
         ) {
             return Err(Failure::usage("this step is not run on the lock's channel"));
         }
