@@ -238,8 +238,33 @@ pub fn render_checked(values: &[(String, SecretString)], min: Option<u32>) -> Re
         values.iter().map(|(k, v)| (k.as_str(), v.expose_secret())),
         min,
     );
-    if text.len() as u64 > MAX_RENDERED {
-        return Err(too_large(values));
+    let environment =
+        systemd::environment_bytes(values.iter().map(|(k, v)| (k.as_str(), v.expose_secret())));
+    if environment > systemd::MAX_ENVIRONMENT_BYTES {
+        return Err(too_large(
+            values,
+            format!(
+                "its values would take {environment} bytes of the service's environment, more than the {} a process may hold \
+                 (Linux: a quarter of the 8 MiB stack, less room for the unit's own variables); the unit would fail to start on every host",
+                systemd::MAX_ENVIRONMENT_BYTES
+            ),
+        ));
+    }
+    let version = min.unwrap_or(systemd::OLDEST);
+    let limit = systemd::max_file_bytes(version).min(MAX_RENDERED);
+    if text.len() as u64 > limit {
+        let why = if limit == MAX_RENDERED {
+            format!("the host program takes at most {MAX_RENDERED} bytes")
+        } else {
+            format!(
+                "systemd v{version}{} reads at most {limit} bytes; if every host runs a newer systemd, say so with `target.systemdMin`",
+                if min.is_some() { "" } else { " (the oldest a host may run, with no `target.systemdMin`)" }
+            )
+        };
+        return Err(too_large(
+            values,
+            format!("the rendered file would be {} bytes: {why}", text.len()),
+        ));
     }
     for generation in systemd::Generation::from(min.unwrap_or(systemd::OLDEST)) {
         let parsed = systemd::parse_as(&text, generation);
@@ -265,11 +290,11 @@ pub fn render_checked(values: &[(String, SecretString)], min: Option<u32>) -> Re
 }
 
 /// The largest file a host takes: the host program's limit, and less than
-/// the 4 MiB that systemd before v249 refuses to read.
+/// the 4 MiB that systemd v248 refuses to read.
 pub const MAX_RENDERED: u64 = crate::host::MAX_FILE_BYTES - 1;
 
-/// A file too large for any host, naming the keys that take the most room (never a size).
-fn too_large(values: &[(String, SecretString)]) -> Error {
+/// A file too large for the hosts, saying why and naming the keys that take the most room.
+fn too_large(values: &[(String, SecretString)], why: String) -> Error {
     let mut by_size: Vec<&(String, SecretString)> = values.iter().collect();
     by_size.sort_by_key(|(key, value)| std::cmp::Reverse(key.len() + value.expose_secret().len()));
     let largest: Vec<String> = by_size
@@ -281,7 +306,7 @@ fn too_large(values: &[(String, SecretString)]) -> Error {
         ErrorKind::FileTooLarge,
         "/env",
         format!(
-            "the rendered file would be larger than a host takes ({MAX_RENDERED} bytes, under systemd's 4 MiB); the values taking the most room are those of {}",
+            "{why}; the values taking the most room are those of {}",
             largest.join(", ")
         ),
     )

@@ -57,8 +57,9 @@ pub enum ErrorKind {
     ContractInvalid,
     /// One or more keys have problems; each is listed in `contract.keys`.
     KeyProblems,
-    /// The rendered file is larger than a host takes (under 4 MiB); the
-    /// message names the keys whose values take the most room.
+    /// The values would overflow a process environment, or the rendered file
+    /// is larger than the oldest systemd the hosts may run reads; the message
+    /// names the size, the limit and the keys whose values take the most room.
     FileTooLarge,
     /// A whole-file `envFile` source cannot be used.
     EnvFileInvalid,

@@ -25,6 +25,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(a_unit_started_in_its_files_second_is_not_restarted),
     scenario!(a_host_program_that_cannot_run_there_is_not_installed),
     scenario!(failing_health_check_rolls_back),
+    scenario!(the_largest_environment_hostenv_allows_starts_the_service),
     scenario!(the_deploy_user_works_through_sudo),
     scenario!(a_rotation_and_its_undo),
 ];
@@ -195,4 +196,58 @@ fn a_host_program_that_cannot_run_there_is_not_installed(deployer: &Deployer, ho
         health(host, 8080, "/health")["fingerprints"]["JWT_SECRET"],
         crate::deploy::fingerprint(&secrets("one")["JWT_SECRET"])
     );
+}
+
+/// A file whose values come close to the most a process environment holds
+/// (`MAX_ENVIRONMENT_BYTES`, Linux's bound under systemd's default stack
+/// limit) is deployed, and the service starts with it: hostenv's limit is
+/// one every generation's systemd and kernel take.
+fn the_largest_environment_hostenv_allows_starts_the_service(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let host = hosts[2];
+    let work = deployer.work.path();
+    let big: Vec<String> = (0..15).map(|i| format!("BIG_{i:02}")).collect();
+    let contract: String = crate::deploy::VOXBRIDGE_CONTRACT.to_string()
+        + &big.iter().map(|k| format!("{k}=\n")).collect::<String>();
+    std::fs::write(work.join("big.env.example"), contract).unwrap();
+    let mut env = secrets("one");
+    // Quoted, the file is over the 2 MiB v219 reads: every host here runs v247 or later.
+    let mut request = voxbridge_request(
+        testbed,
+        &[host],
+        "root",
+        json!({"contract": "big.env.example", "target": {"systemdMin": 247}}),
+    );
+    for (index, key) in big.iter().enumerate() {
+        let value: String = format!("{index:02} \"quoted\" $NOT_EXPANDED ")
+            .repeat(6000)
+            .chars()
+            .take(130_000)
+            .collect();
+        let path = work.join(key);
+        std::fs::write(&path, value).unwrap();
+        env.insert(key.clone(), path.display().to_string());
+        request["env"][key] = json!({"secretFileEnv": key});
+    }
+    let run = deployer.run("deploy", &request, &env);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(statuses(&run.json()), ["deployed"]);
+    let bytes: u64 = testbed
+        .sh_ok(host, "stat -c %s /opt/voxbridge/.env")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(bytes > 1_950_000, "{bytes}");
+    let in_service = testbed.sh_ok(
+        host,
+        "tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value voxbridge.service)/environ | grep -c '^BIG_'",
+    );
+    assert_eq!(in_service.trim(), "15");
+    // Back to what the first deploy left.
+    let back = voxbridge_request(testbed, &[host], "root", json!({}));
+    let run = deployer.run("deploy", &back, &secrets("one"));
+    assert_eq!(run.code, 0, "{}", run.stdout);
 }

@@ -162,6 +162,58 @@ fn a_file_too_large_for_a_host_is_refused_before_any_host() {
     }
 }
 
+/// A file within the environment's bound that its escapes take past the
+/// 2 MiB systemd v219 reads (a backslash is written as two) is refused before
+/// any host unless `target.systemdMin` says the hosts read more; the message
+/// names the size, the limit and the version.
+#[test]
+fn a_file_over_its_oldest_systemds_limit_needs_a_newer_minimum() {
+    let work = crate::common::TempDir::new("over-v219");
+    let keys: Vec<String> = (0..10).map(|i| format!("SLASHES_{i}")).collect();
+    let contract: String = keys.iter().map(|k| format!("{k}=\n")).collect();
+    std::fs::write(work.path().join("slashes.env.example"), contract).unwrap();
+    let mut env = BTreeMap::new();
+    let mut sources = serde_json::Map::new();
+    for key in &keys {
+        let file = work.path().join(key);
+        std::fs::write(&file, "\\".repeat(110_000)).unwrap();
+        env.insert(key.clone(), file.display().to_string());
+        sources.insert(key.clone(), serde_json::json!({"secretFileEnv": key}));
+    }
+    let request = |target: serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxbridge",
+            "contract": "slashes.env.example", "hosts": ["192.0.2.1"], "env": sources,
+            "target": target, "ssh": {"agent": true}
+        })
+        .to_string()
+    };
+    let run = run_hostenv(
+        &["check", "--ssh-unbound"],
+        work.path(),
+        &env,
+        Some(request(serde_json::json!({})).as_bytes()),
+    );
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    let error = &run.json()["error"];
+    assert_eq!(error["kind"], "fileTooLarge");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("the rendered file would be 2200")
+            && message.contains("systemd v219")
+            && message.contains("reads at most 2097152 bytes")
+            && message.contains("`target.systemdMin`"),
+        "{message}"
+    );
+    let run = run_hostenv(
+        &["check", "--ssh-unbound"],
+        work.path(),
+        &env,
+        Some(request(serde_json::json!({"systemdMin": 247})).as_bytes()),
+    );
+    assert_eq!(run.code, 0, "{}", run.stdout);
+}
+
 /// `sudoers --user` starts every printed rule: a name with sudoers syntax in
 /// it would be a rule of its own, and is refused.
 #[test]
