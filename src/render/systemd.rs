@@ -4,11 +4,15 @@
 //!
 //! The grammar changed over those versions (systemd's `env-file.c`, before
 //! v240 `fileio.c`): inside `"..."` a backslash escaped anything up to v240,
-//! only `\"` in v241-v246, and `\"`, `\\`, `` \` ``, `\$` from v247; control
+//! only `\"` in v241-v246, and `\"`, `\\`, `` \` ``, `\$` from v247, and a
+//! backslash before a line break removed both (LF and CR up to v246, LF only
+//! from v247); inside `'...'` a backslash escaped as well up to v240; control
 //! characters other than TAB (and, from v239, LF) made systemd drop the
-//! assignment up to v247; a comment ending in `\` swallowed the next line up
-//! to v253. An unquoted `\X` reads as `X` on every version, and `$` and
-//! backtick are never expanded.
+//! assignment up to v247 (Debian 11's 247.3 keeps them; hostenv stays on the
+//! safe side); a comment ending in `\` swallowed the next line up to v253.
+//! An unquoted `\X` reads as `X` on every version, and `$` and backtick are
+//! never expanded. The tests boot v247, v252, v257 and v262 and compare what
+//! their services receive with these readers.
 //!
 //! So the writer spells each value in the one way every version reads alike:
 //! the part before its first backslash inside double quotes (only `"`
@@ -122,10 +126,11 @@ impl Generation {
     }
 
     /// What `\c` inside double quotes reads as: one character, the two as
-    /// they are, or nothing (an escaped newline removed).
+    /// they are, or nothing (an escaped line break removed: LF and CR up to
+    /// v246, LF only from v247).
     fn quoted_escape(self, c: char) -> Escaped {
         match self {
-            Generation::V219 if c == '\n' => Escaped::Nothing,
+            _ if self < Generation::V247 && is_newline(c) => Escaped::Nothing,
             Generation::V219 | Generation::V239 => Escaped::Char,
             Generation::V241 if c == '"' => Escaped::Char,
             Generation::V241 => Escaped::Both,
@@ -150,6 +155,13 @@ impl Generation {
             }
             _ => None,
         }
+    }
+
+    /// Up to v240 a backslash escapes inside single quotes too (`'a\'b'` reads
+    /// `a'b`, an escaped line break is removed); from v241 single quotes
+    /// hold every character as it is.
+    fn single_quotes_escape(self) -> bool {
+        self < Generation::V241
     }
 
     /// Up to v253 a backslash at the end of a comment continues it on the next line.
@@ -326,6 +338,7 @@ enum State {
     Value,
     ValueEscape,
     SingleQuote,
+    SingleQuoteEscape,
     DoubleQuote,
     DoubleQuoteEscape,
     Comment,
@@ -452,7 +465,15 @@ pub fn parse_as(text: &str, generation: Generation) -> Parsed {
             State::SingleQuote => {
                 if c == '\'' {
                     state = State::PreValue;
+                } else if c == '\\' && generation.single_quotes_escape() {
+                    state = State::SingleQuoteEscape;
                 } else {
+                    value.push(c);
+                }
+            }
+            State::SingleQuoteEscape => {
+                state = State::SingleQuote;
+                if !is_newline(c) {
                     value.push(c);
                 }
             }
@@ -505,6 +526,7 @@ pub fn parse_as(text: &str, generation: Generation) -> Parsed {
         State::PreValue
         | State::ValueEscape
         | State::SingleQuote
+        | State::SingleQuoteEscape
         | State::DoubleQuote
         | State::DoubleQuoteEscape => push(&mut key, &mut value, key_trim, start_line),
         State::Key => parsed.lines_without_assignment.push(start_line),
@@ -626,23 +648,56 @@ mod tests {
 
     #[test]
     fn the_generations_read_quoted_backslashes_as_their_systemd_did() {
-        let text = "A=\"x\\\\y\\$z\\q\\\"\"\nB=\"l\\\nm\"\n";
+        // A: escapes in double quotes; B and C: a backslash before LF and
+        // before CR in double quotes; D: a backslash in single quotes.
+        let text = "A=\"x\\\\y\\$z\\q\\\"\"\nB=\"l\\\nm\"\nC=\"l\\\rm\"\nD='a\\'b'\n";
         let row = |g| read_as(text, g);
+        let old_single = pair("D", "a'b");
         assert_eq!(
             row(Generation::V219),
-            [pair("A", "x\\y$zq\""), pair("B", "lm")]
+            [
+                pair("A", "x\\y$zq\""),
+                pair("B", "lm"),
+                pair("C", "lm"),
+                old_single.clone()
+            ]
         );
         assert_eq!(
             row(Generation::V239),
-            [pair("A", "x\\y$zq\""), pair("B", "l\nm")]
+            [
+                pair("A", "x\\y$zq\""),
+                pair("B", "lm"),
+                pair("C", "lm"),
+                old_single
+            ]
         );
+        let new_single = pair("D", "a\\b'");
         assert_eq!(
             row(Generation::V241),
-            [pair("A", "x\\\\y\\$z\\q\""), pair("B", "l\\\nm")]
+            [
+                pair("A", "x\\\\y\\$z\\q\""),
+                pair("B", "lm"),
+                pair("C", "lm"),
+                new_single.clone()
+            ]
         );
+        // v247 drops C, whose value holds a CR; v248 keeps it, backslash and all.
         assert_eq!(
             row(Generation::V247),
-            [pair("A", "x\\y$z\\q\""), pair("B", "lm")]
+            [
+                pair("A", "x\\y$z\\q\""),
+                pair("B", "lm"),
+                new_single.clone()
+            ]
+        );
+        assert_eq!(
+            row(Generation::V248),
+            [
+                pair("A", "x\\y$z\\q\""),
+                pair("B", "lm"),
+                pair("C", "l\\\rm"),
+                new_single
+            ]
         );
         // A comment ending in a backslash swallowed the next line up to v253.
         let comment = "# note \\\nA=1\nB=2\n";

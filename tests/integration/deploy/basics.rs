@@ -51,7 +51,8 @@ pub(super) fn a_switched_file_without_restart_converges(deployer: &Deployer, hos
 }
 
 /// A systemctl older than `--timestamp=` (v248) and `--value` (v230), as on
-/// RHEL 7 or 8, still tells when a unit started, to the second: a deploy of
+/// RHEL 7 or 8, still tells when a unit started (its monotonic start, which
+/// every version prints, and the second of its wall-clock one): a deploy of
 /// the file a host holds restarts nothing, and a file written after its
 /// unit started still gets the unit restarted.
 pub(super) fn an_old_systemctl_still_tells_when_a_unit_started(

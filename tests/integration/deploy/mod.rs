@@ -12,6 +12,7 @@ use pretty_assertions::assert_eq;
 use serde_json::{json, Value};
 
 use crate::common::{assert_no_leak, run_hostenv, Run, TempDir};
+use crate::generations::the_reader_reads_as_this_hosts_systemd;
 use crate::jenkins::steps_on_the_testbed;
 use crate::testbed::{TestHost, Testbed};
 
@@ -280,6 +281,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(shared_key_change_is_refused),
     scenario!(a_switched_file_without_restart_converges),
     scenario!(an_old_systemctl_still_tells_when_a_unit_started),
+    scenario!(the_reader_reads_as_this_hosts_systemd),
     scenario!(a_missing_variable_fails_the_restart_and_rolls_back),
     scenario!(one_host_down_fails_alone),
     scenario!(wrong_key_and_unknown_or_changed_host_keys_are_refused),
