@@ -12,8 +12,8 @@ use crate::deploy::access::the_deploy_user_works_through_sudo;
 use crate::deploy::basics::{first_deploy_installs_and_restarts, same_request_changes_nothing};
 use crate::deploy::failures::failing_health_check_rolls_back;
 use crate::deploy::{
-    file_on, health, run_scenarios, scenario, secrets, statuses, voxbridge_request, Deployer,
-    Scenario,
+    file_on, health, run_scenarios, scenario, secrets, statuses, sudoers_rules, voxbridge_request,
+    Deployer, Scenario,
 };
 use crate::rotation::a_rotation_and_its_undo;
 use crate::testbed::{System, TestHost, Testbed};
@@ -28,6 +28,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(failing_health_check_rolls_back),
     scenario!(the_largest_environment_hostenv_allows_starts_the_service),
     scenario!(the_deploy_user_works_through_sudo),
+    scenario!(a_deploy_user_needs_the_system_bus_to_leave_a_unit_alone),
     scenario!(a_rotation_and_its_undo),
 ];
 
@@ -308,4 +309,44 @@ pub(crate) fn the_reader_reads_as_this_hosts_systemd(deployer: &Deployer, hosts:
     }
     hostenv.sort();
     assert_eq!(hostenv, systemd, "systemd v{version} ({:?})", host.system);
+}
+
+/// A deploy user's run reads when a unit started with `systemctl show` as
+/// that user, which asks systemd through the system bus (root's own runs use
+/// systemd's private socket). With the bus, an unchanged deploy restarts
+/// nothing; without it, the start cannot be read, so the unit is restarted:
+/// the safe side, and what README's compatibility section says.
+fn a_deploy_user_needs_the_system_bus_to_leave_a_unit_alone(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let host = hosts[0];
+    let request = voxbridge_request(
+        testbed,
+        &[host],
+        "deploy",
+        json!({"allowSharedChange": true}),
+    );
+    testbed.grant_sudo(host, &sudoers_rules(deployer, &request));
+    let restarted = |label: &str| {
+        let run = deployer.run("deploy", &request, &secrets("bus"));
+        assert_eq!(run.code, 0, "{label}: {}", run.stdout);
+        let result = run.json();
+        result["hosts"][0]["units"][0]["restarted"]
+            .as_bool()
+            .unwrap()
+    };
+    restarted("first");
+    let with_bus = restarted("with the bus");
+    testbed.sh_ok(host, "systemctl stop dbus.socket dbus.service");
+    let without_bus = restarted("without the bus");
+    testbed.sh_ok(host, "systemctl start dbus.socket");
+    assert!(!with_bus, "an unchanged deploy restarted the unit");
+    assert!(
+        without_bus,
+        "without the bus the start time was read after all"
+    );
+    let back = voxbridge_request(testbed, &[host], "root", json!({"allowSharedChange": true}));
+    assert_eq!(deployer.run("deploy", &back, &secrets("one")).code, 0);
 }
