@@ -175,8 +175,16 @@ pub fn main_with_args(
     args: impl IntoIterator<Item = std::ffi::OsString>,
     env: &dyn EnvLookup,
 ) -> Outcome {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    // The action the arguments name, for a result written before they are parsed.
+    let typed = args
+        .iter()
+        .skip(1)
+        .map(|arg| arg.to_string_lossy())
+        .find(|arg| !arg.starts_with('-'))
+        .and_then(|word| Action::named(&word));
     if let Err(error) = crate::host::protect_process() {
-        let mut report = Report::new(Action::Check);
+        let mut report = Report::of(typed);
         report.fail(&Error::Internal(format!(
             "cannot keep secrets out of core dumps (prctl, setrlimit): {error}"
         )));
@@ -194,7 +202,7 @@ pub fn main_with_args(
         Err(error) => {
             eprint!("{error}");
             let usage = Error::Usage(usage_message(&error.to_string()));
-            let mut report = Report::new(Action::Check);
+            let mut report = Report::of(typed);
             report.fail(&usage);
             Outcome {
                 stdout: to_json(&report),
@@ -348,18 +356,19 @@ fn deployment_config(deployment: &Deployment, at: &str) -> Result<String> {
 
 /// `sudoers` and `host-install --print`: text per deployment on stdout.
 fn sudoers(args: &RequestFile, user: Option<&str>) -> Outcome {
-    per_deployment(args, "sudoers", |d, at| deployment_rules(d, at, user))
+    per_deployment(args, Action::Sudoers, |d, at| deployment_rules(d, at, user))
 }
 
 fn host_configs(args: &RequestFile) -> Outcome {
-    per_deployment(args, "host-install", deployment_config)
+    per_deployment(args, Action::HostInstall, deployment_config)
 }
 
 fn per_deployment(
     args: &RequestFile,
-    action: &str,
+    action: Action,
     text: impl Fn(&Deployment, &str) -> Result<String>,
 ) -> Outcome {
+    let name = wire_name(&action);
     let rules = intake::read_request(args.request.as_deref())
         .and_then(|bytes| intake::parse_request(&bytes))
         .and_then(|request| match request {
@@ -373,7 +382,7 @@ fn per_deployment(
                 .collect::<Result<Vec<String>>>()
                 .map(|blocks| blocks.join("\n")),
             other => Err(Error::WrongKind {
-                action: action.into(),
+                action: name.into(),
                 kind: other.kind().name().into(),
             }),
         });
@@ -383,9 +392,9 @@ fn per_deployment(
             exit_code: Exit::Ok.code(),
         },
         Err(error) => {
-            let mut report = Report::new(Action::Deploy);
+            let mut report = Report::new(action);
             report.fail(&error);
-            eprintln!("hostenv {action}: {error}");
+            eprintln!("hostenv {name}: {error}");
             Outcome {
                 stdout: to_json(&report),
                 exit_code: report.exit_code,
@@ -490,7 +499,7 @@ fn dispatch(
 /// A few lines for the CI log: what was checked, or why not. Names only, never values.
 fn human_summary(report: &Report) -> String {
     let mut out = String::new();
-    let action = wire_name(&report.action);
+    let action = report.action.as_ref().map_or("hostenv", wire_name);
     let subject = report
         .service
         .clone()

@@ -8,7 +8,7 @@ pub fn render(report: &Report) -> String {
     if let Some(findings) = &report.findings {
         return render_findings(findings, report.duration_ms);
     }
-    let action = wire_name(&report.action);
+    let action = report.action.as_ref().map_or("hostenv", wire_name);
     let mut suites: Vec<(String, Vec<&HostReport>)> = Vec::new();
     match &report.deployments {
         Some(deployments) => {

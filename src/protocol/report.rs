@@ -39,6 +39,20 @@ pub enum Action {
     Lint,
     /// Install the host program and the services' configuration on the hosts.
     HostInstall,
+    /// Print the sudo rules a non-root deploy user needs (a result only when it fails).
+    Sudoers,
+    /// Print the version (a result only for a usage error).
+    Version,
+    /// Print a JSON schema (a result only for a usage error).
+    Schema,
+}
+
+impl Action {
+    /// The action a command-line word names (`deploy`, `build-env`, ...).
+    pub fn named(word: &str) -> Option<Action> {
+        use strum::IntoEnumIterator;
+        Action::iter().find(|action| wire_name(action) == word)
+    }
 }
 
 /// The result document: exactly one on stdout for every run, also on failure.
@@ -52,8 +66,10 @@ pub struct Report {
     /// Always `Result`.
     #[schemars(schema_with = "result_kind_schema")]
     pub kind: &'static str,
-    /// The action that ran.
-    pub action: Action,
+    /// The action that ran; absent only for a usage error whose arguments
+    /// named no action (a bare `hostenv`, or an unknown word).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
     /// True exactly when `exitCode` is 0. Whenever it is false, `error` says
     /// why: a rejection, `hostsFailed`, or for exit 4 what differs
     /// (`changesPending`, `driftFound`, `lintFindings`).
@@ -611,6 +627,11 @@ impl From<&Error> for ErrorReport {
 
 impl Report {
     pub fn new(action: Action) -> Report {
+        Report::of(Some(action))
+    }
+
+    /// A report for `action`, or for no action at all (a usage error that named none).
+    pub fn of(action: Option<Action>) -> Report {
         Report {
             api_version: API_VERSION,
             kind: "Result",

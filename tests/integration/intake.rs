@@ -85,6 +85,33 @@ fn a_rejected_request_is_one_failing_junit_testcase() {
     );
 }
 
+/// A usage error reports the action that was typed, and no action when the
+/// arguments named none; a failed `sudoers` is `sudoers`.
+#[test]
+fn a_usage_error_names_the_action_typed() {
+    let empty = BTreeMap::new();
+    for (args, action) in [
+        (&["deploy", "--bogus"][..], Some("deploy")),
+        (&["rollback", "--to"], Some("rollback")),
+        (&["host-install", "--no-such"], Some("host-install")),
+        (&["version", "--no-such"], Some("version")),
+        (&["schema"], Some("schema")),
+        (&[], None),
+        (&["deploy-everything"], None),
+        (&["--bogus"], None),
+    ] {
+        let run = run_hostenv(args, &repo_root(), &empty, Some(b"{}"));
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stdout);
+        let result = run.json();
+        assert_eq!(result["error"]["kind"], "usage", "{args:?}");
+        assert_eq!(result["action"].as_str(), action, "{args:?}: {result:#}");
+        assert_eq!(result.get("action").is_some(), action.is_some(), "{args:?}");
+    }
+    let run = run_hostenv(&["sudoers"], &repo_root(), &empty, Some(b"{}"));
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert_eq!(run.json()["action"], "sudoers");
+}
+
 #[test]
 fn each_action_takes_only_its_own_flags() {
     let refused = [
