@@ -312,6 +312,12 @@ fn lint(
 ) -> Outcome {
     let started = Instant::now();
     let mut report = Report::new(Action::Lint);
+    if let Some(path) = junit {
+        if let Err(error) = prepare_output(path, "--junit") {
+            report.fail(&error);
+            return finish(report, started, None);
+        }
+    }
     if let Err(error) = crate::commands::lint::run(path, credentials, &mut report) {
         report.fail(&error);
     }
@@ -406,6 +412,12 @@ fn per_deployment(
 fn run_action(action: Action, args: &RequestArgs, flags: RunFlags, env: &dyn EnvLookup) -> Outcome {
     let started = Instant::now();
     let mut report = Report::new(action);
+    if let Some(path) = args.junit.as_deref() {
+        if let Err(error) = prepare_output(path, "--junit") {
+            report.fail(&error);
+            return finish(report, started, None);
+        }
+    }
     let result = intake::read_request(args.file.request.as_deref()).and_then(|bytes| {
         let request = intake::parse_request(&bytes)?;
         let options = run_options(&flags, &bytes, env)?;
@@ -417,7 +429,37 @@ fn run_action(action: Action, args: &RequestArgs, flags: RunFlags, env: &dyn Env
     finish(report, started, args.junit.as_deref())
 }
 
+/// Before anything else: an output file's directory is made if missing, and
+/// a path that cannot be written there refuses the run (exit 2), so no host
+/// is touched by a run whose report would be lost.
+fn prepare_output(path: &std::path::Path, flag: &'static str) -> Result<()> {
+    let unwritable = |reason: String| Error::OutputUnwritable {
+        flag,
+        path: path.display().to_string(),
+        reason,
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| unwritable(format!("its directory cannot be made: {e}")))?;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => return Err(unwritable("it is a directory".into())),
+        Ok(_) => rustix::fs::access(path, rustix::fs::Access::WRITE_OK)
+            .map_err(|e| unwritable(std::io::Error::from(e).to_string()))?,
+        Err(_) => rustix::fs::access(
+            dir,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .map_err(|e| unwritable(format!("its directory: {}", std::io::Error::from(e))))?,
+    }
+    Ok(())
+}
+
 /// Writes the JUnit file if asked, the summary to stderr, the result to stdout.
+/// A JUnit file that cannot be written now is reported in `outputErrors`:
+/// the hosts' outcome and the exit code stay what the hosts did.
 fn finish(mut report: Report, started: Instant, junit: Option<&std::path::Path>) -> Outcome {
     report.duration_ms = started.elapsed().as_millis() as u64;
     if let Some(path) = junit {
@@ -426,12 +468,12 @@ fn finish(mut report: Report, started: Instant, junit: Option<&std::path::Path>)
                 "hostenv: cannot write the JUnit file `{}`: {error}",
                 path.display()
             );
-            if report.ok {
-                report.fail(&Error::OutputWriteFailed {
+            report
+                .output_errors
+                .push(crate::protocol::report::OutputError {
                     path: path.display().to_string(),
-                    reason: error.to_string(),
+                    message: error.to_string(),
                 });
-            }
         }
     }
     eprint!("{}", human_summary(&report));

@@ -73,6 +73,9 @@ pub enum ErrorKind {
     BrandFileInvalid,
     /// The output file could not be written.
     OutputWriteFailed,
+    /// An output file the run would write (`--junit`) cannot be written
+    /// there; refused before any host.
+    OutputUnwritable,
     /// A bug in hostenv.
     Internal,
     /// Some hosts did not end as the action means them to; each host's own error says why.
@@ -236,6 +239,12 @@ pub enum Error {
     BrandFileInvalid { path: String, reason: String },
     #[error("cannot write `{path}`: {reason}")]
     OutputWriteFailed { path: String, reason: String },
+    #[error("{flag} `{path}` cannot be written: {reason}; nothing was done")]
+    OutputUnwritable {
+        flag: &'static str,
+        path: String,
+        reason: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -298,6 +307,7 @@ impl Error {
             Error::OverridingEnvFile { .. } => ErrorKind::OverridingEnvFile,
             Error::BrandFileInvalid { .. } => ErrorKind::BrandFileInvalid,
             Error::OutputWriteFailed { .. } => ErrorKind::OutputWriteFailed,
+            Error::OutputUnwritable { .. } => ErrorKind::OutputUnwritable,
             Error::Internal(_) => ErrorKind::Internal,
         }
     }

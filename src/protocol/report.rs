@@ -104,6 +104,10 @@ pub struct Report {
     /// `lint`: every problem found in the repository, with file and line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub findings: Option<Vec<Finding>>,
+    /// Output files the run could not write once it had run (`--junit`):
+    /// the hosts' outcome, `ok` and `exitCode` stand as the hosts left them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub output_errors: Vec<OutputError>,
     /// Host counts by status.
     pub summary: Summary,
     /// Why the action did not succeed; null when `ok` is true.
@@ -506,6 +510,16 @@ pub struct SharedHolder {
     pub host: String,
 }
 
+/// An output file that could not be written after the run.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputError {
+    /// The path as given (`--junit FILE`).
+    pub path: String,
+    /// Why it could not be written.
+    pub message: String,
+}
+
 /// The file `build-env` writes.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -648,6 +662,7 @@ impl Report {
             plan_digest: None,
             output: None,
             findings: None,
+            output_errors: Vec::new(),
             summary: Summary::default(),
             error: None,
         }

@@ -241,6 +241,71 @@ fn a_file_over_its_oldest_systemds_limit_needs_a_newer_minimum() {
     assert_eq!(run.code, 0, "{}", run.stdout);
 }
 
+/// `--junit FILE` is checked before anything is done: its directory is made
+/// when missing (a fresh clone has no `test-results/`), and a path that
+/// cannot be written refuses the run (exit 2) naming it. A file that still
+/// cannot be written once the run is over leaves the outcome as it was and
+/// is named in `outputErrors`.
+#[test]
+fn output_files_are_checked_before_the_run_and_never_rewrite_its_outcome() {
+    let work = crate::common::TempDir::new("junit-output");
+    let request = std::fs::read(repo_root().join("examples/voxbridge.json")).unwrap();
+    let check = |junit: &str| {
+        run_hostenv(
+            &[
+                "check",
+                "--secrets-unbound",
+                "--ssh-unbound",
+                "--junit",
+                junit,
+            ],
+            &repo_root(),
+            &BTreeMap::new(),
+            Some(&request),
+        )
+    };
+    let fresh = work.path().join("test-results/hostenv/voxbridge.xml");
+    let run = check(fresh.to_str().unwrap());
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(std::fs::read_to_string(&fresh)
+        .unwrap()
+        .contains("<testsuite"));
+
+    let a_file = work.path().join("a-file");
+    std::fs::write(&a_file, "").unwrap();
+    for (junit, why) in [
+        (work.path().to_path_buf(), "it is a directory"),
+        (a_file.join("x.xml"), "its directory cannot be made"),
+    ] {
+        let run = check(junit.to_str().unwrap());
+        assert_eq!(run.code, 2, "{}", run.stdout);
+        let error = &run.json()["error"];
+        assert_eq!(error["kind"], "outputUnwritable", "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!(
+                "--junit `{}` cannot be written: {why}",
+                junit.display()
+            )),
+            "{message}"
+        );
+    }
+
+    // Writable when checked, full when written.
+    let run = check("/dev/full");
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(result["ok"], true);
+    assert_eq!(result["outputErrors"][0]["path"], "/dev/full");
+    assert!(
+        result["outputErrors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{result:#}"
+    );
+}
+
 /// `sudoers --user` starts every printed rule: a name with sudoers syntax in
 /// it would be a rule of its own, and is refused.
 #[test]
