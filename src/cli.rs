@@ -162,6 +162,8 @@ struct RunFlags<'a> {
 pub enum SchemaKind {
     Request,
     Result,
+    /// `hostenv version --json`.
+    Version,
 }
 
 /// What the process prints on stdout and exits with.
@@ -277,6 +279,7 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
             let schema = match which {
                 SchemaKind::Request => schema::request_schema(),
                 SchemaKind::Result => schema::result_schema(),
+                SchemaKind::Version => schema::version_schema(),
             };
             Outcome {
                 stdout: pretty(&schema),
@@ -285,16 +288,14 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
         }
         Command::Version { json } => Outcome {
             stdout: if json {
-                pretty(&serde_json::json!({
-                    "apiVersion": API_VERSION,
-                    "kind": "Version",
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "apiVersions": [API_VERSION],
-                    // What the host program on each host must speak (`hostenv-host version`).
-                    "hostProtocol": crate::host::PROTOCOL,
-                    "catalogDigest": crate::settings::catalog::builtin_digest(),
-                    // Test-only features compiled in; empty in every build for use.
-                    "testFeatures": test_features(),
+                pretty(&serde_json::json!(crate::protocol::report::VersionReport {
+                    api_version: API_VERSION,
+                    kind: "Version",
+                    version: env!("CARGO_PKG_VERSION"),
+                    api_versions: vec![API_VERSION],
+                    host_protocol: crate::host::PROTOCOL,
+                    catalog_digest: crate::settings::catalog::builtin_digest(),
+                    test_features: test_features(),
                 }))
             } else {
                 format!("hostenv {}\n", env!("CARGO_PKG_VERSION"))

@@ -733,3 +733,72 @@ fn status_words(status: HostStatus) -> &'static str {
         _ => "nothing changed",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::report::{ErrorReport, HostReport};
+
+    /// The exit code and error kind of a run whose hosts ended so (a
+    /// failing status carries its error, as every run's does).
+    fn outcome(statuses: &[HostStatus], shared_differ: bool) -> (i32, Option<ErrorKind>) {
+        let hosts: Vec<Finished> = statuses
+            .iter()
+            .enumerate()
+            .map(|(index, status)| {
+                let mut report = HostReport::new(&format!("h{index}"), *status);
+                if !succeeded(*status) {
+                    report.error = Some(ErrorReport {
+                        kind: ErrorKind::RemoteCommandFailed,
+                        message: "failed".into(),
+                        field: None,
+                    });
+                }
+                Finished {
+                    name: format!("h{index}"),
+                    deployment: 0,
+                    report,
+                }
+            })
+            .collect();
+        let failed = hosts_failed(&hosts);
+        let mut report = Report::new(Action::Deploy);
+        report.hosts = hosts.into_iter().map(|host| host.report).collect();
+        report.summary = Summary::of(&report.hosts);
+        conclude(&mut report, failed, shared_differ);
+        (report.exit_code, report.error.map(|error| error.kind))
+    }
+
+    /// Hosts that end differently: a host that needs a person (3) comes
+    /// before a failed host (1), which comes before differences (4); docs/protocol.md says so.
+    #[test]
+    fn mixed_outcomes_exit_with_the_most_urgent() {
+        use HostStatus::*;
+        let failed = Some(ErrorKind::HostsFailed);
+        for (statuses, shared_differ, expected) in [
+            (&[Deployed, Unchanged][..], false, (0, None)),
+            (&[Deployed, Failed], false, (1, failed)),
+            (&[RolledBack, Skipped], false, (1, failed)),
+            (&[Deployed, Unknown], false, (3, failed)),
+            (&[RollbackFailed, Deployed], false, (3, failed)),
+            (
+                &[Planned, InSync],
+                false,
+                (4, Some(ErrorKind::ChangesPending)),
+            ),
+            (&[Drifted, InSync], false, (4, Some(ErrorKind::DriftFound))),
+            (&[InSync, InSync], true, (4, Some(ErrorKind::DriftFound))),
+            (&[Planned, Failed], false, (1, failed)),
+            (&[Drifted, Failed], true, (1, failed)),
+            (&[Planned, Unknown], false, (3, failed)),
+            (&[Drifted, Failed, Unknown], false, (3, failed)),
+            (&[Failed, Unknown, RolledBack], false, (3, failed)),
+        ] {
+            assert_eq!(
+                outcome(statuses, shared_differ),
+                expected,
+                "{statuses:?} shared_differ={shared_differ}"
+            );
+        }
+    }
+}

@@ -58,7 +58,9 @@ impl Action {
 /// The result document: exactly one on stdout for every run, also on failure.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(title = "hostenv result", deny_unknown_fields)]
+// Open to fields a later v1 release adds: a consumer validating with this
+// schema keeps accepting them (docs/protocol.md, "Within v1").
+#[schemars(title = "hostenv result")]
 pub struct Report {
     /// Always `hostenv/v1`.
     #[schemars(schema_with = "api_version_schema")]
@@ -112,6 +114,33 @@ pub struct Report {
     pub summary: Summary,
     /// Why the action did not succeed; null when `ok` is true.
     pub error: Option<ErrorReport>,
+}
+
+/// `hostenv version --json`: what a pipeline checks before it runs a binary.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(title = "hostenv version")]
+pub struct VersionReport {
+    /// Always `hostenv/v1`.
+    #[schemars(schema_with = "api_version_schema")]
+    pub api_version: &'static str,
+    /// Always `Version`.
+    #[schemars(schema_with = "version_kind_schema")]
+    pub kind: &'static str,
+    /// hostenv's own version, as `hostenv version` prints it.
+    pub version: &'static str,
+    /// The request `apiVersion`s this binary takes.
+    pub api_versions: Vec<&'static str>,
+    /// The protocol the host program on each host must speak (`hostenv-host version`).
+    pub host_protocol: u32,
+    /// `sha256:` of the embedded service catalog (resources/io/hostenv/catalog.json).
+    pub catalog_digest: String,
+    /// Test-only features compiled in; empty in every build for use.
+    pub test_features: Vec<&'static str>,
+}
+
+fn version_kind_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "const": "Version" })
 }
 
 fn api_version_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -8,7 +8,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
 use crate::protocol::error::{Error, ErrorKind, Result};
-use crate::protocol::report::Report;
+use crate::protocol::report::{Report, VersionReport};
 use crate::protocol::request::{BuildEnv, Deployment, Kind, Rotation, API_VERSION};
 
 const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
@@ -95,6 +95,17 @@ pub fn result_schema() -> Value {
     if let Value::Object(map) = &mut body {
         map.insert("$schema".into(), json!(DRAFT));
         map.insert("$id".into(), json!("urn:hostenv:v1:result"));
+    }
+    with_definitions(body, generator)
+}
+
+/// The schema of `hostenv version --json`.
+pub fn version_schema() -> Value {
+    let mut generator = generator();
+    let mut body = VersionReport::json_schema(&mut generator).to_value();
+    if let Value::Object(map) = &mut body {
+        map.insert("$schema".into(), json!(DRAFT));
+        map.insert("$id".into(), json!("urn:hostenv:v1:version"));
     }
     with_definitions(body, generator)
 }

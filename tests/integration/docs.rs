@@ -185,13 +185,17 @@ fn schema_names(schema: &serde_json::Value, name: &str) -> Vec<String> {
             .iter()
             .find(|kind| kind["properties"]["kind"]["const"] == name)
             .unwrap_or_else(|| panic!("no request of kind {name}")),
-        "Result" => schema,
+        "Result" | "Version" => schema,
         _ => &schema["$defs"][name],
     };
     if let Some(properties) = object["properties"].as_object() {
         return properties
             .keys()
-            .filter(|field| !(name != "Result" && ["apiVersion", "kind"].contains(&field.as_str())))
+            // The envelope is listed only where the table is the whole document.
+            .filter(|field| {
+                ["Result", "Version"].contains(&name)
+                    || !["apiVersion", "kind"].contains(&field.as_str())
+            })
             .cloned()
             .collect();
     }
@@ -212,7 +216,7 @@ fn the_protocol_reference_matches_the_schemas() {
         let path = repo_root().join(format!("schema/{which}.schema.json"));
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     };
-    let (request, result) = (schema("request"), schema("result"));
+    let (request, result, version) = (schema("request"), schema("result"), schema("version"));
     let mut documented = Vec::new();
     for section in page.split("<!-- schema: ").skip(1) {
         let (marker, rest) = section.split_once(" -->").unwrap();
@@ -232,10 +236,10 @@ fn the_protocol_reference_matches_the_schemas() {
             })
             .collect();
         let mut expected = schema_names(
-            if which == "request" {
-                &request
-            } else {
-                &result
+            match which {
+                "request" => &request,
+                "version" => &version,
+                _ => &result,
             },
             name,
         );
@@ -263,6 +267,8 @@ fn the_protocol_reference_matches_the_schemas() {
         "KeyStatus",
         "ErrorKind",
         "FindingKind",
+        "SourceKind",
+        "Version",
     ] {
         assert!(
             documented.iter().any(|d| d == required),

@@ -29,6 +29,28 @@ fn result_schema_is_current() {
 }
 
 #[test]
+fn version_schema_is_current() {
+    assert_schema_current("version");
+}
+
+/// Within v1 a release may add result fields (docs/protocol.md): the result
+/// schema leaves every object open, so a consumer validating with it keeps
+/// accepting what a later release adds; requests stay closed.
+#[test]
+fn results_are_open_to_added_fields_and_requests_are_not() {
+    let read = |which: &str| -> String {
+        std::fs::read_to_string(repo_root().join(format!("schema/{which}.schema.json"))).unwrap()
+    };
+    for which in ["result", "version"] {
+        assert!(
+            !read(which).contains("\"additionalProperties\": false"),
+            "{which}.schema.json closes an object"
+        );
+    }
+    assert!(read("request").contains("\"additionalProperties\": false"));
+}
+
+#[test]
 fn every_example_request_validates_against_the_request_schema() {
     let schema: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("schema/request.schema.json")).unwrap(),
@@ -63,6 +85,12 @@ fn version_json_lists_the_supported_api_version() {
     assert_eq!(version["apiVersions"], serde_json::json!(["hostenv/v1"]));
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(version["hostProtocol"], 5);
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("schema/version.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    assert!(validator.is_valid(&version), "{version:#}");
     // The digest of the catalog the Groovy steps load: the same file, byte for byte.
     let catalog = std::fs::read(repo_root().join("resources/io/hostenv/catalog.json")).unwrap();
     let out = std::process::Command::new("sha256sum")
