@@ -40,7 +40,7 @@ pub enum Command {
     Plan(PlanArgs),
     /// Report which hosts no longer hold what the request would write; exit 4 if any (Deploy, Rotation).
     Drift(RequestArgs),
-    /// Put back the newest backup (or `--to N`) on every host, restart, verify (Deploy, Rotation).
+    /// Put back the newest backup (or `--to N`) on every host, restart, verify (Deploy, Rotation); a backup that would change a key another service shares is refused unless that service is in the request (roll a rotation back as one).
     Rollback(RollbackArgs),
     /// Install the rendered .env on every host, restart, verify, roll back what fails (Deploy, Rotation).
     Deploy(DeployArgs),
@@ -469,12 +469,12 @@ fn finish(mut report: Report, started: Instant, junit: Option<&std::path::Path>)
                 "hostenv: cannot write the JUnit file `{}`: {error}",
                 path.display()
             );
-            report
-                .output_errors
-                .push(crate::protocol::report::OutputError {
+            report.output_errors.get_or_insert_with(Vec::new).push(
+                crate::protocol::report::OutputError {
                     path: path.display().to_string(),
                     message: error.to_string(),
-                });
+                },
+            );
         }
     }
     eprint!("{}", human_summary(&report));

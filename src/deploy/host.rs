@@ -874,6 +874,9 @@ impl<'a> HostRun<'a> {
         let current_values = parse_values(current.content.as_ref());
         self.run.redactions.extend(current_values.values().cloned());
         self.run.report.keys = file.map(|file| key_changes(&current_values, file));
+        if context.action == Action::Rollback {
+            self.check_rollback_target(&current_values)?;
+        }
         if context.action != Action::Drift {
             if let Some((key, others)) = context
                 .guarded_keys
@@ -953,6 +956,47 @@ impl<'a> HostRun<'a> {
     }
 
     /// Whether the new file holds another value for `key` than the host does now.
+    /// A rollback's backup must be there, and must not change on its own a
+    /// key another service shares (a deploy's `sharedKeyChange`): both are
+    /// found before anything is written.
+    fn check_rollback_target(&mut self, current: &Values) -> Result<(), HostError> {
+        let context = self.run.context;
+        let host = self.run.host;
+        let n = context.rollback_to;
+        let backups = self.step("read-backups", |remote| remote.read_backups())?;
+        let Some((_, content)) = backups.iter().find(|(number, _)| *number == n) else {
+            return Err(HostError::new(
+                ErrorKind::NoBackup,
+                format!(
+                    "`{}`: there is no backup {n} of `{}` to put back (the host keeps {}); nothing was touched",
+                    host.name,
+                    context.settings.target.path,
+                    backups.len()
+                ),
+            ));
+        };
+        let restored = parse_values(Some(content));
+        self.run.redactions.extend(restored.values().cloned());
+        let changed = context.guarded_keys.iter().find(|(key, _)| {
+            assess::changes_value(
+                current.get(key.as_str()),
+                restored.get(key.as_str()).map(|v| v.expose_secret()),
+            )
+        });
+        match changed {
+            Some((key, others)) => Err(HostError::new(
+                ErrorKind::SharedKeyChange,
+                format!(
+                    "`{}`: backup {n} holds another `{key}` than the current file, and {others} also read it: \
+                     roll back the rotation as one (`hostenv rollback` of a Rotation request with every service \
+                     that shares it), or set `allowSharedChange: true`",
+                    host.name,
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn changes_value_of(&self, current: &Values, key: &str) -> bool {
         assess::changes_value(current.get(key), self.value_of(key))
     }

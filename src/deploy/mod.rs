@@ -156,21 +156,25 @@ impl<'a> Context<'a> {
             catalog,
             env,
         )?;
+        // The keys this run may not change on its own: those the catalog
+        // shares with a service outside the run, with those services named.
+        let guard = |key: &str| {
+            let others: Vec<String> = catalog
+                .shares_with(key, &deployment.service)
+                .into_iter()
+                .filter(|service| !run.services.iter().any(|s| s == service))
+                .map(|service| format!("`{service}`"))
+                .collect();
+            (!others.is_empty()).then(|| (key.to_string(), others.join(" and ")))
+        };
         let guarded_keys = match &prepared {
-            Some(prepared) if deployment.allow_shared_change != Some(true) => prepared
-                .contract
-                .names()
-                .filter_map(|key| {
-                    let others: Vec<String> = catalog
-                        .shares_with(key, &deployment.service)
-                        .into_iter()
-                        .filter(|service| !run.services.iter().any(|s| s == service))
-                        .map(|service| format!("`{service}`"))
-                        .collect();
-                    (!others.is_empty()).then(|| (key.to_string(), others.join(" and ")))
-                })
-                .collect(),
-            _ => Vec::new(),
+            _ if deployment.allow_shared_change == Some(true) => Vec::new(),
+            Some(prepared) => prepared.contract.names().filter_map(guard).collect(),
+            // A rollback binds no secrets: every key the catalog shares is guarded.
+            None if action == Action::Rollback => {
+                catalog.shared.keys().filter_map(|key| guard(key)).collect()
+            }
+            None => Vec::new(),
         };
         let purge_keys = deployment.purge_backups_of.clone();
         Ok(Context {

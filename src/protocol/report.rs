@@ -108,8 +108,8 @@ pub struct Report {
     pub findings: Option<Vec<Finding>>,
     /// Output files the run could not write once it had run (`--junit`):
     /// the hosts' outcome, `ok` and `exitCode` stand as the hosts left them.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub output_errors: Vec<OutputError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_errors: Option<Vec<OutputError>>,
     /// Host counts by status.
     pub summary: Summary,
     /// Why the action did not succeed; null when `ok` is true.
@@ -691,7 +691,7 @@ impl Report {
             plan_digest: None,
             output: None,
             findings: None,
-            output_errors: Vec::new(),
+            output_errors: None,
             summary: Summary::default(),
             error: None,
         }

@@ -538,6 +538,43 @@ fn rotation_rollback_restores_every_file_byte_for_byte(deployer: &Deployer, host
     let deployed = run(deployer, &["deploy"], &request, &generation("r3"));
     assert_eq!(deployed.code, 0, "{}", deployed.stdout);
     assert_attached_with(hosts, "r3");
+    let after_deploy = window_files(testbed, hosts);
+
+    // The fleet alone would go back to the old VOXCORE_SECRET while the
+    // dialler keeps the new one: refused on every fleet host before anything
+    // is written, as a deploy's shared-key change is.
+    let mut fleet_only = request["deployments"][0].clone();
+    fleet_only["apiVersion"] = json!("hostenv/v1");
+    fleet_only["kind"] = json!("Deploy");
+    let alone = run(deployer, &["rollback"], &fleet_only, &BTreeMap::new());
+    assert_eq!(alone.code, 1, "{}", alone.stdout);
+    let result = alone.json();
+    assert_eq!(crate::deploy::statuses(&result), ["failed", "failed"]);
+    for host in result["hosts"].as_array().unwrap() {
+        assert_eq!(host["error"]["kind"], "sharedKeyChange", "{host}");
+        let message = host["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("`VOXCORE_SECRET`")
+                && message.contains("`voxdialler`")
+                && message.contains("roll back the rotation as one"),
+            "{message}"
+        );
+    }
+    // A backup no host has is refused before anything is written too.
+    let missing = run(
+        deployer,
+        &["rollback", "--to", "9"],
+        &request,
+        &BTreeMap::new(),
+    );
+    assert_eq!(missing.code, 1, "{}", missing.stdout);
+    assert!(
+        missing.stdout.contains("there is no backup 9"),
+        "{}",
+        missing.stdout
+    );
+    assert_eq!(window_files(testbed, hosts), after_deploy);
+    assert_attached_with(hosts, "r3");
 
     // No secret is bound: a rollback puts back files the hosts already hold.
     let rollback = run(deployer, &["rollback"], &request, &BTreeMap::new());
