@@ -230,8 +230,9 @@ impl LocalProgram {
                     .ok()
                     .and_then(|exe| exe.parent().map(std::path::Path::to_path_buf))
                     .unwrap_or_default();
-                // A test binary runs from deps/, one below cargo's binaries.
-                let profile_dir = if dir.ends_with("deps") {
+                // A test binary runs from deps/, an example from examples/:
+                // one below cargo's binaries.
+                let profile_dir = if dir.ends_with("deps") || dir.ends_with("examples") {
                     dir.parent().unwrap_or(&dir).to_path_buf()
                 } else {
                     dir.clone()

@@ -118,3 +118,33 @@ fn credential_ids_are_the_credential_maps_ids() {
     }
     assert!(seen >= 10, "only {seen} credential ids found");
 }
+
+/// The README's main job (`scripts/example.sh` ends with it): three local
+/// hosts, a deploy and a rotation, every one exit 0. It runs as a program of
+/// its own (its host program found the way a user's build finds it).
+#[test]
+fn the_main_job_runs_on_the_local_hosts() {
+    let _addresses = crate::testbed::hold_addresses();
+    crate::testbed::static_host_program();
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--locked", "--example", "local_deploy"])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let results: Vec<Value> = serde_json::Deserializer::from_str(&stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(results.len(), 3, "{stdout}");
+    for result in &results {
+        assert_eq!(
+            (&result["ok"], &result["exitCode"]),
+            (&Value::Bool(true), &Value::from(0)),
+            "{result:#}"
+        );
+    }
+    assert!(stderr.contains("voxdialler.service: active"), "{stderr}");
+}

@@ -81,6 +81,14 @@ pub struct Testbed {
 
 static IN_USE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Holds the testbed's addresses for a program that brings up hosts of its
+/// own (the README's main job), so no testbed of this process starts meanwhile.
+pub fn hold_addresses() -> std::sync::MutexGuard<'static, ()> {
+    IN_USE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Runs `command`, which must succeed; its output.
 pub fn run(command: &mut Command) -> Output {
     let output = command
