@@ -90,22 +90,21 @@ pub fn request_schema() -> Value {
 
 /// The published result schema.
 pub fn result_schema() -> Value {
-    let mut generator = generator();
-    let mut body = Report::json_schema(&mut generator).to_value();
-    if let Value::Object(map) = &mut body {
-        map.insert("$schema".into(), json!(DRAFT));
-        map.insert("$id".into(), json!("urn:hostenv:v1:result"));
-    }
-    with_definitions(body, generator)
+    output_schema::<Report>("result")
 }
 
 /// The schema of `hostenv version --json`.
 pub fn version_schema() -> Value {
+    output_schema::<VersionReport>("version")
+}
+
+/// The schema of a document hostenv writes, as `urn:hostenv:v1:<name>`.
+fn output_schema<T: JsonSchema>(name: &str) -> Value {
     let mut generator = generator();
-    let mut body = VersionReport::json_schema(&mut generator).to_value();
+    let mut body = T::json_schema(&mut generator).to_value();
     if let Value::Object(map) = &mut body {
         map.insert("$schema".into(), json!(DRAFT));
-        map.insert("$id".into(), json!("urn:hostenv:v1:version"));
+        map.insert("$id".into(), json!(format!("urn:hostenv:v1:{name}")));
     }
     with_definitions(body, generator)
 }
