@@ -18,9 +18,10 @@
 //! the part before its first backslash inside double quotes (only `"`
 //! escaped, as `\"`), the rest unquoted with every character that could end
 //! or trim it (`\`, space, TAB, quotes, `#`, `;`) backslash-escaped. A newline
-//! or CR after a backslash has no such spelling; with `target.systemdMin` 247
-//! or later the writer quotes everything the v247 way instead, which spells
-//! it. A value some version drops is written all the same and refused per
+//! or CR after a backslash has no such spelling; with `target.systemdMin` 241
+//! to 246 such a value goes in single quotes, which hold every character as
+//! it is from v241; with 247 or later the writer quotes everything the v247
+//! way instead, which spells it. A value some version drops is written all the same and refused per
 //! host, once the host's version is known (or up front with
 //! `target.systemdMin`).
 //!
@@ -68,6 +69,8 @@ pub fn max_file_bytes(version: u32) -> u64 {
 }
 /// From this version on, a fully double-quoted value spells every character.
 const QUOTES_SPELL_ALL: u32 = 247;
+/// From this version on, single quotes hold every character as it is.
+const SINGLE_QUOTES_LITERAL: u32 = 241;
 
 const HEADER: &str =
     "# Managed by hostenv: edits on this host are overwritten by the next deploy.\n";
@@ -185,7 +188,7 @@ pub enum Unfit {
     TooLong { bytes: usize },
     /// A Unicode noncharacter: systemd's UTF-8 check fails the whole file.
     Noncharacter,
-    /// A newline or CR after a backslash: no spelling reads alike before v247.
+    /// A newline or CR after a backslash: no spelling reads alike before v241.
     NoSpelling,
     /// systemd `version` drops the assignment; `kept_from` on keep it.
     Dropped {
@@ -204,7 +207,7 @@ impl Unfit {
             ),
             Unfit::Noncharacter => "the value holds a Unicode noncharacter (U+FDD0-U+FDEF, or U+xFFFE/U+xFFFF), which makes systemd refuse the whole file".into(),
             Unfit::NoSpelling => format!(
-                "the value has a newline or CR after a backslash, which systemd before v{QUOTES_SPELL_ALL} cannot read back; set `target.systemdMin` to {QUOTES_SPELL_ALL} if every host runs v{QUOTES_SPELL_ALL} or later"
+                "the value has a newline or CR after a backslash, which systemd before v{SINGLE_QUOTES_LITERAL} cannot read back; set `target.systemdMin` to {SINGLE_QUOTES_LITERAL} if every host runs v{SINGLE_QUOTES_LITERAL} or later"
             ),
             Unfit::Dropped { what, version, kept_from } => format!(
                 "systemd v{version} drops a value holding {what} (v{kept_from} and later keep it)"
@@ -228,7 +231,7 @@ pub fn check_for(key: &str, value: &str, min: Option<u32>) -> Result<(), Unfit> 
     if value.chars().any(is_noncharacter) {
         return Err(Unfit::Noncharacter);
     }
-    if min.unwrap_or(OLDEST) < QUOTES_SPELL_ALL && !universal_spelling(value) {
+    if min.unwrap_or(OLDEST) < SINGLE_QUOTES_LITERAL && !universal_spelling(value) {
         return Err(Unfit::NoSpelling);
     }
     match min {
@@ -279,12 +282,15 @@ pub fn render_for<'a>(
     min: Option<u32>,
 ) -> String {
     let quote_all = min.is_some_and(|m| m >= QUOTES_SPELL_ALL);
+    let single_quotes_literal = min.is_some_and(|m| m >= SINGLE_QUOTES_LITERAL);
     let mut out = String::from(HEADER);
     for (key, value) in assignments {
         out.push_str(key);
         out.push('=');
         if quote_all {
             quoted_v247(&mut out, value);
+        } else if single_quotes_literal && !universal_spelling(value) {
+            single_quoted(&mut out, value);
         } else {
             universal(&mut out, value);
         }
@@ -316,6 +322,21 @@ fn universal(out: &mut String, value: &str) {
         }
         out.push(c);
     }
+}
+
+/// Everything in single quotes, which hold every character as it is from
+/// v241 on; a `'` itself closes them, stands in double quotes and reopens
+/// them (`'it'"'"'s'`): for a newline or CR after a backslash on v241-v246.
+fn single_quoted(out: &mut String, value: &str) {
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\'' {
+            out.push_str("'\"'\"'");
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\'');
 }
 
 /// Everything in double quotes with `"`, `\`, `` ` `` and `$` escaped (v247 and later).
@@ -631,16 +652,23 @@ mod tests {
     }
 
     #[test]
-    fn a_newline_after_a_backslash_needs_v247() {
-        // A CR is a control character as well: kept from v248.
-        for (value, min) in [("\\\n", 247), ("a\\b\nc", 247), ("\\\r", 248)] {
+    fn a_newline_after_a_backslash_needs_v241() {
+        // Single quotes spell it on v241-v246, double quotes from v247; a CR
+        // is a control character as well: kept from v248.
+        for (value, min) in [
+            ("\\\n", 241),
+            ("a\\b\nc'd \"e\" $f", 241),
+            ("'\\\n'", 246),
+            ("a\\b\nc", 247),
+            ("\\\r", 248),
+        ] {
             assert_eq!(check("K", value), Err(Unfit::NoSpelling), "{value:?}");
             assert_eq!(check_for("K", value, Some(min)), Ok(()));
             let text = render_for([("K", value)], Some(min));
             for generation in Generation::from(min) {
                 assert_eq!(read_as(&text, generation), [pair("K", value)]);
             }
-            // The universal spelling would lose it: why it is refused below v247.
+            // The universal spelling would lose it: why it is refused below v241.
             let universal = render([("K", value)]);
             assert_ne!(read_as(&universal, Generation::V254), [pair("K", value)]);
         }

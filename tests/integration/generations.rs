@@ -266,7 +266,12 @@ pub(crate) fn the_reader_reads_as_this_hosts_systemd(deployer: &Deployer, hosts:
     let file = "P_A=\"x\\\\y\\$z\\q\\\"\"\nP_B=\"l\\\nm\"\nP_C=\"l\\\rm\"\nP_D='a\\'b'\n\
                 P_E=  spaced  value  \nP_F=un\\ quoted\\#x ; not a comment\n\
                 # a comment \\\nP_G=after-the-comment\nP_H='single \"double\" $x'\n\
-                P_I=\"tab\tin \\`tick\\`\"\nP_J=\"two\nlines\"\n  P_K = 'trimmed'  \n";
+                P_I=\"tab\tin \\`tick\\`\"\nP_J=\"two\nlines\"\n  P_K = 'trimmed'  \n\
+                P_L='it'\"'\"'s \\\nnext'\n";
+    // P_L is how hostenv writes such a value for hosts of v241 or later.
+    let p_l = "P_L='it'\"'\"'s \\\nnext'\n";
+    let spelled = hostenv::render::systemd::render_for([("P_L", "it's \\\nnext")], Some(241));
+    assert!(spelled.ends_with(p_l) && file.ends_with(p_l), "{spelled:?}");
     testbed.put(host, "/run/probe.env", file);
     testbed.put(
         host,

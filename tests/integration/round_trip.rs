@@ -109,6 +109,34 @@ fn thousands_of_generated_values_read_back_exactly() {
                 .collect();
             prop_assert_eq!(pairs(parsed), kept, "{:?}: {:?}", generation, text);
         }
+        // With `target.systemdMin` 241 single quotes carry those v241 keeps.
+        let kept_by_v241: Vec<(String, String)> = entries
+            .iter()
+            .chain(&modern)
+            .filter(|(_, v)| Generation::V241.drops(v).is_none())
+            .cloned()
+            .collect();
+        for (key, value) in &kept_by_v241 {
+            prop_assert_eq!(
+                systemd::check_for(key, value, Some(241)),
+                Ok(()),
+                "{:?}",
+                value
+            );
+        }
+        let text = systemd::render_for(
+            kept_by_v241.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            Some(241),
+        );
+        for generation in Generation::from(241) {
+            prop_assert_eq!(
+                pairs(systemd::parse_as(&text, generation)),
+                kept_by_v241.clone(),
+                "{:?}: {:?}",
+                generation,
+                text
+            );
+        }
         // With `target.systemdMin` 248 the v247 spelling carries all of them.
         let all: Vec<(String, String)> = entries.iter().chain(&modern).cloned().collect();
         for (key, value) in &all {
