@@ -177,6 +177,26 @@ pub fn render_round_trip(data: &[u8]) {
         .collect();
     assert_eq!(read, accepted, "systemd grammar");
 
+    // With `target.systemdMin`: the spellings of v241 (single quotes) and
+    // v247 (double quotes), read back exactly by every generation from there.
+    for min in [241, 247] {
+        let accepted: Vec<(&str, &str)> = values
+            .iter()
+            .filter(|(key, value)| systemd::check_for(key, value, Some(min)).is_ok())
+            .map(|(key, value)| (key.as_str(), *value))
+            .collect();
+        let rendered = systemd::render_for(accepted.iter().copied(), Some(min));
+        for generation in systemd::Generation::from(min) {
+            let parsed = systemd::parse_as(&rendered, generation);
+            let read: Vec<(&str, &str)> = parsed
+                .assignments
+                .iter()
+                .map(|a| (a.key.as_str(), a.value.as_str()))
+                .collect();
+            assert_eq!(read, accepted, "systemd v{min} spelling read as {generation:?}");
+        }
+    }
+
     let quotable: Vec<(&str, &str)> = values
         .iter()
         .filter(|(_, value)| dotenv::quote(value).is_ok())
