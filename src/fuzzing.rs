@@ -193,7 +193,10 @@ pub fn render_round_trip(data: &[u8]) {
                 .iter()
                 .map(|a| (a.key.as_str(), a.value.as_str()))
                 .collect();
-            assert_eq!(read, accepted, "systemd v{min} spelling read as {generation:?}");
+            assert_eq!(
+                read, accepted,
+                "systemd v{min} spelling read as {generation:?}"
+            );
         }
     }
 
