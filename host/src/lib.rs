@@ -558,6 +558,7 @@ mod tests {
             Step::Restart("voxcore@1.service".into())
         );
         assert_eq!(parse(&args("version")).unwrap().0, Step::Version);
+        assert_eq!(parse(&args("clock")).unwrap(), (Step::Clock, None));
     }
 
     #[test]
@@ -577,6 +578,10 @@ mod tests {
             args("restart voxcore voxcore@$(id).service"),
             args("restart voxcore /etc/shadow"),
             args("sh -c id"),
+            // `version` and `clock` name no service, so the lock's channel,
+            // which runs its own service's steps only, refuses them too.
+            args("clock voxbridge"),
+            args("version now"),
             vec![],
         ];
         for words in refused {

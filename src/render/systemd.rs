@@ -21,9 +21,9 @@
 //! or CR after a backslash has no such spelling; with `target.systemdMin` 241
 //! to 246 such a value goes in single quotes, which hold every character as
 //! it is from v241; with 247 or later the writer quotes everything the v247
-//! way instead, which spells it. A value some version drops is written all the same and refused per
-//! host, once the host's version is known (or up front with
-//! `target.systemdMin`).
+//! way instead, which spells it. A value some version drops is written all
+//! the same and refused per host, once the host's version is known (or up
+//! front with `target.systemdMin`).
 //!
 //! The reader is a separate character-level state machine following systemd's
 //! own parser, parameterized by grammar generation, so a writer bug shows up

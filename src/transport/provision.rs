@@ -219,7 +219,7 @@ pub struct ProgramProblem {
 }
 
 /// The target the static host program is built for in a cargo build tree.
-pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 
 impl LocalProgram {
     pub fn locate(env: &dyn crate::settings::secret::EnvLookup) -> LocalProgram {
@@ -264,16 +264,25 @@ impl LocalProgram {
     }
 
     pub fn program(&self) -> Result<&Program, ProgramProblem> {
-        let read = self.read.get_or_init(|| {
-            let mut unusable = None;
-            for path in &self.candidates {
-                let Ok(bytes) = std::fs::read(path) else {
-                    continue;
-                };
-                let machine = match crate::transport::elf::static_program_machine(&bytes) {
-                    Ok(machine) => machine,
-                    Err(problem) => {
-                        unusable.get_or_insert(ProgramProblem {
+        self.read
+            .get_or_init(|| self.first_static())
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The first candidate that is a static build, held to the pin; else why
+    /// none can go on a host (a dynamic build found is named before a
+    /// missing one).
+    fn first_static(&self) -> Result<Program, ProgramProblem> {
+        let mut dynamic = None;
+        for path in &self.candidates {
+            let Ok(bytes) = std::fs::read(path) else {
+                continue;
+            };
+            match crate::transport::elf::static_program_machine(&bytes) {
+                Ok(machine) => return self.pinned(path, Program { bytes, machine }),
+                Err(problem) => {
+                    dynamic.get_or_insert(ProgramProblem {
                         kind: ErrorKind::HostProgramUnusable,
                         message: format!(
                             "`{}` cannot go on a host: {problem}; hostenv installs only a static build \
@@ -281,29 +290,30 @@ impl LocalProgram {
                             path.display()
                         ),
                     });
-                        continue;
-                    }
-                };
-                return match &self.pinned {
-                    Some(pinned) if *pinned != sha256_hex(&bytes) => Err(ProgramProblem {
-                        kind: ErrorKind::HostProgramMissing,
-                        message: format!(
-                            "`{}` does not have the SHA-256 HOSTENV_HOST_PROGRAM_SHA256 pins; nothing was installed",
-                            path.display()
-                        ),
-                    }),
-                    _ => Ok(Program { bytes, machine }),
-                };
+                }
             }
-            Err(unusable.unwrap_or_else(|| ProgramProblem {
+        }
+        Err(dynamic.unwrap_or_else(|| ProgramProblem {
+            kind: ErrorKind::HostProgramMissing,
+            message: format!(
+                "no host program to install at `{}` (set HOSTENV_HOST_PROGRAM)",
+                self.candidates[0].display()
+            ),
+        }))
+    }
+
+    /// `program`, unless a pin says other bytes.
+    fn pinned(&self, path: &std::path::Path, program: Program) -> Result<Program, ProgramProblem> {
+        match &self.pinned {
+            Some(pinned) if *pinned != sha256_hex(&program.bytes) => Err(ProgramProblem {
                 kind: ErrorKind::HostProgramMissing,
                 message: format!(
-                    "no host program to install at `{}` (set HOSTENV_HOST_PROGRAM)",
-                    self.candidates[0].display()
+                    "`{}` does not have the SHA-256 HOSTENV_HOST_PROGRAM_SHA256 pins; nothing was installed",
+                    path.display()
                 ),
-            }))
-        });
-        read.as_ref().map_err(Clone::clone)
+            }),
+            _ => Ok(program),
+        }
     }
 }
 
