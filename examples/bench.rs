@@ -12,8 +12,11 @@
 //! `latency [REPETITIONS]` puts a delay relay (bench/relay.rs) between the
 //! tools and every host and runs each cell at RTT 0 and 60 ms: the difference
 //! over 60 ms is the number of round trips a tool pays, per tool and per
-//! hostenv step (from the result's step timings). `scale [REPETITIONS]` runs
-//! hostenv alone on 100 and 200 hosts and records its CPU time and peak RSS.
+//! hostenv step (from the result's step timings). `canary [REPETITIONS]` does
+//! the same for hostenv alone: a one-batch deploy of 1 and 10 hosts and a
+//! canary deploy of 10 (one host, then nine), with the steps of a host that
+//! waited for its batch. `scale [REPETITIONS]` runs hostenv alone on 100 and
+//! 200 hosts and records its CPU time and peak RSS.
 
 #[allow(dead_code)]
 #[path = "../tests/integration/testbed.rs"]
@@ -48,7 +51,9 @@ struct Measured {
     seconds: f64,
     /// hostenv only: peak RSS in KiB and user + system CPU seconds.
     rss_and_cpu: Option<(u64, f64)>,
-    /// hostenv only: the first host's step durations in ms, summed by step name.
+    /// hostenv only: one host's step durations in ms, summed by step name
+    /// (the first host's; for a canary deploy, the second's, which waited
+    /// for its batch).
     steps: BTreeMap<String, f64>,
 }
 
@@ -85,7 +90,11 @@ impl<'a> Bench<'a> {
     fn run(&self, tool: &str, n: usize, marker: &str) -> Measured {
         let started = Instant::now();
         let mut measured = match tool {
-            "hostenv" => self.hostenv(n, marker),
+            "hostenv" => self.hostenv(n, marker, serde_json::json!({"parallel": n}), 0),
+            "hostenv-canary" => {
+                let rollout = serde_json::json!({"canary": 1, "parallel": n});
+                self.hostenv(n, marker, rollout, 1.min(n - 1))
+            }
             "ansible" => {
                 self.ansible(n, marker);
                 Measured::default()
@@ -106,8 +115,15 @@ impl<'a> Bench<'a> {
         measured
     }
 
-    /// Runs hostenv; its peak RSS, CPU time and the first host's steps.
-    fn hostenv(&self, n: usize, marker: &str) -> Measured {
+    /// Runs hostenv with `rollout`; its peak RSS, CPU time and the steps of
+    /// host `steps_of`.
+    fn hostenv(
+        &self,
+        n: usize,
+        marker: &str,
+        rollout: serde_json::Value,
+        steps_of: usize,
+    ) -> Measured {
         let request = serde_json::json!({
             "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxbridge",
             "contract": self.work.join("voxbridge.env.example"),
@@ -119,7 +135,7 @@ impl<'a> Bench<'a> {
             },
             "allowSharedChange": true,
             "ssh": {"user": "root", "knownHosts": self.known_hosts, "identityFileEnv": "TESTBED_SSH_KEY"},
-            "rollout": {"parallel": n},
+            "rollout": rollout,
             "verify": [{"url": "http://{host}:8080/health", "intervalMs": 200, "deadlineMs": 30000, "consecutive": 1}]
         });
         let path = self.work.join("request.json");
@@ -155,7 +171,11 @@ impl<'a> Bench<'a> {
         let number = |i: usize| fields[i].parse::<f64>().expect("a number");
         let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         let mut steps = BTreeMap::new();
-        for step in result["hosts"][0]["steps"].as_array().into_iter().flatten() {
+        for step in result["hosts"][steps_of]["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             *steps
                 .entry(step["name"].as_str().unwrap().to_string())
                 .or_default() += step["ms"].as_f64().unwrap();
@@ -312,13 +332,14 @@ fn write_results(root: &Path, name: &str, out: &str) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mode, repetitions) = match args.first().map(String::as_str) {
-        Some(mode @ ("latency" | "scale")) => (mode.to_string(), args.get(1)),
+        Some(mode @ ("latency" | "canary" | "scale")) => (mode.to_string(), args.get(1)),
         _ => ("loopback".to_string(), args.first()),
     };
     let repetitions: usize = repetitions.and_then(|a| a.parse().ok()).unwrap_or(5);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
     match mode.as_str() {
         "latency" => latency(&root, repetitions),
+        "canary" => canary(&root, repetitions),
         "scale" => scale(&root, repetitions),
         _ => loopback(&root, repetitions),
     }
@@ -382,11 +403,13 @@ fn loopback(root: &Path, repetitions: usize) {
 /// The one-way delay of the latency benchmark: RTT 60 ms.
 const ONE_WAY: std::time::Duration = std::time::Duration::from_millis(30);
 
-/// Every tool through the delay relay, at RTT 0 and 60 ms; round trips per
-/// tool, and per hostenv step at one host.
-fn latency(root: &Path, repetitions: usize) {
-    let (testbed, work) = start(50);
-    // The relay's addresses: 127.78.0.N for the host at 127.77.0.N.
+/// A delay relay in front of every host (127.78.0.N for the host at
+/// 127.77.0.N, SSH and HTTP), and a bench whose tools reach the hosts through it.
+fn through_relay<'a>(
+    testbed: &'a testbed::Testbed,
+    root: &Path,
+    work: PathBuf,
+) -> (relay::Relay, Bench<'a>) {
     let pairs: Vec<(String, String)> = testbed
         .hosts
         .iter()
@@ -410,43 +433,117 @@ fn latency(root: &Path, repetitions: usize) {
     let bench = Bench {
         addrs: pairs.iter().map(|(listen, _)| listen.clone()).collect(),
         known_hosts,
-        testbed: &testbed,
+        testbed,
         root: root.to_path_buf(),
         work,
         cold_ansible: true,
     };
-    for tool in TOOLS {
-        bench.run(tool, 1, &format!("warmup-{tool}"));
-    }
-    let delays = [std::time::Duration::ZERO, ONE_WAY];
-    let mut times: BTreeMap<(usize, &str, u128), Vec<f64>> = BTreeMap::new();
-    let mut steps: BTreeMap<(String, u128), Vec<f64>> = BTreeMap::new();
-    for n in SIZES {
+    (relay, bench)
+}
+
+/// Medians through the relay, per cell (hosts, tool) and RTT in ms.
+#[derive(Default)]
+struct Delayed {
+    times: BTreeMap<(usize, &'static str, u128), Vec<f64>>,
+    steps: BTreeMap<(usize, &'static str, String, u128), Vec<f64>>,
+}
+
+impl Delayed {
+    /// Runs every cell at RTT 0 and 60 ms, `repetitions` times, the tools of
+    /// one size alternating.
+    fn measure(
+        bench: &Bench,
+        relay: &relay::Relay,
+        cells: &[(usize, &'static str)],
+        repetitions: usize,
+    ) -> Delayed {
+        let mut delayed = Delayed::default();
+        let delays = [std::time::Duration::ZERO, ONE_WAY];
         for rep in 0..repetitions {
             for delay in delays {
                 relay.set_delay(delay);
-                for offset in 0..TOOLS.len() {
-                    let tool = TOOLS[(rep + offset) % TOOLS.len()];
+                for offset in 0..cells.len() {
+                    let (n, tool) = cells[(rep + offset) % cells.len()];
                     let rtt = delay.as_millis() * 2;
                     let measured = bench.run(tool, n, &format!("lat-{tool}-{n}-{rep}-{rtt}"));
                     eprintln!(
-                        "{n:>2} hosts  RTT {rtt:>2} ms  {tool:<8} {:>7.2} s",
+                        "{n:>2} hosts  RTT {rtt:>2} ms  {tool:<14} {:>7.2} s",
                         measured.seconds
                     );
-                    times
+                    delayed
+                        .times
                         .entry((n, tool, rtt))
                         .or_default()
                         .push(measured.seconds);
-                    if n == 1 {
-                        for (step, ms) in measured.steps {
-                            steps.entry((step, rtt)).or_default().push(ms);
-                        }
+                    for (step, ms) in measured.steps {
+                        delayed
+                            .steps
+                            .entry((n, tool, step, rtt))
+                            .or_default()
+                            .push(ms);
                     }
                 }
             }
         }
+        relay.set_delay(std::time::Duration::ZERO);
+        delayed
     }
-    relay.set_delay(std::time::Duration::ZERO);
+
+    /// " t0 / t60 | round trips |" for one cell.
+    fn cell(&mut self, n: usize, tool: &'static str) -> String {
+        let rtt60 = ONE_WAY.as_millis() * 2;
+        let t0 = median(self.times.get_mut(&(n, tool, 0)).unwrap());
+        let t60 = median(self.times.get_mut(&(n, tool, rtt60)).unwrap());
+        format!(
+            " {t0:.2} / {t60:.2} | {:.1} |",
+            (t60 - t0) * 1000.0 / rtt60 as f64
+        )
+    }
+
+    /// The per-step table of one cell.
+    fn steps_table(&mut self, n: usize, tool: &'static str) -> String {
+        let rtt60 = ONE_WAY.as_millis() * 2;
+        let mut out = format!(
+            "| step | RTT 0 (ms) | RTT {rtt60} ms (ms) | round trips |\n|---|---|---|---|\n"
+        );
+        let names: std::collections::BTreeSet<String> = self
+            .steps
+            .keys()
+            .filter(|(m, t, _, _)| (*m, *t) == (n, tool))
+            .map(|(_, _, step, _)| step.clone())
+            .collect();
+        for name in names {
+            let mut at = |rtt: u128| {
+                self.steps
+                    .get_mut(&(n, tool, name.clone(), rtt))
+                    .map(|v| median(v))
+                    .unwrap_or(0.0)
+            };
+            let (m0, m60) = (at(0), at(rtt60));
+            out.push_str(&format!(
+                "| {name} | {m0:.0} | {m60:.0} | {:.1} |\n",
+                (m60 - m0) / rtt60 as f64
+            ));
+        }
+        out
+    }
+}
+
+/// Every tool through the delay relay, at RTT 0 and 60 ms; round trips per
+/// tool, and per hostenv step at one host.
+fn latency(root: &Path, repetitions: usize) {
+    let (testbed, work) = start(50);
+    let (relay, bench) = through_relay(&testbed, root, work);
+    for tool in TOOLS {
+        bench.run(tool, 1, &format!("warmup-{tool}"));
+    }
+    let mut delayed = Delayed::default();
+    for n in SIZES {
+        let cells: Vec<(usize, &'static str)> = TOOLS.iter().map(|tool| (n, *tool)).collect();
+        let measured = Delayed::measure(&bench, &relay, &cells, repetitions);
+        delayed.times.extend(measured.times);
+        delayed.steps.extend(measured.steps);
+    }
     let rtt60 = ONE_WAY.as_millis() * 2;
     let mut out = format!(
         "Measured {}, {repetitions} repetitions per cell, every tool through the delay relay \
@@ -458,34 +555,43 @@ fn latency(root: &Path, repetitions: usize) {
     for n in SIZES {
         out.push_str(&format!("| {n} |"));
         for tool in TOOLS {
-            let t0 = median(times.get_mut(&(n, tool, 0)).unwrap());
-            let t60 = median(times.get_mut(&(n, tool, rtt60)).unwrap());
-            out.push_str(&format!(
-                " {t0:.2} / {t60:.2} | {:.1} |",
-                (t60 - t0) * 1000.0 / rtt60 as f64
-            ));
+            out.push_str(&delayed.cell(n, tool));
         }
         out.push('\n');
     }
-    out.push_str(&format!(
-        "\nhostenv at one host, per step (the result's step timings, medians):\n\n\
-         | step | RTT 0 (ms) | RTT {rtt60} ms (ms) | round trips |\n|---|---|---|---|\n"
-    ));
-    let names: std::collections::BTreeSet<String> = steps.keys().map(|(s, _)| s.clone()).collect();
-    for name in names {
-        let at = |rtt: u128, steps: &mut BTreeMap<(String, u128), Vec<f64>>| {
-            steps
-                .get_mut(&(name.clone(), rtt))
-                .map(|v| median(v))
-                .unwrap_or(0.0)
-        };
-        let (m0, m60) = (at(0, &mut steps), at(rtt60, &mut steps));
-        out.push_str(&format!(
-            "| {name} | {m0:.0} | {m60:.0} | {:.1} |\n",
-            (m60 - m0) / rtt60 as f64
-        ));
-    }
+    out.push_str("\nhostenv at one host, per step (the result's step timings, medians):\n\n");
+    out.push_str(&delayed.steps_table(1, "hostenv"));
     write_results(root, "latency.md", &out);
+}
+
+/// hostenv alone through the delay relay: a one-batch deploy of 1 and 10
+/// hosts and a canary deploy of 10 (the canary, then the nine others).
+fn canary(root: &Path, repetitions: usize) {
+    let (testbed, work) = start(10);
+    let (relay, bench) = through_relay(&testbed, root, work);
+    bench.run("hostenv", 1, "warmup-hostenv");
+    let cells = [(1, "hostenv"), (10, "hostenv"), (10, "hostenv-canary")];
+    let mut delayed = Delayed::measure(&bench, &relay, &cells, repetitions);
+    let rtt60 = ONE_WAY.as_millis() * 2;
+    let mut out = format!(
+        "Measured {}, {repetitions} repetitions per cell, hostenv alone through the delay relay \
+         (bench/relay.rs), cells alternating; round trips = (median at RTT {rtt60} ms − median at RTT 0) / {rtt60} ms.\n\n\
+         | deploy | hosts | RTT 0 / {rtt60} ms (s) | round trips |\n|---|---|---|---|\n",
+        machine()
+    );
+    for (n, tool) in cells {
+        let what = if tool == "hostenv" {
+            "one batch"
+        } else {
+            "canary 1, then the rest"
+        };
+        out.push_str(&format!("| {what} | {n} |{}\n", delayed.cell(n, tool)));
+    }
+    out.push_str("\nPer step, a host of a one-batch deploy of 10 (the first):\n\n");
+    out.push_str(&delayed.steps_table(10, "hostenv"));
+    out.push_str("\nPer step, a host of the canary deploy's second batch:\n\n");
+    out.push_str(&delayed.steps_table(10, "hostenv-canary"));
+    write_results(root, "canary.md", &out);
 }
 
 /// hostenv alone on 100 and 200 hosts: time, CPU and peak RSS, also per host.

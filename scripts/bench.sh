@@ -5,6 +5,7 @@
 # alternating them, several repetitions each. Run as root. Not part of CI.
 #   scripts/bench.sh [REPETITIONS]           loopback, 1/10/50 hosts (default 5 repetitions)
 #   scripts/bench.sh latency [REPETITIONS]   through a delay relay at RTT 0 and 60 ms: round trips
+#   scripts/bench.sh canary [REPETITIONS]    hostenv alone through the relay: one batch and a canary deploy
 #   scripts/bench.sh scale [REPETITIONS]     hostenv alone on 50, 100 and 200 hosts
 set -euo pipefail
 cd "$(dirname "$0")/.."

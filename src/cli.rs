@@ -12,7 +12,7 @@ use crate::deploy::RunOptions;
 use crate::protocol::error::{Error, Result};
 use crate::protocol::exit::Exit;
 use crate::protocol::intake;
-use crate::protocol::report::{wire_name, Action, HostStatus, Report};
+use crate::protocol::report::{wire_name, Action, BackupListing, HostReport, Report};
 use crate::protocol::request::{Deployment, Request, API_VERSION};
 use crate::protocol::schema;
 use crate::settings::catalog::Catalog;
@@ -40,7 +40,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Report which hosts no longer hold what the request would write; exit 4 if any (Deploy, Rotation).
     Drift(RequestArgs),
-    /// Put back the newest backup (or `--to N`) on every host, restart, verify (Deploy, Rotation); a backup that would change a key another service shares is refused unless that service is in the request (roll a rotation back as one).
+    /// List each host's backups: number, time, and the keys each would add, remove or change against the current file (names and fingerprints, never values); writes nothing (Deploy, Rotation).
+    Backups(RequestArgs),
+    /// Put back the newest backup (or `--to N`, see `backups`) on every host or on none, restart, verify (Deploy, Rotation); a backup that would change a key another service shares is refused unless that service is in the request (roll a rotation back as one).
     Rollback(RollbackArgs),
     /// Install the rendered .env on every host, restart, verify, roll back what fails (Deploy, Rotation).
     Deploy(DeployArgs),
@@ -249,6 +251,7 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
             run_action(Action::Plan, &args.common, flags, env)
         }
         Command::Drift(args) => run_action(Action::Drift, &args, RunFlags::default(), env),
+        Command::Backups(args) => run_action(Action::Backups, &args, RunFlags::default(), env),
         Command::Rollback(args) => {
             let flags = RunFlags {
                 to: args.to,
@@ -521,11 +524,21 @@ fn dispatch(
             build_env::prepare(build, env, report).map(|_| ())
         }
         (
-            Action::Plan | Action::Drift | Action::Deploy | Action::Rollback | Action::HostInstall,
+            Action::Plan
+            | Action::Drift
+            | Action::Backups
+            | Action::Deploy
+            | Action::Rollback
+            | Action::HostInstall,
             Request::Deploy(deployment),
         ) => deploy::run(action, deployment, env, &catalog, options, report),
         (
-            Action::Plan | Action::Drift | Action::Deploy | Action::Rollback | Action::HostInstall,
+            Action::Plan
+            | Action::Drift
+            | Action::Backups
+            | Action::Deploy
+            | Action::Rollback
+            | Action::HostInstall,
             Request::Rotation(rotation),
         ) => deploy::run_rotation(action, rotation, env, &catalog, options, report),
         (Action::BuildEnv, Request::BuildEnv(build)) => {
@@ -537,6 +550,47 @@ fn dispatch(
             kind: request.kind().name().to_string(),
         }),
     }
+}
+
+/// `backups` in the CI log: one line for the current file and one per
+/// backup, saying what putting it back would change. Names only.
+fn listing_lines(prefix: &str, listing: &BackupListing) -> String {
+    let mut out = match &listing.current {
+        Some(current) => format!("{prefix}   {:<10} written {}\n", "now", current.written_at),
+        None => format!("{prefix}   {:<10} no file\n", "now"),
+    };
+    if listing.kept.is_empty() {
+        out.push_str(&format!("{prefix}   no backups\n"));
+    }
+    for backup in &listing.kept {
+        let keys = &backup.keys;
+        let mut changes: Vec<String> = [
+            ("adds", &keys.added),
+            ("removes", &keys.removed),
+            ("changes", &keys.changed),
+        ]
+        .iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(verb, names)| format!("{verb} {}", names.join(", ")))
+        .collect();
+        if keys.unnamed > 0 {
+            changes.push(format!(
+                "{} names that are no key names differ",
+                keys.unnamed
+            ));
+        }
+        let what = if changes.is_empty() {
+            "the same keys and values".to_string()
+        } else {
+            changes.join("; ")
+        };
+        out.push_str(&format!(
+            "{prefix}   {:<10} written {}: {what}\n",
+            format!("backup {}", backup.number),
+            backup.written_at
+        ));
+    }
+    out
 }
 
 /// A few lines for the CI log: what was checked, or why not. Names only, never values.
@@ -556,23 +610,26 @@ fn human_summary(report: &Report) -> String {
         })
         .or_else(|| report.output.as_ref().map(|o| o.path.clone()))
         .unwrap_or_default();
-    let mut hosts: Vec<(String, HostStatus)> = report
-        .hosts
-        .iter()
-        .map(|h| (h.host.clone(), h.status))
-        .collect();
+    let mut hosts: Vec<(String, &HostReport)> =
+        report.hosts.iter().map(|h| (h.host.clone(), h)).collect();
     if let Some(deployments) = &report.deployments {
         hosts.extend(deployments.iter().flat_map(|d| {
             d.hosts
                 .iter()
-                .map(|h| (format!("{} {}", d.service, h.host), h.status))
+                .map(|h| (format!("{} {}", d.service, h.host), h))
         }));
     }
-    for (host, status) in &hosts {
+    for (host, entry) in &hosts {
         out.push_str(&format!(
             "hostenv {action}: {host}: {}\n",
-            wire_name(status)
+            wire_name(&entry.status)
         ));
+        if let Some(listing) = &entry.backups {
+            out.push_str(&listing_lines(
+                &format!("hostenv {action}: {host}:"),
+                listing,
+            ));
+        }
     }
     if let Some(output) = &report.output {
         let verb = if output.written {

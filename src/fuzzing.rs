@@ -428,7 +428,10 @@ pub fn host_answers(data: &[u8]) {
         assert!(held <= data.len());
     }
     if let Some(backups) = parse_backups(data) {
-        let held: usize = backups.iter().map(|(_, b)| b.expose_secret().len()).sum();
+        let held: usize = backups
+            .iter()
+            .map(|b| b.content.expose_secret().len())
+            .sum();
         assert!(held <= data.len());
     }
 }

@@ -629,13 +629,13 @@ Map execute(String action, Map request, List credentials, Map options) {
         def pinned = pins(action)
         def binary = binaryPath(action, options, work, pinned)
         checkBinary(action, binary, work, pinned)
-        // A rollback puts back files the hosts hold: it needs the SSH key and no
-        // secret. A check contacts no host: it needs no SSH key (and says so
+        // A rollback puts back files the hosts hold, and a backups listing reads
+        // them: they need the SSH key and no secret. A check contacts no host: it needs no SSH key (and says so
         // with --ssh-unbound, so only the ssh settings' shape is checked), and
         // with `bind: false` no credential at all (--secrets-unbound).
         def unbound = action == 'check' && options.bind == false
         def needed = credentials
-        if (action == 'rollback') { needed = sshOnly(credentials, true) }
+        if (action in ['rollback', 'backups']) { needed = sshOnly(credentials, true) }
         if (action == 'check') { needed = unbound ? [] : sshOnly(credentials, false) }
         def clash = variableClash(needed)
         if (clash) {
@@ -862,6 +862,27 @@ String keyProblems(Map result) {
     return problems ? "; keys: ${problems.join(', ')}" : ''
 }
 
+/**
+ * `hostenvBackups`: a host's current file and each backup, with what putting
+ * it back would change. Names and times only.
+ */
+@NonCPS
+List backupLines(Map listing) {
+    if (listing == null) { return [] }
+    def lines = [listing.current ? "now: written ${listing.current.writtenAt}" : 'now: no file']
+    if (!listing.kept) { lines << 'no backups' }
+    for (def backup : (listing.kept ?: [])) {
+        def keys = backup.keys
+        def changes = []
+        if (keys.added) { changes << "adds ${keys.added.join(', ')}" }
+        if (keys.removed) { changes << "removes ${keys.removed.join(', ')}" }
+        if (keys.changed) { changes << "changes ${keys.changed.join(', ')}" }
+        if (keys.unnamed) { changes << "${keys.unnamed} names that are no key names differ" }
+        lines << "backup ${backup.number}, written ${backup.writtenAt}: ${changes ? changes.join('; ') : 'the same keys and values'}"
+    }
+    return lines
+}
+
 /** A few lines for the build log: each host's status, or each lint finding. Names only. */
 @NonCPS
 String summary(String action, Map result) {
@@ -873,6 +894,7 @@ String summary(String action, Map result) {
             def detail = changed ? " (keys: ${changed.join(', ')})" : ''
             def error = host.error ? " - ${host.error.kind}: ${host.error.message}" : ''
             lines << "  ${group.service ? group.service + ' ' : ''}${host.host}: ${host.status}${detail}${error}"
+            for (def line : backupLines(host.backups)) { lines << "    ${line}" }
         }
     }
     for (def finding : (result.findings ?: [])) {

@@ -1,10 +1,10 @@
 // hostenvRotate: change a shared secret on every service that reads it in one
-// window (a Rotation request), or plan / check / drift / roll back that window
+// window (a Rotation request), or plan / check / drift / list backups of / roll back that window
 // with `action`. Help: hostenvRotate.txt.
 def call(Map config = [:]) {
     def actions = ['deploy': [planKeyEnv: null, planKey: null, expectPlan: null, approvedBy: null],
                    'plan': [planKeyEnv: null, planKey: null],
-                   'check': [bind: true], 'drift': [:], 'rollback': [to: null, approvedBy: null]]
+                   'check': [bind: true], 'drift': [:], 'backups': [:], 'rollback': [to: null, approvedBy: null]]
     def action = config.action ?: 'deploy'
     if (!actions.containsKey(action)) {
         error("hostenvRotate: argument 'action' must be one of ${actions.keySet().join(', ')}, not '${action}'")

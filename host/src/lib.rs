@@ -40,7 +40,7 @@ pub const CONFIG_DIR: &str = "/etc/hostenv";
 pub const LOCK_DIR: &str = "/run/hostenv";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Bumped whenever a step's arguments or answers change.
-pub const PROTOCOL: u32 = 5;
+pub const PROTOCOL: u32 = 6;
 /// The longest audit line the host program takes.
 pub const MAX_AUDIT_LINE: u64 = 16 * 1024;
 /// Root's limits for every service: optional, `limits.rs`.

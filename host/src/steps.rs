@@ -341,15 +341,21 @@ pub fn discard(target: &Target) -> Result<(), Failure> {
     }
 }
 
-/// Every backup as `backup N BYTES` followed by its bytes.
+/// Every backup as `backup N BYTES SECONDS.MICROS` (its size and its
+/// modification time: when it was written at the target, which renaming it
+/// into a backup keeps) followed by its bytes.
 pub fn read_backups(target: &Target, out: &mut dyn Write) -> Result<(), Failure> {
     let state = target.state()?;
     for n in 1..=target.config.backups {
         if let Some(contents) = files::read_file(&state, &format!("env.{n}"), MAX_FILE_BYTES)? {
-            emit(
-                out,
-                format!("backup {n} {}\n", contents.bytes.len()).as_bytes(),
-            )?;
+            let stat = &contents.stat;
+            let header = format!(
+                "backup {n} {} {}.{:06}\n",
+                contents.bytes.len(),
+                stat.st_mtime,
+                stat.st_mtime_nsec / 1000
+            );
+            emit(out, header.as_bytes())?;
             emit(out, &contents.bytes)?;
         }
     }

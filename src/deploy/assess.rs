@@ -1,7 +1,10 @@
 //! What a host needs, decided from what was read there and what the run
 //! would write: pure, so each rule is tested here without a host.
 
-use crate::protocol::report::ReadBack;
+use std::collections::BTreeMap;
+
+use crate::protocol::report::{KeyChanges, ReadBack};
+use crate::settings::names::is_valid_key_name;
 use crate::settings::secret::{ExposeSecret, SecretString};
 use crate::transport::remote::Current;
 
@@ -47,6 +50,36 @@ pub fn read_back(
 /// or its start time cannot be told.
 pub fn restart_anyway(started: Option<i64>, file_written: i64, force: bool) -> bool {
     force || started.is_none_or(|at| at < file_written)
+}
+
+/// Key names the `new` values add, remove and change against the host's
+/// `current` ones. A name is shown only if it is a key name at all: a file
+/// edited by hand may hold others, which are counted and never shown.
+pub fn key_changes(
+    current: &BTreeMap<String, SecretString>,
+    new: &[(String, SecretString)],
+) -> KeyChanges {
+    let mut changes = KeyChanges::default();
+    for (key, value) in new {
+        if !is_valid_key_name(key) {
+            changes.unnamed += 1;
+            continue;
+        }
+        match current.get(key) {
+            None => changes.added.push(key.clone()),
+            Some(old) if old.expose_secret() != value.expose_secret() => {
+                changes.changed.push(key.clone())
+            }
+            Some(_) => changes.unchanged += 1,
+        }
+    }
+    let (named, unnamed): (Vec<&String>, Vec<&String>) = current
+        .keys()
+        .filter(|key| !new.iter().any(|(k, _)| k == *key))
+        .partition(|key| is_valid_key_name(key));
+    changes.removed = named.into_iter().cloned().collect();
+    changes.unnamed += unnamed.len();
+    changes
 }
 
 /// Whether the run would change a value the host holds for `key` (a key

@@ -12,12 +12,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::{assess, Context};
+use super::shared::RunKey;
+use super::{assess, backups, Context};
 use crate::prepare::resolve::HostFile;
 use crate::protocol::error::{ErrorKind, HostError};
 use crate::protocol::report::{
-    wire_name, Action, ErrorReport, HostReport, HostStatus, KeyChanges, ReadBack, RollbackAction,
-    StepReport, UnitReport,
+    wire_name, Action, ErrorReport, HostReport, HostStatus, ReadBack, RollbackAction, StepReport,
+    UnitReport,
 };
 use crate::protocol::request::SudoMode;
 use crate::render::systemd as grammar;
@@ -162,6 +163,10 @@ struct Ledger<'a> {
     /// Steps already sent to the lock holder: the run's deadline no longer
     /// stops them (the host takes them whatever the run does next).
     sent_ahead: Vec<&'static str>,
+    /// The file goes with the lock step: a Deploy's host in the run's first
+    /// batch. A host of a later batch is only locked and read until its
+    /// batch starts, so a canary that stops the run leaves it untouched.
+    stage_with_lock: bool,
     /// Values that must never reach a message from the host.
     redactions: Vec<SecretString>,
     /// The host's work panicked: its outcome is final, whatever comes after.
@@ -183,6 +188,7 @@ impl<'a> Ledger<'a> {
         match self.context.action {
             Action::Plan => "plan",
             Action::Drift => "drift",
+            Action::Backups => "backups",
             Action::Rollback => "rollback",
             Action::HostInstall => "host-install",
             _ => "deploy",
@@ -295,6 +301,7 @@ impl<'a> HostRun<'a> {
         context: &'a Context<'a>,
         host: &'a HostSettings,
         file: Option<&'a HostFile>,
+        in_first_batch: bool,
     ) -> HostRun<'a> {
         HostRun {
             progress: Progress::Closed,
@@ -315,6 +322,7 @@ impl<'a> HostRun<'a> {
                 had_previous: false,
                 put_back_for: None,
                 sent_ahead: Vec::new(),
+                stage_with_lock: context.stage_with_lock && in_first_batch,
                 stopped: false,
                 redactions: file
                     .map_or(&[][..], |f| &f.values)
@@ -717,9 +725,9 @@ impl<'a> HostRun<'a> {
         }
     }
 
-    /// The run's file, when the lock step can carry it: a Deploy's host
-    /// gets it staged the moment its lock is taken, which saves the stage
-    /// its round trip. Not a large file (the lock's answer, the current file,
+    /// The run's file, when the lock step can carry it: a host of a Deploy's
+    /// first batch gets it staged the moment its lock is taken, which saves
+    /// the stage its round trip. Not a large file (the lock's answer, the current file,
     /// comes back while it is still being sent), and never when a test
     /// stops the run before its stage.
     fn stage_with_lock(&self) -> Option<&'a SecretString> {
@@ -732,7 +740,7 @@ impl<'a> HostRun<'a> {
         {
             return None;
         }
-        (self.run.context.stage_with_lock && small).then_some(&file.text)
+        (self.run.stage_with_lock && small).then_some(&file.text)
     }
 
     /// Takes the host lock for the rest of the run, waiting up to `rollout.lockWaitMs`.
@@ -868,12 +876,22 @@ impl<'a> HostRun<'a> {
         let environment = lock::environment_name(context.settings.environment.as_ref());
         self.run.report.previous_environment =
             current.written_by.clone().filter(|by| by != environment);
-        if context.action != Action::Drift {
+        if !matches!(context.action, Action::Drift | Action::Backups) {
             self.check_systemd(current.systemd)?;
         }
         let current_values = parse_values(current.content.as_ref());
         self.run.redactions.extend(current_values.values().cloned());
-        self.run.report.keys = file.map(|file| key_changes(&current_values, file));
+        if context.action == Action::Backups {
+            // A listing needs the current file and the backups, nothing of the units.
+            return Ok(Assessment {
+                current,
+                current_values,
+                units: Vec::new(),
+                same_file: false,
+                stale_units: Vec::new(),
+            });
+        }
+        self.run.report.keys = file.map(|file| assess::key_changes(&current_values, &file.values));
         if context.action == Action::Rollback {
             self.check_rollback_target(&current_values)?;
         }
@@ -964,7 +982,7 @@ impl<'a> HostRun<'a> {
         let host = self.run.host;
         let n = context.rollback_to;
         let backups = self.step("read-backups", |remote| remote.read_backups())?;
-        let Some((_, content)) = backups.iter().find(|(number, _)| *number == n) else {
+        let Some(backup) = backups.iter().find(|backup| backup.number == n) else {
             return Err(HostError::new(
                 ErrorKind::NoBackup,
                 format!(
@@ -975,7 +993,7 @@ impl<'a> HostRun<'a> {
                 ),
             ));
         };
-        let restored = parse_values(Some(content));
+        let restored = parse_values(Some(&backup.content));
         self.run.redactions.extend(restored.values().cloned());
         let changed = context.guarded_keys.iter().find(|(key, _)| {
             assess::changes_value(
@@ -1034,6 +1052,17 @@ impl<'a> HostRun<'a> {
             HostStatus::Unchanged
         };
         self.finish(Ok(status));
+    }
+
+    /// `backups`: every backup the host keeps, against its current file.
+    pub fn list_backups(&mut self, run_key: &RunKey) {
+        if self.decided() {
+            return;
+        }
+        if let Some(mut host) = self.open() {
+            let outcome = host.list_backups(run_key);
+            self.finish(outcome);
+        }
     }
 
     /// `drift`: the host holds exactly the file (bytes, owner, mode) a deploy would write, or not.
@@ -1139,6 +1168,26 @@ impl<'r, 'a> OpenHost<'r, 'a> {
         work: impl FnOnce(&Remote) -> Result<T, HostError>,
     ) -> Result<T, HostError> {
         self.run.step(Some(self.connection), name, work)
+    }
+
+    /// Reads the backups and lists them against the current file.
+    fn list_backups(&mut self, run_key: &RunKey) -> Outcome {
+        let backups = self
+            .step("read-backups", |remote| remote.read_backups())
+            .map_err(|error| (HostStatus::Failed, error))?;
+        for backup in &backups {
+            let values = parse_values(Some(&backup.content));
+            self.run.redactions.extend(values.into_values());
+        }
+        let current = &self.assessment.current;
+        let now = current
+            .content
+            .as_ref()
+            .map(|_| (&self.assessment.current_values, current.mtime));
+        self.run.report.backups = Some(backups::listing(now, &backups, |value| {
+            run_key.fingerprint(value)
+        }));
+        Ok(HostStatus::Listed)
     }
 
     /// A Deploy's changes: stage (unless it went with the lock), switch,
@@ -1484,15 +1533,15 @@ impl<'r, 'a> OpenHost<'r, 'a> {
         let backups = self.step("read-backups", |remote| remote.read_backups())?;
         let stale: Vec<u32> = backups
             .iter()
-            .filter(|(_, content)| {
-                let values = parse_values(Some(content));
+            .filter(|backup| {
+                let values = parse_values(Some(&backup.content));
                 new.iter().any(|(key, value)| {
                     values
                         .get(key.as_str())
                         .is_some_and(|old| Some(old.expose_secret()) != *value)
                 })
             })
-            .map(|(n, _)| *n)
+            .map(|backup| backup.number)
             .collect();
         if !stale.is_empty() {
             self.step("purge", |remote| remote.purge(&stale))?;
@@ -1501,6 +1550,7 @@ impl<'r, 'a> OpenHost<'r, 'a> {
         Ok(())
     }
 }
+
 /// The largest file a Deploy stages with its lock step (`stage_with_lock`):
 /// far below what an SSH channel's window holds in flight.
 const STAGE_WITH_LOCK_AT_MOST: usize = 64 * 1024;
@@ -1547,27 +1597,6 @@ pub(super) fn parse_values(content: Option<&SecretString>) -> Values {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn key_changes(current: &Values, file: &HostFile) -> KeyChanges {
-    let mut changes = KeyChanges::default();
-    for (key, value) in &file.values {
-        match current.get(key) {
-            None => changes.added.push(key.clone()),
-            Some(old) if old.expose_secret() != value.expose_secret() => {
-                changes.changed.push(key.clone())
-            }
-            Some(_) => changes.unchanged += 1,
-        }
-    }
-    // A name from the host's file is shown only if it is a key name at all.
-    let (named, unnamed): (Vec<&String>, Vec<&String>) = current
-        .keys()
-        .filter(|key| !file.values.iter().any(|(k, _)| k == *key))
-        .partition(|key| crate::settings::names::is_valid_key_name(key));
-    changes.removed = named.into_iter().cloned().collect();
-    changes.unnamed = unnamed.len();
-    changes
 }
 
 /// Replaces every occurrence of a secret in a message from a host.

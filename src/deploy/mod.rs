@@ -6,7 +6,8 @@
 //! run holds one, let go of all and take them one at a time in sorted order (so
 //! two runs over overlapping hosts cannot each hold what the other waits for),
 //! then read what is there and assess what a deploy would do. `plan` and `drift`
-//! stop there and report. **Apply** differs by kind:
+//! stop there and report; `backups` reads each host's backups and lists them
+//! against its current file. **Apply** differs by kind:
 //! - a Deploy goes batch by batch (canary first, then `rollout.batch` hosts at
 //!   a time, `rollout.parallel` at once); one host's failure never touches
 //!   another, and once the canary fails or more than `rollout.maxFailed` hosts
@@ -15,6 +16,7 @@
 //!   either ends with the new file or is put back.
 
 mod assess;
+mod backups;
 pub mod digest;
 mod host;
 mod shared;
@@ -88,9 +90,10 @@ struct Context<'a> {
     window_services: Vec<String>,
     /// The deployment's place in the request (0 for a Deploy).
     index: usize,
-    /// Each host's file goes with its lock step (`HostRun::stage_with_lock`):
-    /// a Deploy's hosts, which stage nothing else; never within a Rotation's
-    /// window, which stages interim files too, nor for a reviewed plan.
+    /// The file of each host in the first batch goes with its lock step
+    /// (`HostRun::stage_with_lock`): a Deploy's hosts, which stage nothing
+    /// else; never within a Rotation's window, which stages interim files
+    /// too, nor for a reviewed plan.
     stage_with_lock: bool,
 }
 
@@ -233,13 +236,19 @@ impl<'a> Context<'a> {
 
     /// One run per host, in request order.
     fn host_runs(&'a self) -> Vec<HostRun<'a>> {
-        self.settings
-            .hosts
+        let hosts = &self.settings.hosts;
+        let first_batch = self
+            .rollout
+            .batches(hosts.len())
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        hosts
             .iter()
             .enumerate()
             .map(|(index, host)| {
                 let file = self.prepared.as_ref().map(|p| &p.resolution.files[index]);
-                HostRun::new(self, host, file)
+                HostRun::new(self, host, file, first_batch.contains(&index))
             })
             .collect()
     }
@@ -258,7 +267,7 @@ pub fn run(
     report.service = Some(deployment.service.clone());
     report.environment = deployment.environment.clone();
     let prepared = match action {
-        Action::Rollback | Action::HostInstall => None,
+        Action::Rollback | Action::Backups | Action::HostInstall => None,
         _ => Some(prepare_deploy(deployment, env, catalog, report)?),
     };
     let services = vec![deployment.service.clone()];
@@ -269,7 +278,13 @@ pub fn run(
     match action {
         Action::Plan => in_parallel(&mut runs, context.rollout.parallel, HostRun::plan),
         Action::Drift => in_parallel(&mut runs, context.rollout.parallel, HostRun::drift),
+        Action::Backups => list_backups(&mut runs, context.rollout.parallel)?,
         Action::HostInstall => {}
+        Action::Rollback => {
+            if !refused_without_backup(&mut runs, context.rollback_to) {
+                apply_in_batches(&mut runs, &context.rollout);
+            }
+        }
         _ => apply_in_batches(&mut runs, &context.rollout),
     }
     let hosts = finished(runs);
@@ -291,7 +306,9 @@ pub fn run_rotation(
 ) -> Result<()> {
     let started = Instant::now();
     let prepared: Vec<Option<Prepared>> = match action {
-        Action::HostInstall => rotation.deployments.iter().map(|_| None).collect(),
+        Action::HostInstall | Action::Backups => {
+            rotation.deployments.iter().map(|_| None).collect()
+        }
         Action::Rollback => {
             rotation_rules(rotation)?;
             rotation.deployments.iter().map(|_| None).collect()
@@ -327,6 +344,7 @@ pub fn run_rotation(
             differences = reports.iter().any(|r| !r.identical);
             report.shared = Some(reports);
         }
+        Action::Backups => list_backups(&mut runs, parallel)?,
         Action::HostInstall => {}
         _ => {
             if let Some(reports) = window::apply(
@@ -478,7 +496,15 @@ fn widest(contexts: &[Context]) -> usize {
 
 /// Whether an action changes target files (and so takes exclusive locks).
 fn writes(action: Action) -> bool {
-    !matches!(action, Action::Plan | Action::Drift)
+    !matches!(action, Action::Plan | Action::Drift | Action::Backups)
+}
+
+/// `backups`: every host's backups against its current file, with value
+/// fingerprints keyed for this run alone.
+fn list_backups(runs: &mut [HostRun], parallel: usize) -> Result<()> {
+    let run_key = shared::RunKey::new()?;
+    in_parallel(runs, parallel, |run| run.list_backups(&run_key));
+    Ok(())
 }
 
 /// The digest over every host, or None when a host could not be read.
@@ -510,6 +536,27 @@ fn holder(action: Action, deployment: &Deployment) -> String {
         &deployment.audit.clone().unwrap_or_default(),
         &crate::protocol::time::rfc3339(std::time::SystemTime::now()),
     )
+}
+
+/// A rollback puts the same backup back on every host or on none: when a
+/// host does not have backup `n` (`noBackup`, found when it was assessed),
+/// every other host is skipped before anything is written. True when so.
+fn refused_without_backup(runs: &mut [HostRun], n: u32) -> bool {
+    let no_backup = wire_name(&ErrorKind::NoBackup);
+    let Some(lacking) = runs
+        .iter()
+        .find(|run| run.error_kind() == no_backup)
+        .map(HostRun::name)
+    else {
+        return false;
+    };
+    let reason = format!(
+        "not attempted: `{lacking}` has no backup {n}, and a rollback puts back one backup on every host or none (`hostenv backups` lists what each host keeps)"
+    );
+    for run in runs.iter_mut().filter(|run| !run.decided()) {
+        run.skip(&reason);
+    }
+    true
 }
 
 fn apply_in_batches(runs: &mut [HostRun], rollout: &Rollout) {
@@ -722,6 +769,7 @@ fn succeeded(status: HostStatus) -> bool {
             | HostStatus::Planned
             | HostStatus::InSync
             | HostStatus::Drifted
+            | HostStatus::Listed
             | HostStatus::Restored
     )
 }

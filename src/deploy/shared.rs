@@ -109,6 +109,11 @@ fn fingerprint(run_key: &[u8], value: &str) -> String {
 pub(super) struct RunKey(Vec<u8>);
 
 impl RunKey {
+    /// The value's fingerprint under this run's key.
+    pub fn fingerprint(&self, value: &str) -> String {
+        fingerprint(&self.0, value)
+    }
+
     pub fn new() -> Result<RunKey> {
         let mut key = vec![0u8; 32];
         let mut filled = 0;

@@ -33,6 +33,8 @@ pub enum Action {
     Rollback,
     /// Compare the hosts with what the request would write.
     Drift,
+    /// List each host's backups against its current file; writes nothing.
+    Backups,
     /// Write a build-time `.env` (console).
     BuildEnv,
     /// Check a service repository's hygiene.
@@ -271,6 +273,8 @@ pub enum HostStatus {
     InSync,
     /// `drift`: the host differs from what the request would write.
     Drifted,
+    /// `backups`: the host's backups were read; `backups` lists them.
+    Listed,
     /// `rollback`: the backup asked for is back, its units restarted and verified.
     Restored,
     /// `deploy`: restart or verification failed, and the file from before the
@@ -319,6 +323,9 @@ pub struct HostReport {
     /// `purgeBackupsOf`: how many backups holding an old value were removed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backups_purged: Option<u32>,
+    /// `backups`: the backups the host keeps, against its current file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backups: Option<BackupListing>,
     /// The host's systemd version, as read before anything was written: it
     /// decides which values the host keeps (docs/concepts.md, the rendered host file).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -363,6 +370,7 @@ impl HostReport {
             steps: Vec::new(),
             rollback: None,
             backups_purged: None,
+            backups: None,
             systemd_version: None,
             previous_environment: None,
             read_back: None,
@@ -387,6 +395,46 @@ pub struct KeyChanges {
     /// (the file was edited by hand); they are removed, and never shown.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unnamed: usize,
+}
+
+/// `backups`: what one host keeps, compared with its current file. Key
+/// names, times and fingerprints, never values: a fingerprint is keyed with
+/// a random key made for this run, so equal fingerprints within one result
+/// mean equal values, and mean nothing outside it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupListing {
+    /// The file at the target now; absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<ListedFile>,
+    /// Each backup, the newest (1) first: the `N` of `rollback --to N`.
+    pub kept: Vec<ListedBackup>,
+}
+
+/// The current file of a `backups` listing.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedFile {
+    /// When the file was written at the target (its modification time, UTC).
+    pub written_at: String,
+    /// Fingerprints of its values for the keys some backup changes or removes.
+    pub fingerprints: std::collections::BTreeMap<String, String>,
+}
+
+/// One backup of a `backups` listing.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedBackup {
+    /// 1 for the newest: what `rollback --to N` takes.
+    pub number: u32,
+    /// When this file was written at the target, before a later one replaced
+    /// it (its modification time, UTC).
+    pub written_at: String,
+    /// What putting it back would do to the current file: the keys it adds,
+    /// removes and changes.
+    pub keys: KeyChanges,
+    /// Fingerprints of its values for the keys it adds or changes.
+    pub fingerprints: std::collections::BTreeMap<String, String>,
 }
 
 fn is_zero(count: &usize) -> bool {
@@ -581,6 +629,8 @@ pub struct Summary {
     pub in_sync: usize,
     /// Hosts with status `drifted`.
     pub drifted: usize,
+    /// Hosts with status `listed`.
+    pub listed: usize,
     /// Hosts with status `restored`.
     pub restored: usize,
     /// Hosts with status `rolledBack`.
@@ -617,6 +667,7 @@ impl Summary {
         self.planned += other.planned;
         self.in_sync += other.in_sync;
         self.drifted += other.drifted;
+        self.listed += other.listed;
         self.restored += other.restored;
         self.rolled_back += other.rolled_back;
         self.rollback_failed += other.rollback_failed;
@@ -634,6 +685,7 @@ impl Summary {
             HostStatus::Planned => &mut self.planned,
             HostStatus::InSync => &mut self.in_sync,
             HostStatus::Drifted => &mut self.drifted,
+            HostStatus::Listed => &mut self.listed,
             HostStatus::Restored => &mut self.restored,
             HostStatus::RolledBack => &mut self.rolled_back,
             HostStatus::RollbackFailed => &mut self.rollback_failed,

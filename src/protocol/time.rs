@@ -6,6 +6,16 @@ pub fn rfc3339(time: std::time::SystemTime) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
+    rfc3339_of_seconds(seconds)
+}
+
+/// The same for a time in microseconds since the epoch, as a host's file
+/// times are read (any i64: a host chooses them).
+pub fn rfc3339_of_micros(micros: i64) -> String {
+    rfc3339_of_seconds(micros.div_euclid(1_000_000))
+}
+
+fn rfc3339_of_seconds(seconds: i64) -> String {
     let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
     // Howard Hinnant's days-to-civil algorithm.
     let z = days + 719_468;
@@ -41,5 +51,14 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_884_245)),
             "2026-11-28T16:44:05Z"
         );
+        assert_eq!(
+            rfc3339_of_micros(1_796_593_606_473_941),
+            "2026-12-06T21:46:46Z"
+        );
+        assert_eq!(rfc3339_of_micros(-1), "1969-12-31T23:59:59Z");
+        // Whatever a host says, a text comes out (no overflow, no panic).
+        for extreme in [i64::MIN, i64::MAX] {
+            assert!(rfc3339_of_micros(extreme).ends_with('Z'));
+        }
     }
 }

@@ -330,7 +330,7 @@ impl Remote<'_> {
     }
 
     /// Every backup the host keeps, numbered from 1 (the newest); contents are secrets.
-    pub fn read_backups(&self) -> Result<Vec<(u32, SecretString)>, HostError> {
+    pub fn read_backups(&self) -> Result<Vec<Backup>, HostError> {
         let target = self.target;
         let output = self.run(&read_backups(self.service), &[])?;
         parse_backups(&output.stdout).ok_or_else(|| {
@@ -418,26 +418,43 @@ pub(crate) fn parse_current(stdout: &[u8]) -> Option<Current> {
     }
 }
 
-/// `backup N BYTES` headers, each followed by exactly BYTES bytes.
-pub(crate) fn parse_backups(mut stdout: &[u8]) -> Option<Vec<(u32, SecretString)>> {
+/// One backup a host keeps: its number (1 = the newest), when it was written
+/// at the target (its modification time, in microseconds since the epoch),
+/// and its bytes, which are secrets.
+pub struct Backup {
+    pub number: u32,
+    pub written_us: i64,
+    pub content: SecretString,
+}
+
+/// `backup N BYTES SECONDS.MICROS` headers, each followed by exactly BYTES
+/// bytes; anything else (a field more or less, a number that is no number)
+/// and the whole answer is refused.
+pub(crate) fn parse_backups(mut stdout: &[u8]) -> Option<Vec<Backup>> {
     let mut backups = Vec::new();
     while !stdout.is_empty() {
         let newline = stdout.iter().position(|b| *b == b'\n')?;
         let header = std::str::from_utf8(&stdout[..newline]).ok()?;
-        let mut fields = header.split_whitespace();
-        let (Some("backup"), Some(n), Some(bytes), None) =
-            (fields.next(), fields.next(), fields.next(), fields.next())
-        else {
+        let mut fields = header.split(' ');
+        let (Some("backup"), Some(n), Some(bytes), Some(written), None) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
             return None;
         };
-        let (n, bytes) = (n.parse::<u32>().ok()?, bytes.parse::<usize>().ok()?);
+        let (number, bytes) = (n.parse::<u32>().ok()?, bytes.parse::<usize>().ok()?);
+        let written_us = micros(written)?;
         // A length the host chose: no add may overflow.
         let end = (newline + 1).checked_add(bytes)?;
         let body = stdout.get(newline + 1..end)?;
-        backups.push((
-            n,
-            SecretString::from(String::from_utf8(body.to_vec()).ok()?),
-        ));
+        backups.push(Backup {
+            number,
+            written_us,
+            content: SecretString::from(String::from_utf8(body.to_vec()).ok()?),
+        });
         stdout = &stdout[end..];
     }
     Some(backups)
@@ -533,15 +550,41 @@ mod tests {
 
     #[test]
     fn backups_are_split_by_their_byte_counts() {
-        let backups =
-            parse_backups(b"backup 1 6\nA=\"1\"\nbackup 3 0\nbackup 4 8\nB=\"x\ny\"\n").unwrap();
-        let seen: Vec<(u32, &str)> = backups
+        let backups = parse_backups(
+            b"backup 1 6 1796593606.473941\nA=\"1\"\nbackup 3 0 7.5\nbackup 4 8 0.000001\nB=\"x\ny\"\n",
+        )
+        .unwrap();
+        let seen: Vec<(u32, i64, &str)> = backups
             .iter()
-            .map(|(n, c)| (*n, c.expose_secret()))
+            .map(|b| (b.number, b.written_us, b.content.expose_secret()))
             .collect();
-        assert_eq!(seen, [(1, "A=\"1\"\n"), (3, ""), (4, "B=\"x\ny\"\n")]);
-        assert!(parse_backups(b"backup 1 99\nshort").is_none());
-        assert!(parse_backups(b"backup 1 18446744073709551615\nx").is_none());
+        assert_eq!(
+            seen,
+            [
+                (1, 1_796_593_606_473_941, "A=\"1\"\n"),
+                (3, 7_500_000, ""),
+                (4, 1, "B=\"x\ny\"\n")
+            ]
+        );
+        assert!(parse_backups(b"backup 1 99 1.0\nshort").is_none());
+        assert!(parse_backups(b"backup 1 18446744073709551615 1.0\nx").is_none());
         assert_eq!(parse_backups(b"").unwrap().len(), 0);
+        // The header has one grammar: the time is required, nothing may follow
+        // it, one space between fields, and a time must be a number.
+        for header in [
+            &b"backup 1 0\n"[..],
+            b"backup 1 0 1.0 extra\n",
+            b"backup  1 0 1.0\n",
+            b"backup 1 0 1.0 \n",
+            b"backup 1 0 one\n",
+            b"backup 1 0 99999999999999999999.0\n",
+            b"backup 1 0 1.x\n",
+        ] {
+            assert!(
+                parse_backups(header).is_none(),
+                "{}",
+                String::from_utf8_lossy(header)
+            );
+        }
     }
 }

@@ -516,6 +516,20 @@ if (suite == 'offline') {
         assert rollback.audit.by == 'carol'
         // --to reaches the binary through the environment, never the script text.
         assert p.callsOf('withEnv').any { it.args*.toString().contains('HOSTENV_TO=2') }
+
+        // A backups listing binds the key alone too, and prints each backup.
+        def listing = [current: [writtenAt: '2026-12-06T21:00:00Z', fingerprints: [JWT_SECRET: 'aa']],
+                       kept: [[number: 1, writtenAt: '2026-12-05T10:00:00Z',
+                               keys: [added: [], removed: ['OTEL_API_KEY'], changed: ['JWT_SECRET'], unchanged: 3],
+                               fingerprints: [JWT_SECRET: 'bb']]]]
+        fake = fakeBinary('hostenv-backups', ['hostenv/v1'],
+            [ok: true, exitCode: 0, hosts: [[host: 'api-1', status: 'listed', backups: listing]], error: null], 0)
+        p = pinning(withContracts(pipeline(store)), fake)
+        result = p.run("return hostenvBackups(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '${fake}')")
+        assert result.hosts*.status == ['listed']
+        assert p.callsOf('withCredentials').first().args*.credentialsId == ['vox-production-deploy-key']
+        assert p.log.toString().contains('    now: written 2026-12-06T21:00:00Z\n')
+        assert p.log.toString().contains('    backup 1, written 2026-12-05T10:00:00Z: removes OTEL_API_KEY; changes JWT_SECRET\n')
     }
 
     test('a credential map another library shadows is its own error') {
@@ -864,6 +878,17 @@ if (suite == 'testbed') {
         assert last.audit.by == 'alice'
         assertNothingLeaked(p)
         assertNothingLeaked(after)
+    }
+
+    test('hostenvBackups lists what each backup would change, binding only the SSH key') {
+        def p = pipeline(store.first)
+        def listed = deploy(p, 'hostenvBackups', [:])
+        assert listed.ok == true && listed.hosts*.status.every { it == 'listed' }
+        // The hosts hold the first generation; a backup holds the second.
+        assert listed.hosts.every { host -> host.backups.kept.any { 'JWT_SECRET' in it.keys.changed } }
+        assert p.callsOf('withCredentials').first().args*.credentialsId == ['testbed-key']
+        assert p.log.toString() =~ /(?m)^    backup 1, written \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ: /
+        assertNothingLeaked(p)
     }
 
     test('exit 1: a deploy whose health check fails is rolled back and fails the build') {

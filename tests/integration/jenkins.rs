@@ -120,7 +120,7 @@ pub(crate) fn steps_on_the_testbed(deployer: &Deployer, hosts: &[&TestHost]) {
     let out = groovy("testbed", &[("TESTBED_JSON", config.to_string())]);
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        4,
+        5,
         "{out}"
     );
     for host in hosts {

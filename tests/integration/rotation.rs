@@ -576,6 +576,41 @@ fn rotation_rollback_restores_every_file_byte_for_byte(deployer: &Deployer, host
     assert_eq!(window_files(testbed, hosts), after_deploy);
     assert_attached_with(hosts, "r3");
 
+    // Before choosing: every host of both services lists its backups. The
+    // newest holds the old VOXCORE_SECRET on all three hosts, which one
+    // keyed fingerprint shows across the services, and the current files
+    // all hold another.
+    let listed = run(deployer, &["backups"], &request, &BTreeMap::new());
+    assert_eq!(listed.code, 0, "{}", listed.stdout);
+    let result = listed.json();
+    assert_eq!(
+        statuses(&result),
+        strings(&[&["listed", "listed"], &["listed"]])
+    );
+    let entries: Vec<&Value> = result["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| d["hosts"].as_array().unwrap())
+        .collect();
+    let fingerprints = |pointer: &str| -> Vec<&Value> {
+        entries
+            .iter()
+            .map(|host| host.pointer(pointer).unwrap_or(&Value::Null))
+            .collect()
+    };
+    let old = fingerprints("/backups/kept/0/fingerprints/VOXCORE_SECRET");
+    let now = fingerprints("/backups/current/fingerprints/VOXCORE_SECRET");
+    assert!(old[0].is_string() && now[0].is_string(), "{result}");
+    assert!(old.iter().all(|f| *f == old[0]), "{result}");
+    assert!(now.iter().all(|f| *f == now[0]), "{result}");
+    assert_ne!(old[0], now[0]);
+    assert_eq!(
+        window_files(testbed, hosts),
+        after_deploy,
+        "a listing writes nothing"
+    );
+
     // No secret is bound: a rollback puts back files the hosts already hold.
     let rollback = run(deployer, &["rollback"], &request, &BTreeMap::new());
     assert_eq!(rollback.code, 0, "{}\n{}", rollback.stdout, rollback.stderr);

@@ -84,7 +84,7 @@ fn version_json_lists_the_supported_api_version() {
     let version = run.json();
     assert_eq!(version["apiVersions"], serde_json::json!(["hostenv/v1"]));
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(version["hostProtocol"], 5);
+    assert_eq!(version["hostProtocol"], hostenv::host::PROTOCOL);
     let schema: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("schema/version.schema.json")).unwrap(),
     )

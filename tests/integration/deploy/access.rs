@@ -186,6 +186,17 @@ pub(crate) fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&
         assert_eq!(meta, "voxbridge:voxbridge 600");
         assert_eq!(bytes, expected_voxbridge_file(&next));
     }
+    // The same rules let it list the backups (a shared lock, a read).
+    let listed = deployer.run("backups", &request, &BTreeMap::new());
+    assert_eq!(listed.code, 0, "{}", listed.stdout);
+    let result = listed.json();
+    assert_eq!(statuses(&result), ["listed", "listed"]);
+    for host in result["hosts"].as_array().unwrap() {
+        let newest = &host["backups"]["kept"][0];
+        assert_eq!(newest["number"], 1, "{host}");
+        assert!(newest["writtenAt"].as_str().unwrap().ends_with('Z'), "{host}");
+        assert!(!newest["keys"]["changed"].as_array().unwrap().is_empty(), "{host}");
+    }
 
     // The rules are narrow: nothing but those exact command lines.
     let anything = testbed.sh(hosts[0], "su -s /bin/sh deploy -c 'sudo -n /bin/sh -c id'");

@@ -301,6 +301,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(plan_reports_what_a_deploy_then_changes_and_writes_nothing),
     scenario!(a_deploy_refuses_when_the_reviewed_plan_no_longer_holds),
     scenario!(a_failing_canary_stops_the_rollout),
+    scenario!(backups_lists_what_each_backup_would_change),
     scenario!(exceeding_max_failed_stops_further_batches),
     scenario!(slow_batches_keep_the_waiting_hosts_locks),
     scenario!(the_audit_log_records_each_attempt_without_values),

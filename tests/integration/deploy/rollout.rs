@@ -95,6 +95,127 @@ pub(super) fn rollback_puts_back_a_backup_without_secrets_bound(
     assert_eq!(host_files(testbed, &[host]), before);
 }
 
+/// `backups` lists, per host, what putting each backup back would change,
+/// binding no secret and writing nothing; `rollback --to N` with an N one
+/// host lacks touches no host.
+pub(super) fn backups_lists_what_each_backup_would_change(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let request = voxbridge_request(testbed, hosts, "root", json!({"allowSharedChange": true}));
+    let mut debug = request.clone();
+    debug["env"]["LOG_LEVEL"] = json!({"value": "debug"});
+    let (one, two) = (secrets("listed-one"), secrets("listed-two"));
+    assert_eq!(deployer.run("deploy", &request, &one).code, 0);
+    assert_eq!(deployer.run("deploy", &request, &two).code, 0);
+    assert_eq!(deployer.run("deploy", &debug, &two).code, 0);
+    let before: Vec<String> = hosts
+        .iter()
+        .map(|h| directories_exactly(testbed, h))
+        .collect();
+
+    let run = deployer.run("backups", &request, &BTreeMap::new());
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let result = run.json();
+    assert_eq!(result["action"], "backups");
+    assert_eq!(statuses(&result), ["listed", "listed", "listed"]);
+    assert_eq!(result["summary"]["listed"], 3);
+    let every: Vec<String> = one.values().chain(two.values()).cloned().collect();
+    assert_no_leak("stdout", &run.stdout, &every);
+    assert_no_leak("stderr", &run.stderr, &every);
+    for (index, host) in hosts.iter().enumerate() {
+        let listing = &result["hosts"][index]["backups"];
+        // Backup 1 is the second generation at LOG_LEVEL info: only that
+        // key differs from the current file. Backup 2, the first
+        // generation, differs in every secret too.
+        let kept = &listing["kept"];
+        assert_eq!(kept[0]["number"], 1);
+        assert_eq!(
+            kept[0]["keys"]["changed"],
+            json!(["LOG_LEVEL"]),
+            "{listing}"
+        );
+        assert_eq!(kept[0]["keys"]["unchanged"], 4);
+        assert_eq!(
+            kept[1]["keys"]["changed"],
+            json!(["JWT_SECRET", "LOG_LEVEL", "MONGODB_URI", "REDIS_URL"]),
+            "{listing}"
+        );
+        // Equal values, equal fingerprints: the two backups hold `info`.
+        let level = |pointer: &str| listing.pointer(pointer).unwrap().clone();
+        assert_eq!(
+            level("/kept/0/fingerprints/LOG_LEVEL"),
+            level("/kept/1/fingerprints/LOG_LEVEL")
+        );
+        assert_ne!(
+            level("/kept/0/fingerprints/LOG_LEVEL"),
+            level("/current/fingerprints/LOG_LEVEL")
+        );
+        // The host's own file times, to the second.
+        let times = testbed.sh_ok(
+            host,
+            "cd /var/lib/hostenv/voxbridge && for f in /opt/voxbridge/.env env.1 env.2; do \
+               date -u -d @$(stat -c %Y $f) +%Y-%m-%dT%H:%M:%SZ; done",
+        );
+        let times: Vec<&str> = times.lines().collect();
+        assert_eq!(
+            [
+                listing["current"]["writtenAt"].as_str().unwrap(),
+                kept[0]["writtenAt"].as_str().unwrap(),
+                kept[1]["writtenAt"].as_str().unwrap()
+            ],
+            times.as_slice()
+        );
+    }
+    // Across hosts too, within the one result.
+    assert_eq!(
+        result["hosts"][0]["backups"]["kept"][1]["fingerprints"]["JWT_SECRET"],
+        result["hosts"][2]["backups"]["kept"][1]["fingerprints"]["JWT_SECRET"]
+    );
+    assert!(run.stderr.contains("backup 1   written "), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(": changes LOG_LEVEL\n"),
+        "{}",
+        run.stderr
+    );
+    let after: Vec<String> = hosts
+        .iter()
+        .map(|h| directories_exactly(testbed, h))
+        .collect();
+    assert_eq!(after, before, "a listing writes nothing");
+
+    // One host without backup 2: a rollback to it touches no host at all.
+    testbed.sh_ok(hosts[2], "rm /var/lib/hostenv/voxbridge/env.2");
+    let before: Vec<String> = hosts
+        .iter()
+        .map(|h| directories_exactly(testbed, h))
+        .collect();
+    let run = deployer.run_args(&["rollback", "--to", "2"], &request, &BTreeMap::new());
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let result = run.json();
+    assert_eq!(statuses(&result), ["skipped", "skipped", "failed"]);
+    assert_eq!(result["hosts"][2]["error"]["kind"], "noBackup");
+    let skipped = result["hosts"][0]["error"]["message"].as_str().unwrap();
+    assert!(
+        skipped.contains("has no backup 2") && skipped.contains("hostenv backups"),
+        "{skipped}"
+    );
+    let after: Vec<String> = hosts
+        .iter()
+        .map(|h| directories_exactly(testbed, h))
+        .collect();
+    assert_eq!(after, before, "no host was touched");
+    let listed = deployer.run("backups", &request, &BTreeMap::new()).json();
+    let numbers: Vec<u64> = listed["hosts"][2]["backups"]["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["number"].as_u64().unwrap())
+        .collect();
+    assert!(!numbers.contains(&2) && numbers.contains(&1), "{numbers:?}");
+}
+
 /// `purgeBackupsOf` in a Deploy: after the new JWT_SECRET is verified, no
 /// backup keeps an older one; backups that agree with the new value stay.
 pub(super) fn a_deploy_purges_backups_holding_a_leaked_value(
@@ -246,9 +367,23 @@ pub(super) fn a_deploy_refuses_when_the_reviewed_plan_no_longer_holds(
     assert_eq!(statuses(&run.json()), ["deployed", "deployed", "deployed"]);
 }
 
+/// Every entry of the host's service and state directories, the directories
+/// themselves included: type, owner, mode, size, mtime to the nanosecond and,
+/// for files, a digest of the bytes.
+fn directories_exactly(testbed: &Testbed, host: &TestHost) -> String {
+    testbed.sh_ok(
+        host,
+        "for d in /opt/voxbridge /var/lib/hostenv/voxbridge; do \
+           find \"$d\" -printf '%p %y %U:%G %m %s %T@\\n' | sort; \
+           find \"$d\" -type f -exec sha256sum {} + | sort; \
+         done",
+    )
+}
+
 pub(super) fn a_failing_canary_stops_the_rollout(deployer: &Deployer, hosts: &[&TestHost]) {
     let testbed = deployer.testbed;
     let before = host_files(testbed, &hosts[1..]);
+    let skipped_before = directories_exactly(testbed, hosts[1]);
     let mut request = voxbridge_request(
         testbed,
         hosts,
@@ -283,6 +418,14 @@ pub(super) fn a_failing_canary_stops_the_rollout(deployer: &Deployer, hosts: &[&
         host_files(testbed, &hosts[1..]),
         before,
         "skipped hosts are untouched"
+    );
+    // Nothing was written there at all, not even a file staged and removed:
+    // a host outside the canary's batch is only locked and read until its
+    // batch starts.
+    assert_eq!(
+        directories_exactly(testbed, hosts[1]),
+        skipped_before,
+        "a skipped host's service and state directories are byte- and mtime-identical"
     );
     let canaries: Vec<String> = secrets("canary").values().cloned().collect();
     assert_no_leak(

@@ -370,7 +370,7 @@ fn a_symlinked_or_linked_target_is_refused_without_reading_it(
             "cp -p /opt/voxbridge/.env /var/lib/saved-env 2>/dev/null || true",
         );
         as_user(testbed, host, "voxbridge", &plant);
-        for action in ["plan", "deploy"] {
+        for action in ["plan", "backups", "deploy"] {
             let run = deployer.run(action, &request, &secrets("p3"));
             assert_eq!(run.code, 1, "{action} {plant}: {}", run.stdout);
             let (kind, message) = first_error(&run.json());
