@@ -76,7 +76,7 @@ pub enum Command {
         #[arg(long)]
         user: Option<String>,
     },
-    /// Print the JSON Schema of requests or results.
+    /// Print the JSON Schema of requests, results, the version document or a service catalog.
     Schema {
         #[arg(value_enum)]
         which: SchemaKind,
@@ -94,6 +94,19 @@ pub struct RequestFile {
     /// Read the request from FILE instead of stdin.
     #[arg(long, value_name = "FILE")]
     pub request: Option<PathBuf>,
+    /// The service catalog: FILE instead of the built-in one (the Jenkins steps pass the library's `io/hostenv/catalog.json`).
+    #[arg(long, value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+}
+
+impl RequestFile {
+    /// The catalog the run uses: `--catalog FILE`, else the built-in one.
+    fn catalog(&self) -> Result<Catalog> {
+        match &self.catalog {
+            Some(path) => Catalog::read(path),
+            None => Ok(Catalog::builtin()),
+        }
+    }
 }
 
 /// What every action that prints a result takes.
@@ -166,6 +179,8 @@ pub enum SchemaKind {
     Result,
     /// `hostenv version --json`.
     Version,
+    /// A service catalog (`--catalog FILE`).
+    Catalog,
 }
 
 /// What the process prints on stdout and exits with.
@@ -283,6 +298,7 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
                 SchemaKind::Request => schema::request_schema(),
                 SchemaKind::Result => schema::result_schema(),
                 SchemaKind::Version => schema::version_schema(),
+                SchemaKind::Catalog => crate::settings::catalog::schema(),
             };
             Outcome {
                 stdout: pretty(&schema),
@@ -337,8 +353,13 @@ fn test_features() -> Vec<&'static str> {
 }
 
 /// The sudo rules one deployment needs.
-fn deployment_rules(deployment: &Deployment, at: &str, user: Option<&str>) -> Result<String> {
-    let settings = Settings::from_request(deployment, at, &Catalog::builtin())?;
+fn deployment_rules(
+    deployment: &Deployment,
+    at: &str,
+    catalog: &Catalog,
+    user: Option<&str>,
+) -> Result<String> {
+    let settings = Settings::from_request(deployment, at, catalog)?;
     let user = user
         .map(str::to_string)
         .or_else(|| deployment.ssh.as_ref().and_then(|s| s.user.clone()))
@@ -354,8 +375,8 @@ fn deployment_rules(deployment: &Deployment, at: &str, user: Option<&str>) -> Re
 }
 
 /// One service's `/etc/hostenv/<service>.conf`, as `host-install` would write it.
-fn deployment_config(deployment: &Deployment, at: &str) -> Result<String> {
-    let settings = Settings::from_request(deployment, at, &Catalog::builtin())?;
+fn deployment_config(deployment: &Deployment, at: &str, catalog: &Catalog) -> Result<String> {
+    let settings = Settings::from_request(deployment, at, catalog)?;
     Ok(format!(
         "# {}/{}.conf\n{}",
         crate::host::CONFIG_DIR,
@@ -366,7 +387,9 @@ fn deployment_config(deployment: &Deployment, at: &str) -> Result<String> {
 
 /// `sudoers` and `host-install --print`: text per deployment on stdout.
 fn sudoers(args: &RequestFile, user: Option<&str>) -> Outcome {
-    per_deployment(args, Action::Sudoers, |d, at| deployment_rules(d, at, user))
+    per_deployment(args, Action::Sudoers, |d, at, catalog| {
+        deployment_rules(d, at, catalog, user)
+    })
 }
 
 fn host_configs(args: &RequestFile) -> Outcome {
@@ -376,26 +399,28 @@ fn host_configs(args: &RequestFile) -> Outcome {
 fn per_deployment(
     args: &RequestFile,
     action: Action,
-    text: impl Fn(&Deployment, &str) -> Result<String>,
+    text: impl Fn(&Deployment, &str, &Catalog) -> Result<String>,
 ) -> Outcome {
     let name = wire_name(&action);
-    let rules = intake::read_request(args.request.as_deref())
-        .and_then(|bytes| intake::parse_request(&bytes))
-        .and_then(|request| match request {
-            Request::Deploy(deployment) => text(&deployment, ""),
+    let rules = args.catalog().and_then(|catalog| {
+        let request = intake::read_request(args.request.as_deref())
+            .and_then(|bytes| intake::parse_request(&bytes))?;
+        match request {
+            Request::Deploy(deployment) => text(&deployment, "", &catalog),
             // One block per deployment: each service has its own paths and units.
             Request::Rotation(rotation) => rotation
                 .deployments
                 .iter()
                 .enumerate()
-                .map(|(index, d)| text(d, &format!("/deployments/{index}")))
+                .map(|(index, d)| text(d, &format!("/deployments/{index}"), &catalog))
                 .collect::<Result<Vec<String>>>()
                 .map(|blocks| blocks.join("\n")),
             other => Err(Error::WrongKind {
                 action: name.into(),
                 kind: other.kind().name().into(),
             }),
-        });
+        }
+    });
     match rules {
         Ok(rules) => Outcome {
             stdout: rules,
@@ -422,10 +447,11 @@ fn run_action(action: Action, args: &RequestArgs, flags: RunFlags, env: &dyn Env
             return finish(report, started, None);
         }
     }
-    let result = intake::read_request(args.file.request.as_deref()).and_then(|bytes| {
+    let result = args.file.catalog().and_then(|catalog| {
+        let bytes = intake::read_request(args.file.request.as_deref())?;
         let request = intake::parse_request(&bytes)?;
         let options = run_options(&flags, &bytes, env)?;
-        dispatch(action, &request, env, &options, &mut report)
+        dispatch(action, &request, env, &catalog, &options, &mut report)
     });
     if let Err(error) = result {
         report.fail(&error);
@@ -509,16 +535,16 @@ fn dispatch(
     action: Action,
     request: &Request,
     env: &dyn EnvLookup,
+    catalog: &Catalog,
     options: &RunOptions,
     report: &mut Report,
 ) -> Result<()> {
-    let catalog = Catalog::builtin();
     match (action, request) {
         (Action::Check, Request::Deploy(deployment)) => {
-            check::check_deploy(deployment, env, &catalog, options, report)
+            check::check_deploy(deployment, env, catalog, options, report)
         }
         (Action::Check, Request::Rotation(rotation)) => {
-            check::check_rotation(rotation, env, &catalog, options, report)
+            check::check_rotation(rotation, env, catalog, options, report)
         }
         (Action::Check, Request::BuildEnv(build)) => {
             build_env::prepare(build, env, report).map(|_| ())
@@ -531,7 +557,7 @@ fn dispatch(
             | Action::Rollback
             | Action::HostInstall,
             Request::Deploy(deployment),
-        ) => deploy::run(action, deployment, env, &catalog, options, report),
+        ) => deploy::run(action, deployment, env, catalog, options, report),
         (
             Action::Plan
             | Action::Drift
@@ -540,7 +566,7 @@ fn dispatch(
             | Action::Rollback
             | Action::HostInstall,
             Request::Rotation(rotation),
-        ) => deploy::run_rotation(action, rotation, env, &catalog, options, report),
+        ) => deploy::run_rotation(action, rotation, env, catalog, options, report),
         (Action::BuildEnv, Request::BuildEnv(build)) => {
             let rendered = build_env::prepare(build, env, report)?;
             build_env::write(&rendered, report)

@@ -13,7 +13,7 @@ import groovy.json.JsonOutput
 static final String API_VERSION = 'hostenv/v1'
 
 // The release this library is pinned to (the crate's version; a test keeps them
-// equal): a binary of another version, or built with another catalog, is refused.
+// equal): a binary of another version is refused.
 @groovy.transform.Field
 static final String BINARY_VERSION = '0.1.0'
 
@@ -22,6 +22,11 @@ static final String BINARY_VERSION = '0.1.0'
 @groovy.transform.Field
 static final String RESOURCES = 'io/hostenv'
 
+// The services this library deploys: every run hands it to the binary
+// (`--catalog`), so a team adds a service by editing its copy of the library,
+// never by building another binary. It comes from the library alone, never
+// from a workspace, because it names the paths root writes and the units root
+// restarts.
 @groovy.transform.Field
 static final String CATALOG = 'io/hostenv/catalog.json'
 
@@ -42,7 +47,6 @@ binary=$(command -v -- "$HOSTENV_BINARY") || exit 127
 if [ "$(sha256sum < "$binary" | cut -d' ' -f1)" != "$HOSTENV_PIN" ]; then
   echo "hostenv: $binary does not have the pinned SHA-256 (HOSTENV_SHA256)" >&2; exit 97
 fi
-printf '%s' "$HOSTENV_CATALOG" | sha256sum | cut -d' ' -f1 > "$HOSTENV_WORK/catalog.sha256"
 "$binary" version --json > "$HOSTENV_WORK/version.json"'''
 
 // Fetches the pinned release once per agent and version: the archive's
@@ -91,7 +95,8 @@ if [ "$(sha256sum < "$binary" | cut -d' ' -f1)" != "$HOSTENV_PIN" ]; then
 fi
 export HOSTENV_HOST_PROGRAM_SHA256="$HOSTENV_HOST_PIN"
 mkdir -p "$(dirname "$HOSTENV_JUNIT")"
-set --
+printf '%s' "$HOSTENV_CATALOG" > "$HOSTENV_WORK/catalog.json"
+set -- --catalog "$HOSTENV_WORK/catalog.json"
 if [ -n "${HOSTENV_TO:-}" ]; then set -- "$@" --to "$HOSTENV_TO"; fi
 if [ -n "${HOSTENV_PLAN_KEY_ENV:-}" ]; then set -- "$@" --plan-key-env "$HOSTENV_PLAN_KEY_ENV"; fi
 if [ -n "${HOSTENV_EXPECT_PLAN:-}" ]; then set -- "$@" --expect-plan "$HOSTENV_EXPECT_PLAN"; fi
@@ -251,7 +256,7 @@ Map deployment(String step, Map config) {
     expect(step, 'service', args.service, String, false)
     expect(step, 'hosts', args.hosts, List, false)
     def map = args.credentialMap != null ? args.credentialMap : credentialMap(args.service)
-    // The same catalog the binary embeds: its services need no target, restart or verify.
+    // The catalog every run hands the binary: its services need no target, restart or verify.
     def catalog = readJSON(text: libraryResource(CATALOG), returnPojo: true)
     return buildDeployment(step, args, map, catalog)
 }
@@ -655,6 +660,7 @@ Map execute(String action, Map request, List credentials, Map options) {
         def status
         withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_ACTION=${action}", "HOSTENV_WORK=${work}",
                  "HOSTENV_PIN=${pinned[0]}", "HOSTENV_HOST_PIN=${pinned[1]}", "HOSTENV_REQUEST=${text}",
+                 "HOSTENV_CATALOG=${libraryResource(CATALOG)}",
                  "HOSTENV_JUNIT=${pwd()}/${junitFile}", "HOSTENV_TO=${options.to ?: ''}",
                  "HOSTENV_UNBOUND=${unbound ? 'yes' : ''}",
                  "HOSTENV_PLAN_KEY_ENV=${options.planKeyEnv ?: ''}", "HOSTENV_EXPECT_PLAN=${options.expectPlan ?: ''}"]) {
@@ -743,14 +749,13 @@ Map lint(String path, List services, Map options) {
 
 /**
  * Fails before any credential is bound unless the binary has its pinned
- * SHA-256, runs, speaks this library's protocol, is the pinned version and
- * embeds the very catalog the library loads. Makes the scratch directory
- * (0700) on the way.
+ * SHA-256, runs, speaks this library's protocol and is the pinned version
+ * (the catalog is not the binary's: every run hands it the library's).
+ * Makes the scratch directory (0700) on the way.
  */
 void checkBinary(String action, String binary, String work, List pinned) {
     def status
-    withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_WORK=${work}", "HOSTENV_PIN=${pinned[0]}",
-             "HOSTENV_CATALOG=${libraryResource(CATALOG)}"]) {
+    withEnv(["HOSTENV_BINARY=${binary}", "HOSTENV_WORK=${work}", "HOSTENV_PIN=${pinned[0]}"]) {
         status = sh(script: VERSION_SCRIPT, returnStatus: true, label: 'hostenv version')
     }
     if (status == NOT_PINNED) {
@@ -771,10 +776,6 @@ void checkBinary(String action, String binary, String work, List pinned) {
     }
     if (version.version != BINARY_VERSION) {
         error("hostenv ${action}: the hostenv binary `${binary}` is version ${version.version}; this library is pinned to ${BINARY_VERSION}")
-    }
-    def catalog = 'sha256:' + readFile(file: "${work}/catalog.sha256").trim()
-    if (version.catalogDigest != catalog) {
-        error("hostenv ${action}: the hostenv binary `${binary}` embeds another service catalog (${version.catalogDigest}) than this library's (${catalog})")
     }
 }
 

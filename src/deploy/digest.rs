@@ -1,6 +1,7 @@
 //! The plan digest: an HMAC-SHA256, under a key the CI binds, of everything a
-//! deploy depends on — the request, each host's rendered file and each host's
-//! current file with its owner, mode and time. `plan` prints it; `deploy
+//! deploy depends on — the request, the service catalog it ran under, each
+//! host's rendered file and each host's current file with its owner, mode
+//! and time. `plan` prints it; `deploy
 //! --expect-plan` recomputes it after taking every lock and refuses, touching
 //! nothing, when it differs. Keyed, so it reveals nothing about the values.
 
@@ -20,15 +21,23 @@ pub struct HostState<'a> {
     pub current: &'a Current,
 }
 
-pub fn compute(key: &SecretString, request: &Value, hosts: &[HostState]) -> String {
+/// The digest of `request` run under the catalog whose digest is `catalog`.
+pub fn compute(
+    key: &SecretString,
+    (request, catalog): (&Value, &str),
+    hosts: &[HostState],
+) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes())
         .expect("HMAC takes keys of any length");
     let mut field = |bytes: &[u8]| {
         mac.update(&(bytes.len() as u64).to_be_bytes());
         mac.update(bytes);
     };
-    field(b"hostenv plan digest v1");
+    field(b"hostenv plan digest v2");
     field(canonical(&without_audit(request)).as_bytes());
+    // The catalog decides paths, owners, units and checks: a plan reviewed
+    // under one catalog is not the plan of a run under another.
+    field(catalog.as_bytes());
     for host in hosts {
         field(host.host.as_bytes());
         field(host.rendered.expose_secret().as_bytes());
@@ -123,7 +132,7 @@ mod tests {
                 rendered: &rendered,
                 current,
             }];
-            compute(key, &request, &hosts)
+            compute(key, (&request, "sha256:catalog-one"), &hosts)
         };
         let base = digest(json!({"a": 1, "b": 2}), &now, &key);
         assert!(base.starts_with(PREFIX));
@@ -133,6 +142,18 @@ mod tests {
         assert_ne!(base, digest(json!({"a": 1, "b": 2}), &absent, &key));
         let other = SecretString::from("j".to_string());
         assert_ne!(base, digest(json!({"a": 1, "b": 2}), &now, &other));
+        // Another catalog is another plan.
+        let hosts = [HostState {
+            host: "h",
+            rendered: &rendered,
+            current: &now,
+        }];
+        let elsewhere = compute(
+            &key,
+            (&json!({"a": 1, "b": 2}), "sha256:catalog-two"),
+            &hosts,
+        );
+        assert_ne!(base, elsewhere);
         // Who approved it and which build runs it are not part of what is deployed.
         let approved = json!({"a": 1, "b": 2, "audit": {"by": "bob"}});
         assert_eq!(base, digest(approved, &now, &key));

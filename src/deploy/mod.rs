@@ -274,7 +274,12 @@ pub fn run(
     let inputs = RunInputs::new(action, (env, catalog, options), started, services, false);
     let context = Context::new(&inputs, 0, deployment, "", prepared)?;
     let mut runs = context.host_runs();
-    open(&mut runs, context.rollout.parallel, options, report);
+    open(
+        &mut runs,
+        context.rollout.parallel,
+        (catalog, options),
+        report,
+    );
     match action {
         Action::Plan => in_parallel(&mut runs, context.rollout.parallel, HostRun::plan),
         Action::Drift => in_parallel(&mut runs, context.rollout.parallel, HostRun::drift),
@@ -333,7 +338,7 @@ pub fn run_rotation(
     let run_key = shared::RunKey::new()?;
     let mut runs: Vec<HostRun> = contexts.iter().flat_map(Context::host_runs).collect();
     let parallel = widest(&contexts);
-    open(&mut runs, parallel, options, report);
+    open(&mut runs, parallel, (catalog, options), report);
     let mut differences = false;
     match action {
         Action::Plan => in_parallel(&mut runs, parallel, HostRun::plan),
@@ -385,7 +390,12 @@ pub fn run_rotation(
 }
 
 /// Connects, locks and assesses every host, `parallel` at once, then checks `--expect-plan`.
-fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mut Report) {
+fn open(
+    runs: &mut [HostRun],
+    parallel: usize,
+    (catalog, options): (&Catalog, &RunOptions),
+    report: &mut Report,
+) {
     in_parallel(runs, parallel, HostRun::connect);
     if runs
         .first()
@@ -424,7 +434,7 @@ fn open(runs: &mut [HostRun], parallel: usize, options: &RunOptions, report: &mu
         return;
     };
     let action = runs.first().map(|run| run.context().action);
-    let digest = plan_digest(key, &options.request, runs);
+    let digest = plan_digest(key, (&options.request, catalog), runs);
     match (action, &options.expect_plan) {
         (Some(Action::Plan), _) => report.plan_digest = digest,
         (_, Some(expected)) if digest.as_ref() != Some(expected) => {
@@ -510,7 +520,7 @@ fn list_backups(runs: &mut [HostRun], parallel: usize) -> Result<()> {
 /// The digest over every host, or None when a host could not be read.
 fn plan_digest(
     key: &SecretString,
-    request: &serde_json::Value,
+    (request, catalog): (&serde_json::Value, &Catalog),
     runs: &[HostRun],
 ) -> Option<String> {
     let names: Vec<String> = runs.iter().map(HostRun::name).collect();
@@ -526,7 +536,7 @@ fn plan_digest(
             })
         })
         .collect();
-    states.map(|states| digest::compute(key, request, &states))
+    states.map(|states| digest::compute(key, (request, &catalog.digest), &states))
 }
 
 /// The lock file's note on who holds it: action, build, user, start time.

@@ -51,6 +51,10 @@ pub enum ErrorKind {
     InvalidSetting,
     /// A service outside the catalog lacks `target`, `restart` or `verify`.
     ServiceDefaultsMissing,
+    /// The service catalog given with `--catalog` cannot be used: unreadable,
+    /// over 1 MiB, not JSON, not the catalog schema, or a setting no deploy
+    /// could use; the message names the file and the field.
+    CatalogInvalid,
     /// The `.env.example` contract cannot be read.
     ContractUnreadable,
     /// The `.env.example` contract has a syntax error.
@@ -245,6 +249,12 @@ pub enum Error {
         path: String,
         reason: String,
     },
+    #[error("catalog `{origin}`{}: {reason}", if at.is_empty() { String::new() } else { format!(" at `{at}`") })]
+    CatalogInvalid {
+        origin: String,
+        at: String,
+        reason: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -308,6 +318,7 @@ impl Error {
             Error::BrandFileInvalid { .. } => ErrorKind::BrandFileInvalid,
             Error::OutputWriteFailed { .. } => ErrorKind::OutputWriteFailed,
             Error::OutputUnwritable { .. } => ErrorKind::OutputUnwritable,
+            Error::CatalogInvalid { .. } => ErrorKind::CatalogInvalid,
             Error::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -19,7 +19,7 @@ fn generator() -> SchemaGenerator {
 
 /// In a request an optional field is left out, never `null`: schemars allows
 /// `null` for every `Option`, so it is taken out again.
-fn without_null(value: &mut Value) {
+pub fn without_null(value: &mut Value) {
     match value {
         Value::Object(map) => {
             if let Some(Value::Array(types)) = map.get_mut("type") {
@@ -98,8 +98,9 @@ pub fn version_schema() -> Value {
     output_schema::<VersionReport>("version")
 }
 
-/// The schema of a document hostenv writes, as `urn:hostenv:v1:<name>`.
-fn output_schema<T: JsonSchema>(name: &str) -> Value {
+/// The schema of a document hostenv writes or reads besides requests, as
+/// `urn:hostenv:v1:<name>`.
+pub fn output_schema<T: JsonSchema>(name: &str) -> Value {
     let mut generator = generator();
     let mut body = T::json_schema(&mut generator).to_value();
     if let Value::Object(map) = &mut body {
@@ -136,14 +137,25 @@ pub fn validate_body(kind: Kind, body: &Value) -> Result<()> {
     let mut generator = generator();
     let mut schema = with_definitions(body_schema(kind, &mut generator).to_value(), generator);
     without_null(&mut schema);
+    match first_problem(schema, body)? {
+        None => Ok(()),
+        Some((pointer, message)) => {
+            Err(Error::invalid(ErrorKind::InvalidRequest, pointer, message))
+        }
+    }
+}
+
+/// The first problem of `document` against `schema` (with up to four more
+/// named in its words), or None when it conforms.
+pub fn first_problem(schema: Value, body: &Value) -> Result<Option<(String, String)>> {
     let validator = jsonschema::validator_for(&schema)
-        .map_err(|error| Error::Internal(format!("request schema does not compile: {error}")))?;
+        .map_err(|error| Error::Internal(format!("a schema does not compile: {error}")))?;
     let problems: Vec<Problem> = validator
         .iter_errors(body)
         .map(|e| describe(&e, &schema))
         .collect();
     let Some(first) = problems.first() else {
-        return Ok(());
+        return Ok(None);
     };
     let mut message = first.message.clone();
     if problems.len() > 1 {
@@ -163,11 +175,7 @@ pub fn validate_body(kind: Kind, body: &Value) -> Result<()> {
             message.push_str(&format!(" (and {} more)", problems.len() - 5));
         }
     }
-    Err(Error::invalid(
-        ErrorKind::InvalidRequest,
-        first.pointer.clone(),
-        message,
-    ))
+    Ok(Some((first.pointer.clone(), message)))
 }
 
 /// The known field closest to `name` where `keyword` (the failing

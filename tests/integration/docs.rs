@@ -185,7 +185,7 @@ fn schema_names(schema: &serde_json::Value, name: &str) -> Vec<String> {
             .iter()
             .find(|kind| kind["properties"]["kind"]["const"] == name)
             .unwrap_or_else(|| panic!("no request of kind {name}")),
-        "Result" | "Version" => schema,
+        "Result" | "Version" | "Catalog" => schema,
         _ => &schema["$defs"][name],
     };
     if let Some(properties) = object["properties"].as_object() {
@@ -216,7 +216,12 @@ fn the_protocol_reference_matches_the_schemas() {
         let path = repo_root().join(format!("schema/{which}.schema.json"));
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     };
-    let (request, result, version) = (schema("request"), schema("result"), schema("version"));
+    let (request, result, version, catalog) = (
+        schema("request"),
+        schema("result"),
+        schema("version"),
+        schema("catalog"),
+    );
     let mut documented = Vec::new();
     for section in page.split("<!-- schema: ").skip(1) {
         let (marker, rest) = section.split_once(" -->").unwrap();
@@ -239,6 +244,7 @@ fn the_protocol_reference_matches_the_schemas() {
             match which {
                 "request" => &request,
                 "version" => &version,
+                "catalog" => &catalog,
                 _ => &result,
             },
             name,
@@ -269,6 +275,7 @@ fn the_protocol_reference_matches_the_schemas() {
         "FindingKind",
         "SourceKind",
         "Version",
+        "Catalog",
     ] {
         assert!(
             documented.iter().any(|d| d == required),

@@ -194,8 +194,14 @@ pub(crate) fn the_deploy_user_works_through_sudo(deployer: &Deployer, hosts: &[&
     for host in result["hosts"].as_array().unwrap() {
         let newest = &host["backups"]["kept"][0];
         assert_eq!(newest["number"], 1, "{host}");
-        assert!(newest["writtenAt"].as_str().unwrap().ends_with('Z'), "{host}");
-        assert!(!newest["keys"]["changed"].as_array().unwrap().is_empty(), "{host}");
+        assert!(
+            newest["writtenAt"].as_str().unwrap().ends_with('Z'),
+            "{host}"
+        );
+        assert!(
+            !newest["keys"]["changed"].as_array().unwrap().is_empty(),
+            "{host}"
+        );
     }
 
     // The rules are narrow: nothing but those exact command lines.

@@ -1,5 +1,6 @@
 //! One host or three, end to end: the first deploy, a deploy that changes nothing, what refuses a host before anything is written.
 
+use crate::common::repo_root;
 use crate::testbed::{TestHost, Testbed};
 use pretty_assertions::assert_eq;
 use serde_json::json;
@@ -239,4 +240,124 @@ pub(crate) fn same_request_changes_nothing(deployer: &Deployer, hosts: &[&TestHo
         );
         assert_nothing_staged(testbed, host);
     }
+}
+
+/// Services are data: a fourth service, added to a copy of the catalog (as a
+/// team adds one to its copy of the library), deploys with the same binary.
+/// Without that catalog the request lacks the service's settings; a broken
+/// catalog is refused naming its field before any host is contacted.
+pub(super) fn a_service_added_to_the_catalog_deploys_with_the_same_binary(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let host = hosts[1];
+    // The host gets the service as a platform team would provision it: its
+    // user, its directory and its unit (the testbed's stand-in service).
+    testbed.sh_ok(
+        host,
+        "grep -q '^voxnotes:' /etc/passwd || { \
+           echo 'voxnotes:x:61004:61004::/opt/voxnotes:/usr/sbin/nologin' >> /etc/passwd; \
+           echo 'voxnotes:x:61004:' >> /etc/group; }; \
+         mkdir -p /opt/voxnotes && chown voxnotes:voxnotes /opt/voxnotes; \
+         sed -e 's/voxbridge/voxnotes/g' -e 's/TESTBED_PORT=8080/TESTBED_PORT=8095/' \
+             -e 's/TESTBED_REQUIRED=[^ ]*/TESTBED_REQUIRED=NOTES_TOKEN/' \
+             /etc/systemd/system/voxbridge.service > /etc/systemd/system/voxnotes.service; \
+         systemctl daemon-reload",
+    );
+    let mut catalog: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("resources/io/hostenv/catalog.json")).unwrap(),
+    )
+    .unwrap();
+    catalog["services"]["voxnotes"] = json!({
+        "description": "Notes: a fourth service, added as data",
+        "target": {"path": "/opt/voxnotes/.env", "owner": "voxnotes", "mode": "0600",
+                   "stateDir": "/var/lib/hostenv/voxnotes"},
+        "restart": {"units": ["voxnotes.service"], "timeoutMs": 20000},
+        "verify": [{"url": "http://{host}:8095/health", "intervalMs": 100, "deadlineMs": 8000, "consecutive": 2}]
+    });
+    let catalog_file = deployer.work.path().join("team-catalog.json");
+    std::fs::write(&catalog_file, catalog.to_string()).unwrap();
+    let catalog_arg = catalog_file.to_str().unwrap();
+    std::fs::write(
+        deployer.work.path().join("voxnotes.env.example"),
+        "NOTES_TOKEN=\nLOG_LEVEL=info\n",
+    )
+    .unwrap();
+    let request = json!({
+        "apiVersion": "hostenv/v1", "kind": "Deploy", "service": "voxnotes",
+        "contract": "voxnotes.env.example", "hosts": [host.addr],
+        "env": {"NOTES_TOKEN": {"secretEnv": "NOTES_TOKEN"}, "LOG_LEVEL": {"value": "info"}},
+        "ssh": testbed.ssh_settings("root")
+    });
+    let token = BTreeMap::from([(
+        "NOTES_TOKEN".to_string(),
+        "CANARY-notes-token-7c1e".to_string(),
+    )]);
+
+    // The built-in catalog does not know it: the request would need target, restart and verify.
+    let run = deployer.run("check", &request, &token);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    assert_eq!(run.json()["error"]["kind"], "serviceDefaultsMissing");
+
+    let run = deployer.run_args(&["deploy", "--catalog", catalog_arg], &request, &token);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(statuses(&run.json()), ["deployed"]);
+    assert_eq!(
+        file_on(testbed, host, "/opt/voxnotes/.env"),
+        (
+            "voxnotes:voxnotes 600".to_string(),
+            "# Managed by hostenv: edits on this host are overwritten by the next deploy.\n\
+             NOTES_TOKEN=\"CANARY-notes-token-7c1e\"\nLOG_LEVEL=\"info\"\n"
+                .to_string()
+        )
+    );
+    assert_eq!(
+        health(host, 8095, "/health")["fingerprints"]["NOTES_TOKEN"],
+        fingerprint("CANARY-notes-token-7c1e")
+    );
+    // The printed sudo rules and host configuration come from the same catalog.
+    let rules = run_hostenv(
+        &["sudoers", "--catalog", catalog_arg],
+        deployer.work.path(),
+        &BTreeMap::new(),
+        Some(request.to_string().as_bytes()),
+    );
+    assert_eq!(rules.code, 0, "{}", rules.stdout);
+    assert!(rules.stdout.contains("voxnotes"), "{}", rules.stdout);
+    let config = run_hostenv(
+        &["host-install", "--print", "--catalog", catalog_arg],
+        deployer.work.path(),
+        &BTreeMap::new(),
+        Some(request.to_string().as_bytes()),
+    );
+    assert!(
+        config.stdout.contains("path /opt/voxnotes/.env")
+            && config
+                .stdout
+                .contains("state-dir /var/lib/hostenv/voxnotes"),
+        "{}",
+        config.stdout
+    );
+
+    // A catalog whose service would write a relative path: refused, naming
+    // the field, before any connection.
+    catalog["services"]["voxnotes"]["target"]["path"] = json!("opt/voxnotes/.env");
+    std::fs::write(&catalog_file, catalog.to_string()).unwrap();
+    let before = file_on(testbed, host, "/opt/voxnotes/.env");
+    let run = deployer.run_args(&["deploy", "--catalog", catalog_arg], &request, &token);
+    assert_eq!(run.code, 2, "{}", run.stdout);
+    let error = &run.json()["error"];
+    assert_eq!(error["kind"], "catalogInvalid");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("team-catalog.json") && message.contains("/services/voxnotes/target/path"),
+        "{message}"
+    );
+    assert!(!run.stderr.contains("connect"), "{}", run.stderr);
+    assert_eq!(file_on(testbed, host, "/opt/voxnotes/.env"), before);
+    testbed.sh_ok(
+        host,
+        "systemctl stop voxnotes.service; rm -f /etc/systemd/system/voxnotes.service; systemctl daemon-reload",
+    );
 }

@@ -300,6 +300,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(the_key_can_come_as_base64_content),
     scenario!(plan_reports_what_a_deploy_then_changes_and_writes_nothing),
     scenario!(a_deploy_refuses_when_the_reviewed_plan_no_longer_holds),
+    scenario!(a_service_added_to_the_catalog_deploys_with_the_same_binary),
     scenario!(a_failing_canary_stops_the_rollout),
     scenario!(backups_lists_what_each_backup_would_change),
     scenario!(exceeding_max_failed_stops_further_batches),
