@@ -26,6 +26,10 @@ install -m 755 "$bin/hostenv" "$bin/hostenv-host" "$dist/$name/"
 install -m 644 README.md SECURITY.md CHANGELOG.md LICENSE "$dist/$name/"
 install -d "$dist/$name/docs"
 install -m 644 docs/*.md "$dist/$name/docs/"
+# Everything those pages link to, so that the archive reads on its own (a test
+# follows every relative link of the shipped pages inside the unpacked archive).
+install -m 644 BENCHMARKS.md CONTRIBUTING.md Jenkinsfile.example "$dist/$name/"
+git ls-files -z examples resources schema bench | tar --null -T - -cf - | tar -C "$dist/$name" -xf -
 mtime=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$mtime" \
   -C "$dist" -cf - "$name" | gzip -n -9 > "$dist/$name.tar.gz"

@@ -59,6 +59,9 @@ pub enum Command {
         /// Also write the findings as JUnit XML to FILE.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Leave out everything below DIR (relative to PATH), such as a test suite's deliberately broken fixtures; repeatable.
+        #[arg(long = "exclude", value_name = "DIR")]
+        exclude: Vec<String>,
     },
     /// Install the host program and each service's configuration on every host, as root (Deploy, Rotation).
     HostInstall {
@@ -287,7 +290,8 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
             path,
             credentials,
             junit,
-        } => lint(&path, &credentials, junit.as_deref()),
+            exclude,
+        } => lint(&path, &credentials, &exclude, junit.as_deref()),
         Command::HostInstall { request, print } if print => host_configs(&request.file),
         Command::HostInstall { request, .. } => {
             run_action(Action::HostInstall, &request, RunFlags::default(), env)
@@ -328,6 +332,7 @@ pub fn run(cli: Cli, env: &dyn EnvLookup) -> Outcome {
 fn lint(
     path: &std::path::Path,
     credentials: &[PathBuf],
+    excluded: &[String],
     junit: Option<&std::path::Path>,
 ) -> Outcome {
     let started = Instant::now();
@@ -338,7 +343,7 @@ fn lint(
             return finish(report, started, None);
         }
     }
-    if let Err(error) = crate::commands::lint::run(path, credentials, &mut report) {
+    if let Err(error) = crate::commands::lint::run(path, credentials, excluded, &mut report) {
         report.fail(&error);
     }
     finish(report, started, junit)
@@ -449,14 +454,31 @@ fn run_action(action: Action, args: &RequestArgs, flags: RunFlags, env: &dyn Env
     }
     let result = args.file.catalog().and_then(|catalog| {
         let bytes = intake::read_request(args.file.request.as_deref())?;
-        let request = intake::parse_request(&bytes)?;
+        let mut request = intake::parse_request(&bytes)?;
         let options = run_options(&flags, &bytes, env)?;
+        login_users(&mut request, env, options.ssh_unbound)?;
         dispatch(action, &request, env, &catalog, &options, &mut report)
     });
     if let Err(error) = result {
         report.fail(&error);
     }
     finish(report, started, args.junit.as_deref())
+}
+
+/// Every deployment's `ssh.userEnv` read into its `ssh.user`.
+fn login_users(request: &mut Request, env: &dyn EnvLookup, unbound: bool) -> Result<()> {
+    use crate::settings::ssh::resolve_user_env;
+    match request {
+        Request::Deploy(deployment) => resolve_user_env(deployment, "", env, unbound),
+        Request::Rotation(rotation) => {
+            for (index, deployment) in rotation.deployments.iter_mut().enumerate() {
+                let at = format!("/deployments/{index}");
+                resolve_user_env(deployment, &at, env, unbound)?;
+            }
+            Ok(())
+        }
+        Request::BuildEnv(_) => Ok(()),
+    }
 }
 
 /// Before anything else: an output file's directory is made if missing, and

@@ -174,7 +174,8 @@ static final Map COMMON_DEFAULTS = [binary: null, junit: true]
 static final Map DEPLOYMENT_DEFAULTS = [
     service: null, hosts: null, environment: null, contract: null,
     credentials: null, values: null, optional: null, credentialMap: null,
-    sshCredential: null, sshCertificate: null, sshUser: null, knownHosts: null, hostKeyPolicy: null,
+    sshCredential: null, sshCertificate: null, sshUser: null, knownHosts: null, knownHostsCredential: null,
+    hostKeyPolicy: null,
     sudo: null, jump: null, target: null, restart: null, restartForce: null,
     verify: null, rollout: null, rollbackOnFailure: null, allowSharedChange: null,
     purgeBackupsOf: null, deadlineMs: null,
@@ -248,21 +249,23 @@ String credentialMapText(String service) {
 Map deployment(String step, Map config) {
     // No default environment: a staging deploy must never bind production's credentials.
     def args = arguments(step, config, DEPLOYMENT_DEFAULTS, ['service', 'hosts', 'environment'])
-    // The hosts' keys come from a file the admin provisions, not the agent
-    // user's ~/.ssh/known_hosts, which every build on the agent can write.
-    if (!args.knownHosts && env?.HOSTENV_KNOWN_HOSTS) {
-        args.knownHosts = env.HOSTENV_KNOWN_HOSTS
-    }
     expect(step, 'service', args.service, String, false)
     expect(step, 'hosts', args.hosts, List, false)
     def map = args.credentialMap != null ? args.credentialMap : credentialMap(args.service)
     // The catalog every run hands the binary: its services need no target, restart or verify.
     def catalog = readJSON(text: libraryResource(CATALOG), returnPojo: true)
-    return buildDeployment(step, args, map, catalog)
+    return buildDeployment(step, args, map, catalog, env?.HOSTENV_KNOWN_HOSTS as String)
 }
 
+/**
+ * The deployment and its credentials from the step's arguments over the
+ * credential map's environment. The hosts' keys come from the step's
+ * `knownHosts` or `knownHostsCredential`, else the map's, else
+ * `agentKnownHosts` (HOSTENV_KNOWN_HOSTS, a file the admin provisions), never
+ * the agent user's ~/.ssh/known_hosts, which every build on the agent can write.
+ */
 @NonCPS
-Map buildDeployment(String step, Map args, Map map, Map catalog) {
+Map buildDeployment(String step, Map args, Map map, Map catalog, String agentKnownHosts = null) {
     def known = catalog.services.keySet()
     if (!known.contains(args.service) && (args.target == null || args.restart == null || args.verify == null)) {
         throw invalid("${step}: argument 'service': '${args.service}' is not in the library's catalog (${known.join(', ')}), so 'target', 'restart' and 'verify' are required")
@@ -286,6 +289,19 @@ Map buildDeployment(String step, Map args, Map map, Map catalog) {
     def optional = args.optional != null ? args.optional : (environment?.optional ?: [])
     def sshCredential = args.sshCredential ?: environment?.sshCredential
     def sshCertificate = args.sshCertificate ?: environment?.sshCertificate
+    def sshUser = args.sshUser ?: environment?.sshUser
+    def knownHosts = null
+    def knownHostsCredential = null
+    if (args.knownHosts || args.knownHostsCredential) {
+        (knownHosts, knownHostsCredential) = [args.knownHosts, args.knownHostsCredential]
+    } else if (environment?.knownHosts || environment?.knownHostsCredential) {
+        (knownHosts, knownHostsCredential) = [environment.knownHosts, environment.knownHostsCredential]
+    } else {
+        knownHosts = agentKnownHosts ?: null
+    }
+    if (knownHosts && knownHostsCredential) {
+        throw invalid("${step}: give 'knownHosts' (a file on the agent) or 'knownHostsCredential' (a secret file credential), not both")
+    }
 
     def env = [:]
     def bound = []
@@ -318,6 +334,14 @@ Map buildDeployment(String step, Map args, Map map, Map catalog) {
         ssh.identityFileEnv = variable
         // Bound empty when the key has no passphrase; hostenv reads that as none.
         ssh.passphraseEnv = variable + '_PASSPHRASE'
+        // The key credential's own username is the login user unless one is given.
+        if (!sshUser) { ssh.userEnv = variable + '_USERNAME' }
+    }
+    if (knownHostsCredential) {
+        // A known_hosts file kept as a secret file credential: bound for the run like the key.
+        def variable = variableFor(knownHostsCredential as String)
+        bound << [id: knownHostsCredential, type: 'file', variable: variable, ssh: true]
+        ssh.knownHostsFileEnv = variable
     }
     if (sshCertificate) {
         // An OpenSSH user certificate for the key, kept as a secret file credential.
@@ -325,8 +349,8 @@ Map buildDeployment(String step, Map args, Map map, Map catalog) {
         bound << [id: sshCertificate, type: 'file', variable: variable, ssh: true]
         ssh.certificateFileEnv = variable
     }
-    if (args.sshUser) { ssh.user = args.sshUser }
-    if (args.knownHosts) { ssh.knownHosts = args.knownHosts }
+    if (sshUser) { ssh.user = sshUser }
+    if (knownHosts) { ssh.knownHosts = knownHosts }
     if (args.hostKeyPolicy) { ssh.hostKeyPolicy = args.hostKeyPolicy }
     if (args.sudo) { ssh.sudo = args.sudo }
     if (args.jump) { ssh.jump = args.jump }
@@ -384,14 +408,14 @@ Map audit(def environment, String approvedBy) {
 
 /**
  * The pinned SHA-256s of the two programs, [hostenv, hostenv-host], from
- * HOSTENV_SHA256 and HOSTENV_HOST_SHA256 (their lines in the release's
+ * HOSTENV_SHA256 and HOSTENV_HOST_SHA256 (the hashes of their lines in the release's
  * SHA256SUMS); a step runs no program without them.
  */
 List pins(String action) {
     def hostenvPin = (env?.HOSTENV_SHA256 ?: '') as String
     def hostPin = (env?.HOSTENV_HOST_SHA256 ?: '') as String
     if (!(hostenvPin ==~ /[0-9a-f]{64}/) || !(hostPin ==~ /[0-9a-f]{64}/)) {
-        error("hostenv ${action}: set HOSTENV_SHA256 and HOSTENV_HOST_SHA256 to the SHA-256s of hostenv and hostenv-host (their lines in the release's SHA256SUMS): every step checks both programs before it runs one; nothing was bound")
+        error("hostenv ${action}: set HOSTENV_SHA256 and HOSTENV_HOST_SHA256 to the SHA-256s of hostenv and hostenv-host (the hashes alone, the first field of their lines in the release's SHA256SUMS): every step checks both programs before it runs one; nothing was bound")
     }
     return [hostenvPin, hostPin]
 }
@@ -457,8 +481,10 @@ static final List REPOSITORY_SETTINGS = ['contract', 'optional', 'rollout', 'res
 @groovy.transform.Field
 static final Map REPOSITORY_REFUSED = [
     hosts: 'the step\'s `hosts` argument', jump: 'the step\'s `jump` argument',
-    knownHosts: 'the step\'s `knownHosts` argument or HOSTENV_KNOWN_HOSTS',
-    hostKeyPolicy: 'the step\'s `hostKeyPolicy` argument', sshUser: 'the step\'s `sshUser` argument',
+    knownHosts: 'the library\'s credential map, the step\'s `knownHosts` argument or HOSTENV_KNOWN_HOSTS',
+    knownHostsCredential: 'the library\'s credential map or the step\'s `knownHostsCredential` argument',
+    hostKeyPolicy: 'the step\'s `hostKeyPolicy` argument',
+    sshUser: 'the library\'s credential map or the step\'s `sshUser` argument',
     sudo: 'the step\'s `sudo` argument', target: 'the step\'s `target` argument',
     allowSharedChange: 'the step\'s `allowSharedChange` argument',
     credentials: 'the library\'s credential map', credentialMap: 'the library\'s credential map',
@@ -471,8 +497,8 @@ static final Map REPOSITORY_REFUSED = [
 void requireKnownHosts(String step, Map request) {
     def deployments = request.kind == 'Rotation' ? request.deployments : [request]
     for (def deployment : deployments) {
-        if (!deployment.ssh?.knownHosts) {
-            throw invalid("${step}: no known_hosts for '${deployment.service}': give the step `knownHosts:` or set HOSTENV_KNOWN_HOSTS, a file the admin provisions (the agent user's ~/.ssh/known_hosts is writable by every build on the agent)")
+        if (!deployment.ssh?.knownHosts && !deployment.ssh?.knownHostsFileEnv) {
+            throw invalid("${step}: no known_hosts for '${deployment.service}': set 'knownHosts' (a file on the agent) or 'knownHostsCredential' (a secret file credential) in the credential map's environment or the step, or HOSTENV_KNOWN_HOSTS, a file the admin provisions (the agent user's ~/.ssh/known_hosts is writable by every build on the agent)")
         }
     }
 }
@@ -587,6 +613,29 @@ Map buildRequest(String step, Map config, Map own) {
     return [request: request, credentials: credentials, args: args]
 }
 
+/**
+ * `hostenvRequest`: the request a step with these arguments would send,
+ * written to `output` in the workspace (pretty JSON) and returned. Secrets
+ * are in it only as references (the variables their credentials would be
+ * bound to), so it is no secret itself; nothing is bound and no program runs.
+ * It is what `hostenv sudoers` and `hostenv host-install` need on the hosts:
+ * the same service, environment and settings as the real run.
+ */
+Map writeRequest(String step, Map config) {
+    def built = checked {
+        def rest = [:] + config
+        def output = rest.remove('output')
+        if (!(output instanceof String) || !(output ==~ /[A-Za-z0-9._\/-]+\.json/) || output.startsWith('/') || output.split('/').contains('..')) {
+            throw invalid("${step}: argument 'output' must be a relative path in the workspace ending in .json (letters, digits, '.', '_', '-', '/'; no '..')")
+        }
+        return [output: output] + buildRequest(step, rest, [:])
+    }
+    writeFile(file: built.output, text: JsonOutput.prettyPrint(JsonOutput.toJson(built.request)) + '\n')
+    def services = built.request.kind == 'Rotation' ? built.request.deployments*.service : [built.request.service]
+    echo("hostenvRequest: wrote ${built.output} (${built.request.kind} of ${services.join(', ')}): run `hostenv sudoers --request ${built.output}` and, as root, `hostenv host-install --request ${built.output}` with the library's catalog (--catalog resources/io/hostenv/catalog.json)")
+    return built.request
+}
+
 /** A BuildEnv request: every value a literal. */
 @NonCPS
 Map buildEnvRequest(Map args) {
@@ -696,7 +745,7 @@ List variablesOf(Map credential) {
         return [credential.variable + '_USERNAME', credential.variable + '_PASSWORD']
     }
     if (credential.type == 'sshUserPrivateKey') {
-        return [credential.variable, credential.variable + '_PASSPHRASE']
+        return [credential.variable, credential.variable + '_PASSPHRASE', credential.variable + '_USERNAME']
     }
     return [credential.variable]
 }
@@ -802,7 +851,8 @@ def credentialBinding(Map credential) {
                                 passwordVariable: credential.variable + '_PASSWORD')
     }
     return sshUserPrivateKey(credentialsId: credential.id, keyFileVariable: credential.variable,
-                             passphraseVariable: credential.variable + '_PASSPHRASE')
+                             passphraseVariable: credential.variable + '_PASSPHRASE',
+                             usernameVariable: credential.variable + '_USERNAME')
 }
 
 /** Publishes the JUnit file, echoes a summary, and ends the step as the exit code says. */

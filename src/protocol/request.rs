@@ -213,9 +213,13 @@ impl HostSpec {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Ssh {
-    /// Login user (default root).
+    /// Login user (default: the user `userEnv` names, else root).
     #[serde(default)]
     pub user: Option<String>,
+    /// The NAME of an environment variable holding the login user, used when `user` is not set
+    /// (Jenkins binds an `sshUserPrivateKey` credential's username so).
+    #[serde(default)]
+    pub user_env: Option<String>,
     /// Port (default 22).
     #[serde(default)]
     #[schemars(range(min = 1, max = 65535))]
@@ -226,6 +230,10 @@ pub struct Ssh {
     /// The NAME of an environment variable holding base64 known_hosts content (Bitbucket).
     #[serde(default)]
     pub known_hosts_env: Option<String>,
+    /// The NAME of an environment variable holding the path of a known_hosts file (a Jenkins
+    /// secret file credential).
+    #[serde(default)]
+    pub known_hosts_file_env: Option<String>,
     /// `strict` (default): only known keys; `acceptNew`: record a key for a host with no entry at all.
     #[serde(default)]
     pub host_key_policy: Option<HostKeyPolicy>,

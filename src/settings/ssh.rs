@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::protocol::error::{Error, ErrorKind, Result};
-use crate::protocol::request::{HostKeyPolicy, Ssh};
+use crate::protocol::request::{Deployment, HostKeyPolicy, Ssh};
 use crate::settings::certificate::Certificate;
 use crate::settings::known_hosts::{check_known_hosts, read_known_hosts};
 use crate::settings::secret::{self, EnvLookup, ExposeSecret, SecretString};
@@ -78,6 +78,8 @@ enum CertificateSource<'a> {
 
 enum KnownHostsSource<'a> {
     File(&'a str),
+    /// The NAME of a variable holding a known_hosts file's path.
+    FileEnv(&'a str),
     Content(&'a str),
     Default,
 }
@@ -119,16 +121,21 @@ impl<'a> Sources<'a> {
                 ))
             }
         };
-        let known_hosts = match (&ssh.known_hosts, &ssh.known_hosts_env) {
-            (Some(_), Some(_)) => {
+        let known_hosts = match (
+            &ssh.known_hosts,
+            &ssh.known_hosts_file_env,
+            &ssh.known_hosts_env,
+        ) {
+            (Some(path), None, None) => KnownHostsSource::File(path),
+            (None, Some(name), None) => KnownHostsSource::FileEnv(name),
+            (None, None, Some(name)) => KnownHostsSource::Content(name),
+            (None, None, None) => KnownHostsSource::Default,
+            _ => {
                 return Err(invalid(
                     "/knownHostsEnv",
-                    "set at most one of `knownHosts` and `knownHostsEnv`",
+                    "set at most one of `knownHosts`, `knownHostsFileEnv` and `knownHostsEnv`",
                 ))
             }
-            (Some(path), None) => KnownHostsSource::File(path),
-            (None, Some(name)) => KnownHostsSource::Content(name),
-            (None, None) => KnownHostsSource::Default,
         };
         Ok(Sources {
             auth,
@@ -158,6 +165,7 @@ fn bastion(ssh: &Ssh, at: &str) -> Result<Option<(Ssh, HostSettings)>> {
     if jump.known_hosts.is_some() || jump.known_hosts_env.is_some() {
         own.known_hosts = jump.known_hosts.clone();
         own.known_hosts_env = jump.known_hosts_env.clone();
+        own.known_hosts_file_env = None;
     }
     let user = own
         .user
@@ -170,6 +178,43 @@ fn bastion(ssh: &Ssh, at: &str) -> Result<Option<(Ssh, HostSettings)>> {
         instances: None,
     };
     Ok(Some((own, host)))
+}
+
+/// `ssh.userEnv`: the login user from a variable, when `ssh.user` is not set
+/// (Jenkins binds an `sshUserPrivateKey` credential's username so, and that
+/// username is then the default user). Resolved into `ssh.user` before
+/// anything else reads the deployment. A run in which no SSH credential is
+/// bound (`check --ssh-unbound`) connects nowhere and reads no such variable.
+pub fn resolve_user_env(
+    deployment: &mut Deployment,
+    at: &str,
+    env: &dyn EnvLookup,
+    unbound: bool,
+) -> Result<()> {
+    let Some(ssh) = deployment.ssh.as_mut() else {
+        return Ok(());
+    };
+    let Some(name) = ssh.user_env.clone() else {
+        return Ok(());
+    };
+    if ssh.user.is_some() || unbound {
+        return Ok(());
+    }
+    let field = format!("{at}/ssh/userEnv");
+    let value = env
+        .get(&name)
+        .and_then(|value| value.into_string().ok())
+        .filter(|value| !value.is_empty())
+        .ok_or_else(|| {
+            Error::invalid(
+                ErrorKind::InvalidSetting,
+                &field,
+                format!("environment variable `{name}` is not set: it holds the login user"),
+            )
+        })?;
+    account_named(&value, &field)?;
+    ssh.user = Some(value);
+    Ok(())
 }
 
 /// Checks what `SshConfig::from_request` would reject without reading the
@@ -291,6 +336,17 @@ impl SshConfig {
         };
         let known_hosts = match sources.known_hosts {
             KnownHostsSource::File(path) => KnownHosts::File(known_hosts_file(path, at)?),
+            KnownHostsSource::FileEnv(name) => {
+                let path = variable("knownHostsFileEnv", name)?;
+                let path = PathBuf::from(path.expose_secret());
+                read_known_hosts(&path).map_err(|problem| {
+                    invalid(
+                        "knownHostsFileEnv",
+                        format!("the file named by `{name}`: {problem}"),
+                    )
+                })?;
+                KnownHosts::File(path)
+            }
             KnownHostsSource::Content(name) => {
                 let content = decoded("knownHostsEnv", name, "base64 known_hosts content")?;
                 check_known_hosts(&content).map_err(|problem| {
@@ -319,5 +375,84 @@ impl SshConfig {
             io_timeout: Duration::from_millis(ssh.io_timeout_ms.unwrap_or(DEFAULT_IO_TIMEOUT_MS)),
             jump,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn deployment(ssh: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "service": "voxbridge", "contract": "c", "hosts": ["h"], "env": {}, "ssh": ssh
+        }))
+        .unwrap()
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_login_user_comes_from_user_env_unless_user_is_set() {
+        let mut d = deployment(serde_json::json!({"userEnv": "KEY_USERNAME"}));
+        resolve_user_env(&mut d, "", &env(&[("KEY_USERNAME", "deploy")]), false).unwrap();
+        assert_eq!(d.ssh.as_ref().unwrap().user.as_deref(), Some("deploy"));
+
+        let mut d = deployment(serde_json::json!({"user": "ops", "userEnv": "KEY_USERNAME"}));
+        resolve_user_env(&mut d, "", &env(&[("KEY_USERNAME", "deploy")]), false).unwrap();
+        assert_eq!(d.ssh.as_ref().unwrap().user.as_deref(), Some("ops"));
+
+        // Not bound in a check that binds no SSH credential: nothing to read.
+        let mut d = deployment(serde_json::json!({"userEnv": "KEY_USERNAME"}));
+        resolve_user_env(&mut d, "", &env(&[]), true).unwrap();
+        assert_eq!(d.ssh.as_ref().unwrap().user, None);
+
+        for (value, says) in [
+            (None, "is not set"),
+            (Some(""), "is not set"),
+            (Some("a b"), "user or group name"),
+        ] {
+            let mut d = deployment(serde_json::json!({"userEnv": "KEY_USERNAME"}));
+            let bound = value.map(|v| vec![("KEY_USERNAME", v)]).unwrap_or_default();
+            let error =
+                resolve_user_env(&mut d, "/deployments/1", &env(&bound), false).unwrap_err();
+            assert_eq!(error.field().as_deref(), Some("/deployments/1/ssh/userEnv"));
+            assert!(error.to_string().contains(says), "{error}");
+        }
+    }
+
+    #[test]
+    fn known_hosts_come_from_a_file_a_variable_names() {
+        let dir = std::env::temp_dir().join(format!("hostenv-kh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("known_hosts");
+        std::fs::write(
+            &file,
+            "app-1.internal ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n",
+        )
+        .unwrap();
+        let ssh: Ssh = serde_json::from_value(serde_json::json!({
+            "agent": true, "knownHostsFileEnv": "KNOWN_HOSTS_FILE"
+        }))
+        .unwrap();
+        let bound = env(&[("KNOWN_HOSTS_FILE", file.to_str().unwrap())]);
+        let config = SshConfig::from_request(Some(&ssh), "", &bound).unwrap();
+        assert!(matches!(config.known_hosts, KnownHosts::File(ref p) if *p == file));
+        let error = SshConfig::from_request(Some(&ssh), "", &env(&[]))
+            .err()
+            .unwrap();
+        assert_eq!(error.field().as_deref(), Some("/ssh/knownHostsFileEnv"));
+        // One source of host keys at a time.
+        let both: Ssh = serde_json::from_value(serde_json::json!({
+            "agent": true, "knownHostsFileEnv": "KNOWN_HOSTS_FILE", "knownHosts": "/etc/ssh/k"
+        }))
+        .unwrap();
+        assert!(SshConfig::from_request(Some(&both), "", &bound).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -198,6 +198,10 @@ class Pipeline {
                         if (b.type == 'sshUserPrivateKey' && b.passphraseVariable) {
                             variables[b.passphraseVariable] = stored.passphrase ?: ''
                         }
+                        // The credential's username (a required field of the credential in Jenkins).
+                        if (b.type == 'sshUserPrivateKey' && b.usernameVariable) {
+                            variables[b.usernameVariable] = stored.username ?: 'root'
+                        }
                 }
             }
             try {

@@ -137,6 +137,57 @@ exit ${exit}
     return file.path
 }
 
+/**
+ * A stand-in hostenv for walking Jenkinsfile.example: `plan` answers changes
+ * pending with a digest, everything else success; each call's arguments and
+ * request go to `<name>.log`, one line each (arguments, a tab, the request).
+ */
+def walkingBinary(String name) {
+    def file = new File(work, name)
+    def log = new File(work, "${name}.log")
+    log.text = ''
+    def version = JsonOutput.toJson([apiVersion: 'hostenv/v1', kind: 'Version', apiVersions: ['hostenv/v1'],
+                                     version: '0.1.0', catalogDigest: catalogDigest()])
+    def plan = JsonOutput.toJson([ok: false, exitCode: 4, planDigest: 'hmac-sha256:' + ('ab' * 32), summary: [planned: 3],
+                                  hosts: [], error: [kind: 'changesPending', message: 'a deploy would change 3 of 3 hosts']])
+    def done = JsonOutput.toJson([ok: true, exitCode: 0, hosts: [], error: null])
+    file.text = """#!/bin/sh
+if [ "\$1" = version ]; then echo '${version}'; exit 0; fi
+request=\$(cat)
+printf '%s\\t%s\\n' "\$*" "\$request" >> '${log}'
+case "\$1" in
+  plan) echo '${plan}'; exit 4 ;;
+  *) echo '${done}'; exit 0 ;;
+esac
+"""
+    file.setExecutable(true)
+    return [path: file.path, log: log]
+}
+
+/** What a walking binary was asked: [action, args, request] per call. */
+def asked(File log) {
+    log.readLines().collect { line ->
+        def (args, request) = line.split('\t', 2) as List
+        [action: args.split(' ')[0], args: args, request: request ? new JsonSlurper().parseText(request) : null]
+    }
+}
+
+/** Every production credential the library's maps name, with stand-in values, and the plan key. */
+def productionStore() {
+    def store = ['hostenv-plan-key': [type: 'string', value: 'CANARY-walk-plan-key-0001']]
+    ['voxbridge', 'voxcore', 'voxdialler'].each { service ->
+        def map = new JsonSlurper().parseText(new File(repo, "resources/io/hostenv/credentials/${service}.json").text)
+        def env = map.environments.production
+        store[env.sshCredential] = [type: 'sshUserPrivateKey', content: 'CANARY-walk-ssh-key', username: 'root']
+        env.credentials.each { c ->
+            store[c.id] = c.type == 'usernamePassword' ?
+                [type: c.type, username: 'walk-user', password: "CANARY-walk-${c.id}".toString()] :
+                [type: c.type, value: "CANARY-walk-${c.id}".toString(), content: "CANARY-walk-${c.id}".toString()]
+        }
+    }
+    return store
+}
+
 // Stand-in values for the library's voxbridge credential map (production).
 voxbridgeStore = [
     'voxbridge-jwt-secret': [type: 'string', value: 'CANARY-groovy-jwt-"$quote\''],
@@ -349,6 +400,61 @@ if (suite == 'offline') {
             def help = new File(step.parentFile, step.name - '.groovy' + '.txt')
             assert help.exists() && help.text.contains('<p>'): "no HTML help for ${step.name}"
         }
+    }
+
+    test('Jenkinsfile.example runs every path it shows') {
+        def text = new File(repo, 'Jenkinsfile.example').text
+        def defaults = [ROTATE_VOXCORE_SECRET: false, CODE_ONLY: false, ROLLBACK_SERVICE: '', ROLLBACK_TO: '1']
+        def walk = { String branch, Map params ->
+            def fake = walkingBinary("walk-${++counter}")
+            def p = pinning(withContracts(pipeline(productionStore())), fake.path)
+            p.env.HOSTENV_BIN = fake.path
+            def build = new Declarative(p, branch, 'carol')
+            build.run(text, defaults + params)
+            assertNothingLeaked(p)
+            return [build, p, asked(fake.log)]
+        }
+        def digest = 'hmac-sha256:' + ('ab' * 32)
+
+        // A pull request: build and test, nothing bound at all.
+        def (pr, prPipeline, prAsked) = walk('PR-7', [:])
+        assert pr.ran == ['Build and test']
+        assert prAsked*.action == ['lint', 'check', 'check', 'check']
+        assert prPipeline.callsOf('withCredentials').every { it.args == [] }
+
+        // main: check, plan each service, one approval, then each deploy as planned and the console.
+        def (main, mainPipeline, mainAsked) = walk('main', [:])
+        assert main.ran == ['Build and test', 'Check', 'Plan deploys', 'Approve deploys', 'voxbridge', 'voxcore and voxdialler', 'console']
+        assert mainAsked*.action == ['lint'] + ['check'] * 6 + ['plan'] * 3 + ['deploy'] * 3 + ['build-env']
+        def deploys = mainAsked.findAll { it.action == 'deploy' }
+        assert deploys*.request*.service == ['voxbridge', 'voxcore', 'voxdialler']
+        assert deploys.every { it.args.contains("--expect-plan ${digest}") && it.request.audit.by == 'carol' }
+        assert main.inputs.size() == 1 && main.inputs[0].submitter == 'platform-leads' && main.inputs[0].submitterParameter == 'approver'
+        assert main.commands.containsAll(['./deploy/refresh-code.sh voxbridge', './deploy/refresh-code.sh voxcore', './deploy/refresh-code.sh voxdialler'])
+
+        // A rotation: voxcore and the dialler are left to the window, which is planned, approved and applied.
+        def (rotation, rotationPipeline, rotationAsked) = walk('main', [ROTATE_VOXCORE_SECRET: true])
+        assert rotation.ran == ['Build and test', 'Check', 'Plan deploys', 'Approve deploys', 'voxbridge',
+                                'voxcore and voxdialler', 'console', 'Plan', 'Approve', 'Rotate']
+        def single = rotationAsked.findAll { it.action in ['plan', 'deploy'] && it.request.kind == 'Deploy' }
+        assert single*.request*.service.unique() == ['voxbridge']
+        def window = rotationAsked.findAll { it.request?.kind == 'Rotation' }
+        assert window*.action == ['plan', 'deploy'] && window[1].args.contains("--expect-plan ${digest}")
+        assert window[1].request.deployments*.service == ['voxcore', 'voxdialler'] && window[1].request.shared == ['VOXCORE_SECRET']
+        assert rotation.inputs.size() == 2
+
+        // A rollback: the backups listed, an approval, backup N back; nothing deployed.
+        def (rollback, rollbackPipeline, rollbackAsked) = walk('main', [ROLLBACK_SERVICE: 'voxcore', ROLLBACK_TO: '2'])
+        assert rollback.ran == ['Build and test', 'Backups', 'Approve rollback', 'Roll back']
+        assert rollbackAsked*.action == ['lint', 'check', 'check', 'check', 'backups', 'rollback']
+        assert rollbackAsked[-1].args.contains('--to 2') && rollbackAsked[-1].request.service == 'voxcore'
+        assert rollbackAsked[-1].request.audit.by == 'carol'
+        // Listing and putting back bind the SSH key alone.
+        assert rollbackPipeline.callsOf('withCredentials').findAll { it.args }.every { it.args*.credentialsId == ['vox-production-deploy-key'] }
+
+        // On another branch nothing past the build runs, whatever is asked.
+        def (other, otherPipeline, otherAsked) = walk('feature', [ROTATE_VOXCORE_SECRET: true, ROLLBACK_SERVICE: 'voxbridge'])
+        assert other.ran == ['Build and test'] && otherAsked*.action == ['lint', 'check', 'check', 'check']
     }
 
     test('Jenkinsfile.example binds credentials only on main, on agents that build no pull request') {
@@ -619,6 +725,65 @@ exec '${binary}' "\$@"
         pinning(q, fake)
         q.run("hostenvDeploy(environment: 'production', service: 'voxbridge', hosts: ['api-1'], binary: '${fake}')")
         assert new JsonSlurper().parseText(q.written.values().last()).ssh.knownHosts == admin.path
+    }
+
+    test('SSH settings live in the credential map: the key credential\'s username logs in, known_hosts is a file credential') {
+        def store = voxbridgeStore + [
+            'vox-production-deploy-key': [type: 'sshUserPrivateKey', content: 'CANARY-groovy-ssh-key', username: 'deploy'],
+            'vox-production-known-hosts': [type: 'file', content: 'api-1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n']]
+        def map = new JsonSlurper().parseText(new File(repo, 'resources/io/hostenv/credentials/voxbridge.json').text)
+        map.environments.production.knownHostsCredential = 'vox-production-known-hosts'
+        def p = withContracts(pipeline(store))
+        p.env.remove('HOSTENV_KNOWN_HOSTS')
+        def fake = fakeBinary('hostenv-ssh', ['hostenv/v1'], [ok: true, exitCode: 0, hosts: [], error: null], 0)
+        pinning(p, fake)
+        p.binding.setVariable('map', map)
+        p.run("hostenvDeploy(environment: 'production', service: 'voxbridge', hosts: ['api-1'], credentialMap: map, binary: '${fake}')")
+        def request = new JsonSlurper().parseText(p.written.values().last())
+        // No user given: the one the key credential holds, read from its binding.
+        assert request.ssh.user == null && request.ssh.userEnv == 'HOSTENV_CRED_VOX_PRODUCTION_DEPLOY_KEY_USERNAME'
+        assert request.ssh.knownHostsFileEnv == 'HOSTENV_CRED_VOX_PRODUCTION_KNOWN_HOSTS' && request.ssh.knownHosts == null
+        def bindings = p.callsOf('withCredentials').last().args
+        assert bindings.find { it.credentialsId == 'vox-production-deploy-key' }.usernameVariable == 'HOSTENV_CRED_VOX_PRODUCTION_DEPLOY_KEY_USERNAME'
+        assert bindings.find { it.credentialsId == 'vox-production-known-hosts' }.type == 'file'
+        assertNothingLeaked(p)
+
+        // The map's sshUser wins over the key's username; a check binds neither SSH credential.
+        map.environments.production.sshUser = 'ops'
+        p = withContracts(pipeline(store))
+        p.binding.setVariable('map', map)
+        p.run("hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'], credentialMap: map)")
+        request = new JsonSlurper().parseText(p.written.values().last())
+        assert request.ssh.user == 'ops' && request.ssh.userEnv == null
+        assert !p.callsOf('withCredentials').first().args*.credentialsId.any { it.startsWith('vox-production-') && it != 'vox-production-deploy-key' && it.contains('known') }
+        // A file on the agent and a credential at once is one too many.
+        map.environments.production.knownHosts = '/etc/hostenv/known_hosts'
+        p = withContracts(pipeline(store))
+        p.binding.setVariable('map', map)
+        def stop = attempt(p, "hostenvCheck(environment: 'production', service: 'voxbridge', hosts: ['api-1'], credentialMap: map)")
+        assert stop.message.contains("give 'knownHosts' (a file on the agent) or 'knownHostsCredential'")
+    }
+
+    test('hostenvRequest writes the exact request, secrets as references, for sudoers and host-install') {
+        def p = withContracts(pipeline(voxbridgeStore))
+        def request = p.run("return hostenvRequest(output: 'hostenv-requests/voxbridge-production.json', environment: 'production', service: 'voxbridge', hosts: ['api-1.internal'], sshUser: 'deploy')")
+        def file = new File(p.workspace, 'hostenv-requests/voxbridge-production.json')
+        assert new JsonSlurper().parseText(file.text) == request
+        assert request.kind == 'Deploy' && request.environment == 'production' && request.ssh.user == 'deploy'
+        assert request.env.JWT_SECRET == [secretEnv: 'HOSTENV_CRED_VOXBRIDGE_JWT_SECRET', credentialId: 'voxbridge-jwt-secret']
+        // Nothing bound, nothing run.
+        assert p.callsOf('withCredentials') == [] && p.callsOf('sh') == []
+        assertNothingLeaked(p)
+        // The rules sudo will check name this very environment.
+        def rules = [binary, 'sudoers', '--request', file.path, '--catalog', new File(repo, 'resources/io/hostenv/catalog.json').path].execute()
+        def printed = rules.text
+        assert rules.waitFor() == 0 && printed.contains('production') && printed.contains('deploy ALL=(root)') : printed
+        for (def bad : ["'../out.json'", "'/tmp/out.json'", "'out.txt'"]) {
+            def stop = attempt(p, "hostenvRequest(output: ${bad}, environment: 'production', service: 'voxbridge', hosts: ['a'])")
+            assert stop.message.startsWith("hostenvRequest: argument 'output' must be a relative path")
+        }
+        def stop = attempt(p, "hostenvRequest(output: 'x.json', environment: 'production', service: 'voxbridge', hosts: ['a'], approvedBy: 'bob')")
+        assert stop.message.startsWith("hostenvRequest: unknown argument 'approvedBy'")
     }
 
     test('an incompatible binary fails before any credential is bound') {

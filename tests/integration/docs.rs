@@ -5,7 +5,7 @@
 use crate::common::repo_root;
 
 /// The `](target)` links of a Markdown text, less web links and anchors.
-fn relative_links(text: &str) -> Vec<String> {
+pub(crate) fn relative_links(text: &str) -> Vec<String> {
     links(text)
         .into_iter()
         .map(|(path, _)| path)
@@ -29,6 +29,11 @@ fn links(text: &str) -> Vec<(String, Option<String>)> {
 /// The anchors GitHub gives a page's headings: lower case, spaces as `-`,
 /// everything but letters, digits, `-` and `_` left out.
 fn anchors(page: &str) -> Vec<String> {
+    // Explicit `<a id="name"></a>` anchors, for a place that is no heading.
+    let explicit = page
+        .split("<a id=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('"').map(|(id, _)| id.to_string()));
     page.lines()
         .filter(|line| line.starts_with('#'))
         .map(|line| {
@@ -43,6 +48,7 @@ fn anchors(page: &str) -> Vec<String> {
                 })
                 .collect()
         })
+        .chain(explicit)
         .collect()
 }
 
@@ -145,6 +151,7 @@ fn help_pages_name_what_each_step_takes() {
         "hostenvDrift",
         "hostenvPlan",
         "hostenvRollback",
+        "hostenvBackups",
     ] {
         let page = std::fs::read_to_string(repo_root().join(format!("vars/{step}.txt"))).unwrap();
         let own = own_arguments(step);
@@ -282,4 +289,206 @@ fn the_protocol_reference_matches_the_schemas() {
             "docs/protocol.md has no {required} table"
         );
     }
+}
+
+/// CONTRIBUTING's case-file table names every field `case.json` may have,
+/// as `tests/integration/cases.rs` reads it, and nothing else.
+#[test]
+fn contributing_describes_the_case_files_cases_rs_reads() {
+    let code = std::fs::read_to_string(repo_root().join("tests/integration/cases.rs")).unwrap();
+    let body = code
+        .split("struct Case {")
+        .nth(1)
+        .unwrap()
+        .split("\n}")
+        .next()
+        .unwrap();
+    let mut fields: Vec<String> = body
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with("//") && !line.starts_with('#'))
+        .filter_map(|line| line.split_once(':').map(|(name, _)| name.to_string()))
+        .collect();
+    fields.sort();
+    let page = std::fs::read_to_string(repo_root().join("CONTRIBUTING.md")).unwrap();
+    let section = page.split("## Adding a case").nth(1).unwrap();
+    let section = section.split("\n## ").next().unwrap();
+    let mut documented: Vec<String> = section
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .map(|line| line.split('`').nth(1).unwrap().to_string())
+        .collect();
+    documented.sort();
+    assert_eq!(documented, fields, "CONTRIBUTING.md, Adding a case");
+    for also in [
+        "expected.json",
+        "expected-files/",
+        "secrets/",
+        "HOSTENV_BLESS",
+    ] {
+        assert!(
+            section.contains(also),
+            "CONTRIBUTING.md, Adding a case: {also}"
+        );
+    }
+}
+
+/// Every help page's example of a step that builds a request names the
+/// environment, which those steps require (no default: a staging run must
+/// never bind production's credentials).
+#[test]
+fn help_page_examples_name_the_environment() {
+    for entry in std::fs::read_dir(repo_root().join("vars")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        if path.extension().is_none_or(|e| e != "txt")
+            || ["hostenv", "hostenvLint", "hostenvBuildEnv"].contains(&name.as_str())
+        {
+            continue;
+        }
+        let page = std::fs::read_to_string(&path).unwrap();
+        let examples: Vec<&str> = page
+            .split(&format!("{name} "))
+            .skip(1)
+            .filter(|rest| rest.contains("hosts:") || rest.contains("deployments:"))
+            .collect();
+        assert!(!examples.is_empty(), "vars/{name}.txt has no example");
+        for example in examples {
+            let call = example.split("</").next().unwrap();
+            assert!(
+                call.contains("environment:"),
+                "vars/{name}.txt: {name} {call}"
+            );
+        }
+    }
+}
+
+/// The pages a user reads, and the text `hostenv --help` prints.
+fn readable_texts() -> Vec<(String, String)> {
+    let root = repo_root();
+    let mut texts: Vec<(String, String)> = doc_pages()
+        .into_iter()
+        .map(|path| {
+            let name = path.strip_prefix(&root).unwrap().display().to_string();
+            (name, std::fs::read_to_string(&path).unwrap())
+        })
+        .collect();
+    for entry in std::fs::read_dir(root.join("vars")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "txt") {
+            let name = path.strip_prefix(&root).unwrap().display().to_string();
+            texts.push((name, std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    let help = crate::common::run_hostenv(&["--help"], &root, &Default::default(), None);
+    texts.push(("hostenv --help".into(), help.stdout));
+    texts
+}
+
+/// Facts said on several pages hold one value, the code's: a page that
+/// repeats one with another value fails here, naming the page. The systemd
+/// range (oldest and newest generation the reader knows), and each exit code's
+/// meaning as docs/protocol.md's table, the one home of the exit codes, gives it.
+#[test]
+fn facts_said_on_several_pages_hold_one_value() {
+    use hostenv::render::systemd::{NEWEST, OLDEST};
+    let texts = readable_texts();
+    let mut said = 0;
+    let mut wrong = Vec::new();
+    let checks: [(&str, u32); 4] = [
+        (r"v(\d+) \(RHEL 7\)", OLDEST),
+        (r"v\d+ \(RHEL 7\) to v(\d+)", NEWEST),
+        (r"newest known \(v(\d+)\)", NEWEST),
+        (r"reads as v(\d+) does", NEWEST),
+    ];
+    for (pattern, value) in checks {
+        let pattern = regex::Regex::new(pattern).unwrap();
+        for (name, text) in &texts {
+            for found in pattern.captures_iter(text) {
+                said += 1;
+                if found[1].parse::<u32>().unwrap() != value {
+                    wrong.push(format!("{name}: `{}` (the code says {value})", &found[0]));
+                }
+            }
+        }
+    }
+    assert!(said >= 6, "the systemd range is said {said} times");
+
+    // The exit codes: each line that lists them names each code by its meaning.
+    let protocol = std::fs::read_to_string(repo_root().join("docs/protocol.md")).unwrap();
+    let table = protocol.split("## Exit codes").nth(1).unwrap();
+    let meaning = [
+        (0, "success"),
+        (1, "fail"),
+        (2, "reject"),
+        (3, "person"),
+        (4, "differences"),
+    ];
+    for (code, word) in meaning {
+        let row = table
+            .lines()
+            .find(|line| line.starts_with(&format!("| {code} |")))
+            .unwrap_or_else(|| panic!("docs/protocol.md has no row for exit {code}"));
+        assert!(row.to_lowercase().contains(word), "{row}");
+    }
+    let listing = regex::Regex::new(r"Exit codes: ([^\n]+(?:\n[^\n]+)*?)\.").unwrap();
+    let mut listed = 0;
+    for (name, text) in &texts {
+        for found in listing.captures_iter(text) {
+            listed += 1;
+            let list = found[1].replace('\n', " ").to_lowercase();
+            for (code, word) in meaning {
+                let Some(rest) = list.split(&format!("{code} ")).nth(1) else {
+                    wrong.push(format!("{name}: its exit codes leave out {code}"));
+                    continue;
+                };
+                let own = rest.split(',').next().unwrap_or("");
+                if !own.contains(word) {
+                    wrong.push(format!("{name}: exit {code} is `{own}`, not {word}"));
+                }
+            }
+        }
+    }
+    assert!(listed >= 2, "the exit codes are listed {listed} times");
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// The sudo rules a page shows are what `hostenv sudoers` prints for the
+/// example request (docs/non-root-hosts.md is their home).
+#[test]
+fn the_sudo_rules_on_the_pages_are_the_printed_ones() {
+    let root = repo_root();
+    let printed = crate::common::run_hostenv(
+        &[
+            "sudoers",
+            "--request",
+            "examples/voxbridge.json",
+            "--user",
+            "deploy",
+        ],
+        &root,
+        &Default::default(),
+        None,
+    );
+    assert_eq!(printed.code, 0, "{}", printed.stdout);
+    let rules: Vec<&str> = printed
+        .stdout
+        .lines()
+        .filter(|line| line.contains("NOPASSWD"))
+        .collect();
+    assert_eq!(rules.len(), 2, "{}", printed.stdout);
+    let mut shown = 0;
+    for (name, text) in readable_texts() {
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("deploy ALL=(root) NOPASSWD: /usr/local/sbin/hostenv-host"))
+        {
+            shown += 1;
+            assert!(
+                rules.contains(&line),
+                "{name}: `{line}` is not a rule `hostenv sudoers` prints"
+            );
+        }
+    }
+    assert!(shown >= 2, "no page shows the rules");
 }

@@ -81,7 +81,7 @@ fn library_steps_under_groovy() {
     // Every test ran, not just the first few.
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        21,
+        24,
         "{out}"
     );
 }

@@ -251,3 +251,34 @@ fn a_directory_outside_git_is_rejected() {
     assert_eq!(run.code, 2, "{}", run.stdout);
     assert_eq!(run.json()["error"]["kind"], "lintPathInvalid");
 }
+
+/// This repository lints clean with exactly the exclusions CONTRIBUTING.md
+/// documents (fixtures that are broken on purpose), and without them the
+/// fixtures are found: the exclusions hide nothing else.
+#[test]
+fn this_repository_lints_clean_with_its_documented_exclusions() {
+    let page = std::fs::read_to_string(repo_root().join("CONTRIBUTING.md")).unwrap();
+    let line = page
+        .lines()
+        .find(|line| line.starts_with("hostenv lint . --exclude"))
+        .expect("CONTRIBUTING.md documents the repository's lint line");
+    let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let run = run_hostenv(&args, &repo_root(), &BTreeMap::new(), None);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.json()["findings"], serde_json::json!([]));
+    let everything = run_hostenv(&["lint", "."], &repo_root(), &BTreeMap::new(), None);
+    assert_eq!(everything.code, 4, "{}", everything.stdout);
+    let result = everything.json();
+    let files: Vec<&str> = result["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["file"].as_str().unwrap())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .all(|f| f.starts_with("tests/cases/") || f.starts_with("fuzz/corpus/")),
+        "{files:?}"
+    );
+}

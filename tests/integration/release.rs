@@ -72,6 +72,29 @@ fn the_release_is_static_verifiable_and_deploys() {
     .unwrap();
     assert_eq!(reported["version"], version);
     assert_eq!(reported["testFeatures"], serde_json::json!([]));
+    // The pages the archive ships read on their own: every relative link of
+    // the README, SECURITY, CHANGELOG and docs/ resolves inside it.
+    let mut pages = vec![
+        dir.join("README.md"),
+        dir.join("SECURITY.md"),
+        dir.join("CHANGELOG.md"),
+    ];
+    pages.extend(
+        std::fs::read_dir(dir.join("docs"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path()),
+    );
+    let mut missing = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for link in crate::docs::relative_links(&text) {
+            let target = page.parent().unwrap().join(&link);
+            if !target.exists() {
+                missing.push(format!("{} → {link}", page.display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "the archive lacks: {missing:#?}");
 
     // The static binary deploys; as root it installs the static host program beside it.
     let deployer = Deployer::new(&testbed, "release");

@@ -484,6 +484,25 @@ impl Testbed {
             .expect("sshd pid")
     }
 
+    /// Waits until the host's sshd listens again (after a SIGHUP it executes
+    /// itself anew and reopens its listener). Read from the socket table, not
+    /// by connecting: a test's firewall may close the port to this process.
+    pub fn wait_for_sshd(&self, host: &TestHost) {
+        std::thread::sleep(Duration::from_millis(300));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let listening = run(Command::new("ss")
+                .arg("-Hltn")
+                .arg("src")
+                .arg(format!("{}:22", host.addr)));
+            if !String::from_utf8_lossy(&listening.stdout).trim().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("sshd on {} did not come back", host.addr);
+    }
+
     /// Replaces the host's extra sudo rules with `rules` (checked by visudo).
     pub fn grant_sudo(&self, host: &TestHost, rules: &str) {
         let base =

@@ -50,6 +50,62 @@ pub(super) fn a_host_behind_a_bastion_with_health_through_ssh(
         result["hosts"][0]["error"]["kind"], "healthCheckFailed",
         "{result:#}"
     );
+
+    // sshd with TCP forwarding off (CIS-hardened images): on the host, no
+    // check through its SSH session can pass, not even the one after the old
+    // file is back, so the host needs a person; on the bastion, the host
+    // cannot be reached at all (docs/bitbucket.md says both).
+    request["verify"][0]["via"] = json!("ssh");
+    request["rollbackOnFailure"] = json!(true);
+    let before = file_on(testbed, target, "/opt/voxbridge/.env");
+    let hardened = |host: &TestHost, on: bool| {
+        let config = testbed
+            .dir
+            .join("hosts")
+            .join(&host.hostname)
+            .join("sshd_config");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let line = "AllowTcpForwarding no\n";
+        let text = if on {
+            format!("{line}{text}")
+        } else {
+            text.replace(line, "")
+        };
+        std::fs::write(&config, text).unwrap();
+        // sshd reads its configuration again on SIGHUP; wait for its listener.
+        let pid = testbed.sshd_pid(host);
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        testbed.wait_for_sshd(host);
+    };
+    hardened(target, true);
+    let run = deployer.run("deploy", &request, &secrets("bastion-hardened"));
+    hardened(target, false);
+    let result = run.json();
+    assert_eq!(run.code, 3, "{result:#}");
+    assert_eq!(statuses(&result), ["rollbackFailed"], "{result:#}");
+    let entry = &result["hosts"][0];
+    assert_eq!(entry["error"]["kind"], "healthCheckFailed");
+    assert_eq!(entry["rollback"], "restoredPrevious");
+    let refused = entry["checks"][0]["lastError"].as_str().unwrap();
+    assert!(refused.contains("administratively prohibited"), "{refused}");
+    assert_eq!(file_on(testbed, target, "/opt/voxbridge/.env"), before);
+
+    hardened(bastion, true);
+    let result = deployer
+        .run("deploy", &request, &secrets("bastion-hardened"))
+        .json();
+    hardened(bastion, false);
+    assert_eq!(
+        result["hosts"][0]["error"]["kind"], "connectFailed",
+        "{result:#}"
+    );
+    let refused = result["hosts"][0]["error"]["message"].as_str().unwrap();
+    assert!(refused.contains("administratively prohibited"), "{refused}");
+    assert_eq!(file_on(testbed, target, "/opt/voxbridge/.env"), before);
 }
 
 pub(super) fn the_key_can_come_as_base64_content(deployer: &Deployer, hosts: &[&TestHost]) {
