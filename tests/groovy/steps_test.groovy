@@ -1074,3 +1074,51 @@ if (suite == 'testbed') {
         assertNothingLeaked(p)
     }
 }
+
+// A Jenkins admin's first day, as docs/jenkins.md's install walkthrough has
+// it, in two phases around what root does on the host (tests/integration/jenkins.rs):
+// `request` writes the request with hostenvRequest; `deploy` deploys staging.
+// FIRST_DAY_JSON: {dir, hosts, knownHosts, key, contract, store}.
+if (suite == 'first-day') {
+    def day = new JsonSlurper().parseText(System.getenv('FIRST_DAY_JSON'))
+    def phase = System.getenv('FIRST_DAY_PHASE')
+    // The library's voxbridge map, its staging environment set up as the walkthrough says:
+    // an SSH key credential whose username is the login user, the hosts' keys as a file credential.
+    def map = new JsonSlurper().parseText(new File(repo, 'resources/io/hostenv/credentials/voxbridge.json').text)
+    map.contract = 'voxbridge.env.example'
+    map.environments.staging.sshCredential = 'staging-deploy-key'
+    map.environments.staging.knownHostsCredential = 'staging-known-hosts'
+    map.environments.staging.credentials = [[id: 'tb-jwt', key: 'JWT_SECRET', type: 'string'],
+                                            [id: 'tb-mongo', key: 'MONGODB_URI', type: 'string'],
+                                            [id: 'tb-redis', key: 'REDIS_URL', type: 'string']]
+    map.environments.staging.optional = ['HEALTH_MODE']  // the testbed's contract has no OTEL_API_KEY
+    def store = day.store + [
+        'staging-deploy-key': [type: 'sshUserPrivateKey', content: day.key, username: 'deploy'],
+        'staging-known-hosts': [type: 'file', content: new File(day.knownHosts).text]]
+    // One workspace for both phases; no HOSTENV_KNOWN_HOSTS: the map's credential is the only source.
+    def p = new Pipeline(repo, new File(day.dir, 'workspace'))
+    p.store.putAll(store)
+    p.env.HOSTENV_BIN = binary
+    p.env.HOSTENV_SHA256 = sha256(binary)
+    p.env.HOSTENV_HOST_SHA256 = sha256(hostBinary)
+    new File(p.workspace, 'voxbridge.env.example').text = day.contract
+    p.binding.setVariable('map', map)
+    p.binding.setVariable('hosts', day.hosts)
+    // The same arguments in both phases: the request root installs from is
+    // the deploy's own (another restart timeout, say, is hostProgramMismatch).
+    // The testbed hosts hold other values of the shared MONGODB_URI already.
+    def same = "environment: 'staging', service: 'voxbridge', hosts: hosts, credentialMap: map, allowSharedChange: true, restart: [timeoutMs: 20000]"
+    if (phase == 'request') {
+        test('first day: hostenvRequest writes the request root installs from') {
+            def request = p.run("return hostenvRequest(output: 'hostenv-requests/voxbridge-staging.json', ${same})")
+            assert request.ssh.userEnv && request.ssh.knownHostsFileEnv && request.environment == 'staging'
+            assert p.callsOf('withCredentials') == [] && p.callsOf('sh') == []
+        }
+    } else {
+        test('first day: hostenvDeploy to staging as the key credential\'s user') {
+            def result = p.run("return hostenvDeploy(${same})")
+            assert result.ok == true && result.hosts*.status == ['deployed']
+            assertNothingLeaked(p)
+        }
+    }
+}

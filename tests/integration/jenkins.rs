@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Instant;
 
 use serde_json::json;
 
@@ -133,5 +134,140 @@ pub(crate) fn steps_on_the_testbed(deployer: &Deployer, hosts: &[&TestHost]) {
             "{}",
             host.addr
         );
+    }
+}
+
+/// A Jenkins admin's first day on a testbed host, step by step as
+/// docs/jenkins.md walks it: the library's credential map with the staging
+/// environment's SSH key credential (its username is the login user) and
+/// known_hosts file credential; `hostenvRequest` writes the request; root
+/// runs `host-install` with it and installs the rules `sudoers` prints for it;
+/// `hostenvDeploy` deploys staging as the deploy user. Prints each step's time.
+pub(crate) fn a_jenkins_admins_first_day(deployer: &Deployer, hosts: &[&TestHost]) {
+    let testbed = deployer.testbed;
+    let host = hosts[1];
+    let day = TempDir::new("first-day");
+    let values = secrets("first-day");
+    let key = std::fs::read_to_string(&testbed.client_key).unwrap();
+    let store: serde_json::Map<String, serde_json::Value> = [
+        ("tb-jwt", "JWT_SECRET"),
+        ("tb-mongo", "MONGODB_URI"),
+        ("tb-redis", "REDIS_URL"),
+    ]
+    .into_iter()
+    .map(|(id, k)| {
+        (
+            id.to_string(),
+            json!({"type": "string", "value": values[k]}),
+        )
+    })
+    .collect();
+    let config = json!({
+        "dir": day.path(),
+        "hosts": [host.addr],
+        "knownHosts": testbed.known_hosts,
+        "key": key,
+        "contract": crate::deploy::VOXBRIDGE_CONTRACT,
+        "store": store,
+    })
+    .to_string();
+    let mut times = Vec::new();
+    let started = Instant::now();
+    groovy(
+        "first-day",
+        &[
+            ("FIRST_DAY_JSON", config.clone()),
+            ("FIRST_DAY_PHASE", "request".into()),
+        ],
+    );
+    times.push(("hostenvRequest (Groovy harness)", started.elapsed()));
+
+    // Root's part, with the file the pipeline wrote: the variables it names
+    // set to a root login's key, as docs/jenkins.md says.
+    let request = day
+        .path()
+        .join("workspace/hostenv-requests/voxbridge-staging.json");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&request).unwrap()).unwrap();
+    let ssh = &file["ssh"];
+    let root_login: BTreeMap<String, String> = [
+        (
+            ssh["identityFileEnv"].as_str().unwrap(),
+            testbed.client_key.display().to_string(),
+        ),
+        (ssh["passphraseEnv"].as_str().unwrap(), String::new()),
+        (ssh["userEnv"].as_str().unwrap(), "root".to_string()),
+        (
+            ssh["knownHostsFileEnv"].as_str().unwrap(),
+            testbed.known_hosts.display().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let catalog = repo_root().join("resources/io/hostenv/catalog.json");
+    let (request_arg, catalog_arg) = (request.to_str().unwrap(), catalog.to_str().unwrap());
+    let started = Instant::now();
+    let installed = crate::common::run_hostenv(
+        &[
+            "host-install",
+            "--request",
+            request_arg,
+            "--catalog",
+            catalog_arg,
+        ],
+        day.path(),
+        &root_login,
+        None,
+    );
+    assert_eq!(
+        installed.code, 0,
+        "{}\n{}",
+        installed.stdout, installed.stderr
+    );
+    times.push(("hostenv host-install (root)", started.elapsed()));
+    let started = Instant::now();
+    let rules = crate::common::run_hostenv(
+        &[
+            "sudoers",
+            "--request",
+            request_arg,
+            "--catalog",
+            catalog_arg,
+        ],
+        day.path(),
+        &BTreeMap::new(),
+        None,
+    );
+    assert_eq!(rules.code, 0, "{}", rules.stdout);
+    assert!(
+        rules.stdout.contains("lock voxbridge staging exclusive"),
+        "{}",
+        rules.stdout
+    );
+    testbed.grant_sudo(host, &rules.stdout);
+    times.push(("hostenv sudoers + visudo (root)", started.elapsed()));
+
+    let started = Instant::now();
+    groovy(
+        "first-day",
+        &[
+            ("FIRST_DAY_JSON", config),
+            ("FIRST_DAY_PHASE", "deploy".into()),
+        ],
+    );
+    times.push(("hostenvDeploy staging (Groovy harness)", started.elapsed()));
+    assert_eq!(
+        file_on(testbed, host, "/opt/voxbridge/.env"),
+        (
+            "voxbridge:voxbridge 600".to_string(),
+            // The map's staging environment logs at debug.
+            expected_voxbridge_file(&values).replace("LOG_LEVEL=\"info\"", "LOG_LEVEL=\"debug\"")
+        )
+    );
+    let log = testbed.sh_ok(host, "tail -n 1 /var/lib/hostenv/voxbridge/audit.log");
+    assert!(log.contains("\"staging\""), "{log}");
+    for (step, took) in times {
+        eprintln!("first day: {step}: {:.1} s", took.as_secs_f64());
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::common::{assert_no_leak, run_hostenv, Run, TempDir};
 use crate::generations::the_reader_reads_as_this_hosts_systemd;
-use crate::jenkins::steps_on_the_testbed;
+use crate::jenkins::{a_jenkins_admins_first_day, steps_on_the_testbed};
 use crate::testbed::{TestHost, Testbed};
 
 pub(crate) mod access;
@@ -316,6 +316,7 @@ const SCENARIOS: &[Scenario] = &[
     scenario!(rollback_puts_back_a_backup_without_secrets_bound),
     scenario!(a_deploy_purges_backups_holding_a_leaked_value),
     scenario!(steps_on_the_testbed),
+    scenario!(a_jenkins_admins_first_day),
     scenario!(shell_in_accepted_fields_never_runs),
 ];
 
