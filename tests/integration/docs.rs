@@ -492,3 +492,49 @@ fn the_sudo_rules_on_the_pages_are_the_printed_ones() {
     }
     assert!(shown >= 2, "no page shows the rules");
 }
+
+/// The plugin list has one home (docs/jenkins.md#plugins), and wherever the
+/// binary's lookup order is said, it is the engine's: the step's `binary`,
+/// `HOSTENV_BIN`, the pinned release, `PATH`.
+#[test]
+fn the_plugin_list_and_the_binary_lookup_are_said_one_way() {
+    let mut orders = 0;
+    for (name, text) in readable_texts() {
+        if name != "docs/jenkins.md" {
+            assert!(
+                !text.contains("Credentials Binding") && !text.contains("Pipeline Utility Steps"),
+                "{name} lists plugins; link docs/jenkins.md#plugins instead"
+            );
+        }
+        for paragraph in text.split("\n\n") {
+            let flat = paragraph.replace('\n', " ");
+            let (Some(bin), Some(path)) = (flat.find("HOSTENV_BIN"), flat.rfind("PATH")) else {
+                continue;
+            };
+            let Some(release) = flat.find("pinned release") else {
+                continue;
+            };
+            orders += 1;
+            assert!(
+                bin < release && release < path,
+                "{name}: the binary lookup order is `binary`, HOSTENV_BIN, the pinned release, PATH: {flat}"
+            );
+        }
+    }
+    assert!(
+        orders >= 2,
+        "the binary lookup order is said {orders} times"
+    );
+    let engine = std::fs::read_to_string(repo_root().join("vars/hostenv.groovy")).unwrap();
+    let lookup = engine
+        .split("String binaryPath(")
+        .nth(1)
+        .unwrap()
+        .split("\n}")
+        .next()
+        .unwrap();
+    assert!(
+        lookup.contains("options.binary ?: (env?.HOSTENV_BIN ?: 'hostenv')"),
+        "the engine's lookup changed: update the pages and this test"
+    );
+}

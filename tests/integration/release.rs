@@ -104,7 +104,7 @@ fn the_release_is_static_verifiable_and_deploys() {
     let output = deployer
         .spawn_program(
             &dir.join("hostenv"),
-            "deploy",
+            &["deploy"],
             &request,
             &values,
             &BTreeMap::new(),
@@ -129,4 +129,28 @@ fn the_release_is_static_verifiable_and_deploys() {
     );
     let installed = testbed.sh(host, "ldd /usr/local/sbin/hostenv-host");
     assert!(is_static(&installed), "{installed:?}");
+
+    // The released binary, unchanged, deploys a service it was never built
+    // with: a fourth one added to a copy of the catalog.
+    let (catalog, request) = crate::deploy::a_fourth_service(&testbed, host, deployer.work.path());
+    let token = BTreeMap::from([(
+        "NOTES_TOKEN".to_string(),
+        "CANARY-release-notes-1f2e".to_string(),
+    )]);
+    let output = deployer
+        .spawn_program(
+            &dir.join("hostenv"),
+            &["deploy", "--catalog", catalog.to_str().unwrap()],
+            &request,
+            &token,
+            &BTreeMap::new(),
+        )
+        .wait_with_output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert_eq!(
+        file_on(&testbed, host, "/opt/voxnotes/.env").0,
+        "voxnotes:voxnotes 600"
+    );
 }

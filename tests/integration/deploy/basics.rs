@@ -242,18 +242,15 @@ pub(crate) fn same_request_changes_nothing(deployer: &Deployer, hosts: &[&TestHo
     }
 }
 
-/// Services are data: a fourth service, added to a copy of the catalog (as a
-/// team adds one to its copy of the library), deploys with the same binary.
-/// Without that catalog the request lacks the service's settings; a broken
-/// catalog is refused naming its field before any host is contacted.
-pub(super) fn a_service_added_to_the_catalog_deploys_with_the_same_binary(
-    deployer: &Deployer,
-    hosts: &[&TestHost],
-) {
-    let testbed = deployer.testbed;
-    let host = hosts[1];
-    // The host gets the service as a platform team would provision it: its
-    // user, its directory and its unit (the testbed's stand-in service).
+/// A fourth service, `voxnotes`, as a platform team adds one: on `host` its
+/// user, directory and unit (the testbed's stand-in service on port 8095); in
+/// `work` a copy of the library's catalog with its entry, and its contract.
+/// The catalog file and a request for it (`NOTES_TOKEN` from the environment).
+pub(crate) fn a_fourth_service(
+    testbed: &Testbed,
+    host: &TestHost,
+    work: &std::path::Path,
+) -> (std::path::PathBuf, Value) {
     testbed.sh_ok(
         host,
         "grep -q '^voxnotes:' /etc/passwd || { \
@@ -276,11 +273,10 @@ pub(super) fn a_service_added_to_the_catalog_deploys_with_the_same_binary(
         "restart": {"units": ["voxnotes.service"], "timeoutMs": 20000},
         "verify": [{"url": "http://{host}:8095/health", "intervalMs": 100, "deadlineMs": 8000, "consecutive": 2}]
     });
-    let catalog_file = deployer.work.path().join("team-catalog.json");
+    let catalog_file = work.join("team-catalog.json");
     std::fs::write(&catalog_file, catalog.to_string()).unwrap();
-    let catalog_arg = catalog_file.to_str().unwrap();
     std::fs::write(
-        deployer.work.path().join("voxnotes.env.example"),
+        work.join("voxnotes.env.example"),
         "NOTES_TOKEN=\nLOG_LEVEL=info\n",
     )
     .unwrap();
@@ -290,6 +286,23 @@ pub(super) fn a_service_added_to_the_catalog_deploys_with_the_same_binary(
         "env": {"NOTES_TOKEN": {"secretEnv": "NOTES_TOKEN"}, "LOG_LEVEL": {"value": "info"}},
         "ssh": testbed.ssh_settings("root")
     });
+    (catalog_file, request)
+}
+
+/// Services are data: a fourth service, added to a copy of the catalog (as a
+/// team adds one to its copy of the library), deploys with the same binary.
+/// Without that catalog the request lacks the service's settings; a broken
+/// catalog is refused naming its field before any host is contacted.
+pub(super) fn a_service_added_to_the_catalog_deploys_with_the_same_binary(
+    deployer: &Deployer,
+    hosts: &[&TestHost],
+) {
+    let testbed = deployer.testbed;
+    let host = hosts[1];
+    let (catalog_file, request) = a_fourth_service(testbed, host, deployer.work.path());
+    let mut catalog: Value =
+        serde_json::from_str(&std::fs::read_to_string(&catalog_file).unwrap()).unwrap();
+    let catalog_arg = catalog_file.to_str().unwrap();
     let token = BTreeMap::from([(
         "NOTES_TOKEN".to_string(),
         "CANARY-notes-token-7c1e".to_string(),

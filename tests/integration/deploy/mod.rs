@@ -25,6 +25,7 @@ mod locks;
 mod rollout;
 
 use access::*;
+pub(crate) use basics::a_fourth_service;
 use basics::*;
 use failures::*;
 use instances::*;
@@ -142,21 +143,21 @@ impl<'a> Deployer<'a> {
         extra: &BTreeMap<String, String>,
     ) -> std::process::Child {
         let program = std::path::Path::new(env!("CARGO_BIN_EXE_hostenv"));
-        self.spawn_program(program, action, request, secrets, extra)
+        self.spawn_program(program, &[action], request, secrets, extra)
     }
 
     /// `spawn_with` for another build of hostenv (the release's static binary).
     pub(crate) fn spawn_program(
         &self,
         program: &std::path::Path,
-        action: &str,
+        args: &[&str],
         request: &Value,
         secrets: &BTreeMap<String, String>,
         extra: &BTreeMap<String, String>,
     ) -> std::process::Child {
         use std::io::Write;
         let mut child = Command::new(program)
-            .arg(action)
+            .args(args)
             .current_dir(self.work.path())
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
