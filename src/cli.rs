@@ -571,24 +571,12 @@ fn dispatch(
         (Action::Check, Request::BuildEnv(build)) => {
             build_env::prepare(build, env, report).map(|_| ())
         }
-        (
-            Action::Plan
-            | Action::Drift
-            | Action::Backups
-            | Action::Deploy
-            | Action::Rollback
-            | Action::HostInstall,
-            Request::Deploy(deployment),
-        ) => deploy::run(action, deployment, env, catalog, options, report),
-        (
-            Action::Plan
-            | Action::Drift
-            | Action::Backups
-            | Action::Deploy
-            | Action::Rollback
-            | Action::HostInstall,
-            Request::Rotation(rotation),
-        ) => deploy::run_rotation(action, rotation, env, catalog, options, report),
+        (action, Request::Deploy(deployment)) if reaches_hosts(action) => {
+            deploy::run(action, deployment, env, catalog, options, report)
+        }
+        (action, Request::Rotation(rotation)) if reaches_hosts(action) => {
+            deploy::run_rotation(action, rotation, env, catalog, options, report)
+        }
         (Action::BuildEnv, Request::BuildEnv(build)) => {
             let rendered = build_env::prepare(build, env, report)?;
             build_env::write(&rendered, report)
@@ -639,6 +627,19 @@ fn listing_lines(prefix: &str, listing: &BackupListing) -> String {
         ));
     }
     out
+}
+
+/// The actions `deploy/` runs: each connects to the request's hosts.
+fn reaches_hosts(action: Action) -> bool {
+    matches!(
+        action,
+        Action::Plan
+            | Action::Drift
+            | Action::Backups
+            | Action::Deploy
+            | Action::Rollback
+            | Action::HostInstall
+    )
 }
 
 /// A few lines for the CI log: what was checked, or why not. Names only, never values.

@@ -9,6 +9,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
+use crate::protocol::canonical::canonical;
 use crate::settings::secret::{ExposeSecret, SecretString};
 use crate::transport::remote::Current;
 
@@ -73,28 +74,6 @@ fn without_audit(request: &Value) -> Value {
         }
     }
     request
-}
-
-/// JSON with object keys sorted, so the same request always hashes the same.
-fn canonical(value: &Value) -> String {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let fields: Vec<String> = keys
-                .into_iter()
-                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical(&map[k])))
-                .collect();
-            format!("{{{}}}", fields.join(","))
-        }
-        Value::Array(items) => {
-            format!(
-                "[{}]",
-                items.iter().map(canonical).collect::<Vec<_>>().join(",")
-            )
-        }
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! result says, the schemas of both, the error kinds and exit codes. Types
 //! only: nothing here reads a file, the environment or the network.
 
+pub mod canonical;
 pub mod error;
 pub mod exit;
 pub mod intake;

@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::protocol::canonical::canonical;
 use crate::protocol::error::{Error, Result};
 use crate::protocol::request::{Deployment, Restart, Target, Verify};
 use crate::protocol::schema as protocol_schema;
@@ -208,27 +209,6 @@ impl Catalog {
                 .collect(),
             _ => Vec::new(),
         }
-    }
-}
-
-/// JSON with object keys sorted, so one catalog always hashes the same
-/// however its file is laid out.
-fn canonical(value: &Value) -> String {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let fields: Vec<String> = keys
-                .into_iter()
-                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical(&map[k])))
-                .collect();
-            format!("{{{}}}", fields.join(","))
-        }
-        Value::Array(items) => {
-            let items: Vec<String> = items.iter().map(canonical).collect();
-            format!("[{}]", items.join(","))
-        }
-        other => other.to_string(),
     }
 }
 

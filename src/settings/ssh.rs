@@ -381,20 +381,13 @@ impl SshConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use crate::settings::secret::tests::env;
 
     fn deployment(ssh: serde_json::Value) -> Deployment {
         serde_json::from_value(serde_json::json!({
             "service": "voxbridge", "contract": "c", "hosts": ["h"], "env": {}, "ssh": ssh
         }))
         .unwrap()
-    }
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
     }
 
     #[test]

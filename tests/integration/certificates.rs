@@ -55,32 +55,20 @@ fn trust_only_the_ca(testbed: &Testbed, host: &TestHost, ca: &Path) {
     let trusted = testbed.dir.join("user-ca.pub");
     std::fs::copy(ca, &trusted).unwrap();
     let ca = trusted.as_path();
-    let config = testbed
-        .dir
-        .join("hosts")
-        .join(&host.hostname)
-        .join("sshd_config");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text: String = text
-        .lines()
-        .map(|line| {
-            if line.starts_with("AuthorizedKeysFile ") {
-                format!(
-                    "AuthorizedKeysFile none\nTrustedUserCAKeys {}\n",
-                    ca.display()
-                )
-            } else {
-                format!("{line}\n")
-            }
-        })
-        .collect();
-    std::fs::write(&config, text).unwrap();
-    testbed.sh_ok(host, "systemctl restart testbed-sshd.service");
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect((host.addr.as_str(), 22)).is_err() {
-        assert!(started.elapsed().as_secs() < 10, "sshd did not come back");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    testbed.reconfigure_sshd(host, |text| {
+        text.lines()
+            .map(|line| {
+                if line.starts_with("AuthorizedKeysFile ") {
+                    format!(
+                        "AuthorizedKeysFile none\nTrustedUserCAKeys {}\n",
+                        ca.display()
+                    )
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect()
+    });
 }
 
 fn deploy(deployer: &Deployer, request: &Value, extra: &[(&str, String)]) -> Value {

@@ -470,11 +470,7 @@ impl Testbed {
 
     /// The machine-side PID of the host's sshd listener, for tracing.
     pub fn sshd_pid(&self, host: &TestHost) -> u32 {
-        let config = self
-            .dir
-            .join("hosts")
-            .join(&host.hostname)
-            .join("sshd_config");
+        let config = self.sshd_config(host);
         let output = run(Command::new("pgrep")
             .args(["-o", "-f"])
             .arg(format!("sshd -D -e -f {}", config.display())));
@@ -484,10 +480,25 @@ impl Testbed {
             .expect("sshd pid")
     }
 
-    /// Waits until the host's sshd listens again (after a SIGHUP it executes
-    /// itself anew and reopens its listener). Read from the socket table, not
-    /// by connecting: a test's firewall may close the port to this process.
-    pub fn wait_for_sshd(&self, host: &TestHost) {
+    /// Rewrites the host's sshd configuration with `edit`, restarts its sshd
+    /// and waits until it listens again: read from the socket table, not by
+    /// connecting, since a test's firewall may close the port to this process.
+    pub fn reconfigure_sshd(&self, host: &TestHost, edit: impl FnOnce(&str) -> String) {
+        let config = self.sshd_config(host);
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, edit(&text)).unwrap();
+        self.sh_ok(host, "systemctl restart testbed-sshd.service");
+        self.wait_for_sshd(host);
+    }
+
+    fn sshd_config(&self, host: &TestHost) -> PathBuf {
+        self.dir
+            .join("hosts")
+            .join(&host.hostname)
+            .join("sshd_config")
+    }
+
+    fn wait_for_sshd(&self, host: &TestHost) {
         std::thread::sleep(Duration::from_millis(300));
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

@@ -59,27 +59,14 @@ pub(super) fn a_host_behind_a_bastion_with_health_through_ssh(
     request["rollbackOnFailure"] = json!(true);
     let before = file_on(testbed, target, "/opt/voxbridge/.env");
     let hardened = |host: &TestHost, on: bool| {
-        let config = testbed
-            .dir
-            .join("hosts")
-            .join(&host.hostname)
-            .join("sshd_config");
-        let text = std::fs::read_to_string(&config).unwrap();
         let line = "AllowTcpForwarding no\n";
-        let text = if on {
-            format!("{line}{text}")
-        } else {
-            text.replace(line, "")
-        };
-        std::fs::write(&config, text).unwrap();
-        // sshd reads its configuration again on SIGHUP; wait for its listener.
-        let pid = testbed.sshd_pid(host);
-        assert!(Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success());
-        testbed.wait_for_sshd(host);
+        testbed.reconfigure_sshd(host, |text| {
+            if on {
+                format!("{line}{text}")
+            } else {
+                text.replace(line, "")
+            }
+        });
     };
     hardened(target, true);
     let run = deployer.run("deploy", &request, &secrets("bastion-hardened"));
