@@ -141,6 +141,17 @@ pub fn contract(data: &[u8]) {
                     key.name
                 );
             }
+            // Every rule names keys of the contract only, on a line of the text.
+            for ruled in &parsed.rules {
+                assert!(
+                    ruled.line >= 1 && ruled.line <= lines,
+                    "rule line {}",
+                    ruled.line
+                );
+                for key in ruled.rule.keys() {
+                    assert!(parsed.has(key), "a rule names {key:?}");
+                }
+            }
         }
         Err(Error::ContractInvalid { line, .. }) => {
             assert!(line >= 1 && line <= lines, "line {line} of {lines}")

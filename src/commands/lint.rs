@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::prepare::contract::{self, Contract};
 use crate::prepare::detect::credential_reason;
+use crate::prepare::rules;
 use crate::protocol::error::{Error, ErrorKind, Result};
 use crate::protocol::exit::Exit;
 use crate::protocol::report::{Finding, FindingKind, Report};
@@ -430,7 +431,11 @@ fn check_credential_map(root: &Path, map_path: &Path) -> Vec<Finding> {
     for (environment, sources) in &map.environments {
         let given = sources.keys();
         for key in &contract.keys {
-            if !given.contains(&key.name.as_str()) && !sources.optional.contains(&key.name) {
+            // A key a rule governs needs a source only as the rule says (checked below).
+            if !given.contains(&key.name.as_str())
+                && !sources.optional.contains(&key.name)
+                && !contract.ruled(&key.name)
+            {
                 findings.push(Finding {
                     kind: FindingKind::KeyWithoutSource,
                     file: map.contract.clone(),
@@ -442,6 +447,24 @@ fn check_credential_map(root: &Path, map_path: &Path) -> Vec<Finding> {
                     ),
                 });
             }
+        }
+        // The rules this environment's sources can be held to without a
+        // value: which keys have one (a literal's kind is checked too).
+        let value = |key: &str| {
+            sources
+                .values
+                .get(key)
+                .map(String::as_str)
+                .or_else(|| given.contains(&key).then_some("set"))
+        };
+        for unmet in rules::check(&contract.rules, &value, false) {
+            findings.push(Finding {
+                kind: FindingKind::RuleUnmet,
+                file: file.clone(),
+                line: None,
+                key: Some(unmet.key.clone()),
+                message: format!("environment `{environment}`: {}", unmet.message),
+            });
         }
         for key in given.iter().filter(|k| !contract.has(k)) {
             findings.push(Finding {

@@ -3,9 +3,12 @@
 //! The grammar is what such files hold in practice: comments, blank lines, an
 //! optional `export`, and placeholder values that may be quoted (and then may
 //! span lines). Only the key names matter; placeholders are never used.
+//! Comments may state rules (`# hostenv: ...`, rules.rs), which name only
+//! keys of the contract.
 
 use std::path::Path;
 
+use super::rules::{self, Ruled};
 use crate::protocol::error::{Error, Result};
 use crate::settings::names::is_valid_key_name;
 
@@ -25,6 +28,8 @@ pub struct Contract {
     /// The path as the request gave it.
     pub path: String,
     pub keys: Vec<ContractKey>,
+    /// The rules its comments state, in file order.
+    pub rules: Vec<Ruled>,
 }
 
 impl Contract {
@@ -42,6 +47,13 @@ impl Contract {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|key| key.name.as_str())
+    }
+
+    /// Whether a rule decides when `name` needs a value (one of a group, or
+    /// required when another key has some value), so that a request need
+    /// not list it in `optional`.
+    pub fn ruled(&self, name: &str) -> bool {
+        self.rules.iter().any(|r| r.rule.governs(name))
     }
 }
 
@@ -85,11 +97,17 @@ pub fn parse(path: &str, text: &str) -> Result<Contract> {
     };
     let lines: Vec<&str> = text.lines().collect();
     let mut keys: Vec<ContractKey> = Vec::new();
+    let mut rules: Vec<Ruled> = Vec::new();
     let mut index = 0;
     while index < lines.len() {
         let number = index + 1;
         let line = lines[index].trim();
         index += 1;
+        if let Some(rule) = rules::on_line(line) {
+            let rule = rule.map_err(|reason| invalid(number, reason))?;
+            rules.push(Ruled { rule, line: number });
+            continue;
+        }
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
@@ -130,9 +148,23 @@ pub fn parse(path: &str, text: &str) -> Result<Contract> {
             placeholder: text,
         });
     }
+    for ruled in &rules {
+        if let Some(unknown) = ruled
+            .rule
+            .keys()
+            .into_iter()
+            .find(|key| !keys.iter().any(|k| k.name == *key))
+        {
+            return Err(invalid(
+                ruled.line,
+                format!("the rule names `{unknown}`, which is not a key of this contract"),
+            ));
+        }
+    }
     Ok(Contract {
         path: path.to_string(),
         keys,
+        rules,
     })
 }
 

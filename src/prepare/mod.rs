@@ -7,6 +7,7 @@ pub mod contract;
 pub mod detect;
 pub mod resolve;
 pub mod rotation;
+pub mod rules;
 
 use crate::settings::secret::{EnvLookup, ExposeSecret};
 use contract::Contract;

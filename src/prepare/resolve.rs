@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::prepare::contract::Contract;
 use crate::prepare::detect::credential_reason;
+use crate::prepare::rules;
 use crate::protocol::error::{Error, ErrorKind, Result};
 use crate::protocol::report::{KeyReport, KeyStatus, SourceKind};
 use crate::protocol::request::{Deployment, Encoding, EnvFileSource, Source};
@@ -137,7 +138,8 @@ pub fn resolve(
             })
             .map(|(host, _, _)| host.as_str())
             .collect();
-        let optional = deployment.optional.iter().any(|name| name == key);
+        // A key a rule governs needs a value only as the rule says.
+        let optional = deployment.optional.iter().any(|name| name == key) || contract.ruled(key);
         let everywhere = lacking.len() == host_scopes.len();
         let (status, message) = if optional {
             (KeyStatus::Omitted, None)
@@ -161,6 +163,7 @@ pub fn resolve(
     }
     keys.sort_by_key(|report| contract.position(&report.name));
 
+    let mut unmet: Vec<(String, rules::Unmet)> = Vec::new();
     if keys.iter().all(|k| !k.status.is_problem()) {
         for (host, file, overrides) in &host_scopes {
             let base = file.as_ref().unwrap_or(&top);
@@ -184,6 +187,19 @@ pub fn resolve(
                     values.push((key.to_string(), value.clone()));
                 }
             }
+            let found = if env.binds_secrets() {
+                let value = |key: &str| {
+                    values
+                        .iter()
+                        .find(|(k, _)| k == key)
+                        .map(|(_, v)| v.expose_secret())
+                };
+                rules::check(&contract.rules, &value, true)
+            } else {
+                let value = |key: &str| names.iter().any(|n| n == key).then_some("set");
+                rules::check(&contract.rules, &value, false)
+            };
+            unmet.extend(found.into_iter().map(|u| (host.clone(), u)));
             if !env.binds_secrets() {
                 unread.push(HostKeys {
                     host: host.clone(),
@@ -201,11 +217,57 @@ pub fn resolve(
             });
         }
     }
+    if !unmet.is_empty() {
+        report_unmet(&mut keys, unmet, host_scopes.len());
+        keys.sort_by_key(|report| contract.position(&report.name));
+        files.clear();
+        unread.clear();
+    }
     Ok(Resolution {
         keys,
         files,
         unread,
     })
+}
+
+/// The contract's rules that a host's values do not meet, as key statuses:
+/// a failure on every host on the key's own entry, one on some hosts on an
+/// entry per host.
+fn report_unmet(keys: &mut Vec<KeyReport>, unmet: Vec<(String, rules::Unmet)>, hosts: usize) {
+    let mut by_failure: BTreeMap<(String, bool, String), Vec<String>> = BTreeMap::new();
+    for (host, found) in unmet {
+        by_failure
+            .entry((found.key, found.wrong_kind, found.message))
+            .or_default()
+            .push(host);
+    }
+    for ((key, wrong_kind, message), on) in by_failure {
+        let status = if wrong_kind {
+            KeyStatus::WrongKind
+        } else {
+            KeyStatus::RuleUnmet
+        };
+        let hosts_named: Vec<Option<String>> = if on.len() == hosts {
+            vec![None]
+        } else {
+            on.into_iter().map(Some).collect()
+        };
+        for host in hosts_named {
+            match keys.iter_mut().find(|k| k.name == key && k.host == host) {
+                Some(entry) => {
+                    entry.status = status;
+                    entry.message = Some(message.clone());
+                    entry.value = None;
+                }
+                None => keys.push(bare_report(
+                    &key,
+                    host.as_deref(),
+                    status,
+                    Some(message.clone()),
+                )),
+            }
+        }
+    }
 }
 
 /// A names-only check cannot read a whole file's keys without its secrets.

@@ -216,6 +216,14 @@ pub enum KeyStatus {
     LooksLikeSecret,
     /// A secret source where only literals are allowed (BuildEnv).
     SecretNotAllowed,
+    /// A rule of the contract is not met: exactly one (or at least one) of a
+    /// group must have a value, or a key must have one when another has a
+    /// certain value; the message names the rule and its line.
+    RuleUnmet,
+    /// The value is not of the kind the contract states (a URL of certain
+    /// schemes, an integer in a range, a boolean, one of a list of words);
+    /// the message says what it must be, never what it is.
+    WrongKind,
 }
 
 impl KeyStatus {
@@ -818,6 +826,10 @@ pub enum FindingKind {
     KeyWithoutSource,
     /// A credential map gives a source for a key the contract does not declare.
     SourceNotInContract,
+    /// An environment of a credential map does not meet a rule of its
+    /// contract (a group with no source, or two in a `one-of`; a literal
+    /// of the wrong kind).
+    RuleUnmet,
 }
 
 #[cfg(test)]

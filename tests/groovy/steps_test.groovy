@@ -597,6 +597,9 @@ if (suite == 'offline') {
         def store = voxbridgeStore + [
             'voxcore-secret': [type: 'string', value: 'CANARY-groovy-voxcore-secret'],
             'voxcore-openai-api-key': [type: 'string', value: 'CANARY-groovy-openai'],
+            'voxcore-deepgram-api-key': [type: 'string', value: 'CANARY-groovy-deepgram'],
+            'voxcore-elevenlabs-api-key': [type: 'string', value: 'CANARY-groovy-elevenlabs'],
+            'vox-otel-api-key': [type: 'string', value: 'CANARY-groovy-otel'],
             'voxcore-minio': [type: 'usernamePassword', username: 'minio', password: 'CANARY-groovy-minio'],
             'voxdialler-livekit': [type: 'usernamePassword', username: 'lk', password: 'CANARY-groovy-livekit']]
         def window = "environment: 'production', shared: ['VOXCORE_SECRET'], deployments: [" +
@@ -606,7 +609,8 @@ if (suite == 'offline') {
         assert result.ok == true && result.deployments*.service == ['voxcore', 'voxdialler']
         def bound = p.callsOf('withCredentials').first().args*.credentialsId
         // The shared secret once, each service's own, no SSH key for a check.
-        assert bound.sort() == ['vox-mongodb-uri', 'voxcore-minio', 'voxcore-openai-api-key', 'voxcore-secret', 'voxdialler-livekit']
+        assert bound.sort() == ['vox-mongodb-uri', 'vox-otel-api-key', 'voxcore-deepgram-api-key', 'voxcore-elevenlabs-api-key',
+                                'voxcore-minio', 'voxcore-openai-api-key', 'voxcore-secret', 'voxdialler-livekit']
         def request = new JsonSlurper().parseText(p.written.values().last())
         assert request.kind == 'Rotation' && request.deployments*.audit*.by == ['alice', 'alice']
         assertNothingLeaked(p)

@@ -57,8 +57,8 @@ fn the_bitbucket_requests_check_with_deployment_variables() {
         std::fs::read_to_string(repo_root().join("examples/bitbucket-pipelines.yml")).unwrap();
     let env: BTreeMap<String, String> = [
         ("JWT_SECRET", "CANARY-bitbucket-jwt"),
-        ("MONGODB_URI", "CANARY-bitbucket-mongo"),
-        ("REDIS_URL", "CANARY-bitbucket-redis"),
+        ("MONGODB_URI", "mongodb://app:CANARY-bitbucket-mongo@db:27017"),
+        ("REDIS_URL", "redis://:CANARY-bitbucket-redis@cache:6379/0"),
         // base64, as a secured variable holds them (no newlines).
         ("HOSTENV_SSH_KEY_B64", "Q0FOQVJZLWJpdGJ1Y2tldC1rZXkK"),
         // known_hosts lines with a real (throwaway) ed25519 public key: `check`

@@ -148,3 +148,159 @@ fn the_main_job_runs_on_the_local_hosts() {
     }
     assert!(stderr.contains("voxdialler.service: active"), "{stderr}");
 }
+
+/// The platform's secrets follow one table (`docs/secrets.json`, the
+/// source document's): every contract declares each secret (alternatives as a
+/// `one-of` rule, a conditional one as `required-when`), every environment of
+/// every credential map and every example request binds each secret, exactly
+/// one of each group, the conditional one when its setting says so, and the
+/// catalog shares exactly the table's shared keys. A secret added to a
+/// service is added everywhere, or this names where it is missing.
+#[test]
+fn the_platforms_data_follows_its_secrets_table() {
+    let root = repo_root();
+    let read = |path: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(root.join(path)).unwrap())
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let table = read("docs/secrets.json");
+    let mut missing: Vec<String> = Vec::new();
+    // Does a set of bound keys (and literal settings) meet one table entry?
+    let meets = |entry: &Value,
+                 bound: &BTreeSet<String>,
+                 settings: &BTreeMap<String, String>|
+     -> Option<String> {
+        let keys: Vec<&str> = entry["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        if let Some(when) = entry["when"].as_str() {
+            let (setting, value) = when.split_once('=').unwrap();
+            if settings.get(setting).map(String::as_str) != Some(value) {
+                return None;
+            }
+        }
+        let given = keys.iter().filter(|k| bound.contains(**k)).count();
+        match (keys.len(), given) {
+            (1, 1) => None,
+            (1, _) => Some(format!("`{}` has no source", keys[0])),
+            (_, 1) => None,
+            (_, n) => Some(format!(
+                "{n} of {} have sources, not exactly one",
+                keys.join(", ")
+            )),
+        }
+    };
+    for (service, entries) in table["services"].as_object().unwrap() {
+        let entries = entries.as_array().unwrap();
+        // The contract: every key, and the rules that say alternatives and conditions.
+        let contract_path = format!("examples/{service}/.env.example");
+        let contract = std::fs::read_to_string(root.join(&contract_path)).unwrap();
+        let declared: BTreeSet<&str> = contract
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter_map(|l| l.trim_start().trim_start_matches("export ").split_once('='))
+            .map(|(k, _)| k.trim())
+            .collect();
+        let rules: Vec<&str> = contract
+            .lines()
+            .filter_map(|l| l.strip_prefix("# hostenv: "))
+            .collect();
+        for entry in entries {
+            let keys: Vec<&str> = entry["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap())
+                .collect();
+            for key in &keys {
+                if !declared.contains(key) {
+                    missing.push(format!("{contract_path}: `{key}` is not declared"));
+                }
+            }
+            if keys.len() > 1 && !rules.contains(&format!("one-of {}", keys.join(" ")).as_str()) {
+                missing.push(format!(
+                    "{contract_path}: no `one-of {}` rule",
+                    keys.join(" ")
+                ));
+            }
+            if let Some(when) = entry["when"].as_str() {
+                let rule = format!("required-when {when} {}", keys.join(" "));
+                if !rules.contains(&rule.as_str()) {
+                    missing.push(format!("{contract_path}: no `{rule}` rule"));
+                }
+            }
+        }
+        // Every environment of the library's credential map.
+        let map_path = format!("resources/io/hostenv/credentials/{service}.json");
+        let map = read(&map_path);
+        for (environment, sources) in map["environments"].as_object().unwrap() {
+            let mut bound = BTreeSet::new();
+            for credential in sources["credentials"].as_array().unwrap() {
+                for field in ["key", "usernameKey", "passwordKey"] {
+                    if let Some(key) = credential[field].as_str() {
+                        bound.insert(key.to_string());
+                    }
+                }
+            }
+            let settings: BTreeMap<String, String> = sources["values"]
+                .as_object()
+                .map(|v| {
+                    v.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for entry in entries {
+                if let Some(problem) = meets(entry, &bound, &settings) {
+                    missing.push(format!("{map_path} environment `{environment}`: {problem}"));
+                }
+            }
+        }
+    }
+    // The example requests: each deployment of a service in the table.
+    for path in example_requests() {
+        let request: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let deployments: Vec<&Value> = match request["kind"].as_str() {
+            Some("Deploy") => vec![&request],
+            Some("Rotation") => request["deployments"].as_array().unwrap().iter().collect(),
+            _ => continue,
+        };
+        let relative = path.strip_prefix(&root).unwrap().display().to_string();
+        for deployment in deployments {
+            let service = deployment["service"].as_str().unwrap();
+            let Some(entries) = table["services"][service].as_array() else {
+                continue;
+            };
+            let env = deployment["env"].as_object().unwrap();
+            let bound: BTreeSet<String> = env
+                .iter()
+                .filter(|(_, source)| source.get("value").is_none())
+                .map(|(key, _)| key.clone())
+                .collect();
+            let settings: BTreeMap<String, String> = env
+                .iter()
+                .filter_map(|(key, source)| {
+                    Some((key.clone(), source["value"].as_str()?.to_string()))
+                })
+                .collect();
+            for entry in entries {
+                if let Some(problem) = meets(entry, &bound, &settings) {
+                    missing.push(format!("{relative} ({service}): {problem}"));
+                }
+            }
+        }
+    }
+    // The catalog shares exactly the table's shared keys.
+    let catalog = read("resources/io/hostenv/catalog.json");
+    if catalog["shared"] != table["shared"] {
+        missing.push(format!(
+            "resources/io/hostenv/catalog.json: shared {} is not the table's {}",
+            catalog["shared"], table["shared"]
+        ));
+    }
+    assert!(missing.is_empty(), "{missing:#?}");
+}

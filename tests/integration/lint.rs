@@ -282,3 +282,64 @@ fn this_repository_lints_clean_with_its_documented_exclusions() {
         "{files:?}"
     );
 }
+
+/// A credential map is held to its contract's rules: an environment that
+/// binds both speech-to-text providers, or neither language model, is named;
+/// a rule that names a key the contract lacks fails the contract, naming its line.
+#[test]
+fn credential_maps_are_held_to_the_contracts_rules() {
+    let repo = platform_repo("lint-rules");
+    let mut map: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("resources/io/hostenv/credentials/voxcore.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let production = &mut map["environments"]["production"]["credentials"];
+    production
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "voxcore-soniox-api-key", "key": "SONIOX_API_KEY", "type": "string"}));
+    let staging = &mut map["environments"]["staging"]["credentials"];
+    staging
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["key"] != "OPENAI_API_KEY");
+    let path = repo.path().join("voxcore-map.json");
+    std::fs::write(&path, map.to_string()).unwrap();
+    let run = run_hostenv(
+        &["lint", ".", "--credentials", path.to_str().unwrap()],
+        repo.path(),
+        &BTreeMap::new(),
+        None,
+    );
+    assert_eq!(run.code, 4, "{}", run.stdout);
+    let found: Vec<String> = findings(&run.json());
+    let rules: Vec<&String> = found
+        .iter()
+        .filter(|f| f.starts_with("ruleUnmet"))
+        .collect();
+    assert_eq!(rules.len(), 2, "{found:#?}");
+    let text = run.stdout.clone();
+    assert!(
+        text.contains(
+            "environment `production`: exactly one of `SONIOX_API_KEY`, `DEEPGRAM_API_KEY`"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("environment `staging`: exactly one of `OPENAI_API_KEY`, `GOOGLE_API_KEY`"),
+        "{text}"
+    );
+
+    // A rule about a key the contract lacks: the contract is invalid at that line.
+    let contract = repo.path().join("voxcore/.env.example");
+    let text = std::fs::read_to_string(&contract).unwrap();
+    std::fs::write(&contract, format!("{text}# hostenv: bool NO_SUCH_KEY\n")).unwrap();
+    let lines = text.lines().count() + 1;
+    let run = run_hostenv(&["lint", "."], repo.path(), &BTreeMap::new(), None);
+    let found = findings(&run.json());
+    assert!(
+        found.contains(&format!("contractInvalid voxcore/.env.example:{lines}")),
+        "{found:#?}"
+    );
+}
