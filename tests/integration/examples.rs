@@ -149,6 +149,16 @@ fn the_main_job_runs_on_the_local_hosts() {
     assert!(stderr.contains("voxdialler.service: active"), "{stderr}");
 }
 
+/// The keys of one entry of the secrets table.
+fn entry_keys(entry: &Value) -> Vec<&str> {
+    entry["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect()
+}
+
 /// The platform's secrets follow one table (`docs/secrets.json`, the
 /// source document's): every contract declares each secret (alternatives as a
 /// `one-of` rule, a conditional one as `required-when`), every environment of
@@ -170,12 +180,7 @@ fn the_platforms_data_follows_its_secrets_table() {
                  bound: &BTreeSet<String>,
                  settings: &BTreeMap<String, String>|
      -> Option<String> {
-        let keys: Vec<&str> = entry["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k.as_str().unwrap())
-            .collect();
+        let keys = entry_keys(entry);
         if let Some(when) = entry["when"].as_str() {
             let (setting, value) = when.split_once('=').unwrap();
             if settings.get(setting).map(String::as_str) != Some(value) {
@@ -209,12 +214,7 @@ fn the_platforms_data_follows_its_secrets_table() {
             .filter_map(|l| l.strip_prefix("# hostenv: "))
             .collect();
         for entry in entries {
-            let keys: Vec<&str> = entry["keys"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|k| k.as_str().unwrap())
-                .collect();
+            let keys = entry_keys(entry);
             for key in &keys {
                 if !declared.contains(key) {
                     missing.push(format!("{contract_path}: `{key}` is not declared"));
