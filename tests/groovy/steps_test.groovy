@@ -191,8 +191,8 @@ def productionStore() {
 // Stand-in values for the library's voxbridge credential map (production).
 voxbridgeStore = [
     'voxbridge-jwt-secret': [type: 'string', value: 'CANARY-groovy-jwt-"$quote\''],
-    'vox-mongodb-uri': [type: 'string', value: 'CANARY-groovy-mongo://u:p@db'],
-    'voxbridge-redis-url': [type: 'string', value: 'CANARY-groovy-redis'],
+    'vox-mongodb-uri': [type: 'string', value: 'mongodb://u:CANARY-groovy-mongo@db'],
+    'voxbridge-redis-url': [type: 'string', value: 'redis://:CANARY-groovy-redis@cache:6379/0'],
     'vox-production-deploy-key': [type: 'sshUserPrivateKey', content: 'CANARY-groovy-ssh-key'],
 ]
 
