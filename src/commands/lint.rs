@@ -448,8 +448,9 @@ fn check_credential_map(root: &Path, map_path: &Path) -> Vec<Finding> {
                 });
             }
         }
-        // The rules this environment's sources can be held to without a
-        // value: which keys have one (a literal's kind is checked too).
+        // The rules this environment's sources can be held to without the
+        // secrets: which keys have a source (the presence rules; kinds and
+        // `required-when` wait for a run that reads the values).
         let value = |key: &str| {
             sources
                 .values

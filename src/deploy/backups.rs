@@ -5,18 +5,25 @@
 use std::collections::BTreeMap;
 
 use super::assess::key_changes;
-use super::host::{parse_values, Values};
+use super::host::Values;
 use crate::protocol::report::{BackupListing, ListedBackup, ListedFile};
 use crate::protocol::time::rfc3339_of_micros;
 use crate::settings::secret::{ExposeSecret, SecretString};
-use crate::transport::remote::Backup;
 
-/// The listing of one host: its current file (`current`, written at
-/// `current_written_us`; None when there is none) and every backup, each
-/// compared with it; `fingerprint` keys each value shown.
+/// One backup as read from its host: its number, when it was written
+/// (microseconds since the epoch) and its values, parsed once.
+pub struct ReadBackup {
+    pub number: u32,
+    pub written_us: i64,
+    pub values: Values,
+}
+
+/// The listing of one host: its current file (its values and when it was
+/// written; None when there is none) and every backup, each compared with
+/// it; `fingerprint` keys each value shown.
 pub fn listing(
     current: Option<(&Values, i64)>,
-    backups: &[Backup],
+    backups: &[ReadBackup],
     fingerprint: impl Fn(&str) -> String,
 ) -> BackupListing {
     let empty = Values::new();
@@ -29,12 +36,12 @@ pub fn listing(
     let kept: Vec<ListedBackup> = backups
         .iter()
         .map(|backup| {
-            let values = parse_values(Some(&backup.content));
+            let values = &backup.values;
             let listed: Vec<(String, SecretString)> =
                 values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             let keys = key_changes(current_values, &listed);
             differing_now.extend(keys.changed.iter().chain(&keys.removed).cloned());
-            let fingerprints = shown(&values, &mut keys.added.iter().chain(&keys.changed));
+            let fingerprints = shown(values, &mut keys.added.iter().chain(&keys.changed));
             ListedBackup {
                 number: backup.number,
                 written_at: rfc3339_of_micros(backup.written_us),
@@ -53,12 +60,13 @@ pub fn listing(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deploy::host::parse_values;
 
-    fn backup(number: u32, written_us: i64, text: &str) -> Backup {
-        Backup {
+    fn backup(number: u32, written_us: i64, text: &str) -> ReadBackup {
+        ReadBackup {
             number,
             written_us,
-            content: SecretString::from(text.to_string()),
+            values: parse_values(Some(&SecretString::from(text.to_string()))),
         }
     }
 

@@ -1172,19 +1172,26 @@ impl<'r, 'a> OpenHost<'r, 'a> {
 
     /// Reads the backups and lists them against the current file.
     fn list_backups(&mut self, run_key: &RunKey) -> Outcome {
-        let backups = self
+        let answered = self
             .step("read-backups", |remote| remote.read_backups())
             .map_err(|error| (HostStatus::Failed, error))?;
-        for backup in &backups {
-            let values = parse_values(Some(&backup.content));
-            self.run.redactions.extend(values.into_values());
+        let read: Vec<backups::ReadBackup> = answered
+            .into_iter()
+            .map(|backup| backups::ReadBackup {
+                number: backup.number,
+                written_us: backup.written_us,
+                values: parse_values(Some(&backup.content)),
+            })
+            .collect();
+        for backup in &read {
+            self.run.redactions.extend(backup.values.values().cloned());
         }
         let current = &self.assessment.current;
         let now = current
             .content
             .as_ref()
             .map(|_| (&self.assessment.current_values, current.mtime));
-        self.run.report.backups = Some(backups::listing(now, &backups, |value| {
+        self.run.report.backups = Some(backups::listing(now, &read, |value| {
             run_key.fingerprint(value)
         }));
         Ok(HostStatus::Listed)
